@@ -1,0 +1,142 @@
+package engine
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Status is a tenant's lifecycle state.
+type Status string
+
+// Tenant statuses.
+const (
+	StatusPending   Status = "pending"
+	StatusActive    Status = "active"
+	StatusSuspended Status = "suspended"
+)
+
+// Backend names.
+const (
+	BackendSQLite   = "sqlite"
+	BackendPostgres = "postgres"
+	BackendMySQL    = "mysql"
+)
+
+// Tenant is an organization: one shard, found by id or slug.
+type Tenant struct {
+	ID         string     `json:"id"`
+	Slug       string     `json:"slug"`
+	Name       string     `json:"name"`
+	Status     Status     `json:"status"`
+	Backend    string     `json:"backend"`
+	Location   string     `json:"location"`
+	Epoch      int64      `json:"epoch"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ApprovedAt *time.Time `json:"approved_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+}
+
+// Placement says where a tenant's shard lives. Epoch changes whenever the
+// placement does, so a stale writer can be fenced.
+type Placement struct {
+	TenantID string
+	Backend  string
+	Location string
+	Epoch    int64
+}
+
+// Placement returns where t's shard lives.
+func (t *Tenant) Placement() Placement {
+	return Placement{TenantID: t.ID, Backend: t.Backend, Location: t.Location, Epoch: t.Epoch}
+}
+
+// idEncoding is lower-case base32 without padding: URL-safe, path-safe and
+// case-insensitive-filesystem-safe.
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// IDLength is the length of a tenant id (16 random bytes, base32).
+const IDLength = 26
+
+// NewTenantID returns a random tenant id of IDLength characters from [a-z2-7].
+func NewTenantID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return idEncoding.EncodeToString(b[:])
+}
+
+// ValidTenantID reports whether id has the form NewTenantID produces. Only a
+// valid id may become part of a path or an identifier.
+func ValidTenantID(id string) bool {
+	if len(id) != IDLength {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return false
+		}
+	}
+	return true
+}
+
+// MaxSlugLength is the longest slug accepted (a DNS label).
+const MaxSlugLength = 63
+
+// ValidateSlug returns nil when s is 1–63 characters of lower-case ASCII
+// letters, digits and hyphens, not starting or ending with a hyphen;
+// otherwise an error wrapping ErrInvalid that says why.
+func ValidateSlug(s string) error {
+	switch {
+	case s == "":
+		return Invalidf("slug is empty")
+	case len(s) > MaxSlugLength:
+		return Invalidf("slug is longer than %d characters", MaxSlugLength)
+	case s[0] == '-' || s[len(s)-1] == '-':
+		return Invalidf("slug must not start or end with a hyphen")
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return Invalidf("slug may contain only lower-case letters, digits and hyphens")
+		}
+	}
+	return nil
+}
+
+// ValidateBackend returns nil for a known backend name.
+func ValidateBackend(b string) error {
+	switch b {
+	case BackendSQLite, BackendPostgres, BackendMySQL:
+		return nil
+	}
+	return Invalidf("unknown backend %q (want sqlite, postgres or mysql)", b)
+}
+
+// ValidateName checks a tenant's display name.
+func ValidateName(n string) error {
+	if strings.TrimSpace(n) == "" {
+		return Invalidf("name is empty")
+	}
+	if len(n) > 200 {
+		return Invalidf("name is longer than 200 bytes")
+	}
+	return nil
+}
+
+// ErrStatus returns the error for using a tenant in status s, or nil for active.
+func (s Status) Err() error {
+	switch s {
+	case StatusActive:
+		return nil
+	case StatusSuspended:
+		return ErrTenantSuspended
+	case StatusPending:
+		return ErrTenantPending
+	}
+	return fmt.Errorf("tenant status %q: %w", s, ErrUnavailable)
+}

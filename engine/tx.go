@@ -1,0 +1,62 @@
+package engine
+
+import "context"
+
+// Querier runs SQL against one connection of a tenant's shard. Placeholders
+// are '?'. A Querier is used by one goroutine at a time and must not be kept
+// after the function it was handed to returns.
+//
+// Arguments may be nil, bool, int, int64, float64, string, []byte, or a
+// driver.Valuer. Scan destinations may be *string, *int64, *int, *bool,
+// *float64, *[]byte, *any, a pointer to any of those pointers (NULL sets
+// nil), or an sql.Scanner.
+type Querier interface {
+	// Exec runs a statement and returns the number of rows it changed.
+	// A unique-constraint violation returns an error wrapping ErrConflict.
+	Exec(query string, args ...any) (int64, error)
+	// Query runs a statement returning rows; the caller must Close them.
+	Query(query string, args ...any) (Rows, error)
+	// QueryRow runs a statement and scans its first row; Scan returns
+	// ErrNoRows when there is none.
+	QueryRow(query string, args ...any) Row
+}
+
+// Rows iterates over a query's result.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+	Close() error
+}
+
+// Row is the result of QueryRow.
+type Row interface {
+	Scan(dest ...any) error
+}
+
+// WriteFunc is one write operation, run by the shard's writer inside a
+// savepoint of the batch transaction. Returning an error rolls back this
+// operation alone; the error is handed to the caller. It must not retain tx.
+type WriteFunc func(tx Querier) error
+
+// ReadFunc runs on a read-only connection of the shard.
+type ReadFunc func(q Querier) error
+
+// Shard is one open tenant database as the engine sees it. All methods are
+// safe for concurrent use.
+type Shard interface {
+	// Write queues op for the shard's single writer and waits until the batch
+	// holding it has committed (the write is on disk) or failed. A full queue
+	// answers ErrOverloaded at once; a lock not obtained in time, ErrBusy; a
+	// closed shard, ErrClosed. If ctx ends first, Write returns ctx.Err() and
+	// the operation may still commit.
+	Write(ctx context.Context, op WriteFunc) error
+	// Read runs fn on a read-only connection; it never waits for the writer.
+	Read(ctx context.Context, fn ReadFunc) error
+	// Defer buffers a fire-and-forget write (an audit event with no write of
+	// its own, a debounced update). It rides in the next batch, or is flushed
+	// within a second, and always on close. When key is not empty, a pending
+	// record with the same key is replaced, and a key is written at most once
+	// per debounce interval. A full buffer answers ErrOverloaded.
+	Defer(key string, op WriteFunc) error
+}

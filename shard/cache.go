@@ -1,0 +1,310 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+var errRetry = errors.New("shard: retry acquire")
+
+// Opener opens the shard at a placement, bringing its schema up to date.
+type Opener func(ctx context.Context, p engine.Placement) (*Shard, error)
+
+// Cache keeps recently used shards open, up to a capacity. A shard acquired
+// by a caller is pinned and never closed under it: eviction skips pinned
+// shards, and a shard removed while pinned closes after its last Release.
+// Concurrent acquires of a shard that is not open open it once. All methods
+// are safe for concurrent use.
+type Cache struct {
+	open     Opener
+	capacity int // shards kept open when unpinned
+	maxOpen  int // hard limit, pinned shards included
+	flights  singleflight.Group
+	wg       sync.WaitGroup // background closes
+
+	mu      sync.Mutex // guards the fields below
+	lru     *simplelru.LRU[string, *entry]
+	closing map[string]chan struct{} // shards being closed; reopen waits
+	closed  bool
+
+	hits, misses, evictions atomic.Int64
+}
+
+type entry struct {
+	id     string
+	epoch  int64
+	shard  *Shard
+	pins   int
+	doomed bool // removed from the LRU; close at the last Release
+}
+
+// NewCache returns a cache that keeps capacity shards open and refuses with
+// engine.ErrOverloaded to open more than maxOpen at once (pinned ones
+// included). maxOpen below capacity is raised to 2×capacity.
+func NewCache(capacity, maxOpen int, open Opener) *Cache {
+	if capacity < 1 {
+		capacity = 1
+	}
+	if maxOpen < capacity {
+		maxOpen = 2 * capacity
+	}
+	lru, err := simplelru.NewLRU[string, *entry](maxOpen+1, nil)
+	if err != nil {
+		panic(err) // only for a non-positive size
+	}
+	return &Cache{open: open, capacity: capacity, maxOpen: maxOpen, lru: lru, closing: make(map[string]chan struct{})}
+}
+
+// Handle is a pinned shard. It must be released exactly once.
+type Handle struct {
+	*Shard
+	c *Cache
+	e *entry
+}
+
+// Release unpins the shard. The handle must not be used afterwards.
+func (h *Handle) Release() {
+	h.c.release(h.e)
+}
+
+// Acquire returns the tenant's shard pinned, opening it if needed. A
+// placement with a newer epoch than the open shard's closes the old shard
+// (once unpinned) and opens the new placement.
+func (c *Cache) Acquire(ctx context.Context, p engine.Placement) (*Handle, error) {
+	if !engine.ValidTenantID(p.TenantID) {
+		return nil, engine.Invalidf("invalid tenant id")
+	}
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, engine.ErrClosed
+		}
+		if e, ok := c.lru.Get(p.TenantID); ok {
+			// An older placement than the open shard's is a caller's stale
+			// view: the open shard is the newer truth.
+			if e.epoch >= p.Epoch {
+				e.pins++
+				c.mu.Unlock()
+				c.hits.Add(1)
+				cacheHits.Inc()
+				return &Handle{Shard: e.shard, c: c, e: e}, nil
+			}
+			c.doomLocked(e) // placement moved: the old shard must close first
+		}
+		if ch, ok := c.closing[p.TenantID]; ok {
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		c.mu.Unlock()
+
+		v, err, _ := c.flights.Do(p.TenantID, func() (any, error) { return c.openEntry(ctx, p) })
+		if err == errRetry {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		e := v.(*entry)
+		c.mu.Lock()
+		if cur, ok := c.lru.Peek(p.TenantID); ok && cur == e && e.epoch >= p.Epoch {
+			e.pins++
+			c.mu.Unlock()
+			return &Handle{Shard: e.shard, c: c, e: e}, nil
+		}
+		c.mu.Unlock() // evicted or replaced between open and pin: try again
+	}
+}
+
+// openEntry opens a shard and inserts it, unpinned, into the LRU.
+func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, error) {
+	c.mu.Lock()
+	if e, ok := c.lru.Peek(p.TenantID); ok && e.epoch == p.Epoch {
+		c.mu.Unlock() // a flight that just ended inserted it
+		return e, nil
+	}
+	if _, ok := c.closing[p.TenantID]; ok {
+		c.mu.Unlock() // an older copy is still closing: never two writers
+		return nil, errRetry
+	}
+	if c.lru.Len() >= c.maxOpen && !c.hasVictimLocked() {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%d shards open and pinned: %w", c.lru.Len(), engine.ErrOverloaded)
+	}
+	c.mu.Unlock()
+
+	c.misses.Add(1)
+	cacheMisses.Inc()
+	start := time.Now()
+	// Followers of this flight share the result: the leader's cancellation
+	// must not fail them.
+	s, err := c.open(context.WithoutCancel(ctx), p)
+	openSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("open shard %s: %w", p.TenantID, err)
+	}
+	e := &entry{id: p.TenantID, epoch: p.Epoch, shard: s}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		_ = s.Close()
+		return nil, engine.ErrClosed
+	}
+	c.lru.Add(p.TenantID, e)
+	openShards.Inc()
+	c.evictLocked(e)
+	c.mu.Unlock()
+	return e, nil
+}
+
+func (c *Cache) release(e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.pins--
+	if e.pins < 0 {
+		panic("shard: Handle released twice")
+	}
+	if e.pins == 0 && e.doomed {
+		c.closeLocked(e)
+		return
+	}
+	if c.lru.Len() > c.capacity {
+		c.evictLocked(nil)
+	}
+}
+
+func (c *Cache) hasVictimLocked() bool {
+	for _, e := range c.lru.Values() {
+		if e.pins == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// evictLocked closes least recently used unpinned shards, other than keep,
+// until at most capacity remain.
+func (c *Cache) evictLocked(keep *entry) {
+	n := c.lru.Len() - c.capacity
+	if n <= 0 {
+		return
+	}
+	for _, e := range c.lru.Values() { // oldest first
+		if n == 0 {
+			break
+		}
+		if e.pins == 0 && e != keep {
+			c.doomLocked(e)
+			n--
+		}
+	}
+}
+
+// doomLocked removes e from the LRU and closes it now if unpinned, else at
+// its last release. Until it is closed, acquires of its tenant wait.
+func (c *Cache) doomLocked(e *entry) {
+	if e.doomed {
+		return
+	}
+	e.doomed = true
+	c.lru.Remove(e.id)
+	c.closing[e.id] = make(chan struct{})
+	if e.pins == 0 {
+		c.closeLocked(e)
+	}
+}
+
+// closeLocked closes a doomed, unpinned shard in the background.
+func (c *Cache) closeLocked(e *entry) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		_ = e.shard.Close() // a failed final flush is counted in the shard's stats
+		c.mu.Lock()
+		ch := c.closing[e.id]
+		delete(c.closing, e.id)
+		c.mu.Unlock()
+		close(ch)
+		openShards.Dec()
+		c.evictions.Add(1)
+		cacheEvictions.Inc()
+	}()
+}
+
+// Evict closes the tenant's shard (at once if unpinned, otherwise after its
+// last release) and waits until it is closed or ctx ends. Use it before
+// suspending, deleting or moving a tenant.
+func (c *Cache) Evict(ctx context.Context, tenantID string) error {
+	c.mu.Lock()
+	if e, ok := c.lru.Peek(tenantID); ok {
+		c.doomLocked(e)
+	}
+	ch, ok := c.closing[tenantID]
+	c.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close closes every shard and waits for them. Shards still pinned close at
+// their last release, and Close waits for that too.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	for _, e := range c.lru.Values() {
+		c.doomLocked(e)
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+	for {
+		c.mu.Lock()
+		n := len(c.closing)
+		c.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond) // pinned shards closing at release
+		c.wg.Wait()
+	}
+}
+
+// CacheStats is a snapshot of the cache's counters.
+type CacheStats struct {
+	Open, Pinned, Closing   int
+	Hits, Misses, Evictions int64
+	Capacity, MaxOpen       int
+}
+
+// Stats returns a snapshot of the cache's counters.
+func (c *Cache) Stats() CacheStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := CacheStats{Open: c.lru.Len(), Closing: len(c.closing), Capacity: c.capacity, MaxOpen: c.maxOpen,
+		Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load()}
+	for _, e := range c.lru.Values() {
+		if e.pins > 0 {
+			st.Pinned++
+		}
+	}
+	return st
+}

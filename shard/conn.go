@@ -1,0 +1,49 @@
+// Package shard runs one tenant's database: a single writer goroutine that
+// group-commits queued operations, a lazily opened pool of read connections,
+// a bounded buffer of fire-and-forget records, and the LRU cache of open
+// shards. Backends (shard/sqlite, ...) supply the connections.
+package shard
+
+import (
+	"context"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// WriteConn is a backend's write connection. Only the shard's writer
+// goroutine uses it, never two goroutines at once.
+type WriteConn interface {
+	engine.Querier
+	// Begin starts the batch's write transaction (BEGIN IMMEDIATE on
+	// SQLite). It returns an error wrapping engine.ErrBusy when the database
+	// lock was not obtained within the busy timeout.
+	Begin() error
+	// Savepoint opens the savepoint around one operation.
+	Savepoint() error
+	// ReleaseSavepoint keeps the operation's changes.
+	ReleaseSavepoint() error
+	// RollbackSavepoint undoes the operation's changes and closes the savepoint.
+	RollbackSavepoint() error
+	// Commit commits the batch; when it returns nil the batch is durable to
+	// the shard's configured level.
+	Commit() error
+	// Rollback abandons the batch; it is safe to call with no transaction open.
+	Rollback() error
+	// Close closes the connection.
+	Close() error
+}
+
+// ReadConn is a backend's read-only connection, used by one goroutine at a time.
+type ReadConn interface {
+	engine.Querier
+	Close() error
+}
+
+// Conns opens the connections of one shard.
+type Conns interface {
+	// OpenWriter opens the write connection, with the schema brought up to
+	// date. It is called once at open and again after a writer panic.
+	OpenWriter(ctx context.Context) (WriteConn, error)
+	// OpenReader opens one read-only connection.
+	OpenReader(ctx context.Context) (ReadConn, error)
+}

@@ -1,0 +1,211 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// Shard is one open tenant database: a single writer goroutine owning the
+// only write connection, a pool of read connections and a buffer of
+// fire-and-forget records. All methods are safe for concurrent use.
+type Shard struct {
+	conns Conns
+	opts  Options
+
+	queue chan *request
+	stop  chan struct{}
+	wg    sync.WaitGroup
+
+	mu     sync.RWMutex // guards closed; held shared while enqueueing or reading
+	closed bool
+
+	closeOnce sync.Once
+	closeErr  error
+
+	readers *readerPool
+	deferred
+
+	// Owned by the writer goroutine.
+	conn     WriteConn
+	batch    []*request
+	flushErr error // the final flush's failure, reported by Close
+
+	stats struct {
+		batches, writes, failed, maxBatch atomic.Int64
+		overloaded, busy, panics          atomic.Int64
+		deferredWritten, deferredDropped  atomic.Int64
+	}
+}
+
+var _ engine.Shard = (*Shard)(nil)
+
+type request struct {
+	ctx   context.Context
+	op    engine.WriteFunc
+	reply chan error // buffered: the writer never blocks on a caller who left
+}
+
+var replyPool = sync.Pool{New: func() any { return make(chan error, 1) }}
+
+// Open opens the shard's write connection and starts its writer. The caller
+// must Close the shard.
+func Open(ctx context.Context, conns Conns, opts Options) (*Shard, error) {
+	opts = opts.withDefaults()
+	conn, err := conns.OpenWriter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &Shard{
+		conns:   conns,
+		opts:    opts,
+		queue:   make(chan *request, opts.QueueSize),
+		stop:    make(chan struct{}),
+		readers: newReaderPool(conns, opts.Readers),
+		conn:    conn,
+		batch:   make([]*request, 0, opts.MaxBatch),
+	}
+	s.deferred.init(opts)
+	s.wg.Add(1)
+	go s.run()
+	return s, nil
+}
+
+// Write queues op for the writer and waits until its batch committed or
+// failed. See engine.Shard.
+func (s *Shard) Write(ctx context.Context, op engine.WriteFunc) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	reply := replyPool.Get().(chan error)
+	r := &request{ctx: ctx, op: op, reply: reply}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		replyPool.Put(reply)
+		return engine.ErrClosed
+	}
+	select {
+	case s.queue <- r:
+		queueDepth.Inc()
+	default:
+		s.mu.RUnlock()
+		replyPool.Put(reply)
+		s.stats.overloaded.Add(1)
+		rejections.WithLabelValues("overloaded").Inc()
+		return fmt.Errorf("shard writer queue full (%d): %w", s.opts.QueueSize, engine.ErrOverloaded)
+	}
+	s.mu.RUnlock()
+	select {
+	case err := <-reply:
+		replyPool.Put(reply) // drained: safe to reuse
+		return err
+	case <-ctx.Done():
+		// The reply channel may still receive; it is dropped, not reused.
+		return ctx.Err()
+	}
+}
+
+// Read runs fn on a read-only connection. It never waits for the writer; it
+// waits for a free read connection only as long as ctx allows.
+func (s *Shard) Read(ctx context.Context, fn engine.ReadFunc) (err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return engine.ErrClosed
+	}
+	c, err := s.readers.get(ctx)
+	if err != nil {
+		return err
+	}
+	broken := false
+	defer func() {
+		if p := recover(); p != nil {
+			// The driver panics on out-of-memory: this connection is suspect.
+			broken = true
+			err = fmt.Errorf("shard reader panic: %v: %w", p, engine.ErrUnavailable)
+		}
+		s.readers.put(c, broken)
+	}()
+	return fn(c)
+}
+
+// Defer buffers a fire-and-forget record. See engine.Shard.
+func (s *Shard) Defer(key string, op engine.WriteFunc) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return engine.ErrClosed
+	}
+	if err := s.deferred.add(key, op, time.Now()); err != nil {
+		s.stats.deferredDropped.Add(1)
+		rejections.WithLabelValues("deferred_full").Inc()
+		return err
+	}
+	return nil
+}
+
+// Close stops accepting work, commits everything queued and buffered (the
+// debounce interval does not hold records back at close), closes the read
+// connections and then the write connection. It is safe to call twice and
+// returns the first error.
+func (s *Shard) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock() // waits for in-flight reads and enqueues
+		s.closed = true
+		s.mu.Unlock()
+		close(s.stop)
+		s.wg.Wait()
+		err := s.flushErr
+		if rerr := s.readers.close(); err == nil {
+			err = rerr
+		}
+		if s.conn != nil {
+			if cerr := s.conn.Close(); err == nil {
+				err = cerr
+			}
+			s.conn = nil
+		}
+		s.closeErr = err
+	})
+	return s.closeErr
+}
+
+// Stats is a snapshot of a shard's counters.
+type Stats struct {
+	Batches         int64 // committed or failed transactions
+	Writes          int64 // operations committed
+	Failed          int64 // operations that returned an error or whose batch failed
+	MaxBatch        int64 // most operations seen in one transaction
+	Overloaded      int64 // writes refused because the queue was full
+	Busy            int64 // batches refused because the lock was not obtained
+	Panics          int64 // writer panics recovered
+	DeferredWritten int64
+	DeferredDropped int64
+	DeferredPending int
+	Readers         int // read connections open
+}
+
+// Stats returns a snapshot of the shard's counters.
+func (s *Shard) Stats() Stats {
+	return Stats{
+		Batches:         s.stats.batches.Load(),
+		Writes:          s.stats.writes.Load(),
+		Failed:          s.stats.failed.Load(),
+		MaxBatch:        s.stats.maxBatch.Load(),
+		Overloaded:      s.stats.overloaded.Load(),
+		Busy:            s.stats.busy.Load(),
+		Panics:          s.stats.panics.Load(),
+		DeferredWritten: s.stats.deferredWritten.Load(),
+		DeferredDropped: s.stats.deferredDropped.Load(),
+		DeferredPending: s.deferred.pending(),
+		Readers:         s.readers.open(),
+	}
+}
+
+var errWriterPanic = errors.New("shard writer panic")

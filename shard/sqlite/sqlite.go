@@ -1,0 +1,241 @@
+// Package sqlite is the embedded backend: one tenant is one SQLite file,
+// opened through the driver's direct API (github.com/ncruces/go-sqlite3).
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/migrations"
+	"github.com/keyshard/keyshard/shard"
+)
+
+// Dialect names this backend's migrations folder.
+const Dialect = "sqlite"
+
+// Options are the SQLite settings of every shard.
+type Options struct {
+	// Synchronous is FULL (default: an acknowledged write survives power
+	// loss) or NORMAL (survives a process crash; a power loss may lose the
+	// last commits).
+	Synchronous string
+	// BusyTimeout bounds the wait for the database lock (default 3 s).
+	BusyTimeout time.Duration
+	// WriterCacheKiB and ReaderCacheKiB set cache_size per connection
+	// (defaults 2000 and 500): the driver's default lets every connection grow
+	// to ~2.5 MB.
+	WriterCacheKiB, ReaderCacheKiB int
+}
+
+func (o Options) withDefaults() (Options, error) {
+	o.Synchronous = strings.ToUpper(o.Synchronous)
+	switch o.Synchronous {
+	case "":
+		o.Synchronous = "FULL"
+	case "FULL", "NORMAL":
+	default:
+		return o, engine.Invalidf("synchronous must be FULL or NORMAL, not %q", o.Synchronous)
+	}
+	if o.BusyTimeout <= 0 {
+		o.BusyTimeout = 3 * time.Second
+	}
+	if o.WriterCacheKiB <= 0 {
+		o.WriterCacheKiB = 2000
+	}
+	if o.ReaderCacheKiB <= 0 {
+		o.ReaderCacheKiB = 500
+	}
+	return o, nil
+}
+
+// Path returns the shard file of a tenant under dataDir, fanned out in two
+// levels of sub-folders by the id's first characters. Only a valid tenant id
+// (never a slug or other user input) becomes part of the path.
+func Path(dataDir, tenantID string) (string, error) {
+	if !engine.ValidTenantID(tenantID) {
+		return "", engine.Invalidf("invalid tenant id")
+	}
+	return filepath.Join(dataDir, "shards", tenantID[0:2], tenantID[2:4], tenantID+".db"), nil
+}
+
+// Conns opens the connections of one shard file. It implements shard.Conns.
+type Conns struct {
+	path string
+	opts Options
+}
+
+var _ shard.Conns = (*Conns)(nil)
+
+// NewConns returns the connection opener of the shard file at path.
+func NewConns(path string, opts Options) (*Conns, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Conns{path: path, opts: o}, nil
+}
+
+// Open opens (creating if needed) the shard at path with its schema brought
+// up to date, and starts its writer.
+func Open(ctx context.Context, path string, opts Options, sopts shard.Options) (*shard.Shard, error) {
+	c, err := NewConns(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("%w: %w", engine.ErrUnavailable, err)
+	}
+	return shard.Open(ctx, c, sopts)
+}
+
+// Remove deletes a closed shard's file and its -wal and -shm companions.
+func Remove(path string) error {
+	var errs []error
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Conns) pragmas(cacheKiB int, writer bool) string {
+	p := fmt.Sprintf("PRAGMA busy_timeout=%d; PRAGMA cache_size=-%d;", c.opts.BusyTimeout.Milliseconds(), cacheKiB)
+	if writer {
+		p += " PRAGMA journal_mode=wal; PRAGMA synchronous=" + c.opts.Synchronous + "; PRAGMA foreign_keys=on;"
+	}
+	return p
+}
+
+// OpenWriter opens the write connection and migrates the schema.
+func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
+	db, err := sqlite3.OpenFlags(c.path, sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_NOFOLLOW)
+	if err != nil {
+		return nil, translate(err)
+	}
+	if err := db.Exec(c.pragmas(c.opts.WriterCacheKiB, true)); err != nil {
+		_ = db.Close()
+		return nil, translate(err)
+	}
+	w := &writeConn{querier: newQuerier(db)}
+	if _, err := migrations.Up(ctx, w, Dialect); err != nil {
+		_ = w.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// OpenReader opens a read-only connection.
+func (c *Conns) OpenReader(ctx context.Context) (shard.ReadConn, error) {
+	db, err := sqlite3.OpenFlags(c.path, sqlite3.OPEN_READONLY|sqlite3.OPEN_NOFOLLOW)
+	if err != nil {
+		return nil, translate(err)
+	}
+	if err := db.Exec(c.pragmas(c.opts.ReaderCacheKiB, false)); err != nil {
+		_ = db.Close()
+		return nil, translate(err)
+	}
+	return &readConn{querier: newQuerier(db)}, nil
+}
+
+type readConn struct{ *querier }
+
+func (r *readConn) Close() error {
+	r.querier.close()
+	return r.db.Close()
+}
+
+// writeConn is the writer's connection: batch transaction and savepoints.
+type writeConn struct{ *querier }
+
+var _ shard.WriteConn = (*writeConn)(nil)
+
+func (w *writeConn) Begin() error {
+	_, err := w.Exec("BEGIN IMMEDIATE")
+	return err
+}
+func (w *writeConn) Savepoint() error {
+	_, err := w.Exec("SAVEPOINT op")
+	return err
+}
+func (w *writeConn) ReleaseSavepoint() error {
+	_, err := w.Exec("RELEASE op")
+	return err
+}
+func (w *writeConn) RollbackSavepoint() error {
+	if _, err := w.Exec("ROLLBACK TO op"); err != nil {
+		return err
+	}
+	_, err := w.Exec("RELEASE op")
+	return err
+}
+func (w *writeConn) Commit() error {
+	_, err := w.Exec("COMMIT")
+	return err
+}
+func (w *writeConn) Rollback() error {
+	if w.db.GetAutocommit() {
+		return nil
+	}
+	_, err := w.Exec("ROLLBACK")
+	return err
+}
+
+// Close checkpoints the WAL into the database file and closes the
+// connection; as the last connection it also removes the -wal and -shm files.
+func (w *writeConn) Close() error {
+	_ = w.Rollback()
+	w.querier.close()
+	_, _, cerr := w.db.WALCheckpoint("", sqlite3.CHECKPOINT_TRUNCATE)
+	if err := w.db.Close(); err != nil {
+		return translate(err)
+	}
+	if cerr != nil && !errors.Is(cerr, sqlite3.BUSY) {
+		return translate(cerr)
+	}
+	return nil
+}
+
+// Version implements migrations.Target with PRAGMA user_version.
+func (w *writeConn) Version(ctx context.Context) (int, error) {
+	var v int
+	err := w.QueryRow("PRAGMA user_version").Scan(&v)
+	return v, err
+}
+
+// Apply implements migrations.Target: the script and the new version commit
+// together.
+func (w *writeConn) Apply(ctx context.Context, m migrations.Migration) (err error) {
+	if err := w.Begin(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = w.Rollback()
+		}
+	}()
+	// The version may have moved while we waited for the lock (another
+	// process migrating the same file).
+	var cur int
+	if err := w.QueryRow("PRAGMA user_version").Scan(&cur); err != nil {
+		return err
+	}
+	if cur >= m.Version {
+		return w.Commit()
+	}
+	if err := w.db.Exec(m.SQL); err != nil {
+		return translate(err)
+	}
+	if err := w.db.Exec(fmt.Sprintf("PRAGMA user_version=%d", m.Version)); err != nil {
+		return translate(err)
+	}
+	return w.Commit()
+}

@@ -33,6 +33,9 @@ type Options struct {
 	// (defaults 2000 and 500): the driver's default lets every connection grow
 	// to ~2.5 MB.
 	WriterCacheKiB, ReaderCacheKiB int
+	// MustExist refuses to create a missing file: the engine opens only
+	// shards that approval created, so a deleted tenant is never recreated.
+	MustExist bool
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -90,8 +93,10 @@ func Open(ctx context.Context, path string, opts Options, sopts shard.Options) (
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("%w: %w", engine.ErrUnavailable, err)
+	if !c.opts.MustExist {
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			return nil, fmt.Errorf("%w: %w", engine.ErrUnavailable, err)
+		}
 	}
 	return shard.Open(ctx, c, sopts)
 }
@@ -117,7 +122,11 @@ func (c *Conns) pragmas(cacheKiB int, writer bool) string {
 
 // OpenWriter opens the write connection and migrates the schema.
 func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
-	db, err := sqlite3.OpenFlags(c.path, sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_NOFOLLOW)
+	flags := sqlite3.OPEN_READWRITE | sqlite3.OPEN_NOFOLLOW
+	if !c.opts.MustExist {
+		flags |= sqlite3.OPEN_CREATE
+	}
+	db, err := sqlite3.OpenFlags(c.path, flags)
 	if err != nil {
 		return nil, translate(err)
 	}

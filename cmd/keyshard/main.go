@@ -1,0 +1,105 @@
+// Command keyshard is the Keyshard server and its operator tools.
+//
+//	keyshard serve                       run the HTTP server
+//	keyshard tenant create|approve|suspend|resume|delete|list|show
+//	keyshard migrate --all               bring every shard's schema up to date
+//
+// Every flag can also be set by an environment variable KEYSHARD_<FLAG>,
+// upper-cased with dashes as underscores (--data → KEYSHARD_DATA).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keyshard/keyshard/app"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = runServe(os.Args[2:])
+	case "tenant":
+		err = runTenant(os.Args[2:])
+	case "migrate":
+		err = runMigrate(os.Args[2:])
+	case "help", "-h", "--help":
+		usage()
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "keyshard: unknown command %q\n\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keyshard:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: keyshard <command> [flags]
+
+commands:
+  serve     run the HTTP server (default 127.0.0.1:8080, data in ./data)
+  tenant    create|approve|suspend|resume|delete|list|show tenants
+  migrate   --all: bring every tenant shard's schema up to date
+
+Run 'keyshard <command> -h' for a command's flags. Every flag may be set
+by an environment variable: --data is KEYSHARD_DATA, --cache-capacity is
+KEYSHARD_CACHE_CAPACITY, and so on.
+`)
+}
+
+// storageFlags are the flags shared by every command that opens the engine.
+type storageFlags struct {
+	cfg app.Config
+}
+
+func (f *storageFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.cfg.DataDir, "data", "./data", "data directory: catalog, shards, admin token")
+	fs.StringVar(&f.cfg.Synchronous, "synchronous", "FULL", "SQLite durability: FULL (an acknowledged write survives power loss) or NORMAL (survives a crash of the process)")
+	fs.DurationVar(&f.cfg.BusyTimeout, "busy-timeout", 3*time.Second, "longest wait for a shard's database lock before answering busy")
+	fs.IntVar(&f.cfg.CacheCapacity, "cache-capacity", app.DefaultCacheCapacity, "shards kept open (see README: sizing the shard cache)")
+	fs.IntVar(&f.cfg.MaxOpenShards, "max-open-shards", 0, "hard limit of open shards, pinned ones included (default 1.5 × cache capacity)")
+	fs.IntVar(&f.cfg.QueueSize, "queue-size", 1024, "writes queued per shard before answering overloaded")
+	fs.IntVar(&f.cfg.MaxBatch, "max-batch", 512, "most writes committed in one transaction")
+	fs.IntVar(&f.cfg.Readers, "readers", 2, "read connections per open shard")
+	fs.DurationVar(&f.cfg.DebounceInterval, "debounce", 5*time.Minute, "least time between two last-seen writes of one user")
+}
+
+// parse parses args, then fills every flag not given on the command line
+// from its KEYSHARD_ environment variable.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		env := "KEYSHARD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+		}
+	})
+	return err
+}
+
+func openApp(f *storageFlags) (*app.App, error) {
+	return app.Open(context.Background(), f.cfg)
+}

@@ -1,0 +1,223 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Catalog stores tenants and their placements. Implementations serve
+// Resolve from memory; all methods are safe for concurrent use.
+type Catalog interface {
+	// Resolve returns a copy of the tenant with that slug or id, or
+	// ErrTenantNotFound.
+	Resolve(ctx context.Context, slugOrID string) (*Tenant, error)
+	// List returns every tenant.
+	List(ctx context.Context) ([]*Tenant, error)
+	// Create records t; a taken slug returns ErrConflict.
+	Create(ctx context.Context, t *Tenant) error
+	// Update stores t if the catalog still holds wantEpoch for it, else
+	// returns ErrConflict.
+	Update(ctx context.Context, t *Tenant, wantEpoch int64) error
+	// Delete removes the tenant; ErrTenantNotFound if absent.
+	Delete(ctx context.Context, id string) error
+}
+
+// ShardHandle is an open shard pinned for one caller: it is not closed until
+// Release. Release must be called exactly once.
+type ShardHandle interface {
+	Shard
+	Release()
+}
+
+// ShardPool opens shards on demand and keeps them in a bounded cache.
+type ShardPool interface {
+	// Acquire returns the shard at p pinned; it returns ErrOverloaded when
+	// too many shards are pinned to open another.
+	Acquire(ctx context.Context, p Placement) (ShardHandle, error)
+	// Evict closes the tenant's shard once unpinned and waits for it.
+	Evict(ctx context.Context, tenantID string) error
+	// Close closes every shard.
+	Close() error
+}
+
+// Storage creates and destroys tenants' databases on one backend.
+type Storage interface {
+	// Create creates the tenant's database at p with the current schema.
+	Create(ctx context.Context, p Placement) error
+	// Destroy deletes the tenant's database at p; the shard must be closed.
+	Destroy(ctx context.Context, p Placement) error
+}
+
+// Engine is the storage engine seen from above: tenants in a catalog, their
+// shards in a pool, their databases on backends. Safe for concurrent use.
+type Engine struct {
+	Catalog        Catalog
+	Shards         ShardPool
+	Backends       map[string]Storage // by backend name
+	DefaultBackend string
+
+	lifecycle sync.Mutex // serializes tenant state changes
+}
+
+// CreateTenant requests a tenant: status pending, nothing created on disk.
+func (e *Engine) CreateTenant(ctx context.Context, slug, name, backend string) (*Tenant, error) {
+	if err := ValidateSlug(slug); err != nil {
+		return nil, err
+	}
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if backend == "" {
+		backend = e.DefaultBackend
+	}
+	if err := ValidateBackend(backend); err != nil {
+		return nil, err
+	}
+	if _, ok := e.Backends[backend]; !ok {
+		return nil, Invalidf("backend %q is not configured on this server", backend)
+	}
+	t := &Tenant{ID: NewTenantID(), Slug: slug, Name: name, Status: StatusPending, Backend: backend, Epoch: 1}
+	if err := e.Catalog.Create(ctx, t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Get returns the tenant with that slug or id.
+func (e *Engine) Get(ctx context.Context, slugOrID string) (*Tenant, error) {
+	return e.Catalog.Resolve(ctx, slugOrID)
+}
+
+// List returns every tenant.
+func (e *Engine) List(ctx context.Context) ([]*Tenant, error) { return e.Catalog.List(ctx) }
+
+// ErrWrongStatus is returned for a lifecycle step the tenant's status forbids.
+var ErrWrongStatus = errors.New("tenant status does not allow this")
+
+// ApproveTenant creates and migrates the pending tenant's database, then
+// marks it active.
+func (e *Engine) ApproveTenant(ctx context.Context, slugOrID string) (*Tenant, error) {
+	return e.transition(ctx, slugOrID, StatusPending, StatusActive, func(t *Tenant) error {
+		st, ok := e.Backends[t.Backend]
+		if !ok {
+			return fmt.Errorf("backend %q not configured: %w", t.Backend, ErrUnavailable)
+		}
+		if err := st.Create(ctx, t.Placement()); err != nil {
+			return fmt.Errorf("create shard: %w", err)
+		}
+		now := time.Now().UTC()
+		t.ApprovedAt = &now
+		return nil
+	})
+}
+
+// SuspendTenant refuses the tenant's requests from now on; its shard is
+// flushed and closed, its data kept.
+func (e *Engine) SuspendTenant(ctx context.Context, slugOrID string) (*Tenant, error) {
+	t, err := e.transition(ctx, slugOrID, StatusActive, StatusSuspended, nil)
+	if err != nil {
+		return nil, err
+	}
+	return t, e.Shards.Evict(ctx, t.ID)
+}
+
+// ResumeTenant makes a suspended tenant active again.
+func (e *Engine) ResumeTenant(ctx context.Context, slugOrID string) (*Tenant, error) {
+	return e.transition(ctx, slugOrID, StatusSuspended, StatusActive, nil)
+}
+
+func (e *Engine) transition(ctx context.Context, slugOrID string, from, to Status, do func(*Tenant) error) (*Tenant, error) {
+	e.lifecycle.Lock()
+	defer e.lifecycle.Unlock()
+	t, err := e.Catalog.Resolve(ctx, slugOrID)
+	if err != nil {
+		return nil, err
+	}
+	if t.Status != from {
+		return nil, fmt.Errorf("tenant is %s, not %s: %w", t.Status, from, ErrWrongStatus)
+	}
+	if do != nil {
+		if err := do(t); err != nil {
+			return nil, err
+		}
+	}
+	t.Status = to
+	if err := e.Catalog.Update(ctx, t, t.Epoch); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// DeleteTenant removes the tenant from the catalog, closes its shard and
+// deletes its database.
+func (e *Engine) DeleteTenant(ctx context.Context, slugOrID string) error {
+	e.lifecycle.Lock()
+	defer e.lifecycle.Unlock()
+	t, err := e.Catalog.Resolve(ctx, slugOrID)
+	if err != nil {
+		return err
+	}
+	if err := e.Catalog.Delete(ctx, t.ID); err != nil {
+		return err
+	}
+	if err := e.Shards.Evict(ctx, t.ID); err != nil {
+		return fmt.Errorf("close shard of deleted tenant: %w", err)
+	}
+	if t.Status == StatusPending {
+		return nil // nothing was created
+	}
+	if st, ok := e.Backends[t.Backend]; ok {
+		if err := st.Destroy(ctx, t.Placement()); err != nil {
+			return fmt.Errorf("delete shard of deleted tenant: %w", err)
+		}
+	}
+	return nil
+}
+
+// TenantShard is an active tenant with its shard pinned. Release it once.
+type TenantShard struct {
+	Tenant *Tenant
+	ShardHandle
+}
+
+// Tenant resolves an active tenant and pins its shard. A pending or
+// suspended tenant returns ErrTenantPending or ErrTenantSuspended; an
+// unknown one ErrTenantNotFound.
+func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, error) {
+	t, err := e.Catalog.Resolve(ctx, slugOrID)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.Status.Err(); err != nil {
+		return nil, err
+	}
+	h, err := e.Shards.Acquire(ctx, t.Placement())
+	if err != nil {
+		return nil, err
+	}
+	// The tenant may have been suspended, deleted or moved while we opened
+	// its shard: the catalog is the truth. Eviction of a pinned shard waits
+	// for this handle, so a tenant seen active here stays usable until
+	// Release.
+	now, err := e.Catalog.Resolve(ctx, t.ID)
+	if err == nil {
+		err = now.Status.Err()
+	}
+	if err == nil && now.Epoch != t.Epoch {
+		err = fmt.Errorf("tenant placement changed: %w", ErrUnavailable)
+	}
+	if err != nil {
+		h.Release()
+		if errors.Is(err, ErrTenantNotFound) || errors.Is(err, ErrTenantSuspended) {
+			_ = e.Shards.Evict(ctx, t.ID) // do not keep a shard open for it
+		}
+		return nil, err
+	}
+	return &TenantShard{Tenant: t, ShardHandle: h}, nil
+}
+
+// Close closes every shard.
+func (e *Engine) Close() error { return e.Shards.Close() }

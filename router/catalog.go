@@ -1,0 +1,257 @@
+// Package router maps a tenant (by slug or id) to its placement: status,
+// backend, location and epoch, kept in a catalog database and served from an
+// in-memory cache that is updated whenever the catalog changes.
+package router
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+	_ "github.com/ncruces/go-sqlite3/driver" // database/sql driver "sqlite3"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// Router is the catalog of tenants with its cache. It implements
+// engine.Catalog and is safe for concurrent use.
+type Router struct {
+	db *sql.DB
+
+	mu     sync.RWMutex // guards the maps below
+	byID   map[string]*engine.Tenant
+	bySlug map[string]*engine.Tenant
+}
+
+var _ engine.Catalog = (*Router)(nil)
+
+const schema = `
+CREATE TABLE IF NOT EXISTS tenants (
+    id           TEXT PRIMARY KEY,
+    slug         TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    backend      TEXT NOT NULL,
+    location     TEXT NOT NULL DEFAULT '',
+    epoch        INTEGER NOT NULL DEFAULT 1,
+    created_at   INTEGER NOT NULL,
+    approved_at  INTEGER,
+    updated_at   INTEGER NOT NULL
+)`
+
+// OpenSQLite opens (creating if needed) the catalog file catalog.db in
+// dataDir and loads every tenant into the cache.
+func OpenSQLite(ctx context.Context, dataDir string) (*Router, error) {
+	if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dataDir, "catalog.db")
+	dsn := "file:" + path + "?_pragma=busy_timeout(3000)&_pragma=journal_mode(wal)&_pragma=synchronous(full)&_pragma=foreign_keys(on)&_txlock=immediate"
+	db, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("catalog schema: %w", err)
+	}
+	r := &Router{db: db}
+	if err := r.Reload(ctx); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Close closes the catalog database.
+func (r *Router) Close() error { return r.db.Close() }
+
+const columns = `id, slug, name, status, backend, location, epoch, created_at, approved_at, updated_at`
+
+func scanTenant(sc interface{ Scan(...any) error }) (*engine.Tenant, error) {
+	var t engine.Tenant
+	var status string
+	var created, updated int64
+	var approved sql.NullInt64
+	if err := sc.Scan(&t.ID, &t.Slug, &t.Name, &status, &t.Backend, &t.Location, &t.Epoch, &created, &approved, &updated); err != nil {
+		return nil, err
+	}
+	t.Status = engine.Status(status)
+	t.CreatedAt = time.UnixMicro(created).UTC()
+	t.UpdatedAt = time.UnixMicro(updated).UTC()
+	if approved.Valid {
+		a := time.UnixMicro(approved.Int64).UTC()
+		t.ApprovedAt = &a
+	}
+	return &t, nil
+}
+
+// Reload replaces the cache with the catalog's content.
+func (r *Router) Reload(ctx context.Context) error {
+	rows, err := r.db.QueryContext(ctx, `SELECT `+columns+` FROM tenants`)
+	if err != nil {
+		return fmt.Errorf("load catalog: %w", err)
+	}
+	defer rows.Close()
+	byID := make(map[string]*engine.Tenant)
+	bySlug := make(map[string]*engine.Tenant)
+	for rows.Next() {
+		t, err := scanTenant(rows)
+		if err != nil {
+			return fmt.Errorf("load catalog: %w", err)
+		}
+		byID[t.ID] = t
+		bySlug[t.Slug] = t
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("load catalog: %w", err)
+	}
+	r.mu.Lock()
+	r.byID, r.bySlug = byID, bySlug
+	r.mu.Unlock()
+	return nil
+}
+
+// Resolve returns a copy of the tenant with that slug or id, from the cache.
+func (r *Router) Resolve(ctx context.Context, slugOrID string) (*engine.Tenant, error) {
+	r.mu.RLock()
+	t, ok := r.bySlug[slugOrID]
+	if !ok {
+		t, ok = r.byID[slugOrID]
+	}
+	r.mu.RUnlock()
+	if !ok {
+		return nil, engine.ErrTenantNotFound
+	}
+	c := *t
+	return &c, nil
+}
+
+// List returns every tenant, ordered by slug.
+func (r *Router) List(ctx context.Context) ([]*engine.Tenant, error) {
+	rows, err := r.db.QueryContext(ctx, `SELECT `+columns+` FROM tenants ORDER BY slug`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*engine.Tenant
+	for rows.Next() {
+		t, err := scanTenant(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// Create records a new pending tenant.
+func (r *Router) Create(ctx context.Context, t *engine.Tenant) error {
+	now := time.Now().UTC()
+	t.CreatedAt, t.UpdatedAt = now, now
+	if t.Epoch == 0 {
+		t.Epoch = 1
+	}
+	_, err := r.db.ExecContext(ctx, `INSERT INTO tenants (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
+		t.ID, t.Slug, t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, now.UnixMicro(), nullTime(t.ApprovedAt), now.UnixMicro())
+	if err != nil {
+		if isUnique(err) {
+			return fmt.Errorf("slug %q is taken: %w", t.Slug, engine.ErrConflict)
+		}
+		return fmt.Errorf("create tenant: %w", err)
+	}
+	r.put(t)
+	return nil
+}
+
+// Update stores t's status, name, placement and approval time, provided
+// the catalog still holds epoch wantEpoch for it (a compare-and-set that
+// fences concurrent placement changes).
+func (r *Router) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) error {
+	t.UpdatedAt = time.Now().UTC()
+	res, err := r.db.ExecContext(ctx, `UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=? WHERE id=? AND epoch=?`,
+		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), t.ID, wantEpoch)
+	if err != nil {
+		return fmt.Errorf("update tenant: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("tenant %s changed concurrently: %w", t.Slug, engine.ErrConflict)
+	}
+	r.put(t)
+	return nil
+}
+
+// Delete removes the tenant from the catalog.
+func (r *Router) Delete(ctx context.Context, id string) error {
+	res, err := r.db.ExecContext(ctx, `DELETE FROM tenants WHERE id=?`, id)
+	if err != nil {
+		return fmt.Errorf("delete tenant: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return engine.ErrTenantNotFound
+	}
+	r.mu.Lock()
+	if t, ok := r.byID[id]; ok {
+		delete(r.bySlug, t.Slug)
+		delete(r.byID, id)
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *Router) put(t *engine.Tenant) {
+	c := *t
+	r.mu.Lock()
+	if old, ok := r.byID[c.ID]; ok && old.Slug != c.Slug {
+		delete(r.bySlug, old.Slug)
+	}
+	r.byID[c.ID] = &c
+	r.bySlug[c.Slug] = &c
+	r.mu.Unlock()
+}
+
+func nullTime(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixMicro()
+}
+
+func isUnique(err error) bool {
+	return errors.Is(err, sqlite3.CONSTRAINT_UNIQUE) || errors.Is(err, sqlite3.CONSTRAINT_PRIMARYKEY) ||
+		strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+// Watch reloads the cache whenever the catalog was changed by another
+// process (the CLI, another node), checking every interval until ctx ends.
+func (r *Router) Watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// Every change sets updated_at; a delete changes the count.
+		var n, maxUpdated int64
+		err := r.db.QueryRowContext(ctx, `SELECT count(*), coalesce(max(updated_at),0) FROM tenants`).Scan(&n, &maxUpdated)
+		if err != nil {
+			continue
+		}
+		sig := fmt.Sprintf("%d/%d", n, maxUpdated)
+		if sig != last {
+			if r.Reload(ctx) == nil {
+				last = sig
+			}
+		}
+	}
+}

@@ -133,17 +133,23 @@ func (c *Cache) Acquire(ctx context.Context, p engine.Placement) (*Handle, error
 // openEntry opens a shard and inserts it, unpinned, into the LRU.
 func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, error) {
 	c.mu.Lock()
-	if e, ok := c.lru.Peek(p.TenantID); ok && e.epoch == p.Epoch {
-		c.mu.Unlock() // a flight that just ended inserted it
-		return e, nil
+	if e, ok := c.lru.Peek(p.TenantID); ok {
+		c.mu.Unlock()
+		if e.epoch == p.Epoch {
+			return e, nil // a flight that just ended inserted it
+		}
+		// Another placement's shard is open: Acquire serves it or closes it
+		// first. Opening here would replace it in the LRU unclosed and run
+		// two writers on one shard.
+		return nil, errRetry
 	}
 	if _, ok := c.closing[p.TenantID]; ok {
 		c.mu.Unlock() // an older copy is still closing: never two writers
 		return nil, errRetry
 	}
-	if c.lru.Len() >= c.maxOpen && !c.hasVictimLocked() {
+	if n := c.lru.Len(); n >= c.maxOpen && !c.hasVictimLocked() {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("%d shards open and pinned: %w", c.lru.Len(), engine.ErrOverloaded)
+		return nil, fmt.Errorf("%d shards open and pinned: %w", n, engine.ErrOverloaded)
 	}
 	c.mu.Unlock()
 
@@ -163,6 +169,16 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 		c.mu.Unlock()
 		_ = s.Close()
 		return nil, engine.ErrClosed
+	}
+	// Several opens may have passed the check above at once. Make room
+	// among unpinned shards, and refuse rather than let the LRU drop its
+	// oldest entry by itself: that entry, pinned or not, would never close.
+	c.evictLocked(nil)
+	if c.lru.Len() >= c.maxOpen {
+		n := c.lru.Len()
+		c.mu.Unlock()
+		_ = s.Close()
+		return nil, fmt.Errorf("%d shards open and pinned: %w", n, engine.ErrOverloaded)
 	}
 	c.lru.Add(p.TenantID, e)
 	openShards.Inc()
@@ -234,14 +250,14 @@ func (c *Cache) closeLocked(e *entry) {
 	go func() {
 		defer c.wg.Done()
 		_ = e.shard.Close() // a failed final flush is counted in the shard's stats
+		openShards.Dec()
+		c.evictions.Add(1)
+		cacheEvictions.Inc()
 		c.mu.Lock()
 		ch := c.closing[e.id]
 		delete(c.closing, e.id)
 		c.mu.Unlock()
-		close(ch)
-		openShards.Dec()
-		c.evictions.Add(1)
-		cacheEvictions.Inc()
+		close(ch) // last: Evict returns with the counters up to date
 	}()
 }
 

@@ -91,16 +91,23 @@ func auditCounts(tb testing.TB, s *shard.Shard) map[string]int {
 // setting returns a setting's value, or "" with ok false when it is absent.
 func setting(tb testing.TB, s *shard.Shard, key string) (value string, ok bool) {
 	tb.Helper()
-	err := s.Read(context.Background(), func(q engine.Querier) error {
+	return settingCtx(context.Background(), tb, s, key)
+}
+
+// settingCtx is setting with a context for the read.
+func settingCtx(ctx context.Context, tb testing.TB, s *shard.Shard, key string) (value string, ok bool) {
+	tb.Helper()
+	err := s.Read(ctx, func(q engine.Querier) error {
 		return q.QueryRow("SELECT value FROM settings WHERE key = ?", key).Scan(&value)
 	})
-	if errors.Is(err, engine.ErrNoRows) {
+	switch {
+	case err == nil:
+		return value, true
+	case errors.Is(err, engine.ErrNoRows):
 		return "", false
 	}
-	if err != nil {
-		tb.Fatalf("read setting %q: %v", key, err)
-	}
-	return value, true
+	tb.Fatalf("read setting %q: %v", key, err)
+	return "", false
 }
 
 // blockWriter queues a write that holds the writer (inside the batch

@@ -87,27 +87,31 @@ func (s *Shard) runBatch(reqs []*request, all bool) error {
 			rejections.WithLabelValues("busy").Inc()
 		}
 		s.stats.failed.Add(int64(len(live)))
-		for _, r := range live {
-			r.reply <- err
-		}
 		if n := s.deferred.restore(recs); n > 0 {
 			s.stats.deferredDropped.Add(int64(n))
+		}
+		for _, r := range live {
+			r.reply <- err
 		}
 		return err
 	}
 	var ok int64
-	for i, r := range live {
+	for i := range live {
 		if errs[i] == nil {
 			ok++
 		} else {
 			s.stats.failed.Add(1)
 		}
-		r.reply <- errs[i]
 	}
 	s.stats.writes.Add(ok)
 	s.stats.deferredWritten.Add(int64(recOK))
 	s.stats.deferredDropped.Add(int64(len(recs) - recOK))
+	// Book-keep before answering: a caller that was answered must find its
+	// keys debounced and the counters up to date.
 	s.deferred.written(recs, time.Now())
+	for i, r := range live {
+		r.reply <- errs[i]
+	}
 	return nil
 }
 

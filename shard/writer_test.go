@@ -26,7 +26,8 @@ func TestShard_Write(t *testing.T) {
 		dir := t.TempDir()
 		shards := make([]*shard.Shard, tenants)
 		for i := range shards {
-			s, err := sqlite.Open(context.Background(), filepath.Join(dir, fmt.Sprintf("t%02d.db", i)), fastSQLite, shard.Options{})
+			// synchronous=FULL, the default: what group commit is for.
+			s, err := sqlite.Open(context.Background(), filepath.Join(dir, fmt.Sprintf("t%02d.db", i)), sqlite.Options{}, shard.Options{})
 			if err != nil {
 				t.Fatalf("open shard %d: %v", i, err)
 			}

@@ -38,6 +38,10 @@ func (s *Server) Handler() http.Handler {
 	}
 	if s.router == nil {
 		s.router = httprouter.New()
+		// Routes match the decoded path, where "%2f" is a separator: a
+		// "fixed path" redirect would turn /t/acme%2f..%2fx/… into a
+		// redirect to tenant x. A path that is not a route is a 404.
+		s.router.RedirectFixedPath = false
 		s.router.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			writeErrorCode(w, http.StatusNotFound, "not_found", "no such route")
 		})

@@ -60,6 +60,11 @@ type Engine struct {
 	DefaultBackend string
 
 	lifecycle sync.Mutex // serializes tenant state changes
+
+	mu       sync.Mutex      // guards the fields below
+	opened   *sync.Cond      // signalled when a tenant's opening count drops to 0
+	opening  map[string]int  // by tenant id: Tenant() calls that may open its shard
+	deleting map[string]bool // tenants whose shard DeleteTenant is destroying
 }
 
 // CreateTenant requests a tenant: status pending, nothing created on disk.
@@ -160,6 +165,11 @@ func (e *Engine) DeleteTenant(ctx context.Context, slugOrID string) error {
 	if err != nil {
 		return err
 	}
+	// A Tenant() call that resolved the tenant before Delete could open its
+	// shard while Destroy removes the files, recreating the -wal and -shm
+	// files: refuse new opens and wait for those in progress.
+	unfence := e.fenceOpens(t.ID)
+	defer unfence()
 	if err := e.Catalog.Delete(ctx, t.ID); err != nil {
 		return err
 	}
@@ -194,6 +204,14 @@ func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, err
 	if err := t.Status.Err(); err != nil {
 		return nil, err
 	}
+	if !e.beginOpen(t.ID) {
+		return nil, ErrTenantNotFound // being deleted
+	}
+	defer e.endOpen(t.ID)
+	// A delete that completed since Resolve has left no file to open.
+	if _, err := e.Catalog.Resolve(ctx, t.ID); err != nil {
+		return nil, err
+	}
 	h, err := e.Shards.Acquire(ctx, t.Placement())
 	if err != nil {
 		return nil, err
@@ -217,6 +235,55 @@ func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, err
 		return nil, err
 	}
 	return &TenantShard{Tenant: t, ShardHandle: h}, nil
+}
+
+// beginOpen counts a Tenant() call that may open the tenant's shard; it
+// returns false while the tenant is being deleted.
+func (e *Engine) beginOpen(id string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.deleting[id] {
+		return false
+	}
+	if e.opening == nil {
+		e.opening = make(map[string]int)
+	}
+	e.opening[id]++
+	return true
+}
+
+func (e *Engine) endOpen(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.opening[id]--
+	if e.opening[id] == 0 {
+		delete(e.opening, id)
+		if e.opened != nil {
+			e.opened.Broadcast()
+		}
+	}
+}
+
+// fenceOpens makes beginOpen refuse the tenant and waits until no Tenant()
+// call may still open its shard. The returned function lifts the fence.
+func (e *Engine) fenceOpens(id string) (unfence func()) {
+	e.mu.Lock()
+	if e.deleting == nil {
+		e.deleting = make(map[string]bool)
+	}
+	if e.opened == nil {
+		e.opened = sync.NewCond(&e.mu)
+	}
+	e.deleting[id] = true
+	for e.opening[id] > 0 {
+		e.opened.Wait()
+	}
+	e.mu.Unlock()
+	return func() {
+		e.mu.Lock()
+		delete(e.deleting, id)
+		e.mu.Unlock()
+	}
 }
 
 // Close closes every shard.

@@ -98,6 +98,10 @@ func ValidateSlug(s string) error {
 		return Invalidf("slug is longer than %d characters", MaxSlugLength)
 	case s[0] == '-' || s[len(s)-1] == '-':
 		return Invalidf("slug must not start or end with a hyphen")
+	case ValidTenantID(s):
+		// Tenants are found by slug or id: a slug shaped like an id could
+		// shadow another tenant's id.
+		return Invalidf("slug must not have the form of a tenant id (26 characters of a-z and 2-7)")
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]

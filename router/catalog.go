@@ -25,9 +25,10 @@ import (
 type Router struct {
 	db *sql.DB
 
-	mu     sync.RWMutex // guards the maps below
+	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*engine.Tenant
 	bySlug map[string]*engine.Tenant
+	gen    uint64 // bumped by every change made through r; see Reload
 }
 
 var _ engine.Catalog = (*Router)(nil)
@@ -53,7 +54,9 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Router, error) {
 		return nil, err
 	}
 	path := filepath.Join(dataDir, "catalog.db")
-	dsn := "file:" + path + "?_pragma=busy_timeout(3000)&_pragma=journal_mode(wal)&_pragma=synchronous(full)&_pragma=foreign_keys(on)&_txlock=immediate"
+	// In a "file:" URI, '?', '#' and '%' are not part of the file name:
+	// escape them so that the catalog is always dataDir/catalog.db.
+	dsn := "file:" + uriPath.Replace(path) + "?_pragma=busy_timeout(3000)&_pragma=journal_mode(wal)&_pragma=synchronous(full)&_pragma=foreign_keys(on)&_txlock=immediate"
 	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		return nil, err
@@ -69,6 +72,8 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Router, error) {
 	}
 	return r, nil
 }
+
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
 // Close closes the catalog database.
 func (r *Router) Close() error { return r.db.Close() }
@@ -93,30 +98,48 @@ func scanTenant(sc interface{ Scan(...any) error }) (*engine.Tenant, error) {
 	return &t, nil
 }
 
-// Reload replaces the cache with the catalog's content.
+// Reload replaces the cache with the catalog's content. A change made
+// through r while Reload reads the catalog may be missing from what it read,
+// so Reload then reads again rather than bring back an older state.
 func (r *Router) Reload(ctx context.Context) error {
+	for {
+		r.mu.RLock()
+		gen := r.gen
+		r.mu.RUnlock()
+		byID, bySlug, err := r.load(ctx)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		if r.gen == gen {
+			r.byID, r.bySlug = byID, bySlug
+			r.mu.Unlock()
+			return nil
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (r *Router) load(ctx context.Context) (byID, bySlug map[string]*engine.Tenant, err error) {
 	rows, err := r.db.QueryContext(ctx, `SELECT `+columns+` FROM tenants`)
 	if err != nil {
-		return fmt.Errorf("load catalog: %w", err)
+		return nil, nil, fmt.Errorf("load catalog: %w", err)
 	}
 	defer rows.Close()
-	byID := make(map[string]*engine.Tenant)
-	bySlug := make(map[string]*engine.Tenant)
+	byID = make(map[string]*engine.Tenant)
+	bySlug = make(map[string]*engine.Tenant)
 	for rows.Next() {
 		t, err := scanTenant(rows)
 		if err != nil {
-			return fmt.Errorf("load catalog: %w", err)
+			return nil, nil, fmt.Errorf("load catalog: %w", err)
 		}
 		byID[t.ID] = t
 		bySlug[t.Slug] = t
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("load catalog: %w", err)
+		return nil, nil, fmt.Errorf("load catalog: %w", err)
 	}
-	r.mu.Lock()
-	r.byID, r.bySlug = byID, bySlug
-	r.mu.Unlock()
-	return nil
+	return byID, bySlug, nil
 }
 
 // Resolve returns a copy of the tenant with that slug or id, from the cache.
@@ -198,6 +221,7 @@ func (r *Router) Delete(ctx context.Context, id string) error {
 		return engine.ErrTenantNotFound
 	}
 	r.mu.Lock()
+	r.gen++
 	if t, ok := r.byID[id]; ok {
 		delete(r.bySlug, t.Slug)
 		delete(r.byID, id)
@@ -209,6 +233,7 @@ func (r *Router) Delete(ctx context.Context, id string) error {
 func (r *Router) put(t *engine.Tenant) {
 	c := *t
 	r.mu.Lock()
+	r.gen++
 	if old, ok := r.byID[c.ID]; ok && old.Slug != c.Slug {
 		delete(r.bySlug, old.Slug)
 	}

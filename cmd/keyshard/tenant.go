@@ -43,6 +43,16 @@ func runTenant(args []string) error {
 		return err
 	}
 	target := fs.Arg(0)
+	// The flag package stops at the slug: without this, the flags in
+	// `tenant approve acme --data DIR` would be ignored and ./data used.
+	if fs.NArg() > 1 {
+		if err := parse(fs, fs.Args()[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() > 0 {
+			return fmt.Errorf("tenant %s: unexpected arguments %q", action, fs.Args())
+		}
+	}
 	if action == "create" && *slug == "" {
 		*slug = target
 	}

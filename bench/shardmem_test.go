@@ -118,4 +118,3 @@ func fds(tb testing.TB) int {
 	}
 	return len(es)
 }
-

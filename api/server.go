@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/engine"
 )
 
@@ -27,6 +28,11 @@ type Server struct {
 	Engine     *engine.Engine
 	AdminToken string // platform admin bearer token
 	Logger     *slog.Logger
+	// Auth serves the per-tenant end-user API; nil serves only /health.
+	Auth *auth.Service
+	// PublicURL is the server's external base URL (e.g. https://auth.example.com);
+	// a tenant's token issuer is PublicURL/t/{slug}. Empty: taken from the request.
+	PublicURL string
 
 	router *httprouter.Router
 }

@@ -10,6 +10,7 @@ import (
 
 func (s *Server) registerTenantRoutes() {
 	s.handle(http.MethodGet, "/t/:tenant/health", s.handleTenantHealth)
+	s.registerAuthRoutes()
 }
 
 // handleTenantHealth answers 200 when the tenant is active and its shard

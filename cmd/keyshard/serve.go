@@ -20,6 +20,8 @@ func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	var sf storageFlags
 	sf.register(fs)
+	var af authFlags
+	af.register(fs)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "longest wait for requests in flight at shutdown")
 	if err := parse(fs, args); err != nil {
@@ -45,7 +47,14 @@ func runServe(args []string) error {
 		log.Info("platform admin token taken from KEYSHARD_ADMIN_TOKEN")
 	}
 
-	srv := &api.Server{Engine: a.Engine, AdminToken: token, Logger: log}
+	as, err := openAuth(sf.cfg.DataDir, &af, log)
+	if err != nil {
+		_ = a.Close()
+		return err
+	}
+	defer as.Pool.Close()
+
+	srv := &api.Server{Engine: a.Engine, AdminToken: token, Logger: log, Auth: as.Service, PublicURL: af.publicURL}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {

@@ -21,6 +21,7 @@ actions:
   delete SLUG      delete the tenant and its shard
   list             list tenants
   show SLUG        show one tenant as JSON
+  rotate-key SLUG  make a new signing key active (the old one verifies until its tokens expire)
 
 These act on the data directory directly; a running server sees the change
 within a second. Run delete only through the admin API while a server runs.
@@ -78,6 +79,8 @@ func runTenant(args []string) error {
 		t, err = e.ResumeTenant(ctx, target)
 	case "show":
 		t, err = e.Get(ctx, target)
+	case "rotate-key":
+		return rotateKey(a, sf.cfg.DataDir, target)
 	case "delete":
 		if err = e.DeleteTenant(ctx, target); err == nil {
 			fmt.Printf("deleted %s\n", target)

@@ -1,0 +1,76 @@
+package api_test
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestAuth_TenantAdmin(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	base := e.tenant("acme")
+	other := e.tenant("other")
+
+	issue := func(slug string) string {
+		r := e.call("POST", e.URL+"/admin/tenants/"+slug+"/service-key", "admin-secret", nil)
+		if r.Status != 200 || !strings.HasPrefix(r.str("service_key"), "ks_svc_") {
+			t.Fatalf("issue service key: %d %s", r.Status, r.Raw)
+		}
+		return r.str("service_key")
+	}
+	if r := e.call("POST", e.URL+"/admin/tenants/acme/service-key", "wrong", nil); r.Status != 401 {
+		t.Fatalf("service key without the platform token: %d %s", r.Status, r.Raw)
+	}
+	key := issue("acme")
+	otherKey := issue("other")
+
+	t.Run("ErrNoKey", func(t *testing.T) {
+		wantAuthError(t, e.call("GET", base+"/admin/users", "", nil), 401, "no_authorization")
+		wantAuthError(t, e.call("GET", base+"/admin/users", "ks_svc_wrong", nil), 401, "no_authorization")
+		wantAuthError(t, e.call("GET", base+"/admin/users", otherKey, nil), 401, "no_authorization")
+		s := e.signup(other, "u@example.com", "password1")
+		wantAuthError(t, e.call("GET", other+"/admin/users", s.str("access_token"), nil), 401, "no_authorization")
+	})
+	t.Run("Users", func(t *testing.T) {
+		r := e.call("POST", base+"/admin/users", key, map[string]any{"email": "Admin.Made@example.com", "password": "password1", "email_confirm": true, "user_metadata": map[string]any{"team": "a"}})
+		if r.Status != 200 || r.str("email") != "admin.made@example.com" || r.str("email_confirmed_at") == "" {
+			t.Fatalf("create: %d %s", r.Status, r.Raw)
+		}
+		id := r.str("id")
+		wantAuthError(t, e.call("POST", base+"/admin/users", key, map[string]any{"email": "admin.made@example.com"}), 422, "email_exists")
+		if r := e.login(base, "admin.made@example.com", "password1"); r.Status != 200 {
+			t.Fatalf("login of an admin-made user: %d %s", r.Status, r.Raw)
+		}
+		e.signup(base, "self@example.com", "password1")
+		r = e.call("GET", base+"/admin/users?per_page=1&page=2", key, nil)
+		if r.Status != 200 || len(r.Body["users"].([]any)) != 1 || r.Header.Get("X-Total-Count") != "2" {
+			t.Fatalf("list: %d %s", r.Status, r.Raw)
+		}
+		if u := r.Body["users"].([]any)[0].(map[string]any); u["email"] != "self@example.com" {
+			t.Fatalf("page 2: %v", u)
+		}
+		r = e.call("PUT", base+"/admin/users/"+id, key, map[string]any{"app_metadata": map[string]any{"roles": []string{"admin"}}, "user_metadata": map[string]any{"team": "b"}})
+		if r.Status != 200 || r.Body["user_metadata"].(map[string]any)["team"] != "b" || r.Body["app_metadata"].(map[string]any)["roles"] == nil {
+			t.Fatalf("update: %d %s", r.Status, r.Raw)
+		}
+		if r := e.call("GET", base+"/admin/users/"+id, key, nil); r.Status != 200 || r.str("id") != id {
+			t.Fatalf("get: %d %s", r.Status, r.Raw)
+		}
+		if r := e.call("DELETE", base+"/admin/users/"+id, key, nil); r.Status != 200 {
+			t.Fatalf("delete: %d %s", r.Status, r.Raw)
+		}
+		wantAuthError(t, e.call("GET", base+"/admin/users/"+id, key, nil), 404, "user_not_found")
+		wantAuthError(t, e.call("DELETE", base+"/admin/users/"+id, key, nil), 404, "user_not_found")
+		wantAuthError(t, e.login(base, "admin.made@example.com", "password1"), 400, "invalid_credentials")
+	})
+	t.Run("Audit", func(t *testing.T) {
+		r := e.call("GET", base+"/admin/audit?per_page=3", key, nil)
+		var evs []map[string]any
+		if err := jsonUnmarshal(r.Raw, &evs); err != nil || r.Status != 200 || len(evs) != 3 {
+			t.Fatalf("audit: %d %s", r.Status, r.Raw)
+		}
+		if evs[0]["action"] != "user_deleted" {
+			t.Fatalf("newest event %v", evs[0])
+		}
+		sameKeys(t, "audit event", evs[0], "id", "action", "actor_id", "actor_username", "ip_address", "payload", "created_at")
+	})
+}

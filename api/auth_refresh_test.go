@@ -1,0 +1,253 @@
+package api_test
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyshard/keyshard/auth/hash"
+)
+
+func sessionID(tb testing.TB, r authResp) string {
+	tb.Helper()
+	_, c := claimsOf(tb, r.str("access_token"))
+	return c["session_id"].(string)
+}
+
+func TestAuth_Refresh(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	base := e.tenant("acme")
+	e.signup(base, "ivan@example.com", "password1")
+
+	t.Run("Rotate", func(t *testing.T) {
+		s1 := e.login(base, "ivan@example.com", "password1")
+		s2 := e.refresh(base, s1.str("refresh_token"))
+		checkSession(t, s2, "ivan@example.com")
+		if _, ok := s2.Body["weak_password"]; ok {
+			t.Fatal("refresh must not carry weak_password")
+		}
+		if s2.str("refresh_token") == s1.str("refresh_token") {
+			t.Fatal("refresh token not rotated")
+		}
+		if sessionID(t, s1) != sessionID(t, s2) {
+			t.Fatal("refresh changed the session")
+		}
+		if r := e.call("GET", base+"/user", s2.str("access_token"), nil); r.Status != 200 {
+			t.Fatalf("%d %s", r.Status, r.Raw)
+		}
+	})
+	t.Run("GraceReturnsCurrentSession", func(t *testing.T) {
+		s1 := e.login(base, "ivan@example.com", "password1")
+		s2 := e.refresh(base, s1.str("refresh_token"))
+		// The parent of the active token: the client lost the response.
+		again := e.refresh(base, s1.str("refresh_token"))
+		if again.Status != 200 || again.str("refresh_token") != s2.str("refresh_token") || sessionID(t, again) != sessionID(t, s1) {
+			t.Fatalf("reuse of the parent: %d %s", again.Status, again.Raw)
+		}
+		// A grandparent revoked within the grace interval reaches the active token too.
+		s3 := e.refresh(base, s2.str("refresh_token"))
+		r := e.refresh(base, s1.str("refresh_token"))
+		if r.Status != 200 || r.str("refresh_token") != s3.str("refresh_token") {
+			t.Fatalf("reuse within grace: %d %s", r.Status, r.Raw)
+		}
+		// The current token still rotates normally.
+		if r := e.refresh(base, s3.str("refresh_token")); r.Status != 200 || r.str("refresh_token") == s3.str("refresh_token") {
+			t.Fatalf("%d %s", r.Status, r.Raw)
+		}
+	})
+	t.Run("ParentAfterGrace", func(t *testing.T) {
+		s1 := e.login(base, "ivan@example.com", "password1")
+		s2 := e.refresh(base, s1.str("refresh_token"))
+		e.advance(11 * time.Second)
+		r := e.refresh(base, s1.str("refresh_token"))
+		if r.Status != 200 || r.str("refresh_token") != s2.str("refresh_token") {
+			t.Fatalf("parent of the active token: %d %s", r.Status, r.Raw)
+		}
+	})
+	t.Run("ReuseAfterGraceRevokesSession", func(t *testing.T) {
+		s1 := e.login(base, "ivan@example.com", "password1")
+		s2 := e.refresh(base, s1.str("refresh_token"))
+		s3 := e.refresh(base, s2.str("refresh_token"))
+		e.advance(11 * time.Second)
+		wantAuthError(t, e.refresh(base, s1.str("refresh_token")), 400, "refresh_token_already_used")
+		for _, s := range []authResp{s1, s2, s3} {
+			wantAuthError(t, e.refresh(base, s.str("refresh_token")), 400, "refresh_token_already_used")
+		}
+		wantAuthError(t, e.call("GET", base+"/user", s3.str("access_token"), nil), 403, "session_not_found")
+		if acts := auditActions(t, e, "acme"); acts["token_revoked"] != 1 {
+			t.Fatalf("audit %v", acts)
+		}
+	})
+	t.Run("ErrMalformed", func(t *testing.T) {
+		for _, rt := range []string{"", "short", "exwv3sfpicmj", "0123456789012345678901234567890!", "01234567890123456789012345678901x"} {
+			r := e.refresh(base, rt)
+			wantAuthError(t, r, 400, "validation_failed")
+			if r.str("msg") != "Refresh token is not valid" {
+				t.Fatalf("msg %q", r.str("msg"))
+			}
+		}
+	})
+	t.Run("ErrNotFound", func(t *testing.T) {
+		wantAuthError(t, e.refresh(base, "0123456789abcdefghijABCDEFGHIJ01"), 400, "refresh_token_not_found")
+	})
+	t.Run("NewErrorShape", func(t *testing.T) {
+		r := e.call("POST", base+"/token?grant_type=refresh_token", "", map[string]any{"refresh_token": "0123456789abcdefghijABCDEFGHIJ01"}, "X-Supabase-Api-Version", "2024-01-01")
+		if r.Status != 400 || r.Body["code"] != "refresh_token_not_found" || r.str("message") == "" {
+			t.Fatalf("%d %s", r.Status, r.Raw)
+		}
+		sameKeys(t, "error", r.Body, "code", "message")
+	})
+}
+
+func TestAuth_ConcurrentRefresh(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	base := e.tenant("acme")
+
+	t.Run("DistinctSessions", func(t *testing.T) {
+		const n = 200
+		e.signup(base, "many@example.com", "password1")
+		tokens := make([]string, n)
+		for i := range tokens {
+			r := e.login(base, "many@example.com", "password1")
+			if r.Status != 200 {
+				t.Fatalf("%d %s", r.Status, r.Raw)
+			}
+			tokens[i] = r.str("refresh_token")
+		}
+		results := make([]authResp, n)
+		var wg sync.WaitGroup
+		for i := range tokens {
+			wg.Go(func() { results[i] = e.refresh(base, tokens[i]) })
+		}
+		wg.Wait()
+		seen := map[string]bool{}
+		for i, r := range results {
+			if r.Status != 200 {
+				t.Fatalf("refresh %d: %d %s", i, r.Status, r.Raw)
+			}
+			if seen[r.str("refresh_token")] {
+				t.Fatalf("refresh token handed out twice")
+			}
+			seen[r.str("refresh_token")] = true
+		}
+	})
+	t.Run("OneToken", func(t *testing.T) {
+		const n = 20
+		s := e.signup(base, "one@example.com", "password1")
+		results := make([]authResp, n)
+		var wg sync.WaitGroup
+		for i := range results {
+			wg.Go(func() { results[i] = e.refresh(base, s.str("refresh_token")) })
+		}
+		wg.Wait()
+		// Documented outcome: the first rotates, the others reuse the
+		// parent of the active token and get the same current session.
+		want := ""
+		for i, r := range results {
+			if r.Status != 200 {
+				t.Fatalf("refresh %d: %d %s", i, r.Status, r.Raw)
+			}
+			if sessionID(t, r) != sessionID(t, s) {
+				t.Fatalf("refresh %d changed the session", i)
+			}
+			if want == "" {
+				want = r.str("refresh_token")
+			}
+			if r.str("refresh_token") != want || want == s.str("refresh_token") {
+				t.Fatalf("refresh %d got another token", i)
+			}
+		}
+		if acts := auditActions(t, e, "acme"); acts["token_refreshed"] != 201 {
+			t.Fatalf("token_refreshed events %d, want 201 (one per rotation)", acts["token_refreshed"])
+		}
+	})
+}
+
+// TestAuth_LoadShedding: with one hash worker and a budget below one hash,
+// a burst of logins gets 429 over_request_rate_limit with Retry-After,
+// while requests that need no hash (GET /user) all succeed.
+func TestAuth_LoadShedding(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{params: hash.Params{MemoryKiB: 4096, Time: 1, Threads: 1}, workers: 1, budget: time.Microsecond})
+	base := e.tenant("acme")
+	s := e.signup(base, "load@example.com", "password1")
+	at := s.str("access_token")
+
+	const logins, reads = 16, 40
+	shed := 0
+	for round := 0; round < 5 && shed == 0; round++ {
+		var wg sync.WaitGroup
+		loginRes := make([]authResp, logins)
+		readRes := make([]authResp, reads)
+		for i := range loginRes {
+			wg.Go(func() { loginRes[i] = e.login(base, "load@example.com", "password1") })
+		}
+		for i := range readRes {
+			wg.Go(func() { readRes[i] = e.call("GET", base+"/user", at, nil) })
+		}
+		wg.Wait()
+		for i, r := range readRes {
+			if r.Status != 200 {
+				t.Fatalf("GET /user %d during the login burst: %d %s", i, r.Status, r.Raw)
+			}
+		}
+		for _, r := range loginRes {
+			switch r.Status {
+			case 200:
+			case 429:
+				wantAuthError(t, r, 429, "over_request_rate_limit")
+				if ra, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || ra < 1 {
+					t.Fatalf("Retry-After %q", r.Header.Get("Retry-After"))
+				}
+				shed++
+			default:
+				t.Fatalf("login: %d %s", r.Status, r.Raw)
+			}
+		}
+	}
+	if shed == 0 {
+		t.Fatal("no login was refused")
+	}
+	if st := e.Pool.Stats(); st.Refused < int64(shed) {
+		t.Fatalf("pool refused %d, HTTP saw %d", st.Refused, shed)
+	}
+	t.Log(fmt.Sprintf("%d logins shed", shed))
+}
+
+// TestAuth_WriterOverload: with a writer queue of one, a burst of refreshes
+// gets 200 or 503 with Retry-After (auth-js retries 5xx but drops the
+// session on 4xx), never anything else.
+func TestAuth_WriterOverload(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{queue: 1, sync: "FULL"})
+	base := e.tenant("acme")
+	e.signup(base, "busy@example.com", "password1")
+	const n = 40
+	tokens := make([]string, n)
+	for i := range tokens {
+		tokens[i] = e.login(base, "busy@example.com", "password1").str("refresh_token")
+	}
+	overloaded := 0
+	for round := 0; round < 5 && overloaded == 0; round++ {
+		results := make([]authResp, n)
+		var wg sync.WaitGroup
+		for i := range tokens {
+			wg.Go(func() { results[i] = e.refresh(base, tokens[i]) })
+		}
+		wg.Wait()
+		for i, r := range results {
+			switch r.Status {
+			case 200:
+				tokens[i] = r.str("refresh_token")
+			case 503:
+				if r.Header.Get("Retry-After") == "" || r.Header.Get("X-Sb-Error-Code") == "" {
+					t.Fatalf("503 without Retry-After or code: %v %s", r.Header, r.Raw)
+				}
+				overloaded++
+			default:
+				t.Fatalf("refresh: %d %s", r.Status, r.Raw)
+			}
+		}
+	}
+	t.Logf("%d refreshes refused with 503", overloaded)
+}

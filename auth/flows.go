@@ -1,0 +1,557 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// NormalizeEmail trims and lower-cases an email address.
+func NormalizeEmail(e string) string { return strings.ToLower(strings.TrimSpace(e)) }
+
+func validateEmail(e string) error {
+	at := strings.LastIndexByte(e, '@')
+	if e == "" {
+		return validationf("An email address is required")
+	}
+	if len(e) > 255 || at <= 0 || at == len(e)-1 || strings.ContainsAny(e, " \t\r\n<>()[],;:\"\\") ||
+		!strings.Contains(e[at+1:], ".") || strings.HasSuffix(e, ".") || !utf8.ValidString(e) {
+		return validationf("Unable to validate email address: invalid format")
+	}
+	return nil
+}
+
+// Passwords longer than this are refused: Argon2 would take them, but a
+// megabyte password is an attack on the hash pool, not a password.
+const maxPasswordLen = 1024
+
+func checkPassword(pw string, st Settings) error {
+	if utf8.RuneCountInString(pw) < st.PasswordMinLength {
+		return &Error{Status: http.StatusUnprocessableEntity, Code: CodeWeakPassword,
+			Message: fmt.Sprintf("Password should be at least %d characters.", st.PasswordMinLength), Reasons: []string{"length"}}
+	}
+	if len(pw) > maxPasswordLen {
+		return validationf("Password cannot be longer than %d bytes", maxPasswordLen)
+	}
+	return nil
+}
+
+// SignupRequest is the body of POST /signup.
+type SignupRequest struct {
+	Email    string         `json:"email"`
+	Password string         `json:"password"`
+	Data     map[string]any `json:"data"`
+}
+
+// Signup creates a user with an email identity. With auto-confirm on it
+// returns a session, else the unconfirmed user (session nil).
+func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequest) (*Session, *User, error) {
+	email := NormalizeEmail(req.Email)
+	if err := validateEmail(email); err != nil {
+		return nil, nil, err
+	}
+	if req.Password == "" {
+		return nil, nil, validationf("Signup requires a valid password")
+	}
+	var st Settings
+	exists := false
+	err := t.Shard.Read(ctx, func(q engine.Querier) error {
+		var err error
+		if st, err = loadSettings(q); err != nil {
+			return err
+		}
+		var one int
+		err = q.QueryRow(`SELECT 1 FROM users WHERE email = ?`, email).Scan(&one)
+		exists = err == nil
+		if errors.Is(err, engine.ErrNoRows) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if st.DisableSignup {
+		return nil, nil, newError(http.StatusUnprocessableEntity, CodeSignupDisabled, "Signups not allowed for this instance")
+	}
+	if err := checkPassword(req.Password, st); err != nil {
+		return nil, nil, err
+	}
+	if exists { // no hash spent on a signup that cannot succeed
+		return nil, nil, errUserExists()
+	}
+	pwHash, err := s.hashes.Hash(ctx, req.Password)
+	if err != nil {
+		return nil, nil, hashError(err)
+	}
+	now := s.now().UTC().Truncate(time.Microsecond)
+	nu := newUser{email: email, pwHash: pwHash, data: req.Data, confirmed: st.MailerAutoconfirm, signedIn: st.MailerAutoconfirm}
+	is := &issued{sessionAt: now.Unix()}
+	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
+		uid, err := nu.insert(tx, now)
+		if err != nil {
+			return err
+		}
+		if st.MailerAutoconfirm {
+			if is.sessionID, is.refresh, err = createSession(tx, uid, now, c); err != nil {
+				return err
+			}
+		}
+		if err := audit(tx, now, "user_signedup", uid, email, c, map[string]any{"provider": "email"}); err != nil {
+			return err
+		}
+		is.user, err = userByID(tx, uid)
+		return err
+	})
+	if errors.Is(err, engine.ErrConflict) {
+		return nil, nil, errUserExists()
+	}
+	if err != nil {
+		return nil, nil, writeError(err, http.StatusTooManyRequests)
+	}
+	if !st.MailerAutoconfirm {
+		return nil, is.user, nil
+	}
+	sess, err := s.session(ctx, t, is)
+	return sess, is.user, err
+}
+
+// newUser is a user to insert with its email identity.
+type newUser struct {
+	email, pwHash       string
+	data, appData       map[string]any
+	confirmed, signedIn bool
+}
+
+// insert adds the user and its email identity and returns the user's id.
+func (nu newUser) insert(tx engine.Querier, now time.Time) (string, error) {
+	ts := now.UnixMicro()
+	uid, iid := newUUID(), newUUID()
+	identity := map[string]any{"email": nu.email, "email_verified": nu.confirmed, "phone_verified": false, "sub": uid}
+	meta := map[string]any{}
+	maps.Copy(meta, nu.data)
+	maps.Copy(meta, identity)
+	app := map[string]any{}
+	maps.Copy(app, nu.appData)
+	app["provider"], app["providers"] = "email", []string{"email"}
+	var confirmed, signedIn any
+	if nu.confirmed {
+		confirmed = ts
+	}
+	if nu.signedIn {
+		signedIn = ts
+	}
+	if _, err := tx.Exec(`INSERT INTO users (id, aud, role, email, encrypted_password, email_confirmed_at, last_sign_in_at,
+		raw_app_meta_data, raw_user_meta_data, is_anonymous, created_at, updated_at)
+		VALUES (?, 'authenticated', 'authenticated', ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+		uid, nu.email, nu.pwHash, confirmed, signedIn, mustJSON(app), mustJSON(meta), ts, ts); err != nil {
+		return "", err
+	}
+	if _, err := tx.Exec(`INSERT INTO identities (id, user_id, provider, provider_id, identity_data, email, last_sign_in_at, created_at, updated_at)
+		VALUES (?, ?, 'email', ?, ?, ?, ?, ?, ?)`, iid, uid, uid, mustJSON(identity), nu.email, signedIn, ts, ts); err != nil {
+		return "", err
+	}
+	return uid, nil
+}
+
+func errUserExists() *Error {
+	return newError(http.StatusUnprocessableEntity, CodeUserAlreadyExists, "User already registered")
+}
+
+// PasswordRequest is the body of POST /token?grant_type=password.
+type PasswordRequest struct {
+	Email    string `json:"email"`
+	Phone    string `json:"phone"`
+	Password string `json:"password"`
+}
+
+// Login checks an email and password and opens a session. An unknown email
+// costs the same hash as a wrong password; failures are audited through
+// the shard's buffer. A hash with outdated parameters is replaced.
+func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordRequest) (*Session, error) {
+	email := NormalizeEmail(req.Email)
+	if email == "" && req.Phone != "" {
+		return nil, newError(http.StatusBadRequest, "phone_provider_disabled", "Phone logins are disabled")
+	}
+	if email == "" || req.Password == "" {
+		return nil, validationf("A valid email and password are required")
+	}
+	if len(req.Password) > maxPasswordLen {
+		return nil, errInvalidCredentials()
+	}
+	var u *User
+	err := t.Shard.Read(ctx, func(q engine.Querier) error {
+		var err error
+		u, err = userByEmail(q, email)
+		if errors.Is(err, engine.ErrNoRows) {
+			u, err = nil, nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if u == nil || u.EncryptedPassword == "" {
+		if err := s.hashes.VerifyDummy(ctx, req.Password); err != nil {
+			return nil, hashError(err)
+		}
+		s.auditFailedLogin(t, c, "", email, "unknown_email")
+		return nil, errInvalidCredentials()
+	}
+	ok, stale, err := s.hashes.Verify(ctx, u.EncryptedPassword, req.Password)
+	if err != nil {
+		return nil, hashError(err)
+	}
+	if !ok {
+		s.auditFailedLogin(t, c, u.ID, email, "wrong_password")
+		return nil, errInvalidCredentials()
+	}
+	if u.EmailConfirmedAt == nil {
+		return nil, newError(http.StatusBadRequest, CodeEmailNotConfirmed, "Email not confirmed")
+	}
+	newHash := ""
+	if stale {
+		// Best effort: a saturated pool must not fail a good login.
+		if h, err := s.hashes.Hash(ctx, req.Password); err == nil {
+			newHash = h
+		}
+	}
+	now := s.now().UTC().Truncate(time.Microsecond)
+	ts := now.UnixMicro()
+	is := &issued{sessionAt: now.Unix()}
+	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
+		n, err := tx.Exec(`UPDATE users SET last_sign_in_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL`, ts, ts, u.ID)
+		if err != nil {
+			return err
+		}
+		if n == 0 { // deleted since we read it
+			return errInvalidCredentials()
+		}
+		if newHash != "" {
+			// Only if the password did not change meanwhile.
+			if _, err := tx.Exec(`UPDATE users SET encrypted_password = ? WHERE id = ? AND encrypted_password = ?`,
+				newHash, u.ID, u.EncryptedPassword); err != nil {
+				return err
+			}
+		}
+		if is.sessionID, is.refresh, err = createSession(tx, u.ID, now, c); err != nil {
+			return err
+		}
+		payload := map[string]any{"provider": "email"}
+		if newHash != "" {
+			payload["rehashed"] = true
+		}
+		if err := audit(tx, now, "login", u.ID, email, c, payload); err != nil {
+			return err
+		}
+		is.user, err = userByID(tx, u.ID)
+		return err
+	})
+	if err != nil {
+		return nil, writeError(err, http.StatusTooManyRequests)
+	}
+	sess, err := s.session(ctx, t, is)
+	if err != nil {
+		return nil, err
+	}
+	sess.WeakPassword = json.RawMessage("null")
+	return sess, nil
+}
+
+// auditFailedLogin buffers a login_failed event: a failed login writes
+// nothing else, so its event rides with a later batch.
+func (s *Service) auditFailedLogin(t Tenant, c Client, userID, email, reason string) {
+	now := s.now()
+	_ = t.Shard.Defer("", func(tx engine.Querier) error {
+		return audit(tx, now, "login_failed", userID, email, c, map[string]any{"reason": reason})
+	})
+}
+
+// maxWalk bounds the steps from a presented ancestor token to the active
+// one: more rotations than this within the grace interval is not a client
+// that lost a response.
+const maxWalk = 256
+
+// Refresh rotates a refresh token: the presented token is revoked and its
+// derived child returned with a new access token. The parent of the active
+// token, or a token revoked less than the grace interval ago, returns the
+// current session unchanged; any other reuse revokes the whole session.
+// The check and the rotation run in one write, so concurrent refreshes of
+// one token are ordered by the shard's writer.
+func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented string) (*Session, error) {
+	if !validRefreshToken(presented) {
+		return nil, validationf("Refresh token is not valid")
+	}
+	h := hashToken(presented)
+	is := &issued{}
+	var now time.Time
+	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
+		now = s.now().UTC().Truncate(time.Microsecond)
+		ts := now.UnixMicro()
+		*is = issued{}
+		var id, updated, sessCreated int64
+		var userID, sessID string
+		var revoked bool
+		err := tx.QueryRow(`SELECT id, user_id, session_id, revoked, updated_at FROM refresh_tokens WHERE token_hash = ?`, h).
+			Scan(&id, &userID, &sessID, &revoked, &updated)
+		if errors.Is(err, engine.ErrNoRows) {
+			is.failure = errRefreshNotFound()
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var notAfter *int64
+		err = tx.QueryRow(`SELECT created_at, not_after FROM sessions WHERE id = ?`, sessID).Scan(&sessCreated, &notAfter)
+		if errors.Is(err, engine.ErrNoRows) {
+			is.failure = errRefreshNotFound()
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if notAfter != nil && *notAfter <= ts {
+			if revoked {
+				is.failure = errRefreshAlreadyUsed()
+			} else {
+				is.failure = newError(http.StatusBadRequest, CodeSessionExpired, "Invalid Refresh Token: Session Expired")
+			}
+			return nil
+		}
+		is.sessionID, is.sessionAt = sessID, time.UnixMicro(sessCreated).Unix()
+		if !revoked {
+			child := s.derive(t.ID, presented)
+			if _, err := tx.Exec(`UPDATE refresh_tokens SET revoked = 1, updated_at = ? WHERE id = ?`, ts, id); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`INSERT INTO refresh_tokens (token_hash, user_id, session_id, parent, revoked, created_at, updated_at)
+				VALUES (?, ?, ?, ?, 0, ?, ?)`, hashToken(child), userID, sessID, h, ts, ts); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`UPDATE sessions SET refreshed_at = ?, updated_at = ? WHERE id = ?`, ts, ts, sessID); err != nil {
+				return err
+			}
+			if err := audit(tx, now, "token_refreshed", userID, "", c, map[string]any{"session_id": sessID}); err != nil {
+				return err
+			}
+			is.refresh = child
+		} else {
+			active, ok, err := s.activeFrom(tx, t.ID, sessID, presented, h, ts-updated < s.grace.Microseconds())
+			if err != nil {
+				return err
+			}
+			if !ok {
+				// Reuse of an old token: someone else may hold the family.
+				if _, err := tx.Exec(`UPDATE refresh_tokens SET revoked = 1, updated_at = ? WHERE session_id = ? AND revoked = 0`, ts, sessID); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(`UPDATE sessions SET not_after = ?, updated_at = ? WHERE id = ?`, ts, ts, sessID); err != nil {
+					return err
+				}
+				if err := audit(tx, now, "token_revoked", userID, "", c, map[string]any{"session_id": sessID, "reason": "refresh_token_reuse"}); err != nil {
+					return err
+				}
+				is.failure = errRefreshAlreadyUsed()
+				return nil
+			}
+			is.refresh = active
+		}
+		is.user, err = userByID(tx, userID)
+		if errors.Is(err, engine.ErrNoRows) {
+			is.failure = errRefreshNotFound()
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, writeError(err, http.StatusServiceUnavailable)
+	}
+	if is.failure != nil {
+		return nil, is.failure
+	}
+	return s.session(ctx, t, is)
+}
+
+// activeFrom returns the session's active refresh token when the presented
+// revoked token may still reach it: it is the active token's parent, or it
+// was revoked within the grace interval (inGrace). The active token is
+// recomputed by deriving forward from the presented one.
+func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h string, inGrace bool) (string, bool, error) {
+	var activeHash string
+	var parent *string
+	err := tx.QueryRow(`SELECT token_hash, parent FROM refresh_tokens WHERE session_id = ? AND revoked = 0 ORDER BY id DESC LIMIT 1`, sessID).
+		Scan(&activeHash, &parent)
+	if errors.Is(err, engine.ErrNoRows) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	isParent := parent != nil && *parent == h
+	if !isParent && !inGrace {
+		return "", false, nil
+	}
+	cur := presented
+	for range maxWalk {
+		cur = s.derive(tenantID, cur)
+		if hashToken(cur) == activeHash {
+			return cur, true, nil
+		}
+	}
+	return "", false, nil
+}
+
+// UpdateUserRequest is the body of PUT /user.
+type UpdateUserRequest struct {
+	Email    *string        `json:"email"`
+	Password *string        `json:"password"`
+	Data     map[string]any `json:"data"`
+}
+
+// UpdateUser changes the caller's email (applied at once: no mail is sent
+// yet), password and metadata (keys set to null are removed).
+func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Principal, req UpdateUserRequest) (*User, error) {
+	u := p.User
+	var newEmail, pwHash string
+	if req.Email != nil {
+		e := NormalizeEmail(*req.Email)
+		if e != u.Email {
+			if err := validateEmail(e); err != nil {
+				return nil, err
+			}
+			newEmail = e
+		}
+	}
+	if req.Password != nil {
+		st, err := s.Settings(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkPassword(*req.Password, st); err != nil {
+			return nil, err
+		}
+		if pwHash, err = s.hashes.Hash(ctx, *req.Password); err != nil {
+			return nil, hashError(err)
+		}
+	}
+	now := s.now().UTC().Truncate(time.Microsecond)
+	ts := now.UnixMicro()
+	var out *User
+	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
+		cur, err := userByID(tx, u.ID)
+		if errors.Is(err, engine.ErrNoRows) {
+			return newError(http.StatusNotFound, CodeUserNotFound, "User not found")
+		}
+		if err != nil {
+			return err
+		}
+		meta := nonNilMap(cur.UserMetadata)
+		for k, v := range req.Data {
+			if v == nil {
+				delete(meta, k)
+			} else {
+				meta[k] = v
+			}
+		}
+		changed := []string{}
+		if newEmail != "" {
+			meta["email"] = newEmail
+			if _, err := tx.Exec(`UPDATE users SET email = ? WHERE id = ?`, newEmail, u.ID); err != nil {
+				if errors.Is(err, engine.ErrConflict) {
+					return newError(http.StatusUnprocessableEntity, CodeEmailExists, "A user with this email address has already been registered")
+				}
+				return err
+			}
+			for _, id := range cur.Identities {
+				if id.Provider != "email" {
+					continue
+				}
+				data := nonNilMap(id.IdentityData)
+				data["email"] = newEmail
+				if _, err := tx.Exec(`UPDATE identities SET email = ?, identity_data = ?, updated_at = ? WHERE id = ?`,
+					newEmail, mustJSON(data), ts, id.IdentityID); err != nil {
+					return err
+				}
+			}
+			changed = append(changed, "email")
+		}
+		if pwHash != "" {
+			if _, err := tx.Exec(`UPDATE users SET encrypted_password = ? WHERE id = ?`, pwHash, u.ID); err != nil {
+				return err
+			}
+			changed = append(changed, "password")
+		}
+		if req.Data != nil {
+			changed = append(changed, "user_metadata")
+		}
+		if _, err := tx.Exec(`UPDATE users SET raw_user_meta_data = ?, updated_at = ? WHERE id = ?`, mustJSON(meta), ts, u.ID); err != nil {
+			return err
+		}
+		email := cur.Email
+		if newEmail != "" {
+			email = newEmail
+		}
+		if err := audit(tx, now, "user_modified", u.ID, email, c, map[string]any{"changed": changed}); err != nil {
+			return err
+		}
+		out, err = userByID(tx, u.ID)
+		return err
+	})
+	if err != nil {
+		return nil, writeError(err, http.StatusTooManyRequests)
+	}
+	return out, nil
+}
+
+// Logout scopes.
+const (
+	ScopeGlobal = "global"
+	ScopeLocal  = "local"
+	ScopeOthers = "others"
+)
+
+// Logout ends the caller's session (local), every session of the user
+// (global, the default) or every other one (others). Their refresh tokens
+// go with them.
+func (s *Service) Logout(ctx context.Context, t Tenant, c Client, p *Principal, scope string) error {
+	var q string
+	args := []any{}
+	switch scope {
+	case "", ScopeGlobal:
+		scope, q = ScopeGlobal, `DELETE FROM sessions WHERE user_id = ?`
+		args = append(args, p.Claims.Subject)
+	case ScopeLocal:
+		q = `DELETE FROM sessions WHERE id = ?`
+		args = append(args, p.Claims.SessionID)
+	case ScopeOthers:
+		q = `DELETE FROM sessions WHERE user_id = ? AND id <> ?`
+		args = append(args, p.Claims.Subject, p.Claims.SessionID)
+	default:
+		return validationf("Unsupported logout scope %q", scope)
+	}
+	now := s.now().UTC()
+	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
+		// Delete the tokens explicitly too: portable to backends where
+		// the cascade is not enabled.
+		tq := strings.Replace(q, "DELETE FROM sessions WHERE", "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE", 1) + ")"
+		if _, err := tx.Exec(tq, args...); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(q, args...); err != nil {
+			return err
+		}
+		return audit(tx, now, "logout", p.Claims.Subject, p.Claims.Email, c, map[string]any{"scope": scope, "session_id": p.Claims.SessionID})
+	})
+	if err != nil {
+		return writeError(err, http.StatusServiceUnavailable)
+	}
+	return nil
+}

@@ -1,0 +1,31 @@
+package hash
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Metrics of every pool in the process together (normally one).
+var (
+	workersGauge = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "keyshard_hash_workers",
+		Help: "Password hashing workers.",
+	})
+	busyGauge = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "keyshard_hash_busy_workers",
+		Help: "Password hashing workers hashing now.",
+	})
+	queueGauge = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "keyshard_hash_queue_length",
+		Help: "Hash requests admitted and waiting for a worker.",
+	})
+	hashSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "keyshard_hash_duration_seconds",
+		Help:    "Time of one password hash or verification.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 12),
+	})
+	refusedTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "keyshard_hash_admissions_refused_total",
+		Help: "Hash requests refused because their expected wait exceeded the budget.",
+	})
+)

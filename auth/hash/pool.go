@@ -1,0 +1,257 @@
+package hash
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// Config configures a Pool. Zero fields take the defaults.
+type Config struct {
+	Params Params
+	// Workers hashing at once; default runtime.NumCPU().
+	Workers int
+	// Budget is the longest expected time a request may spend waiting for
+	// and running its hash; past it the request is refused at once.
+	// Default 1 s.
+	Budget time.Duration
+	// MaxQueue bounds the waiting room whatever the budget; default 1024.
+	MaxQueue int
+}
+
+// DefaultBudget is the default latency budget of one hash request.
+const DefaultBudget = time.Second
+
+// OverloadedError is returned when a request is refused admission. It wraps
+// engine.ErrOverloaded.
+type OverloadedError struct {
+	// RetryAfter is when the queue is expected to have room again.
+	RetryAfter time.Duration
+}
+
+func (e *OverloadedError) Error() string {
+	return fmt.Sprintf("password hashing is saturated, retry in %s", e.RetryAfter.Round(time.Millisecond))
+}
+
+func (e *OverloadedError) Unwrap() error { return engine.ErrOverloaded }
+
+// Pool hashes and verifies passwords on its own worker goroutines, never on
+// the caller's. Safe for concurrent use; Close it when done.
+type Pool struct {
+	params   Params
+	workers  int
+	budget   time.Duration
+	maxQueue int
+
+	jobs chan *job
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	waiting atomic.Int64 // admitted and not yet picked up by a worker
+	busy    atomic.Int64 // workers hashing now
+	ewma    atomic.Int64 // smoothed nanoseconds per hash
+
+	dummy string // a hash of a random password under params
+
+	closeOnce sync.Once
+	refused   atomic.Int64
+}
+
+type job struct {
+	ctx      context.Context
+	fn       func()
+	reply    chan struct{}
+	admitted time.Time
+}
+
+// ErrClosed wraps engine.ErrClosed for a request made after Close.
+var ErrClosed = fmt.Errorf("hash pool: %w", engine.ErrClosed)
+
+// NewPool validates cfg, starts the workers and measures one hash to seed
+// the admission estimate (that hash becomes the dummy hash verified for
+// unknown users).
+func NewPool(cfg Config) (*Pool, error) {
+	cfg.Params = cfg.Params.withDefaults()
+	if err := cfg.Params.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.NumCPU()
+	}
+	if cfg.Budget <= 0 {
+		cfg.Budget = DefaultBudget
+	}
+	if cfg.MaxQueue <= 0 {
+		cfg.MaxQueue = 1024
+	}
+	p := &Pool{
+		params:   cfg.Params,
+		workers:  cfg.Workers,
+		budget:   cfg.Budget,
+		maxQueue: cfg.MaxQueue,
+		jobs:     make(chan *job, cfg.MaxQueue),
+		stop:     make(chan struct{}),
+	}
+	start := time.Now()
+	p.dummy = hashArgon2id(randomPassword(), p.params)
+	p.ewma.Store(int64(time.Since(start)))
+	workersGauge.Add(float64(p.workers))
+	p.wg.Add(p.workers)
+	for range p.workers {
+		go p.work()
+	}
+	return p, nil
+}
+
+// Params returns the parameters new hashes use.
+func (p *Pool) Params() Params { return p.params }
+
+// Close stops the workers after the jobs in hand; queued jobs are answered
+// with ErrClosed. Safe to call twice.
+func (p *Pool) Close() {
+	p.closeOnce.Do(func() {
+		close(p.stop)
+		p.wg.Wait()
+		workersGauge.Sub(float64(p.workers))
+	})
+}
+
+func (p *Pool) work() {
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case j := <-p.jobs:
+			p.waiting.Add(-1)
+			queueGauge.Dec()
+			if j.ctx.Err() != nil { // the caller left: do not burn a core
+				close(j.reply)
+				continue
+			}
+			p.busy.Add(1)
+			busyGauge.Inc()
+			start := time.Now()
+			j.fn()
+			d := time.Since(start)
+			busyGauge.Dec()
+			p.busy.Add(-1)
+			p.observe(d)
+			close(j.reply)
+		}
+	}
+}
+
+// observe folds one measured hash time into the moving average (α = 1/8).
+func (p *Pool) observe(d time.Duration) {
+	hashSeconds.Observe(d.Seconds())
+	for {
+		old := p.ewma.Load()
+		nv := old + (int64(d)-old)/8
+		if p.ewma.CompareAndSwap(old, nv) {
+			return
+		}
+	}
+}
+
+// HashTime returns the measured average time of one hash.
+func (p *Pool) HashTime() time.Duration { return time.Duration(p.ewma.Load()) }
+
+// Stats is a snapshot of the pool.
+type Stats struct {
+	Workers, Busy, Waiting int
+	Refused                int64
+	HashTime               time.Duration
+}
+
+// Stats returns a snapshot of the pool's state.
+func (p *Pool) Stats() Stats {
+	return Stats{Workers: p.workers, Busy: int(p.busy.Load()), Waiting: int(p.waiting.Load()),
+		Refused: p.refused.Load(), HashTime: p.HashTime()}
+}
+
+// run admits fn and waits for a worker to run it. A request is admitted
+// when a worker is idle, or when the time to drain the jobs ahead of it plus
+// its own hash fits the budget: (ahead/workers + 1) × average hash time.
+// Otherwise it fails at once with *OverloadedError.
+func (p *Pool) run(ctx context.Context, fn func()) error {
+	select {
+	case <-p.stop:
+		return ErrClosed
+	default:
+	}
+	ahead := p.waiting.Add(1) - 1
+	idle := ahead == 0 && p.busy.Load() < int64(p.workers)
+	hashTime := float64(p.ewma.Load())
+	expected := time.Duration(hashTime * (float64(ahead)/float64(p.workers) + 1))
+	if !idle && (expected > p.budget || ahead >= int64(p.maxQueue)) {
+		p.waiting.Add(-1)
+		p.refused.Add(1)
+		refusedTotal.Inc()
+		// The queue drains at workers/hashTime per second; half of it must
+		// drain before a retry is likely to be admitted.
+		ra := time.Duration(math.Max(hashTime*float64(ahead)/float64(2*p.workers), float64(time.Second)))
+		return &OverloadedError{RetryAfter: ra}
+	}
+	j := &job{ctx: ctx, fn: fn, reply: make(chan struct{}), admitted: time.Now()}
+	select {
+	case p.jobs <- j: // never blocks: len(jobs) ≤ waiting < maxQueue
+		queueGauge.Inc()
+	default:
+		p.waiting.Add(-1)
+		p.refused.Add(1)
+		refusedTotal.Inc()
+		return &OverloadedError{RetryAfter: time.Second}
+	}
+	select {
+	case <-j.reply:
+		return ctx.Err() // nil unless the job was skipped for a gone caller
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-p.stop:
+		return ErrClosed
+	}
+}
+
+// Hash returns the PHC string of password under the pool's parameters.
+func (p *Pool) Hash(ctx context.Context, password string) (string, error) {
+	var out string
+	if err := p.run(ctx, func() { out = hashArgon2id(password, p.params) }); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// Verify checks password against encoded (Argon2id PHC or bcrypt). stale
+// reports a hash with other parameters than the pool's, or bcrypt: store a
+// new one after a successful login. A hash in no known format returns an
+// error wrapping ErrUnknownFormat.
+func (p *Pool) Verify(ctx context.Context, encoded, password string) (ok, stale bool, err error) {
+	var verr error
+	if err := p.run(ctx, func() { ok, stale, verr = verify(encoded, password, p.params) }); err != nil {
+		return false, false, err
+	}
+	return ok, stale, verr
+}
+
+// VerifyDummy spends the time of a real verification and returns nothing:
+// for an unknown user, so that response time does not tell whether the
+// email exists.
+func (p *Pool) VerifyDummy(ctx context.Context, password string) error {
+	return p.run(ctx, func() { _, _, _ = verify(p.dummy, password, p.params) })
+}
+
+func randomPassword() string {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return string(b[:])
+}

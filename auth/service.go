@@ -1,0 +1,254 @@
+// Package auth holds Keyshard's end-user flows (signup, password login,
+// refresh with rotation and reuse detection, user read and update, logout)
+// and their SQL, written over engine.Querier with portable SQL.
+package auth
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyshard/keyshard/auth/hash"
+	"github.com/keyshard/keyshard/auth/token"
+	"github.com/keyshard/keyshard/engine"
+)
+
+// Config configures a Service. Zero fields take the defaults.
+type Config struct {
+	// AccessTokenTTL is the lifetime of an access token; default 1 h.
+	AccessTokenTTL time.Duration
+	// RefreshGrace is how long a revoked refresh token still returns the
+	// current session; default 10 s.
+	RefreshGrace time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Defaults.
+const (
+	DefaultAccessTokenTTL = time.Hour
+	DefaultRefreshGrace   = 10 * time.Second
+)
+
+// Service runs the auth flows of every tenant. Safe for concurrent use.
+type Service struct {
+	hashes *hash.Pool
+	keys   *token.Keys
+	ttl    time.Duration
+	grace  time.Duration
+	now    func() time.Time
+	// deriveKey makes a child refresh token from its parent (see derive).
+	deriveKey []byte
+}
+
+// New returns a Service hashing on pool and signing with keys. secret is the
+// server master key; a key for refresh token derivation is derived from it.
+func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service {
+	if cfg.AccessTokenTTL <= 0 {
+		cfg.AccessTokenTTL = DefaultAccessTokenTTL
+	}
+	if cfg.RefreshGrace <= 0 {
+		cfg.RefreshGrace = DefaultRefreshGrace
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("keyshard refresh token derivation v1"))
+	return &Service{hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil)}
+}
+
+// Keys returns the signing key manager.
+func (s *Service) Keys() *token.Keys { return s.keys }
+
+// Tenant is the tenant a flow runs for: its shard, pinned by the caller,
+// and the issuer its tokens carry.
+type Tenant struct {
+	ID     string
+	Shard  engine.Shard
+	Issuer string
+	// IssuerOK accepts the iss of a presented token; nil means equal to
+	// Issuer.
+	IssuerOK func(string) bool
+}
+
+// Client describes where a request came from, for sessions and audit.
+type Client struct {
+	IP        string
+	UserAgent string
+}
+
+// Settings are a tenant's auth settings, stored in its settings table.
+type Settings struct {
+	MailerAutoconfirm bool
+	DisableSignup     bool
+	PasswordMinLength int
+}
+
+// DefaultSettings apply to keys a tenant has not set.
+var DefaultSettings = Settings{MailerAutoconfirm: true, PasswordMinLength: 6}
+
+func loadSettings(q engine.Querier) (Settings, error) {
+	st := DefaultSettings
+	rows, err := q.Query(`SELECT key, value FROM settings`)
+	if err != nil {
+		return st, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return st, err
+		}
+		switch k {
+		case "mailer_autoconfirm":
+			st.MailerAutoconfirm = v == "true"
+		case "disable_signup":
+			st.DisableSignup = v == "true"
+		case "password_min_length":
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				st.PasswordMinLength = n
+			}
+		}
+	}
+	return st, rows.Err()
+}
+
+// Settings returns the tenant's settings.
+func (s *Service) Settings(ctx context.Context, t Tenant) (Settings, error) {
+	var st Settings
+	err := t.Shard.Read(ctx, func(q engine.Querier) (err error) {
+		st, err = loadSettings(q)
+		return err
+	})
+	return st, err
+}
+
+// Refresh tokens are 32 characters of base62 (about 190 bits).
+const refreshTokenLen = 32
+
+const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+func newRefreshToken() string {
+	b := make([]byte, 0, refreshTokenLen)
+	var buf [64]byte
+	for len(b) < refreshTokenLen {
+		if _, err := rand.Read(buf[:]); err != nil {
+			panic(err)
+		}
+		for _, c := range buf {
+			if c < 248 && len(b) < refreshTokenLen { // 248 = 4×62: no modulo bias
+				b = append(b, base62[c%62])
+			}
+		}
+	}
+	return string(b)
+}
+
+// derive returns the refresh token that replaces parent on rotation:
+// HMAC(server key, tenant, parent) in base62. Only hashes are stored, yet
+// a client presenting an ancestor of the active token within the grace
+// interval can be handed the active token itself, recomputed from the
+// ancestor it proved to hold.
+func (s *Service) derive(tenantID, parent string) string {
+	m := hmac.New(sha256.New, s.deriveKey)
+	m.Write([]byte(tenantID))
+	m.Write([]byte{0})
+	m.Write([]byte(parent))
+	sum := m.Sum(nil) // 32 bytes → 32 characters; the bias of %62 costs < 0.1 bit each
+	out := make([]byte, refreshTokenLen)
+	for i := range out {
+		out[i] = base62[sum[i]%62]
+	}
+	return string(out)
+}
+
+func validRefreshToken(t string) bool {
+	if len(t) != refreshTokenLen {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		if !strings.ContainsRune(base62, rune(t[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+func hashToken(t string) string {
+	sum := sha256.Sum256([]byte(t))
+	return hex.EncodeToString(sum[:])
+}
+
+// newUUID returns a random (version 4) UUID.
+func newUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// audit inserts an audit event with tx (the write that caused it).
+func audit(tx engine.Querier, now time.Time, action, actorID, actorEmail string, c Client, payload map[string]any) error {
+	if payload == nil {
+		payload = map[string]any{}
+	}
+	var actor any
+	if actorID != "" {
+		actor = actorID
+	}
+	var email any
+	if actorEmail != "" {
+		email = actorEmail
+	}
+	_, err := tx.Exec(`INSERT INTO audit_log (action, actor_id, actor_email, ip, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
+		action, actor, email, c.IP, mustJSON(payload), now.UnixMicro())
+	return err
+}
+
+// hashError maps a hash pool failure: a refused admission is 429
+// over_request_rate_limit with Retry-After.
+func hashError(err error) error {
+	var oe *hash.OverloadedError
+	if errors.As(err, &oe) {
+		return &Error{Status: http.StatusTooManyRequests, Code: CodeOverRequestRateLimit,
+			Message: "Too many requests: password hashing is saturated, retry later", RetryAfter: oe.RetryAfter, Err: err}
+	}
+	return err
+}
+
+// writeError maps a failed shard write of a flow whose client should back
+// off with 429 (login, signup) or retry a 5xx (refresh) when the writer is
+// overloaded or busy.
+func writeError(err error, status int) error {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return err
+	}
+	if errors.Is(err, engine.ErrOverloaded) || errors.Is(err, engine.ErrBusy) {
+		code := CodeOverRequestRateLimit
+		if status != http.StatusTooManyRequests {
+			code = "service_unavailable"
+		}
+		return &Error{Status: status, Code: code, Message: "The tenant's database is saturated, retry later", RetryAfter: time.Second, Err: err}
+	}
+	return err
+}
+
+func (t Tenant) issuerOK(iss string) bool {
+	if t.IssuerOK != nil {
+		return t.IssuerOK(iss)
+	}
+	return iss == t.Issuer
+}

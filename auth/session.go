@@ -1,0 +1,128 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/keyshard/keyshard/auth/token"
+	"github.com/keyshard/keyshard/engine"
+)
+
+// Session is the response of signup, login and refresh, shaped as GoTrue's.
+type Session struct {
+	AccessToken  string `json:"access_token"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int64  `json:"expires_in"`
+	ExpiresAt    int64  `json:"expires_at"`
+	RefreshToken string `json:"refresh_token"`
+	User         *User  `json:"user"`
+	// WeakPassword is null on a password login, absent otherwise (GoTrue).
+	WeakPassword json.RawMessage `json:"weak_password,omitempty"`
+}
+
+// issued is what a write that creates or continues a session hands back.
+type issued struct {
+	user        *User
+	sessionID   string
+	sessionAt   int64 // session creation, unix seconds: the amr timestamp
+	refresh     string
+	failure     *Error // an outcome to answer after the write committed
+	refreshedAt time.Time
+}
+
+// createSession inserts a session and its first refresh token.
+func createSession(tx engine.Querier, userID string, now time.Time, c Client) (id, refresh string, err error) {
+	id = newUUID()
+	ts := now.UnixMicro()
+	if _, err = tx.Exec(`INSERT INTO sessions (id, user_id, aal, user_agent, ip, refreshed_at, created_at, updated_at)
+		VALUES (?, ?, 'aal1', ?, ?, ?, ?, ?)`, id, userID, c.UserAgent, c.IP, ts, ts, ts); err != nil {
+		return "", "", err
+	}
+	refresh = newRefreshToken()
+	if _, err = tx.Exec(`INSERT INTO refresh_tokens (token_hash, user_id, session_id, parent, revoked, created_at, updated_at)
+		VALUES (?, ?, ?, NULL, 0, ?, ?)`, hashToken(refresh), userID, id, ts, ts); err != nil {
+		return "", "", err
+	}
+	return id, refresh, nil
+}
+
+// session signs an access token for the issued session.
+func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, error) {
+	ks, err := s.keys.Get(ctx, t.ID, t.Shard)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	exp := now.Add(s.ttl).Unix()
+	u := is.user
+	c := &token.Claims{
+		Issuer: t.Issuer, Subject: u.ID, Audience: u.Aud, ExpiresAt: exp, IssuedAt: now.Unix(),
+		Email: u.Email, Phone: u.Phone, AppMetadata: nonNilMap(u.AppMetadata), UserMetadata: nonNilMap(u.UserMetadata),
+		Role: u.Role, AAL: "aal1", AMR: []token.AMR{{Method: "password", Timestamp: is.sessionAt}},
+		SessionID: is.sessionID, IsAnonymous: u.IsAnonymous,
+	}
+	at, err := ks.Sign(c)
+	if err != nil {
+		return nil, err
+	}
+	return &Session{AccessToken: at, TokenType: "bearer", ExpiresIn: int64(s.ttl / time.Second), ExpiresAt: exp,
+		RefreshToken: is.refresh, User: u}, nil
+}
+
+// Principal is the caller of an authenticated request.
+type Principal struct {
+	Claims *token.Claims
+	User   *User
+}
+
+// Authenticate checks a bearer access token: signed by one of the tenant's
+// keys, issued by it, not expired, and its session still alive. withUser
+// also loads the user.
+func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, withUser bool) (*Principal, error) {
+	if bearer == "" {
+		return nil, newError(http.StatusUnauthorized, CodeNoAuthorization, "This endpoint requires a Bearer token")
+	}
+	claims, err := s.keys.Verify(ctx, t.ID, t.Shard, bearer, t.issuerOK)
+	if err != nil {
+		if errors.Is(err, token.ErrInvalidToken) {
+			return nil, &Error{Status: http.StatusForbidden, Code: CodeBadJWT, Message: err.Error()}
+		}
+		return nil, err
+	}
+	p := &Principal{Claims: claims}
+	now := s.now().UnixMicro()
+	err = t.Shard.Read(ctx, func(q engine.Querier) error {
+		var userID string
+		var notAfter *int64
+		err := q.QueryRow(`SELECT user_id, not_after FROM sessions WHERE id = ?`, claims.SessionID).Scan(&userID, &notAfter)
+		if errors.Is(err, engine.ErrNoRows) || err == nil && (userID != claims.Subject || notAfter != nil && *notAfter <= now) {
+			return errSessionNotFound()
+		}
+		if err != nil || !withUser {
+			return err
+		}
+		p.User, err = userByID(q, userID)
+		if errors.Is(err, engine.ErrNoRows) {
+			return newError(http.StatusForbidden, CodeUserNotFound, "User from sub claim in JWT does not exist")
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// TouchLastSeen records that the user was seen now, through the shard's
+// debounced buffer (at most one write per user per debounce interval).
+// A full buffer drops the update: last-seen is best effort.
+func (s *Service) TouchLastSeen(t Tenant, userID string) {
+	at := s.now().UnixMicro()
+	_ = t.Shard.Defer("last_seen:"+userID, func(tx engine.Querier) error {
+		_, err := tx.Exec(`UPDATE users SET last_seen_at = ? WHERE id = ?`, at, userID)
+		return err
+	})
+}

@@ -1,0 +1,110 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// AMR is one authentication method reference of a session.
+type AMR struct {
+	Method    string `json:"method"`
+	Timestamp int64  `json:"timestamp"`
+}
+
+// Claims are the claims of an access token, named and shaped as GoTrue's.
+type Claims struct {
+	Issuer       string         `json:"iss"`
+	Subject      string         `json:"sub"`
+	Audience     string         `json:"aud"`
+	ExpiresAt    int64          `json:"exp"`
+	IssuedAt     int64          `json:"iat"`
+	Email        string         `json:"email"`
+	Phone        string         `json:"phone"`
+	AppMetadata  map[string]any `json:"app_metadata"`
+	UserMetadata map[string]any `json:"user_metadata"`
+	Role         string         `json:"role"`
+	AAL          string         `json:"aal"`
+	AMR          []AMR          `json:"amr"`
+	SessionID    string         `json:"session_id"`
+	IsAnonymous  bool           `json:"is_anonymous"`
+}
+
+var _ jwt.Claims = (*Claims)(nil)
+
+// GetExpirationTime implements jwt.Claims.
+func (c *Claims) GetExpirationTime() (*jwt.NumericDate, error) {
+	return jwt.NewNumericDate(time.Unix(c.ExpiresAt, 0)), nil
+}
+
+// GetIssuedAt implements jwt.Claims.
+func (c *Claims) GetIssuedAt() (*jwt.NumericDate, error) {
+	return jwt.NewNumericDate(time.Unix(c.IssuedAt, 0)), nil
+}
+
+// GetNotBefore implements jwt.Claims.
+func (c *Claims) GetNotBefore() (*jwt.NumericDate, error) { return nil, nil }
+
+// GetIssuer implements jwt.Claims.
+func (c *Claims) GetIssuer() (string, error) { return c.Issuer, nil }
+
+// GetSubject implements jwt.Claims.
+func (c *Claims) GetSubject() (string, error) { return c.Subject, nil }
+
+// GetAudience implements jwt.Claims.
+func (c *Claims) GetAudience() (jwt.ClaimStrings, error) { return jwt.ClaimStrings{c.Audience}, nil }
+
+// Sign returns c signed with the tenant's active key, its kid in the header.
+func (ks *KeySet) Sign(c *Claims) (string, error) {
+	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+	t.Header["kid"] = ks.kid
+	return t.SignedString(ks.private)
+}
+
+// ErrInvalidToken wraps every reason an access token is refused; the
+// wrapping message is the reason, fit for the client.
+var ErrInvalidToken = errors.New("invalid JWT")
+
+// Verify parses an access token of the tenant: the signature must verify
+// with one of the tenant's keys (and EdDSA only), the token must not be
+// expired, and the issuer must satisfy checkIss. Errors wrap
+// ErrInvalidToken, or the storage error that kept the keys from loading.
+func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw string, checkIss func(string) bool) (*Claims, error) {
+	var loadErr error
+	claims := &Claims{}
+	p := jwt.NewParser(jwt.WithValidMethods([]string{Algorithm}), jwt.WithExpirationRequired(), jwt.WithTimeFunc(k.now))
+	_, err := p.ParseWithClaims(raw, claims, func(t *jwt.Token) (any, error) {
+		kid, _ := t.Header["kid"].(string)
+		if kid == "" {
+			return nil, ErrNoKey
+		}
+		ks, err := k.ForKid(ctx, tenantID, sh, kid)
+		if err != nil {
+			loadErr = err
+			return nil, err
+		}
+		pub, ok := ks.public[kid]
+		if !ok {
+			return nil, ErrNoKey
+		}
+		return pub, nil
+	})
+	if loadErr != nil {
+		return nil, loadErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: unable to parse or verify signature, %v", ErrInvalidToken, err)
+	}
+	if checkIss != nil && !checkIss(claims.Issuer) {
+		return nil, fmt.Errorf("%w: token was not issued by this tenant", ErrInvalidToken)
+	}
+	if claims.Subject == "" || claims.SessionID == "" {
+		return nil, fmt.Errorf("%w: token has no subject or session", ErrInvalidToken)
+	}
+	return claims, nil
+}

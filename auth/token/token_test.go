@@ -1,0 +1,149 @@
+package token_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/auth/token"
+	"github.com/keyshard/keyshard/engine"
+)
+
+func TestLoadMasterKey(t *testing.T) {
+	raw := bytes.Repeat([]byte{0xab}, 32)
+	t.Run("Env", func(t *testing.T) {
+		for _, s := range []string{hex.EncodeToString(raw), base64.StdEncoding.EncodeToString(raw), base64.RawURLEncoding.EncodeToString(raw)} {
+			k, path, created, err := token.LoadMasterKey(t.TempDir(), s)
+			if err != nil || !bytes.Equal(k, raw) || path != "" || created {
+				t.Fatalf("%q: %x %q %v %v", s, k, path, created, err)
+			}
+		}
+		if _, _, _, err := token.LoadMasterKey(t.TempDir(), "abcd"); err == nil {
+			t.Fatal("short key accepted")
+		}
+	})
+	t.Run("Generated", func(t *testing.T) {
+		dir := t.TempDir()
+		k1, path, created, err := token.LoadMasterKey(dir, "")
+		if err != nil || !created || len(k1) != 32 {
+			t.Fatalf("%v %v", created, err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm() != 0o600 || filepath.Dir(path) != dir {
+			t.Fatalf("%s: %v %v", path, fi.Mode(), err)
+		}
+		k2, _, created, err := token.LoadMasterKey(dir, "")
+		if err != nil || created || !bytes.Equal(k1, k2) {
+			t.Fatalf("second load: %v %v", created, err)
+		}
+	})
+}
+
+func openTenant(tb testing.TB) (*engine.TenantShard, *app.App) {
+	tb.Helper()
+	a, err := app.Open(context.Background(), app.Config{DataDir: tb.TempDir(), Synchronous: "NORMAL"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = a.Close() })
+	ctx := context.Background()
+	if _, err := a.Engine.CreateTenant(ctx, "acme", "acme", ""); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := a.Engine.ApproveTenant(ctx, "acme"); err != nil {
+		tb.Fatal(err)
+	}
+	ts, err := a.Engine.Tenant(ctx, "acme")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(ts.Release)
+	return ts, a
+}
+
+func TestKeys_SignVerify(t *testing.T) {
+	ctx := context.Background()
+	ts, _ := openTenant(t)
+	master := bytes.Repeat([]byte{1}, 32)
+	var skew atomic.Int64
+	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master, Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := keys.Get(ctx, ts.Tenant.ID, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &token.Claims{Issuer: "http://x/t/acme", Subject: "u1", Audience: "authenticated", SessionID: "s1",
+		IssuedAt: time.Now().Unix(), ExpiresAt: time.Now().Add(time.Hour).Unix()}
+	tok, err := ks.Sign(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("OK", func(t *testing.T) {
+		got, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, func(iss string) bool { return iss == c.Issuer })
+		if err != nil || got.Subject != "u1" || got.SessionID != "s1" {
+			t.Fatalf("%+v %v", got, err)
+		}
+	})
+	t.Run("ErrIssuer", func(t *testing.T) {
+		_, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, func(string) bool { return false })
+		if !errors.Is(err, token.ErrInvalidToken) {
+			t.Fatalf("err %v", err)
+		}
+	})
+	t.Run("ErrExpired", func(t *testing.T) {
+		old := *c
+		old.ExpiresAt = time.Now().Add(-time.Minute).Unix()
+		tok, _ := ks.Sign(&old)
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, nil); !errors.Is(err, token.ErrInvalidToken) || !strings.Contains(err.Error(), "expired") {
+			t.Fatalf("err %v", err)
+		}
+	})
+	t.Run("PrivateKeyEncrypted", func(t *testing.T) {
+		// Another master key cannot read the stored key.
+		other, _ := token.NewKeys(token.KeysConfig{MasterKey: bytes.Repeat([]byte{2}, 32)})
+		if _, err := other.Get(ctx, ts.Tenant.ID, ts); err == nil {
+			t.Fatal("key decrypted with the wrong master key")
+		}
+		var priv []byte
+		if err := ts.Read(ctx, func(q engine.Querier) error {
+			return q.QueryRow(`SELECT private_key FROM signing_keys WHERE active = 1`).Scan(&priv)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if len(priv) < 32+12 {
+			t.Fatalf("stored private key is %d bytes", len(priv))
+		}
+	})
+	t.Run("RotateByOtherProcess", func(t *testing.T) {
+		// Another Keys (as the CLI would) rotates; ours learns the new kid
+		// from a token that names it (at most one reload per 5 s).
+		skew.Store(int64(6 * time.Second))
+		cli, _ := token.NewKeys(token.KeysConfig{MasterKey: master})
+		kid, err := cli.Rotate(ctx, ts.Tenant.ID, ts)
+		if err != nil || kid == ks.Kid() {
+			t.Fatalf("rotate: %q %v", kid, err)
+		}
+		nks, _ := cli.Get(ctx, ts.Tenant.ID, ts)
+		tok2, _ := nks.Sign(c)
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok2, nil); err != nil {
+			t.Fatalf("token of the new key: %v", err)
+		}
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, nil); err != nil {
+			t.Fatalf("token of the retired key: %v", err)
+		}
+		if n := len(nks.JWKS().Keys); n != 2 {
+			t.Fatalf("JWKS keys %d", n)
+		}
+	})
+}

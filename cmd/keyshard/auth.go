@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/auth/hash"
+	"github.com/keyshard/keyshard/auth/token"
+)
+
+// authFlags configure the end-user auth API of `serve`.
+type authFlags struct {
+	memoryKiB, time, threads uint
+	workers                  int
+	budget                   time.Duration
+	accessTTL                time.Duration
+	publicURL                string
+}
+
+func (f *authFlags) register(fs *flag.FlagSet) {
+	fs.UintVar(&f.memoryKiB, "argon2-memory-kib", uint(hash.DefaultParams.MemoryKiB), "Argon2id memory per hash, KiB (OWASP: 19456)")
+	fs.UintVar(&f.time, "argon2-time", uint(hash.DefaultParams.Time), "Argon2id passes per hash")
+	fs.UintVar(&f.threads, "argon2-threads", uint(hash.DefaultParams.Threads), "Argon2id lanes per hash")
+	fs.IntVar(&f.workers, "hash-workers", 0, "password hashing workers shared by all tenants (default: number of CPUs)")
+	fs.DurationVar(&f.budget, "hash-budget", hash.DefaultBudget, "longest expected wait for a password hash; past it login/signup answer 429")
+	fs.DurationVar(&f.accessTTL, "access-token-ttl", auth.DefaultAccessTokenTTL, "lifetime of access tokens")
+	fs.StringVar(&f.publicURL, "public-url", "", "external base URL; tokens of tenant S carry iss PUBLIC_URL/t/S (default: from each request's Host)")
+}
+
+// authStack is the open auth service and what it owns.
+type authStack struct {
+	Service *auth.Service
+	Pool    *hash.Pool
+}
+
+// openAuth loads (or generates) the master key and starts the hash pool.
+func openAuth(dataDir string, f *authFlags, log *slog.Logger) (*authStack, error) {
+	if f.threads > 255 || f.memoryKiB > 1<<22 || f.time > 64 {
+		return nil, fmt.Errorf("argon2 parameters out of range")
+	}
+	master, path, created, err := token.LoadMasterKey(dataDir, os.Getenv("KEYSHARD_MASTER_KEY"))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case created:
+		log.Info("generated the master key", "file", path)
+	case path != "":
+		log.Info("master key read from file", "file", path)
+	default:
+		log.Info("master key taken from KEYSHARD_MASTER_KEY")
+	}
+	params := hash.Params{MemoryKiB: uint32(f.memoryKiB), Time: uint32(f.time), Threads: uint8(f.threads)}
+	pool, err := hash.NewPool(hash.Config{Params: params, Workers: f.workers, Budget: f.budget})
+	if err != nil {
+		return nil, fmt.Errorf("hash pool: %w", err)
+	}
+	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master, TokenTTL: f.accessTTL})
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	st := pool.Stats()
+	log.Info("password hashing", "params", fmt.Sprintf("m=%d,t=%d,p=%d", params.MemoryKiB, params.Time, params.Threads),
+		"workers", st.Workers, "hash_time", st.HashTime.Round(time.Millisecond), "budget", f.budget)
+	svc := auth.New(pool, keys, master, auth.Config{AccessTokenTTL: f.accessTTL})
+	return &authStack{Service: svc, Pool: pool}, nil
+}
+
+// rotateKey makes a new signing key active for the tenant; the old one
+// verifies and stays in the JWKS until its tokens have expired (the
+// server's --access-token-ttl decides how long that is).
+func rotateKey(a *app.App, dataDir, slug string) error {
+	master, _, _, err := token.LoadMasterKey(dataDir, os.Getenv("KEYSHARD_MASTER_KEY"))
+	if err != nil {
+		return err
+	}
+	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master})
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	ts, err := a.Engine.Tenant(ctx, slug)
+	if err != nil {
+		return err
+	}
+	defer ts.Release()
+	kid, err := keys.Rotate(ctx, ts.Tenant.ID, ts)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("tenant %s: new signing key %s is active; the previous key is published until its tokens expire\n", ts.Tenant.Slug, kid)
+	return nil
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the @supabase/auth-js client test against a live `keyshard serve`
+# with two tenants. Called by .ci/run; runnable by hand from any directory.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+pid=""
+cleanup() {
+	if [[ -n "$pid" ]]; then
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+cd "$root"
+go build -o "$work/keyshard" ./cmd/keyshard
+(cd test && npm ci --no-audit --no-fund --loglevel=error)
+
+# A free loopback port.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+data="$work/data"
+export KEYSHARD_ADMIN_TOKEN=authjs-test-admin-token
+export KEYSHARD_MASTER_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# Small Argon2 parameters: this test checks compatibility, not cost.
+"$work/keyshard" serve --data "$data" --addr "127.0.0.1:$port" --argon2-memory-kib 1024 --argon2-time 1 \
+	>"$work/serve.log" 2>&1 &
+pid=$!
+
+base="http://127.0.0.1:$port"
+for i in $(seq 1 100); do
+	if curl -fsS "$base/healthz" >/dev/null 2>&1; then break; fi
+	if ! kill -0 "$pid" 2>/dev/null; then cat "$work/serve.log"; exit 1; fi
+	sleep 0.1
+done
+auth=(-H "Authorization: Bearer $KEYSHARD_ADMIN_TOKEN" -H "Content-Type: application/json")
+for slug in authjs-a authjs-b; do
+	curl -fsS "${auth[@]}" -X POST "$base/admin/tenants" -d "{\"slug\":\"$slug\"}" >/dev/null
+	curl -fsS "${auth[@]}" -X POST "$base/admin/tenants/$slug/approve" >/dev/null
+done
+
+export KEYSHARD_TENANT_A_URL="$base/t/authjs-a"
+export KEYSHARD_TENANT_B_URL="$base/t/authjs-b"
+status=0
+node --test test/authjs.test.mjs || status=$?
+if [[ $status -ne 0 ]]; then
+	echo "--- keyshard serve log" >&2
+	cat "$work/serve.log" >&2
+fi
+exit $status

@@ -201,8 +201,18 @@ func (s *Service) AdminUpdateUser(ctx context.Context, t Tenant, c Client, id st
 	}
 	ts := s.now().UTC().UnixMicro()
 	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
+		// Read inside the write: a concurrent update must not be lost.
+		cur, err := userByID(tx, id)
+		if errors.Is(err, engine.ErrNoRows) {
+			return errAdminUserNotFound()
+		}
+		if err != nil {
+			return err
+		}
+		changed := []string{}
 		if req.AppMetadata != nil {
-			app := nonNilMap(u.AppMetadata)
+			changed = append(changed, "app_metadata")
+			app := nonNilMap(cur.AppMetadata)
 			for k, v := range req.AppMetadata {
 				if k == "provider" || k == "providers" {
 					continue
@@ -218,9 +228,13 @@ func (s *Service) AdminUpdateUser(ctx context.Context, t Tenant, c Client, id st
 			}
 		}
 		if req.EmailConfirm {
+			changed = append(changed, "email_confirmed_at")
 			if _, err := tx.Exec(`UPDATE users SET email_confirmed_at = COALESCE(email_confirmed_at, ?), updated_at = ? WHERE id = ?`, ts, ts, id); err != nil {
 				return err
 			}
+		}
+		if err := audit(tx, s.now().UTC(), "user_modified", id, cur.Email, c, map[string]any{"changed": changed, "by": "admin"}); err != nil {
+			return err
 		}
 		u, err = userByID(tx, id)
 		return err

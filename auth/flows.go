@@ -420,6 +420,11 @@ type UpdateUserRequest struct {
 // yet), password and metadata (keys set to null are removed).
 func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Principal, req UpdateUserRequest) (*User, error) {
 	u := p.User
+	// Without claims the caller is the tenant's administrator (AdminUpdateUser).
+	admin, keepSession := p.Claims == nil, ""
+	if !admin {
+		keepSession = p.Claims.SessionID
+	}
 	var newEmail, pwHash string
 	if req.Email != nil {
 		e := NormalizeEmail(*req.Email)
@@ -428,6 +433,15 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 				return nil, err
 			}
 			newEmail = e
+			// Without a mailer an address cannot be confirmed: only a tenant
+			// that auto-confirms may take a new email as it comes.
+			st, err := s.Settings(ctx, t)
+			if err != nil {
+				return nil, err
+			}
+			if !st.MailerAutoconfirm && !admin {
+				return nil, newError(http.StatusUnprocessableEntity, "email_address_not_authorized", "Email changes need a confirmation mailer, which this tenant does not have")
+			}
 		}
 	}
 	if req.Password != nil {
@@ -485,6 +499,11 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		}
 		if pwHash != "" {
 			if _, err := tx.Exec(`UPDATE users SET encrypted_password = ? WHERE id = ?`, pwHash, u.ID); err != nil {
+				return err
+			}
+			// As GoTrue: a new password ends every other session, so a stolen
+			// refresh token stops working. Refresh tokens go by cascade.
+			if _, err := tx.Exec(`DELETE FROM sessions WHERE user_id = ? AND id <> ?`, u.ID, keepSession); err != nil {
 				return err
 			}
 			changed = append(changed, "password")

@@ -234,11 +234,15 @@ func (p *Pool) Hash(ctx context.Context, password string) (string, error) {
 // new one after a successful login. A hash in no known format returns an
 // error wrapping ErrUnknownFormat.
 func (p *Pool) Verify(ctx context.Context, encoded, password string) (ok, stale bool, err error) {
+	// The worker writes only these locals: when run returns early (the
+	// caller left, the pool closed) the job may still be running, and it must
+	// not write the results being returned.
+	var rOK, rStale bool
 	var verr error
-	if err := p.run(ctx, func() { ok, stale, verr = verify(encoded, password, p.params) }); err != nil {
+	if err := p.run(ctx, func() { rOK, rStale, verr = verify(encoded, password, p.params) }); err != nil {
 		return false, false, err
 	}
-	return ok, stale, verr
+	return rOK, rStale, verr
 }
 
 // VerifyDummy spends the time of a real verification and returns nothing:

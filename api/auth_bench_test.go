@@ -1,0 +1,268 @@
+package api_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/argon2"
+
+	"github.com/keyshard/keyshard/auth/hash"
+)
+
+// Phase lengths and per-client caps of BenchmarkAuth_Throughput: every loop
+// stops at its deadline or its count, whichever comes first.
+const (
+	benchUsers        = 20
+	benchLoginClients = 16
+	benchReadClients  = 16 // refresh and GET /user without load
+	benchMixClients   = 4  // refresh and GET /user each, under login load
+	benchRawHashDur   = 3 * time.Second
+	benchLoginDur     = 5 * time.Second
+	benchReadDur      = 3 * time.Second
+	benchMixDur       = 5 * time.Second
+	benchMaxRawHashes = 10_000 // per goroutine
+	benchMaxOps       = 50_000 // per client and phase
+)
+
+// benchClient is the HTTP client of the benchmark's load generators.
+func benchClient() *http.Client {
+	return &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: 32},
+	}
+}
+
+// benchDo sends one request and returns its status, latency and (when want
+// is set) the decoded body; the body is always read to the end so that the
+// connection is reused.
+func benchDo(c *http.Client, method, url, bearer string, body []byte, want bool) (int, time.Duration, map[string]any, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	start := time.Now()
+	res, err := c.Do(req)
+	if err != nil {
+		return 0, time.Since(start), nil, err
+	}
+	defer res.Body.Close()
+	var out map[string]any
+	if want && res.StatusCode == http.StatusOK {
+		err = json.NewDecoder(res.Body).Decode(&out)
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	return res.StatusCode, time.Since(start), out, err
+}
+
+// benchStats collects the outcome of one kind of request across clients.
+type benchStats struct {
+	mu       sync.Mutex
+	ok       []time.Duration // latencies of 200s
+	tooMany  []time.Duration // latencies of 429s
+	other    int             // other statuses and transport errors
+	firstErr string
+}
+
+func (s *benchStats) add(status int, d time.Duration, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case err == nil && status == http.StatusOK:
+		s.ok = append(s.ok, d)
+	case err == nil && status == http.StatusTooManyRequests:
+		s.tooMany = append(s.tooMany, d)
+	default:
+		s.other++
+		if s.firstErr == "" {
+			s.firstErr = fmt.Sprintf("status %d err %v", status, err)
+		}
+	}
+}
+
+// pct returns the q-quantile of ds in milliseconds (0 when empty).
+func pct(ds []time.Duration, q float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(q*float64(len(s)-1) + 0.5)
+	return float64(s[i]) / float64(time.Millisecond)
+}
+
+// runClients runs n clients, each calling step until the deadline passes or
+// it has made benchMaxOps calls (or step returns false), and returns the
+// elapsed wall time.
+func runClients(n int, dur time.Duration, step func(client, i int) bool) time.Duration {
+	start := time.Now()
+	deadline := start.Add(dur)
+	var wg sync.WaitGroup
+	for c := range n {
+		wg.Go(func() {
+			for i := 0; i < benchMaxOps && time.Now().Before(deadline); i++ {
+				if !step(c, i) {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+// benchSession is one client's session chain.
+type benchSession struct {
+	access, refresh string
+}
+
+// BenchmarkAuth_Throughput measures, on a real loopback server with OWASP
+// Argon2id parameters and the default pool (NumCPU workers, 1 s budget):
+// the raw hash rate, password logins against it, refresh and GET /user
+// without load, and refresh and GET /user while logins saturate the pool.
+// The workload runs once whatever b.N; use -benchtime 1x.
+func BenchmarkAuth_Throughput(b *testing.B) {
+	if b.N > 1 {
+		return // the first run (b.N == 1) already measured everything
+	}
+	params := hash.DefaultParams
+	workers := runtime.NumCPU()
+
+	// (a) Raw Argon2id rate on all cores, outside the server and the pool.
+	var raw atomic.Int64
+	rawStart := time.Now()
+	rawDeadline := rawStart.Add(benchRawHashDur)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			salt := make([]byte, params.SaltLen)
+			_, _ = rand.Read(salt)
+			for i := 0; i < benchMaxRawHashes && time.Now().Before(rawDeadline); i++ {
+				argon2.IDKey([]byte("benchmark password"), salt, params.Time, params.MemoryKiB, params.Threads, params.KeyLen)
+				raw.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	rawRate := float64(raw.Load()) / time.Since(rawStart).Seconds()
+
+	// Setup (not measured): server, tenant, users.
+	e := newAuthEnv(b, authEnvOptions{params: params, workers: workers, budget: hash.DefaultBudget})
+	base := e.tenant("bench")
+	logins := make([][]byte, benchUsers)
+	for i := range logins {
+		email, pw := fmt.Sprintf("user%02d@example.com", i), fmt.Sprintf("password-%02d", i)
+		e.signup(base, email, pw)
+		logins[i], _ = json.Marshal(map[string]string{"email": email, "password": pw})
+	}
+	client := benchClient()
+	loginURL := base + "/token?grant_type=password"
+	refreshURL := base + "/token?grant_type=refresh_token"
+	userURL := base + "/user"
+
+	login := func(st *benchStats) func(c, i int) bool {
+		return func(c, i int) bool {
+			status, d, _, err := benchDo(client, "POST", loginURL, "", logins[(c+i*benchLoginClients)%benchUsers], false)
+			st.add(status, d, err)
+			return true
+		}
+	}
+
+	// One session chain per reading client.
+	sessions := make([]benchSession, benchReadClients)
+	for c := range sessions {
+		status, _, body, err := benchDo(client, "POST", loginURL, "", logins[c%benchUsers], true)
+		if err != nil || status != http.StatusOK {
+			b.Fatalf("login for session %d: %d %v", c, status, err)
+		}
+		sessions[c] = benchSession{access: body["access_token"].(string), refresh: body["refresh_token"].(string)}
+	}
+	refresh := func(st *benchStats) func(c, i int) bool {
+		return func(c, i int) bool {
+			s := &sessions[c]
+			req, _ := json.Marshal(map[string]string{"refresh_token": s.refresh})
+			status, d, body, err := benchDo(client, "POST", refreshURL, "", req, true)
+			st.add(status, d, err)
+			if status == http.StatusOK && err == nil {
+				s.access, _ = body["access_token"].(string)
+				s.refresh, _ = body["refresh_token"].(string)
+			}
+			return true
+		}
+	}
+	getUser := func(st *benchStats, offset int) func(c, i int) bool {
+		return func(c, i int) bool {
+			status, d, _, err := benchDo(client, "GET", userURL, sessions[offset+c].access, nil, false)
+			st.add(status, d, err)
+			return true
+		}
+	}
+	check := func(name string, st *benchStats) {
+		if st.other > 0 {
+			b.Errorf("%s: %d unexpected responses, first: %s", name, st.other, st.firstErr)
+		}
+	}
+	b.ResetTimer()
+
+	// (b) Logins at 16 clients.
+	var lst benchStats
+	el := runClients(benchLoginClients, benchLoginDur, login(&lst))
+	loginRate := float64(len(lst.ok)) / el.Seconds()
+	check("login", &lst)
+
+	// (c) Refresh, then GET /user, at 16 clients with no login load.
+	var rst, ust benchStats
+	er := runClients(benchReadClients, benchReadDur, refresh(&rst))
+	eu := runClients(benchReadClients, benchReadDur, getUser(&ust, 0))
+	check("refresh", &rst)
+	check("user", &ust)
+
+	// (d) 4 refresh and 4 GET /user clients while 16 clients hammer logins.
+	var mlst, mrst, must benchStats
+	var mel time.Duration
+	wg.Go(func() { mel = runClients(benchLoginClients, benchMixDur, login(&mlst)) })
+	wg.Go(func() { runClients(benchMixClients, benchMixDur, refresh(&mrst)) })
+	wg.Go(func() { runClients(benchMixClients, benchMixDur, getUser(&must, benchMixClients)) })
+	wg.Wait()
+	check("login under load", &mlst)
+	check("refresh under load", &mrst)
+	check("user under load", &must)
+	b.StopTimer()
+
+	b.ReportMetric(rawRate, "raw_hashes/s")
+	b.ReportMetric(loginRate, "logins/s")
+	b.ReportMetric(loginRate/rawRate, "login/hash")
+	b.ReportMetric(float64(len(lst.tooMany)), "login_429s")
+	b.ReportMetric(pct(lst.ok, 0.5), "login_p50_ms")
+	b.ReportMetric(pct(lst.ok, 0.95), "login_p95_ms")
+	b.ReportMetric(float64(len(rst.ok))/er.Seconds(), "refresh/s")
+	b.ReportMetric(pct(rst.ok, 0.5), "refresh_p50_ms")
+	b.ReportMetric(pct(rst.ok, 0.95), "refresh_p95_ms")
+	b.ReportMetric(float64(len(ust.ok))/eu.Seconds(), "user/s")
+	b.ReportMetric(pct(ust.ok, 0.5), "user_p50_ms")
+	b.ReportMetric(pct(ust.ok, 0.95), "user_p95_ms")
+	b.ReportMetric(float64(len(mlst.ok))/mel.Seconds(), "load_logins/s")
+	b.ReportMetric(float64(len(mlst.tooMany)), "load_login_429s")
+	b.ReportMetric(pct(mlst.tooMany, 0.95), "load_429_p95_ms")
+	b.ReportMetric(pct(mrst.ok, 0.95), "load_refresh_p95_ms")
+	b.ReportMetric(pct(must.ok, 0.95), "load_user_p95_ms")
+}

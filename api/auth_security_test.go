@@ -1,0 +1,55 @@
+package api_test
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+func TestAuth_UpdateUserPassword(t *testing.T) {
+	t.Run("EndsOtherSessions", func(t *testing.T) {
+		e := newAuthEnv(t, authEnvOptions{})
+		a := e.tenant("acme")
+		first := e.signup(a, "pw@example.com", "password1")
+		second := e.login(a, "pw@example.com", "password1")
+		if first.Status != 200 || second.Status != 200 {
+			t.Fatalf("signup %d, login %d", first.Status, second.Status)
+		}
+		// The second session changes the password.
+		r := e.call("PUT", a+"/user", second.str("access_token"), map[string]any{"password": "password2"})
+		if r.Status != 200 {
+			t.Fatalf("PUT /user: %d %s", r.Status, r.Raw)
+		}
+		// The other session's refresh token and access token are dead...
+		wantAuthError(t, e.refresh(a, first.str("refresh_token")), 400, "refresh_token_not_found")
+		wantAuthError(t, e.call("GET", a+"/user", first.str("access_token"), nil), 403, "session_not_found")
+		// ...the session that made the change lives on.
+		if r := e.refresh(a, second.str("refresh_token")); r.Status != 200 {
+			t.Fatalf("refresh of the changing session: %d %s", r.Status, r.Raw)
+		}
+		if r := e.login(a, "pw@example.com", "password2"); r.Status != 200 {
+			t.Fatalf("login with the new password: %d %s", r.Status, r.Raw)
+		}
+	})
+}
+
+func TestAuth_UpdateUserEmail(t *testing.T) {
+	t.Run("ErrNoMailer", func(t *testing.T) {
+		e := newAuthEnv(t, authEnvOptions{})
+		a := e.tenant("acme")
+		s := e.signup(a, "old@example.com", "password1")
+		e.write("acme", func(tx engine.Querier) error {
+			_, err := tx.Exec(`INSERT OR REPLACE INTO settings (key, value) VALUES ('mailer_autoconfirm', 'false')`)
+			return err
+		})
+		r := e.call("PUT", a+"/user", s.str("access_token"), map[string]any{"email": "victim@example.com"})
+		if r.Status != http.StatusUnprocessableEntity {
+			t.Fatalf("email change without a mailer: %d %s, want 422", r.Status, r.Raw)
+		}
+		u := e.call("GET", a+"/user", s.str("access_token"), nil)
+		if u.str("email") != "old@example.com" {
+			t.Fatalf("email is %q after a refused change", u.str("email"))
+		}
+	})
+}

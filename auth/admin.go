@@ -154,15 +154,9 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 	}
 	pwHash := ""
 	if req.Password != nil {
-		st, err := s.Settings(ctx, t)
-		if err != nil {
+		var err error
+		if pwHash, err = s.newPasswordHash(ctx, t, *req.Password); err != nil {
 			return nil, err
-		}
-		if err := checkPassword(*req.Password, st); err != nil {
-			return nil, err
-		}
-		if pwHash, err = s.hashes.Hash(ctx, *req.Password); err != nil {
-			return nil, hashError(err)
 		}
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)

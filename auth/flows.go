@@ -445,15 +445,9 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		}
 	}
 	if req.Password != nil {
-		st, err := s.Settings(ctx, t)
-		if err != nil {
+		var err error
+		if pwHash, err = s.newPasswordHash(ctx, t, *req.Password); err != nil {
 			return nil, err
-		}
-		if err := checkPassword(*req.Password, st); err != nil {
-			return nil, err
-		}
-		if pwHash, err = s.hashes.Hash(ctx, *req.Password); err != nil {
-			return nil, hashError(err)
 		}
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
@@ -573,4 +567,21 @@ func (s *Service) Logout(ctx context.Context, t Tenant, c Client, p *Principal, 
 		return writeError(err, http.StatusServiceUnavailable)
 	}
 	return nil
+}
+
+// newPasswordHash checks a new password against the tenant's rules and
+// hashes it on the shared pool.
+func (s *Service) newPasswordHash(ctx context.Context, t Tenant, password string) (string, error) {
+	st, err := s.Settings(ctx, t)
+	if err != nil {
+		return "", err
+	}
+	if err := checkPassword(password, st); err != nil {
+		return "", err
+	}
+	h, err := s.hashes.Hash(ctx, password)
+	if err != nil {
+		return "", hashError(err)
+	}
+	return h, nil
 }

@@ -39,6 +39,9 @@ type ShardPool interface {
 	Acquire(ctx context.Context, p Placement) (ShardHandle, error)
 	// Evict closes the tenant's shard once unpinned and waits for it.
 	Evict(ctx context.Context, tenantID string) error
+	// Retire closes the tenant's shard like Evict, then runs destroy while
+	// no caller can open the shard.
+	Retire(ctx context.Context, tenantID string, destroy func() error) error
 	// Close closes every shard.
 	Close() error
 }
@@ -60,11 +63,6 @@ type Engine struct {
 	DefaultBackend string
 
 	lifecycle sync.Mutex // serializes tenant state changes
-
-	mu       sync.Mutex      // guards the fields below
-	opened   *sync.Cond      // signalled when a tenant's opening count drops to 0
-	opening  map[string]int  // by tenant id: Tenant() calls that may open its shard
-	deleting map[string]bool // tenants whose shard DeleteTenant is destroying
 }
 
 // CreateTenant requests a tenant: status pending, nothing created on disk.
@@ -165,24 +163,21 @@ func (e *Engine) DeleteTenant(ctx context.Context, slugOrID string) error {
 	if err != nil {
 		return err
 	}
-	// A Tenant() call that resolved the tenant before Delete could open its
-	// shard while Destroy removes the files, recreating the -wal and -shm
-	// files: refuse new opens and wait for those in progress.
-	unfence := e.fenceOpens(t.ID)
-	defer unfence()
 	if err := e.Catalog.Delete(ctx, t.ID); err != nil {
 		return err
 	}
-	if err := e.Shards.Evict(ctx, t.ID); err != nil {
-		return fmt.Errorf("close shard of deleted tenant: %w", err)
-	}
-	if t.Status == StatusPending {
-		return nil // nothing was created
-	}
-	if st, ok := e.Backends[t.Backend]; ok {
-		if err := st.Destroy(ctx, t.Placement()); err != nil {
-			return fmt.Errorf("delete shard of deleted tenant: %w", err)
+	// A Tenant() call that resolved the tenant before the delete may still
+	// try to open its shard: Retire keeps it from opening while the
+	// database is destroyed, so no file is recreated.
+	err = e.Shards.Retire(ctx, t.ID, func() error {
+		st, ok := e.Backends[t.Backend]
+		if t.Status == StatusPending || !ok {
+			return nil // nothing was created
 		}
+		return st.Destroy(ctx, t.Placement())
+	})
+	if err != nil {
+		return fmt.Errorf("delete shard of deleted tenant: %w", err)
 	}
 	return nil
 }
@@ -204,16 +199,12 @@ func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, err
 	if err := t.Status.Err(); err != nil {
 		return nil, err
 	}
-	if !e.beginOpen(t.ID) {
-		return nil, ErrTenantNotFound // being deleted
-	}
-	defer e.endOpen(t.ID)
-	// A delete that completed since Resolve has left no file to open.
-	if _, err := e.Catalog.Resolve(ctx, t.ID); err != nil {
-		return nil, err
-	}
 	h, err := e.Shards.Acquire(ctx, t.Placement())
 	if err != nil {
+		// A delete since Resolve leaves no database to open: say so.
+		if _, rerr := e.Catalog.Resolve(ctx, t.ID); errors.Is(rerr, ErrTenantNotFound) {
+			return nil, ErrTenantNotFound
+		}
 		return nil, err
 	}
 	// The tenant may have been suspended, deleted or moved while we opened
@@ -235,55 +226,6 @@ func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, err
 		return nil, err
 	}
 	return &TenantShard{Tenant: t, ShardHandle: h}, nil
-}
-
-// beginOpen counts a Tenant() call that may open the tenant's shard; it
-// returns false while the tenant is being deleted.
-func (e *Engine) beginOpen(id string) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.deleting[id] {
-		return false
-	}
-	if e.opening == nil {
-		e.opening = make(map[string]int)
-	}
-	e.opening[id]++
-	return true
-}
-
-func (e *Engine) endOpen(id string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.opening[id]--
-	if e.opening[id] == 0 {
-		delete(e.opening, id)
-		if e.opened != nil {
-			e.opened.Broadcast()
-		}
-	}
-}
-
-// fenceOpens makes beginOpen refuse the tenant and waits until no Tenant()
-// call may still open its shard. The returned function lifts the fence.
-func (e *Engine) fenceOpens(id string) (unfence func()) {
-	e.mu.Lock()
-	if e.deleting == nil {
-		e.deleting = make(map[string]bool)
-	}
-	if e.opened == nil {
-		e.opened = sync.NewCond(&e.mu)
-	}
-	e.deleting[id] = true
-	for e.opening[id] > 0 {
-		e.opened.Wait()
-	}
-	e.mu.Unlock()
-	return func() {
-		e.mu.Lock()
-		delete(e.deleting, id)
-		e.mu.Unlock()
-	}
 }
 
 // Close closes every shard.

@@ -31,10 +31,13 @@ type Cache struct {
 	flights  singleflight.Group
 	wg       sync.WaitGroup // background closes
 
-	mu      sync.Mutex // guards the fields below
-	lru     *simplelru.LRU[string, *entry]
-	closing map[string]chan struct{} // shards being closed; reopen waits
-	closed  bool
+	mu       sync.Mutex // guards the fields below
+	lru      *simplelru.LRU[string, *entry]
+	closing  map[string]chan struct{} // shards being closed; reopen waits
+	retiring map[string]chan struct{} // tenants whose storage Retire is destroying
+	opening  map[string]int           // opens in flight, by tenant
+	changed  *sync.Cond               // on mu: an open or a close ended
+	closed   bool
 
 	hits, misses, evictions atomic.Int64
 }
@@ -61,7 +64,10 @@ func NewCache(capacity, maxOpen int, open Opener) *Cache {
 	if err != nil {
 		panic(err) // only for a non-positive size
 	}
-	return &Cache{open: open, capacity: capacity, maxOpen: maxOpen, lru: lru, closing: make(map[string]chan struct{})}
+	c := &Cache{open: open, capacity: capacity, maxOpen: maxOpen, lru: lru,
+		closing: make(map[string]chan struct{}), retiring: make(map[string]chan struct{}), opening: make(map[string]int)}
+	c.changed = sync.NewCond(&c.mu)
+	return c
 }
 
 // Handle is a pinned shard. It must be released exactly once.
@@ -101,7 +107,7 @@ func (c *Cache) Acquire(ctx context.Context, p engine.Placement) (*Handle, error
 			}
 			c.doomLocked(e) // placement moved: the old shard must close first
 		}
-		if ch, ok := c.closing[p.TenantID]; ok {
+		if ch := c.fenceLocked(p.TenantID); ch != nil {
 			c.mu.Unlock()
 			select {
 			case <-ch:
@@ -143,15 +149,17 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 		// two writers on one shard.
 		return nil, errRetry
 	}
-	if _, ok := c.closing[p.TenantID]; ok {
-		c.mu.Unlock() // an older copy is still closing: never two writers
+	if c.fenceLocked(p.TenantID) != nil {
+		c.mu.Unlock() // an older copy is closing, or the storage is being destroyed
 		return nil, errRetry
 	}
 	if n := c.lru.Len(); n >= c.maxOpen && !c.hasVictimLocked() {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("%d shards open and pinned: %w", n, engine.ErrOverloaded)
 	}
+	c.opening[p.TenantID]++ // Retire waits for this open to end
 	c.mu.Unlock()
+	defer c.endOpen(p.TenantID)
 
 	c.misses.Add(1)
 	cacheMisses.Inc()
@@ -167,8 +175,13 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		_ = s.Close()
+		closeShard(s)
 		return nil, engine.ErrClosed
+	}
+	if c.retiring[p.TenantID] != nil {
+		c.mu.Unlock() // Retire began meanwhile; it waits for us to close this
+		closeShard(s)
+		return nil, errRetry
 	}
 	// Several opens may have passed the check above at once. Make room
 	// among unpinned shards, and refuse rather than let the LRU drop its
@@ -177,7 +190,7 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 	if c.lru.Len() >= c.maxOpen {
 		n := c.lru.Len()
 		c.mu.Unlock()
-		_ = s.Close()
+		closeShard(s)
 		return nil, fmt.Errorf("%d shards open and pinned: %w", n, engine.ErrOverloaded)
 	}
 	c.lru.Add(p.TenantID, e)
@@ -185,6 +198,24 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 	c.evictLocked(e)
 	c.mu.Unlock()
 	return e, nil
+}
+
+// fenceLocked returns the channel an Acquire of the tenant must wait on
+// before opening it, or nil.
+func (c *Cache) fenceLocked(id string) chan struct{} {
+	if ch, ok := c.closing[id]; ok {
+		return ch
+	}
+	return c.retiring[id]
+}
+
+func (c *Cache) endOpen(id string) {
+	c.mu.Lock()
+	if c.opening[id]--; c.opening[id] <= 0 {
+		delete(c.opening, id)
+	}
+	c.changed.Broadcast()
+	c.mu.Unlock()
 }
 
 func (c *Cache) release(e *entry) {
@@ -249,13 +280,14 @@ func (c *Cache) closeLocked(e *entry) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		_ = e.shard.Close() // a failed final flush is counted in the shard's stats
+		closeShard(e.shard)
 		openShards.Dec()
 		c.evictions.Add(1)
 		cacheEvictions.Inc()
 		c.mu.Lock()
 		ch := c.closing[e.id]
 		delete(c.closing, e.id)
+		c.changed.Broadcast()
 		c.mu.Unlock()
 		close(ch) // last: Evict returns with the counters up to date
 	}()
@@ -279,6 +311,53 @@ func (c *Cache) Evict(ctx context.Context, tenantID string) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// Retire removes a tenant for good: it closes the tenant's shard (waiting
+// for its last release, as Evict does) and for opens in flight, then runs
+// destroy while no Acquire of the tenant can open it. Acquires arriving
+// meanwhile wait, then open afresh, and fail if destroy removed the
+// storage. If ctx ends before the shard closed, destroy is not run.
+func (c *Cache) Retire(ctx context.Context, tenantID string, destroy func() error) error {
+	fence := make(chan struct{})
+	c.mu.Lock()
+	if _, ok := c.retiring[tenantID]; ok {
+		c.mu.Unlock()
+		return fmt.Errorf("tenant %s is already being retired: %w", tenantID, engine.ErrConflict)
+	}
+	c.retiring[tenantID] = fence
+	defer func() {
+		c.mu.Lock()
+		delete(c.retiring, tenantID)
+		c.mu.Unlock()
+		close(fence)
+	}()
+	if e, ok := c.lru.Peek(tenantID); ok {
+		c.doomLocked(e)
+	}
+	stop := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		c.changed.Broadcast()
+		c.mu.Unlock()
+	})
+	defer stop()
+	for c.closing[tenantID] != nil || c.opening[tenantID] > 0 {
+		if err := ctx.Err(); err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		c.changed.Wait()
+	}
+	c.mu.Unlock()
+	return destroy()
+}
+
+// closeShard closes a shard the cache let go of. A failed final flush has
+// nobody left to answer: it is counted, and visible in the shard's stats.
+func closeShard(s *Shard) {
+	if err := s.Close(); err != nil {
+		closeErrors.Inc()
 	}
 }
 

@@ -539,3 +539,89 @@ func TestCache_Evict(t *testing.T) {
 		}
 	})
 }
+
+func TestCache_Retire(t *testing.T) {
+	t.Run("DestroysWithNothingOpen", func(t *testing.T) {
+		o := newOpener(t, shard.Options{})
+		c := newCache(t, 4, 0, o)
+		id := engine.NewTenantID()
+		h, err := c.Acquire(context.Background(), placement(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		destroyed := make(chan int, 1) // write connections open when destroy ran
+		retired := make(chan error, 1)
+		go func() {
+			retired <- c.Retire(context.Background(), id, func() error {
+				destroyed <- o.openWriters()
+				return sqlite.Remove(o.path(id))
+			})
+		}()
+		if !waitFor(10*time.Second, func() bool { return c.Stats().Closing == 1 }) {
+			t.Fatal("Retire did not start closing the shard")
+		}
+		// An acquire during the retirement waits until destroy has run.
+		reacquired := make(chan error, 1)
+		go func() {
+			h2, err := c.Acquire(context.Background(), placement(id))
+			if err == nil {
+				h2.Release()
+			}
+			reacquired <- err
+		}()
+		if err := h.Write(context.Background(), insertAudit("pinned")); err != nil {
+			t.Fatalf("write to a pinned shard being retired: %v", err)
+		}
+		select {
+		case n := <-destroyed:
+			t.Fatalf("destroy ran while the shard was pinned (%d writers open)", n)
+		case <-reacquired:
+			t.Fatal("Acquire returned while the shard was being retired")
+		default:
+		}
+		h.Release()
+		select {
+		case n := <-destroyed:
+			if n != 0 {
+				t.Fatalf("destroy ran with %d write connections open, want 0", n)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("destroy did not run within 10s of the release")
+		}
+		if err := <-retired; err != nil {
+			t.Fatalf("Retire: %v", err)
+		}
+		if err := <-reacquired; err != nil {
+			t.Fatalf("acquire after the retirement: %v", err)
+		}
+	})
+	t.Run("ContextEndsBeforeClose", func(t *testing.T) {
+		o := newOpener(t, shard.Options{})
+		c := newCache(t, 4, 0, o)
+		id := engine.NewTenantID()
+		h, err := c.Acquire(context.Background(), placement(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		retired := make(chan error, 1)
+		called := false
+		go func() { retired <- c.Retire(ctx, id, func() error { called = true; return nil }) }()
+		if !waitFor(10*time.Second, func() bool { return c.Stats().Closing == 1 }) {
+			t.Fatal("Retire did not start closing the shard")
+		}
+		cancel()
+		select {
+		case err := <-retired:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Retire with an ended context: %v, want context.Canceled", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Retire did not return within 10s of its context ending")
+		}
+		if called {
+			t.Fatal("destroy ran although the shard never closed")
+		}
+		h.Release()
+	})
+}

@@ -45,6 +45,10 @@ var (
 		Name: "keyshard_shard_cache_evictions_total",
 		Help: "Shards closed by the cache (capacity, eviction requests, shutdown).",
 	})
+	closeErrors = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "keyshard_shard_close_errors_total",
+		Help: "Shards the cache closed whose close failed (final flush or checkpoint).",
+	})
 	openSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
 		Name:    "keyshard_shard_open_duration_seconds",
 		Help:    "Time to open a shard, migrations check included.",

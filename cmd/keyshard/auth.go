@@ -48,14 +48,7 @@ func openAuth(dataDir string, f *authFlags, log *slog.Logger) (*authStack, error
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case created:
-		log.Info("generated the master key", "file", path)
-	case path != "":
-		log.Info("master key read from file", "file", path)
-	default:
-		log.Info("master key taken from KEYSHARD_MASTER_KEY")
-	}
+	logSecretSource(log, "master key", "KEYSHARD_MASTER_KEY", path, created)
 	params := hash.Params{MemoryKiB: uint32(f.memoryKiB), Time: uint32(f.time), Threads: uint8(f.threads)}
 	pool, err := hash.NewPool(hash.Config{Params: params, Workers: f.workers, Budget: f.budget})
 	if err != nil {

@@ -38,14 +38,7 @@ func runServe(args []string) error {
 		_ = a.Close()
 		return err
 	}
-	switch {
-	case created:
-		log.Info("generated the platform admin token", "file", path)
-	case path != "":
-		log.Info("platform admin token read from file", "file", path)
-	default:
-		log.Info("platform admin token taken from KEYSHARD_ADMIN_TOKEN")
-	}
+	logSecretSource(log, "platform admin token", "KEYSHARD_ADMIN_TOKEN", path, created)
 
 	as, err := openAuth(sf.cfg.DataDir, &af, log)
 	if err != nil {
@@ -84,4 +77,17 @@ func runServe(args []string) error {
 	}
 	log.Info("keyshard stopped", "err", err)
 	return err
+}
+
+// logSecretSource says where a secret came from (never the secret itself):
+// a file written now, a file read, or an environment variable.
+func logSecretSource(log *slog.Logger, what, env, path string, created bool) {
+	switch {
+	case created:
+		log.Info("generated the "+what, "file", path)
+	case path != "":
+		log.Info(what+" read from file", "file", path)
+	default:
+		log.Info(what + " taken from " + env)
+	}
 }

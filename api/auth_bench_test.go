@@ -165,8 +165,23 @@ func BenchmarkAuth_Throughput(b *testing.B) {
 	wg.Wait()
 	rawRate := float64(raw.Load()) / time.Since(rawStart).Seconds()
 
-	// Setup (not measured): server, tenant, users.
-	e := newAuthEnv(b, authEnvOptions{params: params, workers: workers, budget: hash.DefaultBudget})
+	// The same workload with the hash workers at normal priority and as
+	// background threads (hash.Config.Background), compared in one run.
+	for _, background := range []bool{false, true} {
+		b.Run(fmt.Sprintf("background=%v", background), func(b *testing.B) {
+			if b.N > 1 {
+				return
+			}
+			benchAuthThroughput(b, params, workers, rawRate, background)
+		})
+	}
+}
+
+func benchAuthThroughput(b *testing.B, params hash.Params, workers int, rawRate float64, background bool) {
+	var wg sync.WaitGroup
+	// Setup (not measured): server, tenant, users. Durability as in
+	// production (synchronous FULL).
+	e := newAuthEnv(b, authEnvOptions{params: params, workers: workers, budget: hash.DefaultBudget, sync: "FULL", background: background})
 	base := e.tenant("bench")
 	logins := make([][]byte, benchUsers)
 	for i := range logins {

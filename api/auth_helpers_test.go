@@ -30,6 +30,8 @@ type authEnvOptions struct {
 	budget  time.Duration
 	queue   int    // per-shard writer queue (app.Config.QueueSize)
 	sync    string // synchronous; default NORMAL
+
+	background bool // hash workers as low-priority threads
 }
 
 // authEnv is a real server on a loopback listener with the auth API.
@@ -56,7 +58,7 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	pool, err := hash.NewPool(hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget})
+	pool, err := hash.NewPool(hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background})
 	if err != nil {
 		tb.Fatal(err)
 	}

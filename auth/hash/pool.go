@@ -24,6 +24,11 @@ type Config struct {
 	Budget time.Duration
 	// MaxQueue bounds the waiting room whatever the budget; default 1024.
 	MaxQueue int
+	// Background runs each worker on its own OS thread at the lowest
+	// scheduling priority (nice 19) and adds the workers to GOMAXPROCS
+	// (given back on Close), so that a login storm takes only the CPU that
+	// other requests leave idle instead of the cores they need.
+	Background bool
 }
 
 // DefaultBudget is the default latency budget of one hash request.
@@ -60,8 +65,9 @@ type Pool struct {
 
 	dummy string // a hash of a random password under params
 
-	closeOnce sync.Once
-	refused   atomic.Int64
+	closeOnce  sync.Once
+	refused    atomic.Int64
+	background bool
 }
 
 type job struct {
@@ -98,11 +104,16 @@ func NewPool(cfg Config) (*Pool, error) {
 		maxQueue: cfg.MaxQueue,
 		jobs:     make(chan *job, cfg.MaxQueue),
 		stop:     make(chan struct{}),
+
+		background: cfg.Background,
 	}
 	start := time.Now()
 	p.dummy = hashArgon2id(randomPassword(), p.params)
 	p.ewma.Store(int64(time.Since(start)))
 	workersGauge.Add(float64(p.workers))
+	if p.background {
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + p.workers)
+	}
 	p.wg.Add(p.workers)
 	for range p.workers {
 		go p.work()
@@ -120,11 +131,20 @@ func (p *Pool) Close() {
 		close(p.stop)
 		p.wg.Wait()
 		workersGauge.Sub(float64(p.workers))
+		if p.background {
+			runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)-p.workers))
+		}
 	})
 }
 
 func (p *Pool) work() {
 	defer p.wg.Done()
+	if p.background {
+		// The thread dies with this goroutine (no UnlockOSThread), so its
+		// lowered priority never passes to other goroutines.
+		runtime.LockOSThread()
+		lowerThreadPriority()
+	}
 	for {
 		select {
 		case <-p.stop:

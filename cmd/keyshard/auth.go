@@ -19,6 +19,7 @@ type authFlags struct {
 	memoryKiB, time, threads uint
 	workers                  int
 	budget                   time.Duration
+	background               bool
 	accessTTL                time.Duration
 	publicURL                string
 }
@@ -29,6 +30,7 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 	fs.UintVar(&f.threads, "argon2-threads", uint(hash.DefaultParams.Threads), "Argon2id lanes per hash")
 	fs.IntVar(&f.workers, "hash-workers", 0, "password hashing workers shared by all tenants (default: number of CPUs)")
 	fs.DurationVar(&f.budget, "hash-budget", hash.DefaultBudget, "longest expected wait for a password hash; past it login/signup answer 429")
+	fs.BoolVar(&f.background, "hash-background", false, "run hashing on low-priority threads: other requests keep their latency during a login storm, logins get only the CPU left over (docs/benchmarks.md)")
 	fs.DurationVar(&f.accessTTL, "access-token-ttl", auth.DefaultAccessTokenTTL, "lifetime of access tokens")
 	fs.StringVar(&f.publicURL, "public-url", "", "external base URL; tokens of tenant S carry iss PUBLIC_URL/t/S (default: from each request's Host)")
 }
@@ -50,7 +52,7 @@ func openAuth(dataDir string, f *authFlags, log *slog.Logger) (*authStack, error
 	}
 	logSecretSource(log, "master key", "KEYSHARD_MASTER_KEY", path, created)
 	params := hash.Params{MemoryKiB: uint32(f.memoryKiB), Time: uint32(f.time), Threads: uint8(f.threads)}
-	pool, err := hash.NewPool(hash.Config{Params: params, Workers: f.workers, Budget: f.budget})
+	pool, err := hash.NewPool(hash.Config{Params: params, Workers: f.workers, Budget: f.budget, Background: f.background})
 	if err != nil {
 		return nil, fmt.Errorf("hash pool: %w", err)
 	}

@@ -32,6 +32,7 @@ type authEnvOptions struct {
 	sync    string // synchronous; default NORMAL
 
 	background bool // hash workers as low-priority threads
+	deferLimit int  // per-shard deferred-record buffer (app.Config.DeferLimit)
 }
 
 // authEnv is a real server on a loopback listener with the auth API.
@@ -54,7 +55,7 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 	if o.sync == "" {
 		o.sync = "NORMAL"
 	}
-	a, err := app.Open(context.Background(), app.Config{DataDir: tb.TempDir(), Synchronous: o.sync, QueueSize: o.queue})
+	a, err := app.Open(context.Background(), app.Config{DataDir: tb.TempDir(), Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,8 +1,10 @@
 package api_test
 
 import (
+	"context"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/keyshard/keyshard/engine"
 )
@@ -52,4 +54,42 @@ func TestAuth_UpdateUserEmail(t *testing.T) {
 			t.Fatalf("email is %q after a refused change", u.str("email"))
 		}
 	})
+}
+
+// TestAuth_FailedLoginAudit: a failed login's event is never lost, even
+// when the shard's buffer of deferred records is full: it is written at once.
+func TestAuth_FailedLoginAudit(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{deferLimit: 1})
+	a := e.tenant("acme")
+	e.signup(a, "audit@example.com", "password1")
+	const failures = 6
+	for i := range failures {
+		email := "audit@example.com"
+		if i%2 == 1 {
+			email = "nobody@example.com"
+		}
+		wantAuthError(t, e.login(a, email, "wrong-password"), 400, "invalid_credentials")
+	}
+	count := func() int {
+		ts, err := e.App.Engine.Tenant(context.Background(), "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ts.Release()
+		var n int
+		if err := ts.Read(context.Background(), func(q engine.Querier) error {
+			return q.QueryRow(`SELECT count(*) FROM audit_log WHERE action = 'login_failed'`).Scan(&n)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// The last event may still wait in the buffer: it is flushed within a second.
+	deadline := time.Now().Add(10 * time.Second)
+	for count() != failures && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := count(); n != failures {
+		t.Fatalf("login_failed events = %d, want %d", n, failures)
+	}
 }

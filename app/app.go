@@ -27,6 +27,7 @@ type Config struct {
 	CacheCapacity    int           // shards kept open; default DefaultCacheCapacity
 	MaxOpenShards    int           // hard limit incl. pinned; default 1.5×capacity
 	QueueSize        int           // per-shard writer queue; default 1024
+	DeferLimit       int           // per-shard buffer of fire-and-forget records; default 4096
 	MaxBatch         int           // operations per transaction; default 512
 	Readers          int           // read connections per shard; default 2
 	DebounceInterval time.Duration // last-seen writes per user; default 5m
@@ -70,7 +71,8 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	sopts := shard.Options{QueueSize: cfg.QueueSize, MaxBatch: cfg.MaxBatch, Readers: cfg.Readers, DebounceInterval: cfg.DebounceInterval}
+	sopts := shard.Options{QueueSize: cfg.QueueSize, MaxBatch: cfg.MaxBatch, Readers: cfg.Readers,
+		DeferLimit: cfg.DeferLimit, DebounceInterval: cfg.DebounceInterval}
 	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, BusyTimeout: cfg.BusyTimeout}, ShardOpts: sopts}
 	if _, err := sqlite.NewConns("", lite.Options); err != nil {
 		return nil, err // invalid synchronous setting

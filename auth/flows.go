@@ -203,7 +203,9 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		if err := s.hashes.VerifyDummy(ctx, req.Password); err != nil {
 			return nil, hashError(err)
 		}
-		s.auditFailedLogin(t, c, "", email, "unknown_email")
+		if err := s.auditFailedLogin(ctx, t, c, "", email, "unknown_email"); err != nil {
+			return nil, err
+		}
 		return nil, errInvalidCredentials()
 	}
 	ok, stale, err := s.hashes.Verify(ctx, u.EncryptedPassword, req.Password)
@@ -211,7 +213,9 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		return nil, hashError(err)
 	}
 	if !ok {
-		s.auditFailedLogin(t, c, u.ID, email, "wrong_password")
+		if err := s.auditFailedLogin(ctx, t, c, u.ID, email, "wrong_password"); err != nil {
+			return nil, err
+		}
 		return nil, errInvalidCredentials()
 	}
 	if u.EmailConfirmedAt == nil {
@@ -267,12 +271,18 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 }
 
 // auditFailedLogin buffers a login_failed event: a failed login writes
-// nothing else, so its event rides with a later batch.
-func (s *Service) auditFailedLogin(t Tenant, c Client, userID, email, reason string) {
+// nothing else, so its event rides with a later batch. When the shard's
+// buffer is full the event is written now instead; if that fails too, the
+// login is answered with that error rather than losing its event.
+func (s *Service) auditFailedLogin(ctx context.Context, t Tenant, c Client, userID, email, reason string) error {
 	now := s.now()
-	_ = t.Shard.Defer("", func(tx engine.Querier) error {
+	op := func(tx engine.Querier) error {
 		return audit(tx, now, "login_failed", userID, email, c, map[string]any{"reason": reason})
-	})
+	}
+	if err := t.Shard.Defer("", op); !errors.Is(err, engine.ErrOverloaded) {
+		return err
+	}
+	return writeError(t.Shard.Write(ctx, op), http.StatusTooManyRequests)
 }
 
 // maxWalk bounds the steps from a presented ancestor token to the active

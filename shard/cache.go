@@ -38,6 +38,7 @@ type Cache struct {
 	opening  map[string]int           // opens in flight, by tenant
 	changed  *sync.Cond               // on mu: an open or a close ended
 	closed   bool
+	closeErr error // the first failed close since the cache was made; Close returns it
 
 	hits, misses, evictions atomic.Int64
 }
@@ -280,11 +281,14 @@ func (c *Cache) closeLocked(e *entry) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		closeShard(e.shard)
+		err := closeShard(e.shard)
 		openShards.Dec()
 		c.evictions.Add(1)
 		cacheEvictions.Inc()
 		c.mu.Lock()
+		if err != nil && c.closeErr == nil {
+			c.closeErr = fmt.Errorf("close shard %s: %w", e.id, err)
+		}
 		ch := c.closing[e.id]
 		delete(c.closing, e.id)
 		c.changed.Broadcast()
@@ -355,13 +359,16 @@ func (c *Cache) Retire(ctx context.Context, tenantID string, destroy func() erro
 
 // closeShard closes a shard the cache let go of. A failed final flush has
 // nobody left to answer: it is counted, and visible in the shard's stats.
-func closeShard(s *Shard) {
-	if err := s.Close(); err != nil {
+func closeShard(s *Shard) error {
+	err := s.Close()
+	if err != nil {
 		closeErrors.Inc()
 	}
+	return err
 }
 
-// Close closes every shard and waits for them. Shards still pinned close at
+// Close closes every shard, waits for them, and returns the first close
+// that failed (its final flush or checkpoint). Shards still pinned close at
 // their last release, and Close waits for that too.
 func (c *Cache) Close() error {
 	c.mu.Lock()
@@ -369,18 +376,13 @@ func (c *Cache) Close() error {
 	for _, e := range c.lru.Values() {
 		c.doomLocked(e)
 	}
+	for len(c.closing) > 0 { // pinned shards close at their last release
+		c.changed.Wait()
+	}
+	err := c.closeErr
 	c.mu.Unlock()
 	c.wg.Wait()
-	for {
-		c.mu.Lock()
-		n := len(c.closing)
-		c.mu.Unlock()
-		if n == 0 {
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond) // pinned shards closing at release
-		c.wg.Wait()
-	}
+	return err
 }
 
 // CacheStats is a snapshot of the cache's counters.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"net/http"
@@ -97,7 +98,23 @@ func (s *Server) handleApproveTenant(w http.ResponseWriter, r *http.Request, ps 
 		s.writeError(w, r, err)
 		return
 	}
+	if s.Auth != nil {
+		// The tenant's first signing key is made now rather than by its
+		// first request; if that fails, the first use makes it.
+		if err := s.ensureSigningKey(r.Context(), t.ID); err != nil {
+			s.Logger.Warn("signing key not created at approval; it will be at first use", "tenant_id", t.ID, "err", err)
+		}
+	}
 	writeJSON(w, http.StatusOK, t)
+}
+
+func (s *Server) ensureSigningKey(ctx context.Context, tenantID string) error {
+	ts, err := s.Engine.Tenant(ctx, tenantID)
+	if err != nil {
+		return err
+	}
+	defer ts.Release()
+	return s.Auth.Keys().EnsureKey(ctx, tenantID, ts)
 }
 
 func (s *Server) handleSuspendTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {

@@ -93,3 +93,32 @@ func TestAuth_FailedLoginAudit(t *testing.T) {
 		t.Fatalf("login_failed events = %d, want %d", n, failures)
 	}
 }
+
+// TestAuth_ApproveCreatesSigningKey: approval over the admin API creates the
+// tenant's first signing key, before any request of the tenant.
+func TestAuth_ApproveCreatesSigningKey(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	admin := func(method, path string, body any) authResp {
+		return e.call(method, e.URL+path, "admin-secret", body)
+	}
+	if r := admin("POST", "/admin/tenants", map[string]any{"slug": "keyed"}); r.Status != 201 {
+		t.Fatalf("create: %d %s", r.Status, r.Raw)
+	}
+	if r := admin("POST", "/admin/tenants/keyed/approve", nil); r.Status != 200 {
+		t.Fatalf("approve: %d %s", r.Status, r.Raw)
+	}
+	ts, err := e.App.Engine.Tenant(context.Background(), "keyed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ts.Release()
+	var n int
+	if err := ts.Read(context.Background(), func(q engine.Querier) error {
+		return q.QueryRow(`SELECT count(*) FROM signing_keys WHERE active = 1`).Scan(&n)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Fatalf("active signing keys after approval = %d, want 1", n)
+	}
+}

@@ -71,12 +71,36 @@ func openAuth(dataDir string, f *authFlags, log *slog.Logger) (*authStack, error
 // rotateKey makes a new signing key active for the tenant; the old one
 // verifies and stays in the JWKS until its tokens have expired (the
 // server's --access-token-ttl decides how long that is).
-func rotateKey(a *app.App, dataDir, slug string) error {
+// localKeys opens the signing keys with the data directory's master key,
+// for CLI commands that act on shards directly.
+func localKeys(dataDir string) (*token.Keys, error) {
 	master, _, _, err := token.LoadMasterKey(dataDir, os.Getenv("KEYSHARD_MASTER_KEY"))
+	if err != nil {
+		return nil, err
+	}
+	return token.NewKeys(token.KeysConfig{MasterKey: master})
+}
+
+// ensureKey creates an approved tenant's first signing key.
+func ensureKey(a *app.App, dataDir, tenantID string) error {
+	keys, err := localKeys(dataDir)
 	if err != nil {
 		return err
 	}
-	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master})
+	ctx := context.Background()
+	ts, err := a.Engine.Tenant(ctx, tenantID)
+	if err != nil {
+		return err
+	}
+	defer ts.Release()
+	if err := keys.EnsureKey(ctx, tenantID, ts); err != nil {
+		return fmt.Errorf("tenant approved, but its signing key was not created (it will be at first use): %w", err)
+	}
+	return nil
+}
+
+func rotateKey(a *app.App, dataDir, slug string) error {
+	keys, err := localKeys(dataDir)
 	if err != nil {
 		return err
 	}

@@ -72,7 +72,9 @@ func runTenant(args []string) error {
 		}
 		t, err = e.CreateTenant(ctx, *slug, *name, *backend)
 	case "approve":
-		t, err = e.ApproveTenant(ctx, target)
+		if t, err = e.ApproveTenant(ctx, target); err == nil {
+			err = ensureKey(a, sf.cfg.DataDir, t.ID)
+		}
 	case "suspend":
 		t, err = e.SuspendTenant(ctx, target)
 	case "resume":

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/secretfile"
 	"github.com/keyshard/keyshard/router"
 	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/sqlite"
@@ -142,16 +143,17 @@ func AdminToken(dataDir, env string) (token, path string, created bool, err erro
 			return t, path, false, nil
 		}
 	}
-	if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return "", "", false, err
-	}
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", "", false, err
 	}
 	token = hex.EncodeToString(b[:])
-	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+	created, err = secretfile.Create(path, []byte(token+"\n"))
+	if err != nil {
 		return "", "", false, err
+	}
+	if !created { // another process made it first: use theirs
+		return AdminToken(dataDir, env)
 	}
 	return token, path, true, nil
 }

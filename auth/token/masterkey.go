@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/keyshard/keyshard/internal/secretfile"
 )
 
 // MasterKeySize is the size of the server master key (AES-256).
@@ -58,31 +60,18 @@ func LoadMasterKey(dataDir, env string) (key []byte, path string, created bool, 
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, "", false, err
 	}
-	if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return nil, "", false, err
-	}
 	key = make([]byte, MasterKeySize)
 	if _, err := rand.Read(key); err != nil {
 		return nil, "", false, err
 	}
-	// O_EXCL: two processes starting at once must not each write their own.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return LoadMasterKey(dataDir, "")
-	}
+	// Atomic and exclusive: a crash leaves no empty file, and of two
+	// processes starting at once one key wins and both use it.
+	created, err = secretfile.Create(path, []byte(hex.EncodeToString(key)+"\n"))
 	if err != nil {
 		return nil, "", false, err
 	}
-	_, werr := f.WriteString(hex.EncodeToString(key) + "\n")
-	serr := f.Sync()
-	if cerr := f.Close(); werr == nil && serr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = serr
-	}
-	if werr != nil {
-		return nil, "", false, werr
+	if !created {
+		return LoadMasterKey(dataDir, "")
 	}
 	return key, path, true, nil
 }

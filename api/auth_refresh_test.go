@@ -249,5 +249,8 @@ func TestAuth_WriterOverload(t *testing.T) {
 			}
 		}
 	}
+	if overloaded == 0 {
+		t.Fatal("no refresh was refused in 5 bursts of 40 with a writer queue of 1: the overload path was not exercised")
+	}
 	t.Logf("%d refreshes refused with 503", overloaded)
 }

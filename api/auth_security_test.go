@@ -2,7 +2,9 @@ package api_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,5 +122,63 @@ func TestAuth_ApproveCreatesSigningKey(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("active signing keys after approval = %d, want 1", n)
+	}
+}
+
+// TestAuth_WriterQueueFull holds the tenant's writer and fills its queue,
+// then checks each flow's answer: login and signup 429 over_request_rate_limit
+// (auth-js keeps the session on 429 only for those), refresh 503 (auth-js
+// retries 5xx), all with Retry-After.
+func TestAuth_WriterQueueFull(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{queue: 1})
+	a := e.tenant("acme")
+	s := e.signup(a, "full@example.com", "password1")
+
+	ts, err := e.App.Engine.Tenant(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ts.Release()
+	hold, held := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = ts.Write(context.Background(), func(engine.Querier) error { close(held); <-hold; return nil })
+	})
+	<-held
+	// Queue no-op writes until one is refused: the queue is then full.
+	full := false
+	for deadline := time.Now().Add(10 * time.Second); !full && time.Now().Before(deadline); {
+		done := make(chan error, 1)
+		wg.Go(func() { done <- ts.Write(context.Background(), func(engine.Querier) error { return nil }) })
+		select {
+		case err := <-done:
+			if !errors.Is(err, engine.ErrOverloaded) {
+				t.Fatalf("filler write: %v", err)
+			}
+			full = true
+		case <-time.After(50 * time.Millisecond): // queued behind the held writer
+		}
+	}
+	if !full {
+		close(hold)
+		t.Fatal("the writer queue never filled")
+	}
+	check := func(name string, r authResp, status int, code string) {
+		t.Helper()
+		wantAuthError(t, r, status, code)
+		if r.Header.Get("Retry-After") == "" {
+			t.Errorf("%s: %d without Retry-After", name, status)
+		}
+	}
+	check("login", e.login(a, "full@example.com", "password1"), 429, "over_request_rate_limit")
+	check("signup", e.call("POST", a+"/signup", "", map[string]any{"email": "new@example.com", "password": "password1"}), 429, "over_request_rate_limit")
+	r := e.refresh(a, s.str("refresh_token"))
+	if r.Status != 503 || r.Header.Get("Retry-After") == "" {
+		t.Errorf("refresh with a full writer queue: %d %v %s, want 503 with Retry-After", r.Status, r.Header, r.Raw)
+	}
+	close(hold)
+	wg.Wait()
+	if r := e.login(a, "full@example.com", "password1"); r.Status != 200 {
+		t.Fatalf("login after the queue drained: %d %s", r.Status, r.Raw)
 	}
 }

@@ -82,23 +82,17 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	cache := shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, func(ctx context.Context, p engine.Placement) (*shard.Shard, error) {
-		switch p.Backend {
-		case engine.BackendSQLite:
-			return lite.Open(ctx, p)
-		}
-		return nil, fmt.Errorf("backend %q not configured: %w", p.Backend, engine.ErrUnavailable)
-	})
 	a := &App{
 		Engine: &engine.Engine{
 			Catalog:        rt,
-			Shards:         pool{cache},
 			Backends:       map[string]engine.Storage{engine.BackendSQLite: lite},
 			DefaultBackend: engine.BackendSQLite,
 		},
-		Router: rt, Cache: cache, SQLite: lite,
+		Router: rt, SQLite: lite,
 		pollDone: make(chan struct{}),
 	}
+	a.Cache = shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, a.OpenShard)
+	a.Engine.Shards = pool{a.Cache}
 	pctx, cancel := context.WithCancel(context.Background())
 	a.stopPoll = cancel
 	go func() {
@@ -106,6 +100,17 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 		rt.Watch(pctx, cfg.CatalogPoll)
 	}()
 	return a, nil
+}
+
+// OpenShard opens the shard at placement p outside the cache, on whichever
+// backend p names, bringing its schema up to date. The cache opens shards
+// with it; a move uses it to open the copy at the new placement.
+func (a *App) OpenShard(ctx context.Context, p engine.Placement) (*shard.Shard, error) {
+	switch p.Backend {
+	case engine.BackendSQLite:
+		return a.SQLite.Open(ctx, p)
+	}
+	return nil, fmt.Errorf("backend %q not configured: %w", p.Backend, engine.ErrUnavailable)
 }
 
 // Close closes every shard, then the catalog. Safe to call twice.

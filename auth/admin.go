@@ -26,10 +26,10 @@ func (s *Service) IssueServiceKey(ctx context.Context, t Tenant) (string, error)
 	sum := sha256.Sum256([]byte(key))
 	now := s.now().UTC()
 	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
-		if _, err := tx.Exec(`DELETE FROM settings WHERE key = ?`, serviceKeySetting); err != nil {
+		if _, err := tx.Exec(`DELETE FROM settings WHERE "key" = ?`, serviceKeySetting); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(`INSERT INTO settings (key, value) VALUES (?, ?)`, serviceKeySetting, hex.EncodeToString(sum[:])); err != nil {
+		if _, err := tx.Exec(`INSERT INTO settings ("key", value) VALUES (?, ?)`, serviceKeySetting, hex.EncodeToString(sum[:])); err != nil {
 			return err
 		}
 		return audit(tx, now, "service_key_issued", "", "", Client{}, nil)
@@ -48,7 +48,7 @@ func (s *Service) CheckServiceKey(ctx context.Context, t Tenant, presented strin
 	}
 	var stored string
 	err := t.Shard.Read(ctx, func(q engine.Querier) error {
-		return q.QueryRow(`SELECT value FROM settings WHERE key = ?`, serviceKeySetting).Scan(&stored)
+		return q.QueryRow(`SELECT value FROM settings WHERE "key" = ?`, serviceKeySetting).Scan(&stored)
 	})
 	if errors.Is(err, engine.ErrNoRows) {
 		return deny

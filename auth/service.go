@@ -97,7 +97,7 @@ var DefaultSettings = Settings{MailerAutoconfirm: true, PasswordMinLength: 6}
 
 func loadSettings(q engine.Querier) (Settings, error) {
 	st := DefaultSettings
-	rows, err := q.Query(`SELECT key, value FROM settings`)
+	rows, err := q.Query(`SELECT "key", value FROM settings`)
 	if err != nil {
 		return st, err
 	}

@@ -17,7 +17,7 @@ import (
 	"sync"
 )
 
-//go:embed sqlite/*.sql
+//go:embed sqlite/*.sql postgres/*.sql mysql/*.sql
 var files embed.FS
 
 // ErrSchemaTooNew: the shard was written by a newer Keyshard; it is left untouched.

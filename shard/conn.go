@@ -39,6 +39,15 @@ type ReadConn interface {
 	Close() error
 }
 
+// ScopedReadConn is a ReadConn that holds a server's pooled connection only
+// while in use (PostgreSQL, MySQL): Read calls Acquire before the read
+// function and Release after it.
+type ScopedReadConn interface {
+	ReadConn
+	Acquire(ctx context.Context) error
+	Release()
+}
+
 // Conns opens the connections of one shard.
 type Conns interface {
 	// OpenWriter opens the write connection, with the schema brought up to

@@ -123,12 +123,22 @@ func (s *Shard) Read(ctx context.Context, fn engine.ReadFunc) (err error) {
 	if err != nil {
 		return err
 	}
+	sc, scoped := c.(ScopedReadConn)
+	if scoped {
+		if err := sc.Acquire(ctx); err != nil {
+			s.readers.put(c, false)
+			return err
+		}
+	}
 	broken := false
 	defer func() {
 		if p := recover(); p != nil {
 			// The driver panics on out-of-memory: this connection is suspect.
 			broken = true
 			err = fmt.Errorf("shard reader panic: %v: %w", p, engine.ErrUnavailable)
+		}
+		if scoped {
+			sc.Release()
 		}
 		s.readers.put(c, broken)
 	}()
@@ -189,6 +199,7 @@ type Stats struct {
 	DeferredDropped int64
 	DeferredPending int
 	Readers         int // read connections open
+	Queued          int // operations waiting for the writer
 }
 
 // Stats returns a snapshot of the shard's counters.
@@ -205,6 +216,7 @@ func (s *Shard) Stats() Stats {
 		DeferredDropped: s.stats.deferredDropped.Load(),
 		DeferredPending: s.deferred.pending(),
 		Readers:         s.readers.open(),
+		Queued:          len(s.queue),
 	}
 }
 

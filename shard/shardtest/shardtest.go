@@ -1,0 +1,509 @@
+// Package shardtest is the conformance suite of shard backends: the same
+// engine-level tests run unchanged on SQLite files, PostgreSQL schemas and
+// MySQL/MariaDB databases. Each backend's tests call Run with a Factory.
+package shardtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/migrations"
+	"github.com/keyshard/keyshard/shard"
+)
+
+// Backend creates, opens and destroys tenants' shards on one backend.
+type Backend interface {
+	engine.Storage
+	Open(ctx context.Context, p engine.Placement) (*shard.Shard, error)
+}
+
+// Factory returns a backend whose shards use opts. Tenants it is asked for
+// are fresh ids; the suite destroys what it creates.
+type Factory struct {
+	Name    string // backend name in placements: sqlite, postgres, mysql
+	Dialect string // migrations dialect
+	New     func(t testing.TB, opts shard.Options) Backend
+	// Tenants is the tenant count of the many-tenants test (default 50).
+	Tenants int
+}
+
+// NewTenantID returns a random valid tenant id.
+func NewTenantID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))[:engine.IDLength]
+}
+
+// Run runs the suite.
+func Run(t *testing.T, f Factory) {
+	if f.Tenants == 0 {
+		f.Tenants = 50
+	}
+	t.Run("Lifecycle", func(t *testing.T) { testLifecycle(t, f) })
+	t.Run("ManyTenantsConcurrently", func(t *testing.T) { testManyTenants(t, f) })
+	t.Run("FailingOperationFailsAlone", func(t *testing.T) { testFailingOp(t, f) })
+	t.Run("Isolation", func(t *testing.T) { testIsolation(t, f) })
+	t.Run("Types", func(t *testing.T) { testTypes(t, f) })
+	t.Run("DeferredFlushedOnClose", func(t *testing.T) { testDeferred(t, f) })
+	t.Run("ReadsDoNotWaitForWriter", func(t *testing.T) { testReadsDuringWrite(t, f) })
+}
+
+// create makes a tenant's shard and destroys it when the test ends.
+func create(t testing.TB, b Backend, name string) engine.Placement {
+	t.Helper()
+	p := engine.Placement{TenantID: NewTenantID(), Backend: name, Epoch: 1}
+	if err := b.Create(context.Background(), p); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() { _ = b.Destroy(context.Background(), p) })
+	return p
+}
+
+func open(t testing.TB, b Backend, p engine.Placement) *shard.Shard {
+	t.Helper()
+	s, err := b.Open(context.Background(), p)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// SetSetting replaces one setting, portably (no upsert syntax).
+func SetSetting(key, value string) engine.WriteFunc {
+	return func(tx engine.Querier) error {
+		if _, err := tx.Exec(`DELETE FROM settings WHERE "key" = ?`, key); err != nil {
+			return err
+		}
+		_, err := tx.Exec(`INSERT INTO settings ("key", value) VALUES (?, ?)`, key, value)
+		return err
+	}
+}
+
+// InsertSetting inserts one setting; a taken key fails with ErrConflict.
+func InsertSetting(key, value string) engine.WriteFunc {
+	return func(tx engine.Querier) error {
+		_, err := tx.Exec(`INSERT INTO settings ("key", value) VALUES (?, ?)`, key, value)
+		return err
+	}
+}
+
+// Setting reads one setting; ok is false when it is absent.
+func Setting(t testing.TB, s engine.Shard, key string) (v string, ok bool) {
+	t.Helper()
+	err := s.Read(context.Background(), func(q engine.Querier) error {
+		return q.QueryRow(`SELECT value FROM settings WHERE "key" = ?`, key).Scan(&v)
+	})
+	if errors.Is(err, engine.ErrNoRows) {
+		return "", false
+	}
+	if err != nil {
+		t.Fatalf("read setting %q: %v", key, err)
+	}
+	return v, true
+}
+
+func insertAudit(tag string) engine.WriteFunc {
+	return func(tx engine.Querier) error {
+		_, err := tx.Exec("INSERT INTO audit_log (action, payload, created_at) VALUES (?, '{}', ?)", tag, time.Now().UnixMicro())
+		return err
+	}
+}
+
+func auditCounts(t testing.TB, s engine.Shard) map[string]int {
+	t.Helper()
+	counts := make(map[string]int)
+	err := s.Read(context.Background(), func(q engine.Querier) error {
+		rows, err := q.Query("SELECT action, COUNT(*) FROM audit_log GROUP BY action")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var a string
+			var n int
+			if err := rows.Scan(&a, &n); err != nil {
+				return err
+			}
+			counts[a] = n
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		t.Fatalf("count audit rows: %v", err)
+	}
+	return counts
+}
+
+func testLifecycle(t *testing.T, f Factory) {
+	b := f.New(t, shard.Options{})
+	ctx := context.Background()
+	p := engine.Placement{TenantID: NewTenantID(), Backend: f.Name, Epoch: 1}
+	if s, err := b.Open(ctx, p); err == nil {
+		_ = s.Close()
+		t.Fatal("Open of a tenant never created succeeded; want an error (nothing is created on open)")
+	}
+	if err := b.Create(ctx, p); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	s, err := b.Open(ctx, p)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	var v int64
+	if err := s.Read(ctx, func(q engine.Querier) error {
+		return q.QueryRow("SELECT COUNT(*) FROM users").Scan(&v)
+	}); err != nil || v != 0 {
+		t.Fatalf("users in a new shard: %d, %v; want 0, nil", v, err)
+	}
+	if err := s.Write(ctx, SetSetting("k", "v1")); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.Write(ctx, SetSetting("k", "v2")); !errors.Is(err, engine.ErrClosed) {
+		t.Fatalf("Write after Close = %v, want ErrClosed", err)
+	}
+	s = open(t, b, p) // reopening finds the schema current and the data kept
+	if got, ok := Setting(t, s, "k"); !ok || got != "v1" {
+		t.Fatalf("after reopen setting k = %q, %v; want v1", got, ok)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Destroy(ctx, p); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	if s, err := b.Open(ctx, p); err == nil {
+		_ = s.Close()
+		t.Fatal("Open after Destroy succeeded; a deleted tenant must not come back")
+	}
+	if err := b.Destroy(ctx, p); err != nil {
+		t.Fatalf("second Destroy: %v, want nil (idempotent)", err)
+	}
+	if latest, err := migrations.Latest(f.Dialect); err != nil || latest < 1 {
+		t.Fatalf("migrations.Latest(%s) = %d, %v", f.Dialect, latest, err)
+	}
+}
+
+func testManyTenants(t *testing.T, f Factory) {
+	const goroutines, inserts = 20, 10
+	b := f.New(t, shard.Options{})
+	n := f.Tenants
+	shards := make([]*shard.Shard, n)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range shards { // created and opened concurrently too
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := engine.Placement{TenantID: NewTenantID(), Backend: f.Name, Epoch: 1}
+			if errs[i] = b.Create(context.Background(), p); errs[i] != nil {
+				return
+			}
+			t.Cleanup(func() { _ = b.Destroy(context.Background(), p) })
+			shards[i], errs[i] = b.Open(context.Background(), p)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("tenant %d: %v", i, err)
+		}
+		t.Cleanup(func() { _ = shards[i].Close() })
+	}
+	acked := make([][]string, n)
+	var mu sync.Mutex
+	var failures atomic.Int64
+	for i, s := range shards {
+		for g := 0; g < goroutines; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := 0; k < inserts; k++ {
+					tag := fmt.Sprintf("g%d-n%d", g, k)
+					if err := s.Write(context.Background(), insertAudit(tag)); err != nil {
+						if failures.Add(1) <= 5 {
+							t.Errorf("tenant %d write %s: %v", i, tag, err)
+						}
+						continue
+					}
+					mu.Lock()
+					acked[i] = append(acked[i], tag)
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	var batches, writes, maxBatch int64
+	for i, s := range shards {
+		counts := auditCounts(t, s)
+		for _, tag := range acked[i] {
+			if counts[tag] != 1 {
+				t.Errorf("tenant %d: acknowledged write %s present %d times, want 1", i, tag, counts[tag])
+			}
+		}
+		if len(counts) != len(acked[i]) {
+			t.Errorf("tenant %d: %d rows, %d acknowledged writes", i, len(counts), len(acked[i]))
+		}
+		st := s.Stats()
+		batches += st.Batches
+		writes += st.Writes
+		maxBatch = max(maxBatch, st.MaxBatch)
+	}
+	if want := int64(n * goroutines * inserts); writes != want {
+		t.Errorf("writes = %d, want %d", writes, want)
+	}
+	if maxBatch <= 1 || batches >= writes {
+		t.Errorf("%d writes in %d batches, largest %d: no group commit happened", writes, batches, maxBatch)
+	}
+	t.Logf("%d tenants: %d writes in %d batches, largest %d", n, writes, batches, maxBatch)
+}
+
+// blockWriter holds the shard's writer inside an operation until release.
+func blockWriter(t testing.TB, s *shard.Shard) (release func(), done <-chan error) {
+	t.Helper()
+	started, unblock := make(chan struct{}), make(chan struct{})
+	d := make(chan error, 1)
+	go func() {
+		d <- s.Write(context.Background(), func(tx engine.Querier) error {
+			close(started)
+			<-unblock
+			return nil
+		})
+	}()
+	select {
+	case <-started:
+	case err := <-d:
+		t.Fatalf("blocking write returned before it ran: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("writer did not start the blocking write within 10s")
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { close(unblock) }) }
+	t.Cleanup(release)
+	return release, d
+}
+
+func testFailingOp(t *testing.T, f Factory) {
+	const n = 8
+	b := f.New(t, shard.Options{QueueSize: 4 * n, MaxBatch: 4 * n})
+	s := open(t, b, create(t, b, f.Name))
+	if err := s.Write(context.Background(), InsertSetting("taken", "first")); err != nil {
+		t.Fatal(err)
+	}
+	release, blocked := blockWriter(t, s)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i == n/2 { // two inserts; the second conflicts, so the first goes too
+				errs[i] = s.Write(context.Background(), func(tx engine.Querier) error {
+					if err := InsertSetting("partial", "x")(tx); err != nil {
+						return err
+					}
+					return InsertSetting("taken", "second")(tx)
+				})
+				return
+			}
+			errs[i] = s.Write(context.Background(), InsertSetting(fmt.Sprintf("ok%d", i), "v"))
+		}()
+	}
+	// Let all n queue behind the blocked writer so they share one batch.
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Stats().Queued < n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	batchesBefore := s.Stats().Batches
+	release()
+	wg.Wait()
+	if err := <-blocked; err != nil {
+		t.Fatalf("blocking write: %v", err)
+	}
+	for i, err := range errs {
+		if i == n/2 {
+			if !errors.Is(err, engine.ErrConflict) {
+				t.Errorf("conflicting op: %v, want ErrConflict", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("op %d: %v, want nil", i, err)
+		}
+	}
+	if _, ok := Setting(t, s, "partial"); ok {
+		t.Error("the failing operation's first insert was committed; want it rolled back with the operation")
+	}
+	if v, _ := Setting(t, s, "taken"); v != "first" {
+		t.Errorf("taken = %q, want first", v)
+	}
+	for i := 0; i < n; i++ {
+		if _, ok := Setting(t, s, fmt.Sprintf("ok%d", i)); !ok && i != n/2 {
+			t.Errorf("ok%d missing", i)
+		}
+	}
+	if got := s.Stats().Batches - batchesBefore; got > 2 {
+		t.Logf("the %d queued operations took %d batches", n, got)
+	}
+}
+
+// TestIsolation is the isolation test alone, for backends to run again on a
+// pool of one connection: every statement then runs on a connection that
+// served the other tenant just before.
+func TestIsolation(t *testing.T, f Factory) { testIsolation(t, f) }
+
+func testIsolation(t *testing.T, f Factory) {
+	b := f.New(t, shard.Options{})
+	a := open(t, b, create(t, b, f.Name))
+	c := open(t, b, create(t, b, f.Name))
+	for i := 0; i < 20; i++ { // interleaved, so pooled connections switch tenants
+		if err := a.Write(context.Background(), SetSetting("who", fmt.Sprintf("a%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Write(context.Background(), SetSetting("who", fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := Setting(t, a, "who"); v != fmt.Sprintf("a%d", i) {
+			t.Fatalf("tenant a reads %q, want a%d", v, i)
+		}
+		if v, _ := Setting(t, c, "who"); v != fmt.Sprintf("c%d", i) {
+			t.Fatalf("tenant c reads %q, want c%d", v, i)
+		}
+	}
+	if err := a.Write(context.Background(), InsertSetting("only-a", "x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := Setting(t, c, "only-a"); ok {
+		t.Fatal("tenant c sees a row tenant a wrote")
+	}
+}
+
+func testTypes(t *testing.T, f Factory) {
+	b := f.New(t, shard.Options{})
+	s := open(t, b, create(t, b, f.Name))
+	blob := []byte{0, 1, 2, 0xff, '\'', '"', '\\'}
+	quote := `it's "quoted" \ ; DROP TABLE users; --`
+	err := s.Write(context.Background(), func(tx engine.Querier) error {
+		if _, err := tx.Exec(`INSERT INTO signing_keys (kid, algorithm, public_key, private_key, active, created_at)
+			VALUES (?, ?, ?, ?, ?, ?)`, quote, "EdDSA", blob, blob, true, int64(1)<<53); err != nil {
+			return err
+		}
+		n, err := tx.Exec(`UPDATE signing_keys SET retired_at = ? WHERE kid = ?`, nil, quote)
+		if err == nil && n != 1 {
+			return fmt.Errorf("UPDATE changed %d rows, want 1", n)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	var (
+		kid      string
+		pub      []byte
+		active   bool
+		created  int64
+		retired  *int64
+		retired2 *string
+		anyv     any
+	)
+	err = s.Read(context.Background(), func(q engine.Querier) error {
+		return q.QueryRow(`SELECT kid, public_key, active, created_at, retired_at, retired_at, algorithm FROM signing_keys WHERE kid = ?`, quote).
+			Scan(&kid, &pub, &active, &created, &retired, &retired2, &anyv)
+	})
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if kid != quote || string(pub) != string(blob) || !active || created != int64(1)<<53 || retired != nil || retired2 != nil {
+		t.Fatalf("read back kid=%q pub=%x active=%v created=%d retired=%v/%v", kid, pub, active, created, retired, retired2)
+	}
+	if s, ok := anyv.(string); ok && s != "EdDSA" {
+		t.Fatalf("*any = %q", s)
+	}
+	err = s.Read(context.Background(), func(q engine.Querier) error {
+		var x string
+		return q.QueryRow(`SELECT kid FROM signing_keys WHERE kid = ?`, "absent").Scan(&x)
+	})
+	if !errors.Is(err, engine.ErrNoRows) {
+		t.Fatalf("QueryRow of no row = %v, want ErrNoRows", err)
+	}
+}
+
+func testDeferred(t *testing.T, f Factory) {
+	b := f.New(t, shard.Options{FlushInterval: time.Hour})
+	p := create(t, b, f.Name)
+	s, err := b.Open(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		if err := s.Defer("", insertAudit(fmt.Sprintf("deferred%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	counts := auditCounts(t, open(t, b, p))
+	for i := 0; i < 10; i++ {
+		if counts[fmt.Sprintf("deferred%d", i)] != 1 {
+			t.Errorf("deferred%d: %d rows after close, want 1", i, counts[fmt.Sprintf("deferred%d", i)])
+		}
+	}
+}
+
+func testReadsDuringWrite(t *testing.T, f Factory) {
+	b := f.New(t, shard.Options{})
+	s := open(t, b, create(t, b, f.Name))
+	if err := s.Write(context.Background(), SetSetting("k", "before")); err != nil {
+		t.Fatal(err)
+	}
+	release, done := blockWriter(t, s)
+	// The writer is inside a transaction: a read answers at once with the
+	// committed state.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var v string
+	if err := s.Read(ctx, func(q engine.Querier) error {
+		return q.QueryRow(`SELECT value FROM settings WHERE "key" = ?`, "k").Scan(&v)
+	}); err != nil || v != "before" {
+		t.Fatalf("read while the writer is busy: %q, %v", v, err)
+	}
+	release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// DSN returns the server DSN from the environment variable env. Without it
+// the test is skipped with a message saying how to run it, except under CI
+// (CI=true), where a missing server is a failure: CI never skips backends.
+func DSN(t testing.TB, env string) string {
+	t.Helper()
+	dsn := os.Getenv(env)
+	if dsn == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is not set; CI runs every backend suite (.ci/run sets it)", env)
+		}
+		t.Skipf("%s not set: skipping the suite of this backend (e.g. %s=%s)", env, env, exampleDSN[env])
+	}
+	return dsn
+}
+
+var exampleDSN = map[string]string{
+	"KEYSHARD_TEST_POSTGRES_DSN": "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
+	"KEYSHARD_TEST_MYSQL_DSN":    "root@tcp(127.0.0.1:3306)/test",
+}

@@ -1,0 +1,20 @@
+package sqlite_test
+
+import (
+	"testing"
+
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/shard"
+	"github.com/keyshard/keyshard/shard/shardtest"
+	"github.com/keyshard/keyshard/shard/sqlite"
+)
+
+func TestConformance(t *testing.T) {
+	shardtest.Run(t, shardtest.Factory{
+		Name:    engine.BackendSQLite,
+		Dialect: sqlite.Dialect,
+		New: func(t testing.TB, opts shard.Options) shardtest.Backend {
+			return &sqlite.Backend{DataDir: t.TempDir(), ShardOpts: opts}
+		},
+	})
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/testbackend"
 )
 
 func TestServer_TenantLifecycle(t *testing.T) {
@@ -22,7 +23,7 @@ func TestServer_TenantLifecycle(t *testing.T) {
 
 	t.Run("Create", func(t *testing.T) {
 		tn = wantTenant(t, "create", s.admin(t, http.MethodPost, "/admin/tenants", map[string]string{"slug": "acme", "name": "Acme Inc."}), http.StatusCreated)
-		if tn.Slug != "acme" || tn.Name != "Acme Inc." || tn.Status != engine.StatusPending || tn.Backend != engine.BackendSQLite {
+		if tn.Slug != "acme" || tn.Name != "Acme Inc." || tn.Status != engine.StatusPending || tn.Backend != testbackend.Name() {
 			t.Fatalf("created %+v", tn)
 		}
 		if !engine.ValidTenantID(tn.ID) {
@@ -62,6 +63,12 @@ func TestServer_TenantLifecycle(t *testing.T) {
 		}
 	})
 	t.Run("ShardFile", func(t *testing.T) {
+		if tn.Backend != engine.BackendSQLite {
+			if !testbackend.Exists(t, s.App, &tn) {
+				t.Fatalf("no %s schema or database for approved tenant %s", tn.Backend, tn.ID)
+			}
+			return
+		}
 		// Exactly one SQLite database under shards/, named by the id.
 		var dbs []string
 		for _, rel := range files(t, filepath.Join(s.DataDir, "shards")) {
@@ -110,6 +117,9 @@ func TestServer_TenantLifecycle(t *testing.T) {
 		wantError(t, "delete twice", s.admin(t, http.MethodDelete, "/admin/tenants/acme", nil), http.StatusNotFound, "tenant_not_found")
 		if got := s.listTenants(t); len(got) != 0 {
 			t.Fatalf("list after delete = %v", got)
+		}
+		if tn.Backend != engine.BackendSQLite && testbackend.Exists(t, s.App, &tn) {
+			t.Errorf("the %s schema or database of deleted tenant %s is still there", tn.Backend, tn.ID)
 		}
 		// The database and its -wal and -shm companions are gone.
 		for _, rel := range files(t, filepath.Join(s.DataDir, "shards")) {
@@ -254,9 +264,13 @@ func TestServer_CreateTenant(t *testing.T) {
 		}
 	})
 	t.Run("BadFields", func(t *testing.T) {
+		unconfigured := engine.BackendPostgres
+		if testbackend.Name() == engine.BackendPostgres {
+			unconfigured = engine.BackendMySQL
+		}
 		for _, body := range []map[string]string{
 			{"slug": "ok-slug", "backend": "oracle"},
-			{"slug": "ok-slug", "backend": "postgres"}, // not configured here
+			{"slug": "ok-slug", "backend": unconfigured}, // a known backend without its DSN
 			{"slug": "ok-slug", "name": strings.Repeat("n", 201)},
 			{"slug": "ok-slug", "name": "   "},
 		} {

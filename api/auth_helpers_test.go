@@ -14,6 +14,7 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/internal/testbackend"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
@@ -55,10 +56,7 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 	if o.sync == "" {
 		o.sync = "NORMAL"
 	}
-	a, err := app.Open(context.Background(), app.Config{DataDir: tb.TempDir(), Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	a := testbackend.Open(tb, app.Config{DataDir: tb.TempDir(), Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit})
 	pool, err := hash.NewPool(hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background})
 	if err != nil {
 		tb.Fatal(err)

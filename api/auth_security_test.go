@@ -44,7 +44,10 @@ func TestAuth_UpdateUserEmail(t *testing.T) {
 		a := e.tenant("acme")
 		s := e.signup(a, "old@example.com", "password1")
 		e.write("acme", func(tx engine.Querier) error {
-			_, err := tx.Exec(`INSERT OR REPLACE INTO settings (key, value) VALUES ('mailer_autoconfirm', 'false')`)
+			if _, err := tx.Exec(`DELETE FROM settings WHERE "key" = 'mailer_autoconfirm'`); err != nil {
+				return err
+			}
+			_, err := tx.Exec(`INSERT INTO settings ("key", value) VALUES ('mailer_autoconfirm', 'false')`)
 			return err
 		})
 		r := e.call("PUT", a+"/user", s.str("access_token"), map[string]any{"email": "victim@example.com"})

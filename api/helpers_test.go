@@ -18,6 +18,7 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/internal/testbackend"
 	"github.com/keyshard/keyshard/engine"
 )
 
@@ -41,10 +42,7 @@ func newServer(tb testing.TB) *testServer {
 	tb.Helper()
 	parent := tb.TempDir()
 	dir := filepath.Join(parent, "data")
-	a, err := app.Open(context.Background(), app.Config{DataDir: dir})
-	if err != nil {
-		tb.Fatalf("app.Open: %v", err)
-	}
+	a := testbackend.Open(tb, app.Config{DataDir: dir})
 	logs := &syncBuffer{}
 	srv := &api.Server{Engine: a.Engine, AdminToken: adminToken, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -17,6 +17,9 @@ import (
 	"github.com/keyshard/keyshard/internal/secretfile"
 	"github.com/keyshard/keyshard/router"
 	"github.com/keyshard/keyshard/shard"
+	"github.com/keyshard/keyshard/shard/mysql"
+	"github.com/keyshard/keyshard/shard/postgres"
+	"github.com/keyshard/keyshard/shard/sqldb"
 	"github.com/keyshard/keyshard/shard/sqlite"
 )
 
@@ -33,6 +36,16 @@ type Config struct {
 	Readers          int           // read connections per shard; default 2
 	DebounceInterval time.Duration // last-seen writes per user; default 5m
 	CatalogPoll      time.Duration // how often to look for catalog changes made by other processes; default 1s
+
+	// PostgresDSN and MySQLDSN enable those backends: a tenant is a schema
+	// (PostgreSQL) or a database (MySQL/MariaDB) on that server. Empty: the
+	// backend is not configured and tenants cannot be placed there.
+	PostgresDSN, MySQLDSN string
+	// ServerPool bounds each server backend's connection pool, shared by all
+	// its tenants; default 32.
+	ServerPool int
+	// DefaultBackend places tenants created without a backend; default sqlite.
+	DefaultBackend string
 }
 
 // DefaultCacheCapacity: an idle shard (writer + 2 readers) holds ~1.4 MB
@@ -46,6 +59,8 @@ type App struct {
 	Router *router.Router
 	Cache  *shard.Cache
 	SQLite *sqlite.Backend
+	// Postgres and MySQL are nil unless their DSN is configured.
+	Postgres, MySQL *sqldb.Server
 
 	stopPoll context.CancelFunc
 	pollDone chan struct{}
@@ -78,17 +93,50 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	if _, err := sqlite.NewConns("", lite.Options); err != nil {
 		return nil, err // invalid synchronous setting
 	}
+	if cfg.DefaultBackend == "" {
+		cfg.DefaultBackend = engine.BackendSQLite
+	}
+	if err := engine.ValidateBackend(cfg.DefaultBackend); err != nil {
+		return nil, err
+	}
+	backends := map[string]engine.Storage{engine.BackendSQLite: lite}
+	var pg, my *sqldb.Server
+	closeServers := func() {
+		for _, s := range []*sqldb.Server{pg, my} {
+			if s != nil {
+				_ = s.Close()
+			}
+		}
+	}
+	if cfg.PostgresDSN != "" {
+		if pg, err = postgres.Open(ctx, cfg.PostgresDSN, postgres.Options{MaxConns: int32(cfg.ServerPool), LockTimeout: cfg.BusyTimeout}, sopts); err != nil {
+			return nil, err
+		}
+		backends[engine.BackendPostgres] = pg
+	}
+	if cfg.MySQLDSN != "" {
+		if my, err = mysql.Open(ctx, cfg.MySQLDSN, mysql.Options{MaxConns: cfg.ServerPool, LockTimeout: cfg.BusyTimeout}, sopts); err != nil {
+			closeServers()
+			return nil, err
+		}
+		backends[engine.BackendMySQL] = my
+	}
+	if _, ok := backends[cfg.DefaultBackend]; !ok {
+		closeServers()
+		return nil, engine.Invalidf("default backend %s is not configured (set its DSN)", cfg.DefaultBackend)
+	}
 	rt, err := router.OpenSQLite(ctx, dir)
 	if err != nil {
+		closeServers()
 		return nil, err
 	}
 	a := &App{
 		Engine: &engine.Engine{
 			Catalog:        rt,
-			Backends:       map[string]engine.Storage{engine.BackendSQLite: lite},
-			DefaultBackend: engine.BackendSQLite,
+			Backends:       backends,
+			DefaultBackend: cfg.DefaultBackend,
 		},
-		Router: rt, SQLite: lite,
+		Router: rt, SQLite: lite, Postgres: pg, MySQL: my,
 		pollDone: make(chan struct{}),
 	}
 	a.Cache = shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, a.OpenShard)
@@ -109,6 +157,14 @@ func (a *App) OpenShard(ctx context.Context, p engine.Placement) (*shard.Shard, 
 	switch p.Backend {
 	case engine.BackendSQLite:
 		return a.SQLite.Open(ctx, p)
+	case engine.BackendPostgres:
+		if a.Postgres != nil {
+			return a.Postgres.Open(ctx, p)
+		}
+	case engine.BackendMySQL:
+		if a.MySQL != nil {
+			return a.MySQL.Open(ctx, p)
+		}
 	}
 	return nil, fmt.Errorf("backend %q not configured: %w", p.Backend, engine.ErrUnavailable)
 }
@@ -121,7 +177,13 @@ func (a *App) Close() error {
 	a.stopPoll()
 	<-a.pollDone
 	a.stopPoll = nil
-	return errors.Join(a.Engine.Close(), a.Router.Close())
+	errs := []error{a.Engine.Close(), a.Router.Close()}
+	for _, s := range []*sqldb.Server{a.Postgres, a.MySQL} {
+		if s != nil {
+			errs = append(errs, s.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // pool adapts the shard cache to engine.ShardPool.

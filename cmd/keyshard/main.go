@@ -75,6 +75,10 @@ func (f *storageFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.cfg.MaxBatch, "max-batch", 512, "most writes committed in one transaction")
 	fs.IntVar(&f.cfg.Readers, "readers", 2, "read connections per open shard")
 	fs.DurationVar(&f.cfg.DebounceInterval, "debounce", 5*time.Minute, "least time between two last-seen writes of one user")
+	fs.StringVar(&f.cfg.PostgresDSN, "postgres-dsn", "", "PostgreSQL server for tenants placed there, one schema each (e.g. postgres://user@host:5432/db)")
+	fs.StringVar(&f.cfg.MySQLDSN, "mysql-dsn", "", "MySQL/MariaDB server for tenants placed there, one database each (e.g. user:pass@tcp(host:3306)/db)")
+	fs.IntVar(&f.cfg.ServerPool, "server-pool", 32, "connections to each PostgreSQL/MySQL server, shared by all its tenants")
+	fs.StringVar(&f.cfg.DefaultBackend, "default-backend", "sqlite", "backend of tenants created without one: sqlite, postgres or mysql")
 }
 
 // parse parses args, then fills every flag not given on the command line

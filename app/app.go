@@ -46,6 +46,10 @@ type Config struct {
 	ServerPool int
 	// DefaultBackend places tenants created without a backend; default sqlite.
 	DefaultBackend string
+	// CatalogDSN keeps the catalog of tenants on a server (postgres://… or
+	// mysql://…) so that several Keyshard servers can share it; empty: the
+	// SQLite file catalog.db in DataDir.
+	CatalogDSN string
 }
 
 // DefaultCacheCapacity: an idle shard (writer + 2 readers) holds ~1.4 MB
@@ -125,7 +129,12 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 		closeServers()
 		return nil, engine.Invalidf("default backend %s is not configured (set its DSN)", cfg.DefaultBackend)
 	}
-	rt, err := router.OpenSQLite(ctx, dir)
+	var rt *router.Router
+	if cfg.CatalogDSN != "" {
+		rt, err = router.OpenServer(ctx, cfg.CatalogDSN, "")
+	} else {
+		rt, err = router.OpenSQLite(ctx, dir)
+	}
 	if err != nil {
 		closeServers()
 		return nil, err

@@ -23,7 +23,10 @@ import (
 // Router is the catalog of tenants with its cache. It implements
 // engine.Catalog and is safe for concurrent use.
 type Router struct {
-	db *sql.DB
+	db       *sql.DB
+	table    string              // tenants, or the table a server catalog was given
+	rebind   func(string) string // '?' to the server's placeholders
+	isUnique func(error) bool
 
 	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*engine.Tenant
@@ -65,12 +68,17 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Router, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("catalog schema: %w", err)
 	}
-	r := &Router{db: db}
+	r := &Router{db: db, table: "tenants", rebind: func(q string) string { return q }, isUnique: isUniqueSQLite}
 	if err := r.Reload(ctx); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
 	return r, nil
+}
+
+// q returns query with the catalog's table and placeholders.
+func (r *Router) q(query string) string {
+	return r.rebind(strings.ReplaceAll(query, "tenants", r.table))
 }
 
 var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
@@ -121,7 +129,7 @@ func (r *Router) Reload(ctx context.Context) error {
 }
 
 func (r *Router) load(ctx context.Context) (byID, bySlug map[string]*engine.Tenant, err error) {
-	rows, err := r.db.QueryContext(ctx, `SELECT `+columns+` FROM tenants`)
+	rows, err := r.db.QueryContext(ctx, r.q(`SELECT `+columns+` FROM tenants`))
 	if err != nil {
 		return nil, nil, fmt.Errorf("load catalog: %w", err)
 	}
@@ -159,7 +167,7 @@ func (r *Router) Resolve(ctx context.Context, slugOrID string) (*engine.Tenant, 
 
 // List returns every tenant, ordered by slug.
 func (r *Router) List(ctx context.Context) ([]*engine.Tenant, error) {
-	rows, err := r.db.QueryContext(ctx, `SELECT `+columns+` FROM tenants ORDER BY slug`)
+	rows, err := r.db.QueryContext(ctx, r.q(`SELECT `+columns+` FROM tenants ORDER BY slug`))
 	if err != nil {
 		return nil, err
 	}
@@ -182,10 +190,10 @@ func (r *Router) Create(ctx context.Context, t *engine.Tenant) error {
 	if t.Epoch == 0 {
 		t.Epoch = 1
 	}
-	_, err := r.db.ExecContext(ctx, `INSERT INTO tenants (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
+	_, err := r.db.ExecContext(ctx, r.q(`INSERT INTO tenants (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`),
 		t.ID, t.Slug, t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, now.UnixMicro(), nullTime(t.ApprovedAt), now.UnixMicro())
 	if err != nil {
-		if isUnique(err) {
+		if r.isUnique(err) {
 			return fmt.Errorf("slug %q is taken: %w", t.Slug, engine.ErrConflict)
 		}
 		return fmt.Errorf("create tenant: %w", err)
@@ -199,7 +207,7 @@ func (r *Router) Create(ctx context.Context, t *engine.Tenant) error {
 // fences concurrent placement changes).
 func (r *Router) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) error {
 	t.UpdatedAt = time.Now().UTC()
-	res, err := r.db.ExecContext(ctx, `UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=? WHERE id=? AND epoch=?`,
+	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=? WHERE id=? AND epoch=?`),
 		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), t.ID, wantEpoch)
 	if err != nil {
 		return fmt.Errorf("update tenant: %w", err)
@@ -213,7 +221,7 @@ func (r *Router) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) 
 
 // Delete removes the tenant from the catalog.
 func (r *Router) Delete(ctx context.Context, id string) error {
-	res, err := r.db.ExecContext(ctx, `DELETE FROM tenants WHERE id=?`, id)
+	res, err := r.db.ExecContext(ctx, r.q(`DELETE FROM tenants WHERE id=?`), id)
 	if err != nil {
 		return fmt.Errorf("delete tenant: %w", err)
 	}
@@ -249,7 +257,7 @@ func nullTime(t *time.Time) any {
 	return t.UnixMicro()
 }
 
-func isUnique(err error) bool {
+func isUniqueSQLite(err error) bool {
 	return errors.Is(err, sqlite3.CONSTRAINT_UNIQUE) || errors.Is(err, sqlite3.CONSTRAINT_PRIMARYKEY) ||
 		strings.Contains(err.Error(), "UNIQUE constraint failed")
 }
@@ -268,7 +276,7 @@ func (r *Router) Watch(ctx context.Context, interval time.Duration) {
 		}
 		// Every change sets updated_at; a delete changes the count.
 		var n, maxUpdated int64
-		err := r.db.QueryRowContext(ctx, `SELECT count(*), coalesce(max(updated_at),0) FROM tenants`).Scan(&n, &maxUpdated)
+		err := r.db.QueryRowContext(ctx, r.q(`SELECT count(*), coalesce(max(updated_at),0) FROM tenants`)).Scan(&n, &maxUpdated)
 		if err != nil {
 			continue
 		}

@@ -3,6 +3,8 @@ package router_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -16,19 +18,46 @@ import (
 	"github.com/keyshard/keyshard/router"
 )
 
-// openRouter opens the catalog in dir and closes it at cleanup.
+// openRouter opens the catalog in dir and closes it at cleanup. With
+// KEYSHARD_TEST_CATALOG=postgres|mysql the catalog is a table on that server
+// (DSN from KEYSHARD_TEST_POSTGRES_DSN / KEYSHARD_TEST_MYSQL_DSN), one table
+// per dir, dropped at cleanup: the same tests then cover server catalogs.
 func openRouter(tb testing.TB, dir string) *router.Router {
 	tb.Helper()
-	r, err := router.OpenSQLite(context.Background(), dir)
+	r, err := openCatalog(tb, dir)
 	if err != nil {
 		tb.Fatalf("open catalog: %v", err)
 	}
 	tb.Cleanup(func() {
+		if server := os.Getenv("KEYSHARD_TEST_CATALOG"); server != "" && server != "sqlite" {
+			_ = r.DropServerTable(context.Background())
+		}
 		if err := r.Close(); err != nil {
 			tb.Errorf("close catalog: %v", err)
 		}
 	})
 	return r
+}
+
+// openCatalog opens the catalog of dir on the catalog backend under test.
+func openCatalog(tb testing.TB, dir string) (*router.Router, error) {
+	var dsn string
+	switch b := os.Getenv("KEYSHARD_TEST_CATALOG"); b {
+	case "", "sqlite":
+		return router.OpenSQLite(context.Background(), dir)
+	case "postgres":
+		dsn = os.Getenv("KEYSHARD_TEST_POSTGRES_DSN")
+	case "mysql":
+		dsn = "mysql://" + os.Getenv("KEYSHARD_TEST_MYSQL_DSN")
+	default:
+		tb.Fatalf("KEYSHARD_TEST_CATALOG=%s: want sqlite, postgres or mysql", b)
+	}
+	if dsn == "" || dsn == "mysql://" {
+		tb.Fatal("KEYSHARD_TEST_CATALOG needs the server's KEYSHARD_TEST_*_DSN")
+	}
+	h := fnv.New64a()
+	h.Write([]byte(dir))
+	return router.OpenServer(context.Background(), dsn, fmt.Sprintf("kt_%x", h.Sum64()))
 }
 
 // watch runs r.Watch until cleanup and waits for it to return.
@@ -273,7 +302,7 @@ func TestRouter_List(t *testing.T) {
 func TestRouter_Reload(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	r, err := router.OpenSQLite(ctx, dir)
+	r, err := openCatalog(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,6 +463,9 @@ func TestRouter_Watch(t *testing.T) {
 // The catalog's path is a file name, never interpreted: characters that
 // mean something in a SQLite URI ('?', '#', '%') stay part of it.
 func TestOpenSQLite_DataDirName(t *testing.T) {
+	if b := os.Getenv("KEYSHARD_TEST_CATALOG"); b != "" && b != "sqlite" {
+		t.Skip("a SQLite catalog's file name; KEYSHARD_TEST_CATALOG is " + b)
+	}
 	ctx := context.Background()
 	for _, name := range []string{"plain", "with space", "hash#frag", "q?mode=memory", "pct%2fslash", "pct%41", "semi;colon"} {
 		t.Run(name, func(t *testing.T) {

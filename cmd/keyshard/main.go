@@ -79,6 +79,7 @@ func (f *storageFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cfg.MySQLDSN, "mysql-dsn", "", "MySQL/MariaDB server for tenants placed there, one database each (e.g. user:pass@tcp(host:3306)/db)")
 	fs.IntVar(&f.cfg.ServerPool, "server-pool", 32, "connections to each PostgreSQL/MySQL server, shared by all its tenants")
 	fs.StringVar(&f.cfg.DefaultBackend, "default-backend", "sqlite", "backend of tenants created without one: sqlite, postgres or mysql")
+	fs.StringVar(&f.cfg.CatalogDSN, "catalog", "", "keep the tenant catalog on a server shared by several Keyshard servers: postgres://… or mysql://user:pass@tcp(host:3306)/db (default: catalog.db in the data directory)")
 }
 
 // parse parses args, then fills every flag not given on the command line

@@ -45,3 +45,18 @@ func TestIsolation_OneConnection(t *testing.T) {
 		},
 	})
 }
+
+func TestConnectionLoss(t *testing.T) {
+	dsn := shardtest.DSN(t, dsnEnv)
+	shardtest.TestConnectionLoss(t, shardtest.Factory{
+		Name: engine.BackendMySQL, Dialect: mysql.Dialect,
+		New: func(t testing.TB, opts shard.Options) shardtest.Backend {
+			srv, err := mysql.Open(context.Background(), dsn, mysql.Options{}, opts)
+			if err != nil {
+				t.Fatalf("mysql.Open: %v", err)
+			}
+			t.Cleanup(func() { _ = srv.Close() })
+			return srv
+		},
+	}, "KILL CONNECTION_ID()")
+}

@@ -58,3 +58,18 @@ func TestIsolation_OneConnection(t *testing.T) {
 		},
 	})
 }
+
+func TestConnectionLoss(t *testing.T) {
+	dsn := shardtest.DSN(t, dsnEnv)
+	shardtest.TestConnectionLoss(t, shardtest.Factory{
+		Name: engine.BackendPostgres, Dialect: postgres.Dialect,
+		New: func(t testing.TB, opts shard.Options) shardtest.Backend {
+			srv, err := postgres.Open(context.Background(), dsn, postgres.Options{}, opts)
+			if err != nil {
+				t.Fatalf("postgres.Open: %v", err)
+			}
+			t.Cleanup(func() { _ = srv.Close() })
+			return srv
+		},
+	}, "SELECT pg_terminate_backend(pg_backend_pid())")
+}

@@ -507,3 +507,63 @@ var exampleDSN = map[string]string{
 	"KEYSHARD_TEST_POSTGRES_DSN": "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
 	"KEYSHARD_TEST_MYSQL_DSN":    "root@tcp(127.0.0.1:3306)/test",
 }
+
+// TestConnectionLoss kills the server connection in the middle of a batch
+// (killSQL, run by one operation of the batch, ends its own session). Every
+// operation of that batch must fail, none of its rows may be present, no
+// caller may be told it succeeded, and the next write must succeed on a new
+// connection.
+func TestConnectionLoss(t *testing.T, f Factory, killSQL string) {
+	const n = 10
+	b := f.New(t, shard.Options{QueueSize: 4 * n, MaxBatch: 4 * n})
+	s := open(t, b, create(t, b, f.Name))
+	release, blocked := blockWriter(t, s)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i == n/2 {
+				errs[i] = s.Write(context.Background(), func(tx engine.Querier) error {
+					_, err := tx.Exec(killSQL)
+					return err
+				})
+				return
+			}
+			errs[i] = s.Write(context.Background(), insertAudit(fmt.Sprintf("lost%d", i)))
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Stats().Queued < n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if q := s.Stats().Queued; q < n {
+		t.Fatalf("%d operations queued, want %d in one batch", q, n)
+	}
+	release()
+	wg.Wait()
+	if err := <-blocked; err != nil {
+		t.Fatalf("blocking write: %v", err)
+	}
+	counts := auditCounts(t, s)
+	for i, err := range errs {
+		tag := fmt.Sprintf("lost%d", i)
+		if err == nil {
+			t.Errorf("operation %d was acknowledged in a batch whose connection died", i)
+		}
+		if counts[tag] != 0 {
+			t.Errorf("%s: %d rows of a failed batch are present", tag, counts[tag])
+		}
+	}
+	t.Logf("caller errors: %v", errs[0])
+	// The shard recovers on a fresh connection.
+	for i := 0; i < 3; i++ {
+		if err := s.Write(context.Background(), insertAudit("after")); err != nil {
+			t.Fatalf("write after the connection loss: %v", err)
+		}
+	}
+	if got := auditCounts(t, s)["after"]; got != 3 {
+		t.Fatalf("%d rows written after the loss, want 3", got)
+	}
+}

@@ -36,8 +36,19 @@ for i in $(seq 1 100); do
 	sleep 0.1
 done
 auth=(-H "Authorization: Bearer $KEYSHARD_ADMIN_TOKEN" -H "Content-Type: application/json")
-for slug in authjs-a authjs-b; do
-	curl -fsS "${auth[@]}" -X POST "$base/admin/tenants" -d "{\"slug\":\"$slug\"}" >/dev/null
+# AUTHJS_BACKENDS places tenant a and tenant b (default: both on SQLite), e.g.
+# AUTHJS_BACKENDS="postgres mysql" with KEYSHARD_POSTGRES_DSN and KEYSHARD_MYSQL_DSN set.
+read -r backend_a backend_b <<<"${AUTHJS_BACKENDS:-sqlite sqlite}"
+created=()
+drop_tenants() {
+	for slug in "${created[@]}"; do
+		curl -fsS "${auth[@]}" -X DELETE "$base/admin/tenants/$slug" >/dev/null || true
+	done
+}
+for pair in "authjs-a:$backend_a" "authjs-b:$backend_b"; do
+	slug=${pair%%:*}
+	curl -fsS "${auth[@]}" -X POST "$base/admin/tenants" -d "{\"slug\":\"$slug\",\"backend\":\"${pair#*:}\"}" >/dev/null
+	created+=("$slug")
 	curl -fsS "${auth[@]}" -X POST "$base/admin/tenants/$slug/approve" >/dev/null
 done
 
@@ -45,6 +56,7 @@ export KEYSHARD_TENANT_A_URL="$base/t/authjs-a"
 export KEYSHARD_TENANT_B_URL="$base/t/authjs-b"
 status=0
 node --test test/authjs.test.mjs || status=$?
+drop_tenants # their schemas/databases, on a server backend
 if [[ $status -ne 0 ]]; then
 	echo "--- keyshard serve log" >&2
 	cat "$work/serve.log" >&2

@@ -87,6 +87,7 @@ func NewDialect() sqldb.Dialect {
 		},
 		Drop:      func(ns string) string { return "DROP DATABASE IF EXISTS " + sqldb.QuoteIdent(ns) },
 		Translate: Translate,
+		ConnKey:   func(dc any) any { return dc }, // one driver connection per session
 	}
 }
 

@@ -79,6 +79,14 @@ func NewDialect() sqldb.Dialect {
 		Create:    func(ns string) string { return "CREATE SCHEMA IF NOT EXISTS " + sqldb.QuoteIdent(ns) },
 		Drop:      func(ns string) string { return "DROP SCHEMA IF EXISTS " + sqldb.QuoteIdent(ns) + " CASCADE" },
 		Translate: Translate,
+		// database/sql over a pgxpool makes a new driver connection per
+		// checkout; the pgx.Conn (the server session) underneath is stable.
+		ConnKey: func(dc any) any {
+			if c, ok := dc.(*stdlib.Conn); ok {
+				return c.Conn()
+			}
+			return nil
+		},
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
@@ -38,6 +39,10 @@ type Dialect struct {
 	Create, Drop func(ns string) string
 	// Translate maps a driver error to an engine error, keeping it wrapped.
 	Translate func(error) error
+	// ConnKey, if set, returns a comparable identity of the server session
+	// under a database/sql driver connection, stable across checkouts, so
+	// that a session already pointed at a namespace is not switched again.
+	ConnKey func(driverConn any) any
 }
 
 // QuoteIdent quotes an identifier with double quotes (PostgreSQL, and MySQL
@@ -64,6 +69,9 @@ type Server struct {
 	ShardOpts      shard.Options
 	// OnClose, if set, runs after DB is closed (PostgreSQL closes its pgxpool).
 	OnClose func()
+
+	nsMu sync.Mutex
+	ns   map[any]string // see usingNS
 }
 
 // Close closes the pool; every shard of this server must be closed first.
@@ -111,6 +119,9 @@ func (s *Server) Destroy(ctx context.Context, p engine.Placement) error {
 	if err != nil {
 		return err
 	}
+	// Sessions pointing at the dropped namespace point at nothing now (MySQL)
+	// or at whatever is created under that name next: switch them again.
+	defer s.forgetNS()
 	if _, err := s.DB.ExecContext(ctx, s.Dialect.Drop(ns)); err != nil {
 		return fmt.Errorf("drop %s: %w", ns, s.Dialect.Translate(err))
 	}
@@ -163,11 +174,63 @@ func (c *Conns) connWithin(ctx context.Context, d time.Duration) (*sql.Conn, err
 		}
 		return nil, fmt.Errorf("%w: %w", engine.ErrUnavailable, c.srv.Dialect.Translate(err))
 	}
+	key := c.srv.connKey(conn)
+	if key != nil && c.srv.usingNS(key) == c.ns {
+		return conn, nil // already pointed at this tenant: save a round trip
+	}
 	if _, err := conn.ExecContext(ctx, c.srv.Dialect.Use(c.ns)); err != nil {
-		_ = conn.Close() // the next user switches it again before any statement
+		c.srv.setNS(key, "") // state unknown: switch again next time
+		_ = conn.Close()     // the next user switches it again before any statement
 		return nil, fmt.Errorf("use %s: %w", c.ns, c.srv.Dialect.Translate(err))
 	}
+	c.srv.setNS(key, c.ns)
 	return conn, nil
+}
+
+// connKey identifies the server session under a pooled connection, or nil
+// when the dialect cannot tell (then every use switches namespace).
+func (s *Server) connKey(conn *sql.Conn) any {
+	if s.Dialect.ConnKey == nil {
+		return nil
+	}
+	var key any
+	_ = conn.Raw(func(dc any) error {
+		key = s.Dialect.ConnKey(dc)
+		return nil
+	})
+	return key
+}
+
+// The namespace each server session points at. Entries hold their session
+// object, so a closed session's address is never reused for a new one while
+// its entry exists; the map is emptied when it outgrows the pool (closed
+// sessions accumulate) and whenever a namespace is dropped.
+func (s *Server) usingNS(key any) string {
+	s.nsMu.Lock()
+	defer s.nsMu.Unlock()
+	return s.ns[key]
+}
+
+func (s *Server) setNS(key any, ns string) {
+	if key == nil {
+		return
+	}
+	s.nsMu.Lock()
+	defer s.nsMu.Unlock()
+	if s.ns == nil || len(s.ns) > 4*max(s.DB.Stats().MaxOpenConnections, 64) {
+		s.ns = make(map[any]string)
+	}
+	if ns == "" {
+		delete(s.ns, key)
+		return
+	}
+	s.ns[key] = ns
+}
+
+func (s *Server) forgetNS() {
+	s.nsMu.Lock()
+	s.ns = nil
+	s.nsMu.Unlock()
 }
 
 // OpenWriter returns the writer's connection and brings the schema up to date.

@@ -34,6 +34,7 @@ func (s *Server) writeAuthError(w http.ResponseWriter, r *http.Request, err erro
 	if status == http.StatusInternalServerError {
 		s.Logger.Error("request failed", "err", err, "method", r.Method, "route", r.URL.Path, "request_id", w.Header().Get("X-Request-Id"))
 	}
+	s.logFault(w, r, err)
 	if retry > 0 {
 		secs := int((retry + time.Second - 1) / time.Second)
 		w.Header().Set("Retry-After", strconv.Itoa(secs))

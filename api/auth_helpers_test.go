@@ -14,11 +14,11 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
-	"github.com/keyshard/keyshard/internal/testbackend"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/testbackend"
 )
 
 // authTestParams are tiny Argon2id parameters: tests run under -race on

@@ -52,6 +52,8 @@ func errorStatus(err error) (status int, code, message string) {
 		return http.StatusServiceUnavailable, "database_busy", "the tenant's database is busy, retry later"
 	case errors.Is(err, migrations.ErrSchemaTooNew):
 		return http.StatusServiceUnavailable, "tenant_unavailable", "the tenant's data was written by a newer version"
+	case errors.Is(err, engine.ErrMoving):
+		return http.StatusServiceUnavailable, "tenant_moving", "the tenant is being moved, retry shortly"
 	case errors.Is(err, engine.ErrUnavailable):
 		return http.StatusServiceUnavailable, "tenant_unavailable", "the tenant's storage is unavailable"
 	case errors.Is(err, engine.ErrClosed):
@@ -69,10 +71,19 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusInternalServerError {
 		s.Logger.Error("request failed", "err", err, "method", r.Method, "route", r.URL.Path, "request_id", w.Header().Get("X-Request-Id"))
 	}
+	s.logFault(w, r, err)
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeErrorCode(w, status, code, msg)
+}
+
+// logFault logs a tenant's storage fault with its cause: the client's 503
+// says only that the tenant is unavailable, the operator needs to know why.
+func (s *Server) logFault(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, engine.ErrUnavailable) {
+		s.Logger.Warn("tenant storage unavailable", "err", err, "method", r.Method, "route", r.URL.Path, "request_id", w.Header().Get("X-Request-Id"))
+	}
 }
 
 func writeErrorCode(w http.ResponseWriter, status int, code, msg string) {
@@ -100,6 +111,15 @@ func decodeJSON(r *http.Request, v any) error {
 	}
 	if dec.More() {
 		return errorf(http.StatusBadRequest, "bad_json", "request body has data after the JSON value")
+	}
+	// More is false also when reading on failed: a valid value followed by
+	// more than the limit of white space must still answer 413.
+	if _, err := io.Copy(io.Discard, r.Body); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return errorf(http.StatusBadRequest, "bad_json", "request body could not be read")
 	}
 	return nil
 }

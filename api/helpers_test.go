@@ -18,8 +18,8 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
-	"github.com/keyshard/keyshard/internal/testbackend"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/testbackend"
 )
 
 const adminToken = "test-admin-token-0123456789"

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -184,7 +185,11 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 	if email == "" || req.Password == "" {
 		return nil, validationf("A valid email and password are required")
 	}
+	if err := s.throttle.Allow(t.ID, email, c.IP); err != nil {
+		return nil, err
+	}
 	if len(req.Password) > maxPasswordLen {
+		s.throttle.Fail(t.ID, email, c.IP)
 		return nil, errInvalidCredentials()
 	}
 	var u *User
@@ -203,6 +208,7 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		if err := s.hashes.VerifyDummy(ctx, req.Password); err != nil {
 			return nil, hashError(err)
 		}
+		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, "", email, "unknown_email"); err != nil {
 			return nil, err
 		}
@@ -213,6 +219,7 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		return nil, hashError(err)
 	}
 	if !ok {
+		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, u.ID, email, "wrong_password"); err != nil {
 			return nil, err
 		}
@@ -221,6 +228,7 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 	if u.EmailConfirmedAt == nil {
 		return nil, newError(http.StatusBadRequest, CodeEmailNotConfirmed, "Email not confirmed")
 	}
+	s.throttle.Succeed(t.ID, email)
 	newHash := ""
 	if stale {
 		// Best effort: a saturated pool must not fail a good login.
@@ -412,7 +420,7 @@ func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h s
 	cur := presented
 	for range maxWalk {
 		cur = s.derive(tenantID, cur)
-		if hashToken(cur) == activeHash {
+		if subtle.ConstantTimeCompare([]byte(hashToken(cur)), []byte(activeHash)) == 1 {
 			return cur, true, nil
 		}
 	}

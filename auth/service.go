@@ -29,6 +29,8 @@ type Config struct {
 	RefreshGrace time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// LoginThrottle limits failed logins; nil: NewThrottle(DefaultThrottle, Now).
+	LoginThrottle *Throttle
 }
 
 // Defaults.
@@ -46,6 +48,7 @@ type Service struct {
 	now    func() time.Time
 	// deriveKey makes a child refresh token from its parent (see derive).
 	deriveKey []byte
+	throttle  *Throttle
 }
 
 // New returns a Service hashing on pool and signing with keys. secret is the
@@ -60,9 +63,13 @@ func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service 
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.LoginThrottle == nil {
+		cfg.LoginThrottle, _ = NewThrottle(DefaultThrottle, cfg.Now) // valid by construction
+	}
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("keyshard refresh token derivation v1"))
-	return &Service{hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil)}
+	return &Service{hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
+		throttle: cfg.LoginThrottle}
 }
 
 // Keys returns the signing key manager.

@@ -28,6 +28,9 @@ var (
 	ErrInvalid = errors.New("invalid input")
 	// ErrUnavailable: the tenant's storage cannot be reached or is damaged.
 	ErrUnavailable = errors.New("storage unavailable")
+	// ErrMoving: the tenant is being moved (its writes are fenced) or has
+	// just moved; retry shortly. It wraps ErrUnavailable.
+	ErrMoving = fmt.Errorf("tenant is being moved, retry: %w", ErrUnavailable)
 )
 
 // Invalidf returns an error wrapping ErrInvalid with a message meant for the

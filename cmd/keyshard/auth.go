@@ -22,6 +22,7 @@ type authFlags struct {
 	background               bool
 	accessTTL                time.Duration
 	publicURL                string
+	throttle                 auth.ThrottleConfig
 }
 
 func (f *authFlags) register(fs *flag.FlagSet) {
@@ -33,6 +34,9 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.background, "hash-background", false, "run hashing on low-priority threads: other requests keep their latency during a login storm, logins get only the CPU left over (docs/benchmarks.md)")
 	fs.DurationVar(&f.accessTTL, "access-token-ttl", auth.DefaultAccessTokenTTL, "lifetime of access tokens")
 	fs.StringVar(&f.publicURL, "public-url", "", "external base URL; tokens of tenant S carry iss PUBLIC_URL/t/S (default: from each request's Host)")
+	fs.IntVar(&f.throttle.AccountFailures, "login-account-failures", auth.DefaultThrottle.AccountFailures, "failed logins of one account per --login-failure-window before 429 (0: no limit)")
+	fs.IntVar(&f.throttle.IPFailures, "login-ip-failures", auth.DefaultThrottle.IPFailures, "failed logins from one IP address to one tenant per --login-failure-window before 429 (0: no limit)")
+	fs.DurationVar(&f.throttle.Window, "login-failure-window", auth.DefaultThrottle.Window, "window in which failed logins are counted")
 }
 
 // authStack is the open auth service and what it owns.
@@ -61,10 +65,15 @@ func openAuth(dataDir string, f *authFlags, log *slog.Logger) (*authStack, error
 		pool.Close()
 		return nil, err
 	}
+	throttle, err := auth.NewThrottle(f.throttle, nil)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
 	st := pool.Stats()
 	log.Info("password hashing", "params", fmt.Sprintf("m=%d,t=%d,p=%d", params.MemoryKiB, params.Time, params.Threads),
 		"workers", st.Workers, "hash_time", st.HashTime.Round(time.Millisecond), "budget", f.budget)
-	svc := auth.New(pool, keys, master, auth.Config{AccessTokenTTL: f.accessTTL})
+	svc := auth.New(pool, keys, master, auth.Config{AccessTokenTTL: f.accessTTL, LoginThrottle: throttle})
 	return &authStack{Service: svc, Pool: pool}, nil
 }
 

@@ -49,6 +49,10 @@ func runServe(args []string) error {
 
 	srv := &api.Server{Engine: a.Engine, AdminToken: token, Logger: log, Auth: as.Service, PublicURL: af.publicURL}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	// Catch signals before announcing readiness: a SIGTERM sent as soon as
+	// the "serving" line appears must drain, not kill.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		_ = a.Close()
@@ -56,8 +60,6 @@ func runServe(args []string) error {
 	}
 	log.Info("keyshard serving", "addr", ln.Addr().String(), "data", sf.cfg.DataDir, "synchronous", sf.cfg.Synchronous)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {

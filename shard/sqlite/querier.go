@@ -295,6 +295,7 @@ func translate(err error) error {
 		return fmt.Errorf("%w: %w", engine.ErrBusy, err)
 	case errors.Is(err, sqlite3.FULL), errors.Is(err, sqlite3.IOERR), errors.Is(err, sqlite3.CORRUPT),
 		errors.Is(err, sqlite3.NOTADB), errors.Is(err, sqlite3.CANTOPEN), errors.Is(err, sqlite3.READONLY):
+		countStorageError(err)
 		return fmt.Errorf("%w: %w", engine.ErrUnavailable, err)
 	}
 	return err

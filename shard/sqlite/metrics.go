@@ -1,0 +1,40 @@
+package sqlite
+
+import (
+	"errors"
+
+	"github.com/ncruces/go-sqlite3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// storageErrors counts the driver errors that make a shard unavailable, by
+// kind; never labelled by tenant (the logs name the tenant).
+var storageErrors = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "keyshard_sqlite_storage_errors_total",
+	Help: "SQLite errors that made a shard unavailable, by kind: full, ioerr, corrupt, notadb, cantopen, readonly.",
+}, []string{"kind"})
+
+var storageErrorKinds = []struct {
+	code sqlite3.ErrorCode
+	kind string
+}{
+	{sqlite3.FULL, "full"}, {sqlite3.IOERR, "ioerr"}, {sqlite3.CORRUPT, "corrupt"},
+	{sqlite3.NOTADB, "notadb"}, {sqlite3.CANTOPEN, "cantopen"}, {sqlite3.READONLY, "readonly"},
+}
+
+func init() {
+	for _, k := range storageErrorKinds {
+		storageErrors.WithLabelValues(k.kind)
+	}
+}
+
+// countStorageError counts err under its kind.
+func countStorageError(err error) {
+	for _, k := range storageErrorKinds {
+		if errors.Is(err, k.code) {
+			storageErrors.WithLabelValues(k.kind).Inc()
+			return
+		}
+	}
+}

@@ -154,7 +154,7 @@ func TestSecurity_SQLInjectionStoredLiterally(t *testing.T) {
 			if err := q.QueryRow(`SELECT email FROM users WHERE email = ?`, email).Scan(&gotEmail); err != nil {
 				return err
 			}
-			return q.QueryRow(`SELECT s.user_agent FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.email = ? LIMIT 1`, email).Scan(&ua)
+			return q.QueryRow(`SELECT s.user_agent FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.email = ? ORDER BY s.created_at LIMIT 1`, email).Scan(&ua)
 		})
 		ts.Release()
 		if err != nil || gotEmail != email || ua != agent {

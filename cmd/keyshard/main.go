@@ -32,6 +32,8 @@ func main() {
 		err = runTenant(os.Args[2:])
 	case "migrate":
 		err = runMigrate(os.Args[2:])
+	case "bench":
+		err = runBench(os.Args[2:])
 	case "help", "-h", "--help":
 		usage()
 		return
@@ -53,6 +55,7 @@ commands:
   serve     run the HTTP server (default 127.0.0.1:8080, data in ./data)
   tenant    create|approve|suspend|resume|delete|list|show tenants
   migrate   --all: bring every tenant shard's schema up to date
+  bench     load-generate against a server (or one it starts) and report latency
 
 Run 'keyshard <command> -h' for a command's flags. Every flag may be set
 by an environment variable: --data is KEYSHARD_DATA, --cache-capacity is

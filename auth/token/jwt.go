@@ -75,6 +75,12 @@ var ErrInvalidToken = errors.New("invalid JWT")
 // expired, and the issuer must satisfy checkIss. Errors wrap
 // ErrInvalidToken, or the storage error that kept the keys from loading.
 func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw string, checkIss func(string) bool) (*Claims, error) {
+	if c, ok := k.verified.get(tenantID, raw, k.now().Unix()); ok {
+		if checkIss != nil && !checkIss(c.Issuer) {
+			return nil, fmt.Errorf("%w: token was not issued by this tenant", ErrInvalidToken)
+		}
+		return c, nil
+	}
 	var loadErr error
 	claims := &Claims{}
 	p := jwt.NewParser(jwt.WithValidMethods([]string{Algorithm}), jwt.WithExpirationRequired(), jwt.WithTimeFunc(k.now))
@@ -106,5 +112,6 @@ func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw
 	if claims.Subject == "" || claims.SessionID == "" {
 		return nil, fmt.Errorf("%w: token has no subject or session", ErrInvalidToken)
 	}
+	k.verified.put(tenantID, raw, claims)
 	return claims, nil
 }

@@ -31,8 +31,9 @@ type Keys struct {
 	refresh time.Duration
 	now     func() time.Time
 
-	cache *lru.Cache[string, *KeySet]
-	group singleflight.Group
+	cache    *lru.Cache[string, *KeySet]
+	group    singleflight.Group
+	verified verified // access tokens already verified, until they expire
 }
 
 // KeySet is one tenant's keys at one moment: the active private key and
@@ -107,7 +108,10 @@ func NewKeys(cfg KeysConfig) (*Keys, error) {
 // Get returns the tenant's key set, from the cache when fresh, creating the
 // first signing key when the tenant has none.
 func (k *Keys) Get(ctx context.Context, tenantID string, sh engine.Shard) (*KeySet, error) {
-	if ks, ok := k.cache.Get(tenantID); ok && k.now().Sub(ks.loaded) < k.refresh {
+	// Peek takes the cache's lock shared (Get takes it exclusively to move
+	// the entry, the top mutex wait under load); recency is renewed anyway
+	// when the entry is reloaded every refresh interval.
+	if ks, ok := k.cache.Peek(tenantID); ok && k.now().Sub(ks.loaded) < k.refresh {
 		return ks, nil
 	}
 	return k.load(ctx, tenantID, sh)

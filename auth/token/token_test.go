@@ -146,4 +146,26 @@ func TestKeys_SignVerify(t *testing.T) {
 			t.Fatalf("JWKS keys %d", n)
 		}
 	})
+	t.Run("VerifiedCache", func(t *testing.T) {
+		// A token verified once is remembered, but never past its expiry,
+		// never for another tenant, and the issuer is checked on every use.
+		short := *c
+		short.ExpiresAt = time.Now().Add(30 * time.Second).Unix()
+		tok, _ := ks.Sign(&short)
+		for i := 0; i < 2; i++ {
+			if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, nil); err != nil {
+				t.Fatalf("verify %d: %v", i, err)
+			}
+		}
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, func(string) bool { return false }); !errors.Is(err, token.ErrInvalidToken) {
+			t.Fatalf("cached token with a wrong issuer: %v", err)
+		}
+		if _, err := keys.Verify(ctx, "bbbbbbbbbbbbbbbbbbbbbbbbbb", ts, tok, nil); err == nil {
+			t.Fatalf("cached token of another tenant id: %v", err)
+		}
+		skew.Store(int64(time.Minute)) // the clock only moves forward in this test
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, nil); !errors.Is(err, token.ErrInvalidToken) {
+			t.Fatalf("cached token after its expiry: %v", err)
+		}
+	})
 }

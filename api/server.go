@@ -17,6 +17,7 @@ import (
 
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/transfer"
 )
 
 // MaxBodyBytes bounds every request body; larger bodies answer 413.
@@ -33,6 +34,9 @@ type Server struct {
 	// PublicURL is the server's external base URL (e.g. https://auth.example.com);
 	// a tenant's token issuer is PublicURL/t/{slug}. Empty: taken from the request.
 	PublicURL string
+	// Transfer exports, imports and moves tenants; nil answers those
+	// routes 501.
+	Transfer *transfer.Service
 
 	router *httprouter.Router
 }
@@ -61,6 +65,7 @@ func (s *Server) Handler() http.Handler {
 		s.registerSystemRoutes()
 		s.registerAdminRoutes()
 		s.registerTenantRoutes()
+		s.registerTransferRoutes()
 	}
 	return s.router
 }

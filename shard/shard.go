@@ -30,11 +30,14 @@ type Shard struct {
 
 	readers *readerPool
 	deferred
+	fence fence // a move's stop on writes; see fence.go
 
 	// Owned by the writer goroutine.
 	conn     WriteConn
 	batch    []*request
-	flushErr error // the final flush's failure, reported by Close
+	flushErr error    // the final flush's failure, reported by Close
+	capture  *Capture // statements of committed batches go here; see capture.go
+	captured []Stmt   // the current batch's statements, for capture
 
 	stats struct {
 		batches, writes, failed, maxBatch atomic.Int64
@@ -49,6 +52,9 @@ type request struct {
 	ctx   context.Context
 	op    engine.WriteFunc
 	reply chan error // buffered: the writer never blocks on a caller who left
+
+	flushAll bool   // a fence's barrier: its batch writes every deferred record
+	ctl      func() // run by the writer after this request's batch (capture.go)
 }
 
 var replyPool = sync.Pool{New: func() any { return make(chan error, 1) }}
@@ -82,6 +88,9 @@ func (s *Shard) Write(ctx context.Context, op engine.WriteFunc) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := s.awaitFence(ctx); err != nil {
+		return err
+	}
 	reply := replyPool.Get().(chan error)
 	r := &request{ctx: ctx, op: op, reply: reply}
 	s.mu.RLock()
@@ -89,6 +98,11 @@ func (s *Shard) Write(ctx context.Context, op engine.WriteFunc) error {
 		s.mu.RUnlock()
 		replyPool.Put(reply)
 		return engine.ErrClosed
+	}
+	if err := s.fenceErr(); err != nil { // fenced again since awaitFence
+		s.mu.RUnlock()
+		replyPool.Put(reply)
+		return err
 	}
 	select {
 	case s.queue <- r:
@@ -151,6 +165,9 @@ func (s *Shard) Defer(key string, op engine.WriteFunc) error {
 	defer s.mu.RUnlock()
 	if s.closed {
 		return engine.ErrClosed
+	}
+	if s.fence.state.Load() == fenceSealed {
+		return engine.ErrMoving
 	}
 	if err := s.deferred.add(key, op, time.Now()); err != nil {
 		s.stats.deferredDropped.Add(1)

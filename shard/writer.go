@@ -20,9 +20,16 @@ func (s *Shard) run() {
 	for {
 		select {
 		case r := <-s.queue:
-			s.runBatch(s.drain(append(s.batch[:0], r)), false)
+			b := s.drain(append(s.batch[:0], r))
+			ctls := controls(b) // runBatch reuses b
+			s.runBatch(b, flushAll(b))
+			for _, f := range ctls {
+				f()
+			}
 		case <-tick.C:
-			if s.deferred.due(time.Now()) {
+			// A fenced shard's database must not change: deferred
+			// records wait for Unfence, or go to the new copy at Seal.
+			if s.fence.state.Load() == fenceNone && s.deferred.due(time.Now()) {
 				s.runBatch(nil, false)
 			}
 		case <-s.stop:
@@ -33,12 +40,28 @@ func (s *Shard) run() {
 				if len(b) == 0 {
 					break
 				}
+				ctls := controls(b)
 				s.runBatch(b, false)
+				for _, f := range ctls {
+					f()
+				}
 			}
-			s.flushErr = s.runBatch(nil, true)
+			if s.fence.state.Load() != fenceSealed { // a sealed copy is no longer the tenant's
+				s.flushErr = s.runBatch(nil, true)
+			}
 			return
 		}
 	}
+}
+
+// flushAll reports whether a fence's barrier is among reqs.
+func flushAll(reqs []*request) bool {
+	for _, r := range reqs {
+		if r.flushAll {
+			return true
+		}
+	}
+	return false
 }
 
 // drain appends queued requests to b without blocking, up to MaxBatch.
@@ -134,6 +157,7 @@ func (s *Shard) execBatch(reqs []*request, recs []record, errs []error) (recOK i
 		}
 		s.conn = c
 	}
+	s.captured = s.captured[:0]
 	if err := s.conn.Begin(); err != nil {
 		return 0, err
 	}
@@ -161,6 +185,9 @@ func (s *Shard) execBatch(reqs []*request, recs []record, errs []error) (recOK i
 		_ = s.conn.Rollback()
 		return 0, fmt.Errorf("commit: %w", err)
 	}
+	if s.capture != nil {
+		s.capture.add(s.captured)
+	}
 	return recOK, nil
 }
 
@@ -170,7 +197,13 @@ func (s *Shard) runOne(op engine.WriteFunc) (opErr, fatal error) {
 	if err := s.conn.Savepoint(); err != nil {
 		return nil, fmt.Errorf("savepoint: %w", err)
 	}
-	if opErr = op(s.conn); opErr != nil {
+	var q engine.Querier = s.conn
+	var rec *recorder
+	if s.capture != nil {
+		rec = &recorder{Querier: s.conn}
+		q = rec
+	}
+	if opErr = op(q); opErr != nil {
 		if err := s.conn.RollbackSavepoint(); err != nil {
 			return nil, fmt.Errorf("rollback savepoint after %v: %w", opErr, err)
 		}
@@ -178,6 +211,9 @@ func (s *Shard) runOne(op engine.WriteFunc) (opErr, fatal error) {
 	}
 	if err := s.conn.ReleaseSavepoint(); err != nil {
 		return nil, fmt.Errorf("release savepoint: %w", err)
+	}
+	if rec != nil {
+		s.captured = append(s.captured, rec.stmts...)
 	}
 	return nil, nil
 }

@@ -32,6 +32,12 @@ func main() {
 		err = runTenant(os.Args[2:])
 	case "migrate":
 		err = runMigrate(os.Args[2:])
+	case "export":
+		err = runExport(os.Args[2:])
+	case "import":
+		err = runImport(os.Args[2:])
+	case "move":
+		err = runMove(os.Args[2:])
 	case "bench":
 		err = runBench(os.Args[2:])
 	case "help", "-h", "--help":
@@ -55,7 +61,9 @@ commands:
   serve     run the HTTP server (default 127.0.0.1:8080, data in ./data)
   tenant    create|approve|suspend|resume|delete|list|show tenants
   migrate   --all: bring every tenant shard's schema up to date
-  bench     load-generate against a server (or one it starts) and report latency
+  export    SLUG -o FILE [--format sqlite|ndjson] [--include-secrets]
+  import    FILE [--slug NEW] [--backend B]: create a tenant from an export
+  move      SLUG --to sqlite|postgres|mysql [--to-dir DIR] (--url URL | --offline)
 
 Run 'keyshard <command> -h' for a command's flags. Every flag may be set
 by an environment variable: --data is KEYSHARD_DATA, --cache-capacity is

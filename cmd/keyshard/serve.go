@@ -14,6 +14,7 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/transfer"
 )
 
 func runServe(args []string) error {
@@ -47,7 +48,7 @@ func runServe(args []string) error {
 	}
 	defer as.Pool.Close()
 
-	srv := &api.Server{Engine: a.Engine, AdminToken: token, Logger: log, Auth: as.Service, PublicURL: af.publicURL}
+	srv := &api.Server{Engine: a.Engine, AdminToken: token, Logger: log, Auth: as.Service, PublicURL: af.publicURL, Transfer: &transfer.Service{Engine: a.Engine, Open: a.OpenShard}}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
 	// Catch signals before announcing readiness: a SIGTERM sent as soon as
 	// the "serving" line appears must drain, not kill.

@@ -1,0 +1,101 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/shard"
+	"github.com/keyshard/keyshard/shard/sqlite"
+)
+
+// Opener opens the shard at a placement outside the shard cache, bringing
+// its schema up to date (app.App.OpenShard).
+type Opener func(ctx context.Context, p engine.Placement) (*shard.Shard, error)
+
+// Service exports, imports and moves tenants of one engine. Safe for
+// concurrent use; one move or import per tenant at a time.
+type Service struct {
+	Engine *engine.Engine
+	Open   Opener
+	// TempDir holds staging files (default os.TempDir()). For large
+	// tenants put it on a disk with room for one copy of a shard.
+	TempDir string
+	// FenceWait is the longest a write waits behind a move's fence before
+	// it is answered engine.ErrMoving (default shard.DefaultFenceWait).
+	FenceWait time.Duration
+	// CatchUpRounds bounds the unfenced rounds that replay what was
+	// written during the previous one before the fenced final step
+	// (default 5).
+	CatchUpRounds int
+	// CaptureLimit bounds the statements captured between two rounds
+	// (default DefaultCaptureLimit).
+	CaptureLimit int
+
+	mu     sync.Mutex // guards the fields below
+	moving map[string]*Progress
+}
+
+// Progress is the state of a move, for a progress bar or the API.
+type Progress struct {
+	Tenant string `json:"tenant"`
+	Phase  string `json:"phase"` // copy, catch-up, fenced, verify, cleanup, done, failed
+	Table  string `json:"table,omitempty"`
+	Rows   int64  `json:"rows"`  // rows read so far in this phase
+	Total  int64  `json:"total"` // rows of the source when the move began
+}
+
+func (s *Service) tempDir() string {
+	if s.TempDir != "" {
+		return s.TempDir
+	}
+	return os.TempDir()
+}
+
+// sqliteBackend returns the engine's SQLite backend, if configured.
+func (s *Service) sqliteBackend() (*sqlite.Backend, bool) {
+	b, ok := s.Engine.Backends[engine.BackendSQLite].(*sqlite.Backend)
+	return b, ok
+}
+
+// begin marks a tenant busy with a move or import.
+func (s *Service) begin(id string, p *Progress) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.moving == nil {
+		s.moving = make(map[string]*Progress)
+	}
+	if _, ok := s.moving[id]; ok {
+		return fmt.Errorf("tenant is already being moved: %w", engine.ErrConflict)
+	}
+	s.moving[id] = p
+	return nil
+}
+
+func (s *Service) end(id string) {
+	s.mu.Lock()
+	delete(s.moving, id)
+	s.mu.Unlock()
+}
+
+func (s *Service) setProgress(id string, f func(p *Progress)) {
+	s.mu.Lock()
+	if p, ok := s.moving[id]; ok {
+		f(p)
+	}
+	s.mu.Unlock()
+}
+
+// MoveProgress returns the progress of the tenant's move in flight, if any.
+func (s *Service) MoveProgress(tenantID string) (Progress, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.moving[tenantID]
+	if !ok {
+		return Progress{}, false
+	}
+	return *p, true
+}

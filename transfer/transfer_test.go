@@ -1,0 +1,357 @@
+package transfer_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/migrations"
+	"github.com/keyshard/keyshard/shard/sqlite"
+	"github.com/keyshard/keyshard/transfer"
+)
+
+func (e *env) export(slug, format string, secrets bool) []byte {
+	e.tb.Helper()
+	var buf bytes.Buffer
+	if _, err := e.Svc.Export(context.Background(), slug, &buf, transfer.ExportOptions{Format: format, IncludeSecrets: secrets}); err != nil {
+		e.tb.Fatalf("export %s as %s: %v", slug, format, err)
+	}
+	return buf.Bytes()
+}
+
+func TestTables_MatchSchema(t *testing.T) {
+	// The table list must describe the latest schema exactly.
+	latest, err := migrations.Latest(sqlite.Dialect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if latest != transfer.SchemaVersion {
+		t.Fatalf("schema version %d, transfer.Tables describe %d: update transfer/schema.go", latest, transfer.SchemaVersion)
+	}
+	e := newEnv(t)
+	e.tenant("acme", engine.BackendSQLite)
+	ts, err := e.App.Engine.Tenant(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ts.Release()
+	err = ts.Read(context.Background(), func(q engine.Querier) error {
+		rows, err := q.Query(`SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY m.name, p.cid`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		got := map[string][]string{}
+		for rows.Next() {
+			var tbl, col string
+			if err := rows.Scan(&tbl, &col); err != nil {
+				return err
+			}
+			got[tbl] = append(got[tbl], col)
+		}
+		want := map[string][]string{}
+		for _, tb := range transfer.Tables {
+			for _, c := range tb.Columns {
+				want[tb.Name] = append(want[tb.Name], c.Name)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("schema %v\ntransfer.Tables %v", got, want)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestService_ExportImport(t *testing.T) {
+	e := newEnv(t)
+	e.tenant("acme", engine.BackendSQLite)
+	other := e.tenant("other", engine.BackendSQLite)
+	e.seed("acme", 150)
+	e.seed("other", 50)
+	want := e.digests("acme")
+	for _, format := range []string{transfer.FormatSQLite, transfer.FormatNDJSON} {
+		for _, backend := range e.backends() {
+			t.Run(format+"/to="+backend, func(t *testing.T) {
+				b := e.export("acme", format, true)
+				// Nothing of another tenant.
+				for _, s := range []string{"other.example", "other-user", other.ID, "kid-other"} {
+					if contains(b, s) {
+						t.Fatalf("export of acme contains %q of tenant other", s)
+					}
+				}
+				slug := "copy-" + format + "-" + backend
+				res, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{Slug: slug, Backend: backend})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Format != format || res.Tenant.Status != engine.StatusActive || res.Tenant.Backend != backend {
+					t.Fatalf("import result %+v", res)
+				}
+				// A copy beside the original gets a new id: the signing
+				// keys, sealed for the original's id, are left out.
+				if res.Tenant.ID == res.SourceTenant.ID {
+					t.Fatalf("the copy took the id of the original")
+				}
+				got := e.digests(slug)
+				if got["signing_keys"].Rows != 0 {
+					t.Fatalf("signing keys of another id were imported")
+				}
+				delete(got, "signing_keys")
+				if w := without(want, "signing_keys"); !equal(got, w) {
+					t.Fatalf("imported content differs:\n got %v\nwant %v", got, w)
+				}
+				// And back out: the same export, byte for byte in NDJSON
+				// apart from the header.
+				if format == transfer.FormatNDJSON {
+					again := e.export(slug, format, true)
+					if a, b := rowLines(again), rowLines(e.export("acme", format, true)); !bytes.Equal(a, withoutTable(b, "signing_keys")) {
+						t.Fatalf("re-export differs")
+					}
+				}
+			})
+		}
+		t.Run(format+"/WithoutSecrets", func(t *testing.T) {
+			b := e.export("acme", format, false)
+			for _, s := range []string{"$argon2id", "encrypted-private-acme", "deadbeef", "hash-acme-user"} {
+				if contains(b, s) {
+					t.Fatalf("export without secrets contains %q", s)
+				}
+			}
+			if !contains(b, "user7@acme.example") {
+				t.Fatalf("export without secrets lacks the users")
+			}
+			slug := "nosecrets-" + format
+			if _, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{Slug: slug}); err != nil {
+				t.Fatal(err)
+			}
+			got := e.digests(slug)
+			for _, tb := range []string{"identities", "sessions", "audit_log"} {
+				if got[tb] != want[tb] {
+					t.Errorf("table %s: %v, want %v", tb, got[tb], want[tb])
+				}
+			}
+			if got["refresh_tokens"].Rows != 0 || got["signing_keys"].Rows != 0 || got["users"].Rows != want["users"].Rows {
+				t.Errorf("without secrets: %v", got)
+			}
+			if n := e.count(slug, "SELECT count(*) FROM users WHERE encrypted_password != ''"); n != 0 {
+				t.Errorf("%d users kept a password hash", n)
+			}
+			if n := e.count(slug, "SELECT count(*) FROM settings WHERE key = 'service_key_sha256'"); n != 0 {
+				t.Errorf("the service key hash was exported")
+			}
+		})
+	}
+	for _, from := range e.backends()[1:] {
+		t.Run("from="+from, func(t *testing.T) {
+			slug := "on-" + from
+			e.tenant(slug, from)
+			e.seed(slug, 60)
+			wantFrom := without(e.digests(slug), "signing_keys")
+			for _, format := range []string{transfer.FormatSQLite, transfer.FormatNDJSON} {
+				b := e.export(slug, format, true)
+				if contains(b, "acme.example") {
+					t.Fatalf("export of %s holds rows of acme", slug)
+				}
+				copySlug := "copy-" + slug + "-" + format
+				if _, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{Slug: copySlug, Backend: engine.BackendSQLite}); err != nil {
+					t.Fatal(err)
+				}
+				if got := without(e.digests(copySlug), "signing_keys"); !equal(got, wantFrom) {
+					t.Fatalf("%s export of a %s tenant, imported: %v, want %v", format, from, got, wantFrom)
+				}
+			}
+		})
+	}
+	t.Run("Restore", func(t *testing.T) {
+		// The original is gone: the import takes its id, slug and name
+		// from the file, and its signing keys stay usable.
+		for _, format := range []string{transfer.FormatSQLite, transfer.FormatNDJSON} {
+			b := e.export("other", format, true)
+			wantOther := e.digests("other")
+			if err := e.App.Engine.DeleteTenant(context.Background(), "other"); err != nil {
+				t.Fatal(err)
+			}
+			res, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Tenant.ID != other.ID || res.Tenant.Slug != "other" || res.Tenant.Name != other.Name {
+				t.Fatalf("restored %+v, want the id, slug and name of %+v", res.Tenant, other)
+			}
+			if got := e.digests("other"); !equal(got, wantOther) {
+				t.Fatalf("restored content differs:\n got %v\nwant %v", got, wantOther)
+			}
+		}
+	})
+	t.Run("SlugFromFile", func(t *testing.T) {
+		b := e.export("acme", transfer.FormatNDJSON, true)
+		_, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{})
+		if !errors.Is(err, engine.ErrConflict) {
+			t.Fatalf("import under the taken slug acme: %v, want ErrConflict", err)
+		}
+	})
+}
+
+func without(m map[string]transfer.Digest, table string) map[string]transfer.Digest {
+	out := map[string]transfer.Digest{}
+	for k, v := range m {
+		if k != table {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// withoutTable drops the row lines of a table from NDJSON lines.
+func withoutTable(b []byte, table string) []byte {
+	var out [][]byte
+	for _, l := range bytes.Split(b, []byte("\n")) {
+		if !bytes.HasPrefix(l, []byte(`{"table":"`+table+`"`)) {
+			out = append(out, l)
+		}
+	}
+	return bytes.Join(out, []byte("\n"))
+}
+
+// rowLines drops the header and trailer lines of an NDJSON export.
+func rowLines(b []byte) []byte {
+	_, rest, _ := bytes.Cut(b, []byte("\n"))
+	rest = bytes.TrimSuffix(rest, []byte("\n"))
+	if i := bytes.LastIndexByte(rest, '\n'); i >= 0 {
+		return rest[:i]
+	}
+	return nil
+}
+
+func TestService_Import_Damaged(t *testing.T) {
+	e := newEnv(t)
+	e.tenant("acme", engine.BackendSQLite)
+	e.seed("acme", 40)
+	nd := e.export("acme", transfer.FormatNDJSON, true)
+	lite := e.export("acme", transfer.FormatSQLite, true)
+	lines := strings.Split(strings.TrimSuffix(string(nd), "\n"), "\n")
+
+	flip := func(b []byte, at int) []byte {
+		c := bytes.Clone(b)
+		c[at] ^= 0x20
+		return c
+	}
+	// edited returns the SQLite export changed by sql.
+	edited := func(sql string) []byte {
+		p := filepath.Join(t.TempDir(), "x.db")
+		if err := os.WriteFile(p, lite, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		db, err := sqlite3.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Exec(sql); err != nil {
+			t.Fatal(err)
+		}
+		_ = db.Close()
+		b, _ := os.ReadFile(p)
+		return b
+	}
+	withVersion := func(v int) []byte { return edited(fmt.Sprintf("PRAGMA user_version=%d", v)) }
+	notShard := func() []byte {
+		p := filepath.Join(t.TempDir(), "y.db")
+		db, err := sqlite3.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Exec("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO customers (name) VALUES ('x')"); err != nil {
+			t.Fatal(err)
+		}
+		_ = db.Close()
+		b, _ := os.ReadFile(p)
+		return b
+	}
+	// A row line in the middle of the users rows.
+	row := 3
+	newer := strings.Replace(lines[0], `"schema_version":1`, `"schema_version":99`, 1)
+	cases := []struct {
+		name, want string
+		data       []byte
+		// harmless: a flip that may land in unused bytes of a SQLite file
+		// may also import, but then with the original content exactly.
+		harmless bool
+	}{
+		{"Empty", "empty", nil, false},
+		{"NotAnExport", "neither", []byte("hello, world\n"), false},
+		{"NDJSON/Truncated", "truncated", nd[:len(nd)*2/3], false},
+		{"NDJSON/TruncatedAtLine", "truncated", []byte(strings.Join(lines[:len(lines)-1], "\n") + "\n"), false},
+		{"NDJSON/FlippedByte", "", flip(nd, len(nd)/2), false},
+		{"NDJSON/WrongChecksum", "checksum", []byte(strings.Join(append(lines[:len(lines)-1],
+			strings.Replace(lines[len(lines)-1], `"sha256":"`, `"sha256":"00`, 1)), "\n") + "\n"), false},
+		{"NDJSON/RowChanged", "checksum", []byte(strings.Join(append(append(append([]string{}, lines[:row]...),
+			strings.Replace(lines[row], "acme.example", "acme.exbmple", 1)), lines[row+1:]...), "\n") + "\n"), false},
+		{"NDJSON/NewerSchema", "schema version 99", []byte(strings.Join(append([]string{newer}, lines[1:]...), "\n") + "\n"), false},
+		{"NDJSON/UnknownTable", "unknown table", []byte(strings.Join(append(append([]string{}, lines[:row]...),
+			append([]string{`{"table":"payments","row":["x"]}`}, lines[row:]...)...), "\n") + "\n"), false},
+		{"SQLite/Truncated", "", lite[:len(lite)/2], false},
+		// An email is in the users table and in its unique index.
+		{"SQLite/FlippedByteFirst", "", flip(lite, bytes.Index(lite, []byte("user7@acme.example"))), true},
+		{"SQLite/FlippedByteLast", "", flip(lite, bytes.LastIndex(lite, []byte("user7@acme.example"))), true},
+		{"SQLite/FlippedPage", "", flip(lite, 4096+10), true},
+		{"SQLite/RowChanged", "checksum", edited("UPDATE users SET email = 'evil@example.com' WHERE email = 'user7@acme.example'"), false},
+		{"SQLite/RowDeleted", "checksum", edited("DELETE FROM audit_log WHERE id = 3"), false},
+		{"SQLite/UnknownTable", "payments", edited("CREATE TABLE payments (id INTEGER PRIMARY KEY)"), false},
+		{"SQLite/Trigger", "trigger", edited("CREATE TRIGGER t AFTER DELETE ON signing_keys BEGIN DELETE FROM users; END"), false},
+		{"SQLite/NewerSchema", "schema version 99", withVersion(99), false},
+		{"SQLite/NotAShard", "", notShard(), false},
+	}
+	before, _ := e.App.Engine.List(context.Background())
+	want := e.digests("acme")
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := e.Svc.Import(context.Background(), bytes.NewReader(c.data), transfer.ImportOptions{Slug: "imported"})
+			if err == nil && c.harmless {
+				if got := without(e.digests("imported"), "signing_keys"); !equal(got, without(want, "signing_keys")) {
+					t.Fatalf("a damaged file was imported with altered content")
+				}
+				t.Logf("the flipped byte was in unused space: imported intact")
+				if err := e.App.Engine.DeleteTenant(context.Background(), "imported"); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, engine.ErrInvalid) || !errors.Is(err, transfer.ErrDamaged) {
+				t.Fatalf("import: %v, want ErrDamaged (an ErrInvalid)", err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not say %q", err, c.want)
+			}
+			t.Logf("refused: %v", err)
+			if _, err := e.App.Engine.Get(context.Background(), "imported"); !errors.Is(err, engine.ErrTenantNotFound) {
+				t.Fatalf("a tenant was created: %v", err)
+			}
+		})
+	}
+	after, _ := e.App.Engine.List(context.Background())
+	if len(after) != len(before) {
+		t.Fatalf("tenants before %d, after %d", len(before), len(after))
+	}
+	// No shard file was left behind: only acme's.
+	var dbs []string
+	_ = filepath.WalkDir(filepath.Join(e.Dir, "shards"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(p, ".db") {
+			dbs = append(dbs, p)
+		}
+		return nil
+	})
+	if len(dbs) != 1 {
+		t.Fatalf("shard files after refused imports: %v", dbs)
+	}
+}

@@ -34,9 +34,13 @@ type Row interface {
 	Scan(dest ...any) error
 }
 
-// WriteFunc is one write operation, run by the shard's writer inside a
-// savepoint of the batch transaction. Returning an error rolls back this
-// operation alone; the error is handed to the caller. It must not retain tx.
+// WriteFunc is one write operation, run by the shard's writer inside the
+// batch transaction. Returning an error rolls back this operation alone; the
+// error is handed to the caller. It must not retain tx. It may run more than
+// once: when another operation of its batch fails, the batch is rolled back
+// and run again without that one, so only the last run's effects (in the
+// database and in variables it sets) count; it must not accumulate state
+// across runs.
 type WriteFunc func(tx Querier) error
 
 // ReadFunc runs on a read-only connection of the shard.

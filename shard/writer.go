@@ -138,9 +138,24 @@ func (s *Shard) runBatch(reqs []*request, all bool) error {
 	return nil
 }
 
-// execBatch runs one transaction. errs[i] receives the outcome of reqs[i]
-// when the batch as a whole commits. A panic (the driver panics on
-// out-of-memory) fails the whole batch and throws the connection away.
+// optimisticAttempts bounds the tries of a batch without savepoints; after
+// that many operations failed, the rest runs with a savepoint each.
+const optimisticAttempts = 3
+
+// execBatch runs the batch and commits it. errs[i] receives the outcome of
+// reqs[i] when the batch as a whole commits; a record that fails alone (e.g.
+// its user was deleted meanwhile) is dropped rather than retried forever.
+//
+// The batch first runs without savepoints: SAVEPOINT and RELEASE are two
+// statements per operation, round trips on a server backend. An operation
+// that fails there rolls the attempt back; it is answered its error and the
+// batch runs again without it, so it still fails alone and its effects are
+// never committed. Operations may therefore run more than once, only the
+// last run counting (engine.WriteFunc). After optimisticAttempts tries the
+// remaining operations run with a savepoint each, as they always did.
+//
+// A panic (the driver panics on out-of-memory) fails the whole batch and
+// throws the connection away.
 func (s *Shard) execBatch(reqs []*request, recs []record, errs []error) (recOK int, err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -157,45 +172,89 @@ func (s *Shard) execBatch(reqs []*request, recs []record, errs []error) (recOK i
 		}
 		s.conn = c
 	}
-	s.captured = s.captured[:0]
-	if err := s.conn.Begin(); err != nil {
-		return 0, err
-	}
-	for _, rec := range recs {
-		opErr, fatal := s.runOne(rec.op)
-		if fatal != nil {
-			_ = s.conn.Rollback()
-			return 0, fatal
+	recFailed := make([]bool, len(recs))
+	for attempt := 1; ; attempt++ {
+		done, err := s.tryBatch(reqs, recs, errs, recFailed, attempt >= optimisticAttempts)
+		if err != nil {
+			return 0, err
 		}
-		// A record that fails alone (e.g. its user was deleted meanwhile) is
-		// dropped rather than retried forever.
-		if opErr == nil {
+		if done {
+			break
+		}
+	}
+	for _, failed := range recFailed {
+		if !failed {
 			recOK++
 		}
-	}
-	for i, r := range reqs {
-		opErr, fatal := s.runOne(r.op)
-		if fatal != nil {
-			_ = s.conn.Rollback()
-			return 0, fatal
-		}
-		errs[i] = opErr
-	}
-	if err := s.conn.Commit(); err != nil {
-		_ = s.conn.Rollback()
-		return 0, fmt.Errorf("commit: %w", err)
-	}
-	if s.capture != nil {
-		s.capture.add(s.captured)
 	}
 	return recOK, nil
 }
 
-// runOne runs op inside its own savepoint. opErr is op's failure, rolled back
-// alone; fatal means the transaction itself is lost.
-func (s *Shard) runOne(op engine.WriteFunc) (opErr, fatal error) {
-	if err := s.conn.Savepoint(); err != nil {
-		return nil, fmt.Errorf("savepoint: %w", err)
+// tryBatch runs the operations not yet failed (errs[i] == nil, !recFailed[i])
+// in one transaction and commits it. Without savepoints, the first operation
+// to fail is marked failed, the transaction rolled back, and done is false.
+// err is a failure of the transaction itself.
+func (s *Shard) tryBatch(reqs []*request, recs []record, errs []error, recFailed []bool, savepoints bool) (done bool, err error) {
+	s.captured = s.captured[:0]
+	if err := s.conn.Begin(); err != nil {
+		return false, err
+	}
+	abort := func() (bool, error) {
+		if err := s.conn.Rollback(); err != nil {
+			return false, fmt.Errorf("rollback after a failed operation: %w", err)
+		}
+		return false, nil
+	}
+	for i, rec := range recs {
+		if recFailed[i] {
+			continue
+		}
+		opErr, fatal := s.runOne(rec.op, savepoints)
+		if fatal != nil {
+			_ = s.conn.Rollback()
+			return false, fatal
+		}
+		if opErr != nil {
+			recFailed[i] = true
+			if !savepoints {
+				return abort()
+			}
+		}
+	}
+	for i, r := range reqs {
+		if errs[i] != nil {
+			continue
+		}
+		opErr, fatal := s.runOne(r.op, savepoints)
+		if fatal != nil {
+			_ = s.conn.Rollback()
+			return false, fatal
+		}
+		if opErr != nil {
+			errs[i] = opErr
+			if !savepoints {
+				return abort()
+			}
+		}
+	}
+	if err := s.conn.Commit(); err != nil {
+		_ = s.conn.Rollback()
+		return false, fmt.Errorf("commit: %w", err)
+	}
+	if s.capture != nil {
+		s.capture.add(s.captured)
+	}
+	return true, nil
+}
+
+// runOne runs op, inside its own savepoint when savepoints is set. opErr is
+// op's failure (rolled back alone with a savepoint; without one the caller
+// rolls back the transaction); fatal means the transaction itself is lost.
+func (s *Shard) runOne(op engine.WriteFunc, savepoints bool) (opErr, fatal error) {
+	if savepoints {
+		if err := s.conn.Savepoint(); err != nil {
+			return nil, fmt.Errorf("savepoint: %w", err)
+		}
 	}
 	var q engine.Querier = s.conn
 	var rec *recorder
@@ -204,13 +263,17 @@ func (s *Shard) runOne(op engine.WriteFunc) (opErr, fatal error) {
 		q = rec
 	}
 	if opErr = op(q); opErr != nil {
-		if err := s.conn.RollbackSavepoint(); err != nil {
-			return nil, fmt.Errorf("rollback savepoint after %v: %w", opErr, err)
+		if savepoints {
+			if err := s.conn.RollbackSavepoint(); err != nil {
+				return nil, fmt.Errorf("rollback savepoint after %v: %w", opErr, err)
+			}
 		}
 		return opErr, nil
 	}
-	if err := s.conn.ReleaseSavepoint(); err != nil {
-		return nil, fmt.Errorf("release savepoint: %w", err)
+	if savepoints {
+		if err := s.conn.ReleaseSavepoint(); err != nil {
+			return nil, fmt.Errorf("release savepoint: %w", err)
+		}
 	}
 	if rec != nil {
 		s.captured = append(s.captured, rec.stmts...)

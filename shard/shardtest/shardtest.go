@@ -52,6 +52,7 @@ func Run(t *testing.T, f Factory) {
 	t.Run("Lifecycle", func(t *testing.T) { testLifecycle(t, f) })
 	t.Run("ManyTenantsConcurrently", func(t *testing.T) { testManyTenants(t, f) })
 	t.Run("FailingOperationFailsAlone", func(t *testing.T) { testFailingOp(t, f) })
+	t.Run("ManyFailingOperationsInOneBatch", func(t *testing.T) { testManyFailing(t, f) })
 	t.Run("Isolation", func(t *testing.T) { testIsolation(t, f) })
 	t.Run("Types", func(t *testing.T) { testTypes(t, f) })
 	t.Run("DeferredFlushedOnClose", func(t *testing.T) { testDeferred(t, f) })
@@ -365,6 +366,63 @@ func testFailingOp(t *testing.T, f Factory) {
 // pool of one connection: every statement then runs on a connection that
 // served the other tenant just before.
 func TestIsolation(t *testing.T, f Factory) { testIsolation(t, f) }
+
+// testManyFailing queues a batch where every third operation writes a row
+// and then fails: more failures than the writer's tries without savepoints,
+// so the batch ends on the savepoint path. Each failing operation's row is
+// absent, every other operation's row is present exactly once, and every
+// caller gets its own outcome.
+func testManyFailing(t *testing.T, f Factory) {
+	const n = 12
+	b := f.New(t, shard.Options{QueueSize: 4 * n, MaxBatch: 4 * n})
+	s := open(t, b, create(t, b, f.Name))
+	release, blocked := blockWriter(t, s)
+	errFail := errors.New("operation fails on purpose")
+	errs := make([]error, n)
+	runs := make([]atomic.Int64, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.Write(context.Background(), func(tx engine.Querier) error {
+				runs[i].Add(1)
+				if err := insertAudit(fmt.Sprintf("op%d", i))(tx); err != nil {
+					return err
+				}
+				if i%3 == 0 {
+					return errFail
+				}
+				return nil
+			})
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Stats().Queued < n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	wg.Wait()
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	counts := auditCounts(t, s)
+	for i := 0; i < n; i++ {
+		tag := fmt.Sprintf("op%d", i)
+		if i%3 == 0 {
+			if !errors.Is(errs[i], errFail) || counts[tag] != 0 {
+				t.Errorf("%s: error %v, %d rows; want its own error and no row", tag, errs[i], counts[tag])
+			}
+			continue
+		}
+		if errs[i] != nil || counts[tag] != 1 {
+			t.Errorf("%s: error %v, %d rows; want nil and exactly one row", tag, errs[i], counts[tag])
+		}
+		if r := runs[i].Load(); r < 1 || r > n {
+			t.Errorf("%s ran %d times", tag, r)
+		}
+	}
+}
 
 func testIsolation(t *testing.T, f Factory) {
 	b := f.New(t, shard.Options{})

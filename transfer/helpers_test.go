@@ -39,6 +39,19 @@ func newEnv(tb testing.TB) *env {
 		if st := a.Cache.Stats(); st.Pinned != 0 {
 			tb.Errorf("%d shards still pinned", st.Pinned)
 		}
+		// The schemas and databases of tenants on a server backend outlive
+		// the data directory: drop them.
+		ctx := context.Background()
+		if ts, err := a.Engine.Catalog.List(ctx); err == nil {
+			for _, t := range ts {
+				if st, ok := a.Engine.Backends[t.Backend]; ok && t.Backend != engine.BackendSQLite {
+					_ = a.Engine.Shards.Evict(ctx, t.ID)
+					if err := st.Destroy(ctx, t.Placement()); err != nil {
+						tb.Errorf("drop tenant %s on %s: %v", t.ID, t.Backend, err)
+					}
+				}
+			}
+		}
 		if err := a.Close(); err != nil {
 			tb.Errorf("close app: %v", err)
 		}

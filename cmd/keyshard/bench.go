@@ -126,6 +126,9 @@ func runBench(args []string) error {
 }
 
 func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error) {
+	if f.url == "" {
+		af.applyGCPercent() // the in-process server runs as serve would
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var mix bench.Mix

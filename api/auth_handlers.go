@@ -150,7 +150,7 @@ func (s *Server) handleGetUser(w http.ResponseWriter, r *http.Request, t auth.Te
 		return
 	}
 	s.Auth.TouchLastSeen(t, p.User.ID)
-	writeJSON(w, http.StatusOK, p.User)
+	writeJSON(w, http.StatusOK, p.User.View())
 }
 
 func (s *Server) handleUpdateUser(w http.ResponseWriter, r *http.Request, t auth.Tenant) {

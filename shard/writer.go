@@ -173,8 +173,13 @@ func (s *Shard) execBatch(reqs []*request, recs []record, errs []error) (recOK i
 		s.conn = c
 	}
 	recFailed := make([]bool, len(recs))
+	// While a move captures this shard's statements, savepoints from the
+	// start: an aborted attempt still consumes PostgreSQL sequence and InnoDB
+	// auto-increment values, and the copy replays inserts that take its own
+	// next ids, so burnt ids on the source would part the two copies' ids.
+	withSavepoints := s.capture != nil
 	for attempt := 1; ; attempt++ {
-		done, err := s.tryBatch(reqs, recs, errs, recFailed, attempt >= optimisticAttempts)
+		done, err := s.tryBatch(reqs, recs, errs, recFailed, withSavepoints || attempt >= optimisticAttempts)
 		if err != nil {
 			return 0, err
 		}

@@ -401,10 +401,16 @@ func testManyFailing(t *testing.T, f Factory) {
 	for s.Stats().Queued < n && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
+	if q := s.Stats().Queued; q < n {
+		t.Fatalf("%d operations queued, want %d in one batch", q, n)
+	}
 	release()
 	wg.Wait()
 	if err := <-blocked; err != nil {
 		t.Fatal(err)
+	}
+	if mb := s.Stats().MaxBatch; mb < n {
+		t.Fatalf("largest batch %d, want the %d operations in one", mb, n)
 	}
 	counts := auditCounts(t, s)
 	for i := 0; i < n; i++ {

@@ -75,13 +75,20 @@ var ErrInvalidToken = errors.New("invalid JWT")
 // expired, and the issuer must satisfy checkIss. Errors wrap
 // ErrInvalidToken, or the storage error that kept the keys from loading.
 func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw string, checkIss func(string) bool) (*Claims, error) {
-	if c, ok := k.verified.get(tenantID, raw, k.now().Unix()); ok {
-		if checkIss != nil && !checkIss(c.Issuer) {
-			return nil, fmt.Errorf("%w: token was not issued by this tenant", ErrInvalidToken)
+	if c, kid, ok := k.verified.get(tenantID, raw, k.now().Unix()); ok {
+		ks, err := k.Get(ctx, tenantID, sh)
+		if err != nil {
+			return nil, err
 		}
-		return c, nil
+		if _, published := ks.public[kid]; published {
+			if checkIss != nil && !checkIss(c.Issuer) {
+				return nil, fmt.Errorf("%w: token was not issued by this tenant", ErrInvalidToken)
+			}
+			return c, nil
+		}
 	}
 	var loadErr error
+	var usedKid string
 	claims := &Claims{}
 	p := jwt.NewParser(jwt.WithValidMethods([]string{Algorithm}), jwt.WithExpirationRequired(), jwt.WithTimeFunc(k.now))
 	_, err := p.ParseWithClaims(raw, claims, func(t *jwt.Token) (any, error) {
@@ -98,6 +105,7 @@ func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw
 		if !ok {
 			return nil, ErrNoKey
 		}
+		usedKid = kid
 		return pub, nil
 	})
 	if loadErr != nil {
@@ -112,6 +120,6 @@ func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw
 	if claims.Subject == "" || claims.SessionID == "" {
 		return nil, fmt.Errorf("%w: token has no subject or session", ErrInvalidToken)
 	}
-	k.verified.put(tenantID, raw, claims)
+	k.verified.put(tenantID, usedKid, raw, claims)
 	return claims, nil
 }

@@ -168,4 +168,26 @@ func TestKeys_SignVerify(t *testing.T) {
 			t.Fatalf("cached token after its expiry: %v", err)
 		}
 	})
+	t.Run("VerifiedCacheKeyWithdrawn", func(t *testing.T) {
+		// A remembered token stops verifying when its key is no longer the
+		// tenant's (keys replaced, e.g. a tenant restored without secrets).
+		cur, err := keys.Get(ctx, ts.Tenant.ID, ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _ := cur.Sign(c)
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, nil); err != nil {
+			t.Fatalf("verify: %v", err)
+		}
+		if err := ts.Write(ctx, func(tx engine.Querier) error {
+			_, err := tx.Exec(`DELETE FROM signing_keys`)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		keys.Forget(ts.Tenant.ID) // as a reload after the refresh interval would
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, nil); !errors.Is(err, token.ErrInvalidToken) {
+			t.Fatalf("remembered token after its key was withdrawn: %v", err)
+		}
+	})
 }

@@ -9,8 +9,10 @@ import (
 // they expire, so that a client presenting the same token on every request
 // costs one SHA-256 instead of one Ed25519 verification (~80 µs, the largest
 // cost of GET /user in profiles). It caches only what Verify already
-// accepted: a hit still checks the tenant, the expiry and the issuer, and the
-// caller still checks the session in the database. Bounded: each of its
+// accepted: a hit still checks the tenant, the expiry, the issuer and that
+// the tenant still publishes the key that verified it (a tenant deleted and
+// restored with new keys, or a key withdrawn, goes back to full
+// verification), and the caller still checks the session in the database. Bounded: each of its
 // shards holds at most verifiedPerShard tokens and forgets a random one when
 // full. Safe for concurrent use.
 type verified struct {
@@ -29,6 +31,7 @@ type verifiedShard struct {
 
 type verifiedToken struct {
 	tenantID string
+	kid      string // the key that verified it; a hit needs it still published
 	claims   Claims
 }
 
@@ -36,9 +39,9 @@ func (v *verified) shard(sum *[sha256.Size]byte) *verifiedShard {
 	return &v.shards[sum[0]%verifiedShards]
 }
 
-// get returns a copy of the claims of raw if raw was verified for tenantID
-// and has not expired at unix time now.
-func (v *verified) get(tenantID, raw string, now int64) (*Claims, bool) {
+// get returns a copy of the claims of raw and the kid that verified it, if
+// raw was verified for tenantID and has not expired at unix time now.
+func (v *verified) get(tenantID, raw string, now int64) (*Claims, string, bool) {
 	sum := sha256.Sum256([]byte(raw))
 	s := v.shard(&sum)
 	s.mu.Lock()
@@ -49,14 +52,14 @@ func (v *verified) get(tenantID, raw string, now int64) (*Claims, bool) {
 	}
 	s.mu.Unlock()
 	if !ok || e.tenantID != tenantID {
-		return nil, false
+		return nil, "", false
 	}
 	c := e.claims // the metadata maps are shared and never written
-	return &c, true
+	return &c, e.kid, true
 }
 
-// put remembers that raw verified for tenantID with claims c.
-func (v *verified) put(tenantID, raw string, c *Claims) {
+// put remembers that raw verified for tenantID with key kid and claims c.
+func (v *verified) put(tenantID, kid, raw string, c *Claims) {
 	sum := sha256.Sum256([]byte(raw))
 	s := v.shard(&sum)
 	s.mu.Lock()
@@ -70,5 +73,5 @@ func (v *verified) put(tenantID, raw string, c *Claims) {
 			break
 		}
 	}
-	s.m[sum] = verifiedToken{tenantID: tenantID, claims: *c}
+	s.m[sum] = verifiedToken{tenantID: tenantID, kid: kid, claims: *c}
 }

@@ -27,6 +27,7 @@ type Router struct {
 	table    string              // tenants, or the table a server catalog was given
 	rebind   func(string) string // '?' to the server's placeholders
 	isUnique func(error) bool
+	clock    func() time.Time // nil: time.Now; see SetClock
 
 	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*engine.Tenant
@@ -74,6 +75,17 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Router, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// SetClock sets the clock that stamps created_at and updated_at. Tests use
+// it to play a node whose clock is behind; call it before using r.
+func (r *Router) SetClock(now func() time.Time) { r.clock = now }
+
+func (r *Router) now() time.Time {
+	if r.clock != nil {
+		return r.clock().UTC()
+	}
+	return time.Now().UTC()
 }
 
 // q returns query with the catalog's table and placeholders.
@@ -185,7 +197,7 @@ func (r *Router) List(ctx context.Context) ([]*engine.Tenant, error) {
 
 // Create records a new pending tenant.
 func (r *Router) Create(ctx context.Context, t *engine.Tenant) error {
-	now := time.Now().UTC()
+	now := r.now()
 	t.CreatedAt, t.UpdatedAt = now, now
 	if t.Epoch == 0 {
 		t.Epoch = 1
@@ -206,7 +218,7 @@ func (r *Router) Create(ctx context.Context, t *engine.Tenant) error {
 // the catalog still holds epoch wantEpoch for it (a compare-and-set that
 // fences concurrent placement changes).
 func (r *Router) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) error {
-	t.UpdatedAt = time.Now().UTC()
+	t.UpdatedAt = r.now()
 	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=? WHERE id=? AND epoch=?`),
 		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), t.ID, wantEpoch)
 	if err != nil {
@@ -274,13 +286,16 @@ func (r *Router) Watch(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		// Every change sets updated_at; a delete changes the count.
-		var n, maxUpdated int64
-		err := r.db.QueryRowContext(ctx, r.q(`SELECT count(*), coalesce(max(updated_at),0) FROM tenants`)).Scan(&n, &maxUpdated)
+		// Every change sets updated_at and a delete changes the count. The
+		// sum (of residues, so that it cannot overflow) catches a change
+		// stamped by a node whose clock is behind, which max would miss.
+		var n, maxUpdated, sumUpdated, sumEpoch int64
+		err := r.db.QueryRowContext(ctx, r.q(`SELECT count(*), coalesce(max(updated_at),0),
+			coalesce(sum(updated_at % 1000000007),0), coalesce(sum(epoch),0) FROM tenants`)).Scan(&n, &maxUpdated, &sumUpdated, &sumEpoch)
 		if err != nil {
 			continue
 		}
-		sig := fmt.Sprintf("%d/%d", n, maxUpdated)
+		sig := fmt.Sprintf("%d/%d/%d/%d", n, maxUpdated, sumUpdated, sumEpoch)
 		if sig != last {
 			if r.Reload(ctx) == nil {
 				last = sig

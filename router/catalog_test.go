@@ -408,7 +408,8 @@ func TestRouter_Watch(t *testing.T) {
 	dir := t.TempDir()
 	server := openRouter(t, dir)
 	watch(t, server, 50*time.Millisecond)
-	cli := openRouter(t, dir) // another process, such as `keyshard tenant`
+	cli := openRouter(t, dir)  // another process, such as `keyshard tenant`
+	slow := openRouter(t, dir) // another node, its clock behind (SeesUpdateFromSlowClock)
 
 	t.Run("SeesCreate", func(t *testing.T) {
 		tn := mustCreate(t, cli, "acme")
@@ -429,6 +430,31 @@ func TestRouter_Watch(t *testing.T) {
 		eventually(t, "server sees the CLI's approval", func() bool {
 			got, err := server.Resolve(ctx, tn.ID)
 			return err == nil && got.Status == engine.StatusActive
+		})
+	})
+	t.Run("SeesUpdateFromSlowClock", func(t *testing.T) {
+		// A node whose clock is an hour behind stamps an updated_at below
+		// the catalog's newest: the server must still see its change.
+		newest := mustCreate(t, cli, "newest") // holds max(updated_at) above the slow node's
+		eventually(t, "server resolves the newest tenant", func() bool {
+			_, err := server.Resolve(ctx, newest.ID)
+			return err == nil
+		})
+		slow.SetClock(func() time.Time { return time.Now().Add(-time.Hour) })
+		if err := slow.Reload(ctx); err != nil {
+			t.Fatal(err)
+		}
+		tn, err := slow.Resolve(ctx, "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn.Status = engine.StatusSuspended
+		if err := slow.Update(ctx, tn, tn.Epoch); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "server sees a change stamped by a slow clock", func() bool {
+			got, err := server.Resolve(ctx, tn.ID)
+			return err == nil && got.Status == engine.StatusSuspended
 		})
 	})
 	t.Run("SeesDelete", func(t *testing.T) {

@@ -192,6 +192,11 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		s.throttle.Fail(t.ID, email, c.IP)
 		return nil, errInvalidCredentials()
 	}
+	// A saturated pool refuses before the user is read: under a login storm
+	// most requests are refused, and each refusal should cost next to nothing.
+	if err := s.hashes.Admit(); err != nil {
+		return nil, hashError(err)
+	}
 	var u *User
 	err := t.Shard.Read(ctx, func(q engine.Querier) error {
 		var err error

@@ -208,17 +208,9 @@ func (p *Pool) run(ctx context.Context, fn func()) error {
 	default:
 	}
 	ahead := p.waiting.Add(1) - 1
-	idle := ahead == 0 && p.busy.Load() < int64(p.workers)
-	hashTime := float64(p.ewma.Load())
-	expected := time.Duration(hashTime * (float64(ahead)/float64(p.workers) + 1))
-	if !idle && (expected > p.budget || ahead >= int64(p.maxQueue)) {
+	if err := p.refuse(ahead); err != nil {
 		p.waiting.Add(-1)
-		p.refused.Add(1)
-		refusedTotal.Inc()
-		// The queue drains at workers/hashTime per second; half of it must
-		// drain before a retry is likely to be admitted.
-		ra := time.Duration(math.Max(hashTime*float64(ahead)/float64(2*p.workers), float64(time.Second)))
-		return &OverloadedError{RetryAfter: ra}
+		return err
 	}
 	j := &job{ctx: ctx, fn: fn, reply: make(chan struct{}), admitted: time.Now()}
 	select {
@@ -238,6 +230,38 @@ func (p *Pool) run(ctx context.Context, fn func()) error {
 	case <-p.stop:
 		return ErrClosed
 	}
+}
+
+// refuse decides admission for a request with ahead requests queued before
+// it: nil when its expected wait fits the budget, else an OverloadedError
+// (counted as a refusal).
+func (p *Pool) refuse(ahead int64) error {
+	idle := ahead == 0 && p.busy.Load() < int64(p.workers)
+	hashTime := float64(p.ewma.Load())
+	expected := time.Duration(hashTime * (float64(ahead)/float64(p.workers) + 1))
+	if idle || expected <= p.budget && ahead < int64(p.maxQueue) {
+		return nil
+	}
+	p.refused.Add(1)
+	refusedTotal.Inc()
+	// The queue drains at workers/hashTime per second; half of it must
+	// drain before a retry is likely to be admitted.
+	ra := time.Duration(math.Max(hashTime*float64(ahead)/float64(2*p.workers), float64(time.Second)))
+	return &OverloadedError{RetryAfter: ra}
+}
+
+// Admit answers now whether a hash request would be admitted, without
+// queueing one: a caller that must do work before it hashes (a login reads
+// the user) refuses cheaply at once when the pool is saturated, instead of
+// after that work. The request itself is still admitted or refused when it
+// runs.
+func (p *Pool) Admit() error {
+	select {
+	case <-p.stop:
+		return ErrClosed
+	default:
+	}
+	return p.refuse(p.waiting.Load())
 }
 
 // Hash returns the PHC string of password under the pool's parameters.

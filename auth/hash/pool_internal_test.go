@@ -24,6 +24,9 @@ func TestPool_Admission(t *testing.T) {
 	done := make(chan error, 2)
 	go func() { done <- p.run(context.Background(), func() { close(started); <-release }) }()
 	<-started
+	if err := p.Admit(); err != nil {
+		t.Fatalf("Admit with the worker busy and no queue: %v", err)
+	}
 	// One waiting job: expected (0/1 + 1) × 400 ms fits 1 s.
 	go func() { done <- p.run(context.Background(), func() {}) }()
 	for p.waiting.Load() != 1 {
@@ -34,13 +37,19 @@ func TestPool_Admission(t *testing.T) {
 	for p.waiting.Load() != 2 {
 		time.Sleep(time.Millisecond)
 	}
+	if err := p.Admit(); err == nil {
+		t.Fatal("Admit accepts a request that would wait 1.2 s")
+	}
+	if p.waiting.Load() != 2 {
+		t.Fatalf("Admit changed the queue: %d waiting", p.waiting.Load())
+	}
 	// …but a third would expect 1.2 s: refused at once.
 	err = p.run(context.Background(), func() { t.Error("refused job ran") })
 	var oe *OverloadedError
 	if !errors.As(err, &oe) || !errors.Is(err, engine.ErrOverloaded) || oe.RetryAfter < time.Second {
 		t.Fatalf("err %v", err)
 	}
-	if p.Stats().Refused != 1 {
+	if p.Stats().Refused != 2 { // Admit's and run's
 		t.Fatalf("refused %d", p.Stats().Refused)
 	}
 	close(release)

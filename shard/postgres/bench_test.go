@@ -1,12 +1,9 @@
 package postgres_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 
-	"github.com/keyshard/keyshard/engine"
-	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/postgres"
 	"github.com/keyshard/keyshard/shard/shardtest"
 )
@@ -16,25 +13,10 @@ import (
 //
 //	KEYSHARD_TEST_POSTGRES_DSN=... go test -run='^$' -bench=. -benchtime=2000x ./shard/postgres/
 
-func factory(b *testing.B) shardtest.Factory {
-	dsn := shardtest.DSN(b, dsnEnv)
-	return shardtest.Factory{
-		Name: engine.BackendPostgres, Dialect: postgres.Dialect,
-		New: func(t testing.TB, opts shard.Options) shardtest.Backend {
-			srv, err := postgres.Open(context.Background(), dsn, postgres.Options{}, opts)
-			if err != nil {
-				t.Fatalf("open: %v", err)
-			}
-			t.Cleanup(func() { _ = srv.Close() })
-			return srv
-		},
-	}
-}
-
 // BenchmarkShard_Write compares one operation per transaction with group
 // commit at 1, 16 and 256 concurrent writers.
 func BenchmarkShard_Write(b *testing.B) {
-	f := factory(b)
+	f := factory(b, postgres.Options{})
 	for _, mode := range []struct {
 		name     string
 		maxBatch int
@@ -48,4 +30,4 @@ func BenchmarkShard_Write(b *testing.B) {
 }
 
 // BenchmarkShard_Read measures point reads by primary key.
-func BenchmarkShard_Read(b *testing.B) { shardtest.BenchRead(b, factory(b)) }
+func BenchmarkShard_Read(b *testing.B) { shardtest.BenchRead(b, factory(b, postgres.Options{})) }

@@ -9,28 +9,37 @@ import (
 	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/postgres"
 	"github.com/keyshard/keyshard/shard/shardtest"
+	"github.com/keyshard/keyshard/shard/sqldb"
 )
 
 const dsnEnv = "KEYSHARD_TEST_POSTGRES_DSN"
 
+// factory is the conformance suite's view of this backend with options o.
+func factory(t testing.TB, o postgres.Options) shardtest.Factory {
+	return shardtest.Server(t, engine.BackendPostgres, postgres.Dialect, dsnEnv,
+		func(ctx context.Context, dsn string, opts shard.Options) (*sqldb.Server, error) {
+			return postgres.Open(ctx, dsn, o, opts)
+		})
+}
+
 func TestConformance(t *testing.T) {
-	dsn := shardtest.DSN(t, dsnEnv)
 	// 200 tenants' writers share one pool on a shared 2-core machine: this
 	// suite tests correctness, so waits for a pooled connection may be long.
 	// The 3 s default bound is tested by the overload cases of api.
-	shardtest.Run(t, shardtest.Factory{
-		Name:    engine.BackendPostgres,
-		Dialect: postgres.Dialect,
-		Tenants: 200,
-		New: func(t testing.TB, opts shard.Options) shardtest.Backend {
-			srv, err := postgres.Open(context.Background(), dsn, postgres.Options{LockTimeout: 30 * time.Second}, opts)
-			if err != nil {
-				t.Fatalf("postgres.Open: %v", err)
-			}
-			t.Cleanup(func() { _ = srv.Close() })
-			return srv
-		},
-	})
+	f := factory(t, postgres.Options{LockTimeout: 30 * time.Second})
+	f.Tenants = 200
+	shardtest.Run(t, f)
+}
+
+// One pooled connection serves both tenants in turn: its search_path and its
+// cached prepared statements must never
+// answer for the previous tenant.
+func TestIsolation_OneConnection(t *testing.T) {
+	shardtest.TestIsolation(t, factory(t, postgres.Options{MaxConns: 1}))
+}
+
+func TestConnectionLoss(t *testing.T) {
+	shardtest.TestConnectionLoss(t, factory(t, postgres.Options{}), "SELECT pg_terminate_backend(pg_backend_pid())")
 }
 
 func TestRebind(t *testing.T) {
@@ -44,36 +53,4 @@ func TestRebind(t *testing.T) {
 			t.Errorf("Rebind(%q) = %q, want %q", in, got, want)
 		}
 	}
-}
-
-// One pooled connection serves both tenants in turn: its search_path and its
-// cached prepared statements must never answer for the previous tenant.
-func TestIsolation_OneConnection(t *testing.T) {
-	dsn := shardtest.DSN(t, dsnEnv)
-	shardtest.TestIsolation(t, shardtest.Factory{
-		Name: engine.BackendPostgres, Dialect: postgres.Dialect,
-		New: func(t testing.TB, opts shard.Options) shardtest.Backend {
-			srv, err := postgres.Open(context.Background(), dsn, postgres.Options{MaxConns: 1}, opts)
-			if err != nil {
-				t.Fatalf("postgres.Open: %v", err)
-			}
-			t.Cleanup(func() { _ = srv.Close() })
-			return srv
-		},
-	})
-}
-
-func TestConnectionLoss(t *testing.T) {
-	dsn := shardtest.DSN(t, dsnEnv)
-	shardtest.TestConnectionLoss(t, shardtest.Factory{
-		Name: engine.BackendPostgres, Dialect: postgres.Dialect,
-		New: func(t testing.TB, opts shard.Options) shardtest.Backend {
-			srv, err := postgres.Open(context.Background(), dsn, postgres.Options{}, opts)
-			if err != nil {
-				t.Fatalf("postgres.Open: %v", err)
-			}
-			t.Cleanup(func() { _ = srv.Close() })
-			return srv
-		},
-	}, "SELECT pg_terminate_backend(pg_backend_pid())")
 }

@@ -5,12 +5,9 @@ package shardtest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +16,7 @@ import (
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/migrations"
 	"github.com/keyshard/keyshard/shard"
+	"github.com/keyshard/keyshard/shard/sqldb"
 )
 
 // Backend creates, opens and destroys tenants' shards on one backend.
@@ -35,13 +33,6 @@ type Factory struct {
 	New     func(t testing.TB, opts shard.Options) Backend
 	// Tenants is the tenant count of the many-tenants test (default 50).
 	Tenants int
-}
-
-// NewTenantID returns a random valid tenant id.
-func NewTenantID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))[:engine.IDLength]
 }
 
 // Run runs the suite.
@@ -62,7 +53,7 @@ func Run(t *testing.T, f Factory) {
 // create makes a tenant's shard and destroys it when the test ends.
 func create(t testing.TB, b Backend, name string) engine.Placement {
 	t.Helper()
-	p := engine.Placement{TenantID: NewTenantID(), Backend: name, Epoch: 1}
+	p := engine.Placement{TenantID: engine.NewTenantID(), Backend: name, Epoch: 1}
 	if err := b.Create(context.Background(), p); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -80,8 +71,8 @@ func open(t testing.TB, b Backend, p engine.Placement) *shard.Shard {
 	return s
 }
 
-// SetSetting replaces one setting, portably (no upsert syntax).
-func SetSetting(key, value string) engine.WriteFunc {
+// setSetting replaces one setting, portably (no upsert syntax).
+func setSetting(key, value string) engine.WriteFunc {
 	return func(tx engine.Querier) error {
 		if _, err := tx.Exec(`DELETE FROM settings WHERE "key" = ?`, key); err != nil {
 			return err
@@ -91,16 +82,16 @@ func SetSetting(key, value string) engine.WriteFunc {
 	}
 }
 
-// InsertSetting inserts one setting; a taken key fails with ErrConflict.
-func InsertSetting(key, value string) engine.WriteFunc {
+// insertSetting inserts one setting; a taken key fails with ErrConflict.
+func insertSetting(key, value string) engine.WriteFunc {
 	return func(tx engine.Querier) error {
 		_, err := tx.Exec(`INSERT INTO settings ("key", value) VALUES (?, ?)`, key, value)
 		return err
 	}
 }
 
-// Setting reads one setting; ok is false when it is absent.
-func Setting(t testing.TB, s engine.Shard, key string) (v string, ok bool) {
+// setting reads one setting; ok is false when it is absent.
+func setting(t testing.TB, s engine.Shard, key string) (v string, ok bool) {
 	t.Helper()
 	err := s.Read(context.Background(), func(q engine.Querier) error {
 		return q.QueryRow(`SELECT value FROM settings WHERE "key" = ?`, key).Scan(&v)
@@ -149,7 +140,7 @@ func auditCounts(t testing.TB, s engine.Shard) map[string]int {
 func testLifecycle(t *testing.T, f Factory) {
 	b := f.New(t, shard.Options{})
 	ctx := context.Background()
-	p := engine.Placement{TenantID: NewTenantID(), Backend: f.Name, Epoch: 1}
+	p := engine.Placement{TenantID: engine.NewTenantID(), Backend: f.Name, Epoch: 1}
 	if s, err := b.Open(ctx, p); err == nil {
 		_ = s.Close()
 		t.Fatal("Open of a tenant never created succeeded; want an error (nothing is created on open)")
@@ -167,17 +158,17 @@ func testLifecycle(t *testing.T, f Factory) {
 	}); err != nil || v != 0 {
 		t.Fatalf("users in a new shard: %d, %v; want 0, nil", v, err)
 	}
-	if err := s.Write(ctx, SetSetting("k", "v1")); err != nil {
+	if err := s.Write(ctx, setSetting("k", "v1")); err != nil {
 		t.Fatalf("Write: %v", err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if err := s.Write(ctx, SetSetting("k", "v2")); !errors.Is(err, engine.ErrClosed) {
+	if err := s.Write(ctx, setSetting("k", "v2")); !errors.Is(err, engine.ErrClosed) {
 		t.Fatalf("Write after Close = %v, want ErrClosed", err)
 	}
 	s = open(t, b, p) // reopening finds the schema current and the data kept
-	if got, ok := Setting(t, s, "k"); !ok || got != "v1" {
+	if got, ok := setting(t, s, "k"); !ok || got != "v1" {
 		t.Fatalf("after reopen setting k = %q, %v; want v1", got, ok)
 	}
 	if err := s.Close(); err != nil {
@@ -209,7 +200,7 @@ func testManyTenants(t *testing.T, f Factory) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := engine.Placement{TenantID: NewTenantID(), Backend: f.Name, Epoch: 1}
+			p := engine.Placement{TenantID: engine.NewTenantID(), Backend: f.Name, Epoch: 1}
 			if errs[i] = b.Create(context.Background(), p); errs[i] != nil {
 				return
 			}
@@ -302,7 +293,7 @@ func testFailingOp(t *testing.T, f Factory) {
 	const n = 8
 	b := f.New(t, shard.Options{QueueSize: 4 * n, MaxBatch: 4 * n})
 	s := open(t, b, create(t, b, f.Name))
-	if err := s.Write(context.Background(), InsertSetting("taken", "first")); err != nil {
+	if err := s.Write(context.Background(), insertSetting("taken", "first")); err != nil {
 		t.Fatal(err)
 	}
 	release, blocked := blockWriter(t, s)
@@ -314,14 +305,14 @@ func testFailingOp(t *testing.T, f Factory) {
 			defer wg.Done()
 			if i == n/2 { // two inserts; the second conflicts, so the first goes too
 				errs[i] = s.Write(context.Background(), func(tx engine.Querier) error {
-					if err := InsertSetting("partial", "x")(tx); err != nil {
+					if err := insertSetting("partial", "x")(tx); err != nil {
 						return err
 					}
-					return InsertSetting("taken", "second")(tx)
+					return insertSetting("taken", "second")(tx)
 				})
 				return
 			}
-			errs[i] = s.Write(context.Background(), InsertSetting(fmt.Sprintf("ok%d", i), "v"))
+			errs[i] = s.Write(context.Background(), insertSetting(fmt.Sprintf("ok%d", i), "v"))
 		}()
 	}
 	// Let all n queue behind the blocked writer so they share one batch.
@@ -346,14 +337,14 @@ func testFailingOp(t *testing.T, f Factory) {
 			t.Errorf("op %d: %v, want nil", i, err)
 		}
 	}
-	if _, ok := Setting(t, s, "partial"); ok {
+	if _, ok := setting(t, s, "partial"); ok {
 		t.Error("the failing operation's first insert was committed; want it rolled back with the operation")
 	}
-	if v, _ := Setting(t, s, "taken"); v != "first" {
+	if v, _ := setting(t, s, "taken"); v != "first" {
 		t.Errorf("taken = %q, want first", v)
 	}
 	for i := 0; i < n; i++ {
-		if _, ok := Setting(t, s, fmt.Sprintf("ok%d", i)); !ok && i != n/2 {
+		if _, ok := setting(t, s, fmt.Sprintf("ok%d", i)); !ok && i != n/2 {
 			t.Errorf("ok%d missing", i)
 		}
 	}
@@ -435,23 +426,23 @@ func testIsolation(t *testing.T, f Factory) {
 	a := open(t, b, create(t, b, f.Name))
 	c := open(t, b, create(t, b, f.Name))
 	for i := 0; i < 20; i++ { // interleaved, so pooled connections switch tenants
-		if err := a.Write(context.Background(), SetSetting("who", fmt.Sprintf("a%d", i))); err != nil {
+		if err := a.Write(context.Background(), setSetting("who", fmt.Sprintf("a%d", i))); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Write(context.Background(), SetSetting("who", fmt.Sprintf("c%d", i))); err != nil {
+		if err := c.Write(context.Background(), setSetting("who", fmt.Sprintf("c%d", i))); err != nil {
 			t.Fatal(err)
 		}
-		if v, _ := Setting(t, a, "who"); v != fmt.Sprintf("a%d", i) {
+		if v, _ := setting(t, a, "who"); v != fmt.Sprintf("a%d", i) {
 			t.Fatalf("tenant a reads %q, want a%d", v, i)
 		}
-		if v, _ := Setting(t, c, "who"); v != fmt.Sprintf("c%d", i) {
+		if v, _ := setting(t, c, "who"); v != fmt.Sprintf("c%d", i) {
 			t.Fatalf("tenant c reads %q, want c%d", v, i)
 		}
 	}
-	if err := a.Write(context.Background(), InsertSetting("only-a", "x")); err != nil {
+	if err := a.Write(context.Background(), insertSetting("only-a", "x")); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := Setting(t, c, "only-a"); ok {
+	if _, ok := setting(t, c, "only-a"); ok {
 		t.Fatal("tenant c sees a row tenant a wrote")
 	}
 }
@@ -532,7 +523,7 @@ func testDeferred(t *testing.T, f Factory) {
 func testReadsDuringWrite(t *testing.T, f Factory) {
 	b := f.New(t, shard.Options{})
 	s := open(t, b, create(t, b, f.Name))
-	if err := s.Write(context.Background(), SetSetting("k", "before")); err != nil {
+	if err := s.Write(context.Background(), setSetting("k", "before")); err != nil {
 		t.Fatal(err)
 	}
 	release, done := blockWriter(t, s)
@@ -630,4 +621,19 @@ func TestConnectionLoss(t *testing.T, f Factory, killSQL string) {
 	if got := auditCounts(t, s)["after"]; got != 3 {
 		t.Fatalf("%d rows written after the loss, want 3", got)
 	}
+}
+
+// Server returns the Factory of a server backend (name, dialect) whose DSN is
+// in the environment variable env (see DSN): open connects to it with the
+// shards' options, and the server is closed when the test ends.
+func Server(t testing.TB, name, dialect, env string, open func(ctx context.Context, dsn string, opts shard.Options) (*sqldb.Server, error)) Factory {
+	dsn := DSN(t, env)
+	return Factory{Name: name, Dialect: dialect, New: func(t testing.TB, opts shard.Options) Backend {
+		srv, err := open(context.Background(), dsn, opts)
+		if err != nil {
+			t.Fatalf("open %s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = srv.Close() })
+		return srv
+	}}
 }

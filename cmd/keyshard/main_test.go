@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/testbin"
 )
 
 // keyshardBin is the binary built by TestMain; empty when no go tool was
@@ -26,33 +26,12 @@ import (
 var keyshardBin string
 
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	if goTool, err := exec.LookPath("go"); err == nil {
-		dir, err := os.MkdirTemp("", "keyshard-cli-test-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		bin := filepath.Join(dir, "keyshard")
-		out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "go build keyshard: %v\n%s", err, out)
-			return 1
-		}
-		keyshardBin = bin
-	}
-	return m.Run()
+	os.Exit(testbin.Main(m, &keyshardBin))
 }
 
 func needBinary(tb testing.TB) {
 	tb.Helper()
-	if keyshardBin == "" {
-		tb.Skip("no go tool in PATH: the keyshard binary was not built")
-	}
+	testbin.Need(tb, keyshardBin)
 }
 
 // baseEnv is the test's environment without KEYSHARD_ variables, so that

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
+
+	"github.com/keyshard/keyshard/internal/testbin"
 )
 
 // keyshardBin is the binary built once by TestMain (without -race: the
@@ -31,35 +33,12 @@ import (
 var keyshardBin string
 
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		return m.Run() // needBinary skips
-	}
-	dir, err := os.MkdirTemp("", "keyshard-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "keyshard")
-	out, err := exec.Command(goTool, "build", "-o", bin, "github.com/keyshard/keyshard/cmd/keyshard").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "go build keyshard: %v\n%s", err, out)
-		return 1
-	}
-	keyshardBin = bin
-	return m.Run()
+	os.Exit(testbin.Main(m, &keyshardBin))
 }
 
 func needBinary(tb testing.TB) {
 	tb.Helper()
-	if keyshardBin == "" {
-		tb.Skip("no go tool in PATH: the keyshard binary was not built")
-	}
+	testbin.Need(tb, keyshardBin)
 }
 
 func randHex(n int) string {

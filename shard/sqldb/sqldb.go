@@ -211,13 +211,17 @@ func (s *Server) usingNS(key any) string {
 	return s.ns[key]
 }
 
+// maxRemembered bounds the sessions whose namespace is remembered: a pool
+// holds far fewer; the rest are closed sessions the map keeps alive.
+const maxRemembered = 1024
+
 func (s *Server) setNS(key any, ns string) {
 	if key == nil {
 		return
 	}
 	s.nsMu.Lock()
 	defer s.nsMu.Unlock()
-	if s.ns == nil || len(s.ns) > 4*max(s.DB.Stats().MaxOpenConnections, 64) {
+	if s.ns == nil || len(s.ns) > maxRemembered {
 		s.ns = make(map[any]string)
 	}
 	if ns == "" {

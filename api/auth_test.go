@@ -422,6 +422,57 @@ func TestAuth_User(t *testing.T) {
 			t.Fatal("last_seen_at not written")
 		}
 	})
+	// GET /user reads the session, the user and its identities in one
+	// joined query: every identity comes back, in creation order, with the
+	// user's columns; a user with none has []; a deleted user is refused.
+	t.Run("IdentitiesJoined", func(t *testing.T) {
+		s := e.signup(base, "fay@example.com", "password1")
+		at, uid := s.str("access_token"), s.Body["user"].(map[string]any)["id"].(string)
+		e.write("acme", func(tx engine.Querier) error {
+			for _, row := range []struct {
+				id, provider string
+				created      int64
+			}{{"idn-late", "github", 4e15}, {"idn-early", "gitlab", 1}} {
+				if _, err := tx.Exec(`INSERT INTO identities (id, user_id, provider, provider_id, identity_data, email, created_at, updated_at)
+					VALUES (?, ?, ?, ?, ?, NULL, ?, ?)`, row.id, uid, row.provider, row.provider+"-1", `{"sub":"`+row.provider+`"}`, row.created, row.created); err != nil {
+					return err
+				}
+			}
+			_, err := tx.Exec(`UPDATE users SET raw_app_meta_data = 'null' WHERE id = ?`, uid)
+			return err
+		})
+		r := e.call("GET", base+"/user", at, nil)
+		if r.Status != 200 || r.str("email") != "fay@example.com" || r.str("id") != uid {
+			t.Fatalf("%d %s", r.Status, r.Raw)
+		}
+		if am, ok := r.Body["app_metadata"].(map[string]any); !ok || len(am) != 0 {
+			t.Fatalf("stored null app_metadata must read as {}: %s", r.Raw)
+		}
+		var got []string
+		for _, v := range r.Body["identities"].([]any) {
+			id := v.(map[string]any)
+			got = append(got, id["provider"].(string))
+			if id["user_id"] != uid || id["identity_data"] == nil {
+				t.Fatalf("identity %v", id)
+			}
+		}
+		if strings.Join(got, ",") != "gitlab,email,github" {
+			t.Fatalf("identities in order %v, want gitlab,email,github", got)
+		}
+		e.write("acme", func(tx engine.Querier) error {
+			_, err := tx.Exec(`DELETE FROM identities WHERE user_id = ?`, uid)
+			return err
+		})
+		r = e.call("GET", base+"/user", at, nil)
+		if ids, ok := r.Body["identities"].([]any); r.Status != 200 || !ok || len(ids) != 0 {
+			t.Fatalf("no identities must read as []: %d %s", r.Status, r.Raw)
+		}
+		e.write("acme", func(tx engine.Querier) error {
+			_, err := tx.Exec(`UPDATE users SET deleted_at = 1 WHERE id = ?`, uid)
+			return err
+		})
+		wantAuthError(t, e.call("GET", base+"/user", at, nil), 403, "user_not_found")
+	})
 }
 
 func TestAuth_Logout(t *testing.T) {

@@ -206,7 +206,10 @@ func (s *Service) AdminUpdateUser(ctx context.Context, t Tenant, c Client, id st
 		changed := []string{}
 		if req.AppMetadata != nil {
 			changed = append(changed, "app_metadata")
-			app := nonNilMap(cur.AppMetadata)
+			app, err := objectMap(cur.AppMetadata)
+			if err != nil {
+				return err
+			}
 			for k, v := range req.AppMetadata {
 				if k == "provider" || k == "providers" {
 					continue

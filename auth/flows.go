@@ -495,7 +495,10 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		if err != nil {
 			return err
 		}
-		meta := nonNilMap(cur.UserMetadata)
+		meta, err := objectMap(cur.UserMetadata)
+		if err != nil {
+			return err
+		}
 		for k, v := range req.Data {
 			if v == nil {
 				delete(meta, k)
@@ -516,7 +519,10 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 				if id.Provider != "email" {
 					continue
 				}
-				data := nonNilMap(id.IdentityData)
+				data, err := objectMap(id.IdentityData)
+				if err != nil {
+					return err
+				}
 				data["email"] = newEmail
 				if _, err := tx.Exec(`UPDATE identities SET email = ?, identity_data = ?, updated_at = ? WHERE id = ?`,
 					newEmail, mustJSON(data), ts, id.IdentityID); err != nil {

@@ -60,7 +60,7 @@ func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, 
 	u := is.user
 	c := &token.Claims{
 		Issuer: t.Issuer, Subject: u.ID, Audience: u.Aud, ExpiresAt: exp, IssuedAt: now.Unix(),
-		Email: u.Email, Phone: u.Phone, AppMetadata: nonNilMap(u.AppMetadata), UserMetadata: nonNilMap(u.UserMetadata),
+		Email: u.Email, Phone: u.Phone, AppMetadata: object(u.AppMetadata), UserMetadata: object(u.UserMetadata),
 		Role: u.Role, AAL: "aal1", AMR: []token.AMR{{Method: "password", Timestamp: is.sessionAt}},
 		SessionID: is.sessionID, IsAnonymous: u.IsAnonymous,
 	}
@@ -97,23 +97,44 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 	err = t.Shard.Read(ctx, func(q engine.Querier) error {
 		var userID string
 		var notAfter *int64
-		err := q.QueryRow(`SELECT user_id, not_after FROM sessions WHERE id = ?`, claims.SessionID).Scan(&userID, &notAfter)
-		if errors.Is(err, engine.ErrNoRows) || err == nil && (userID != claims.Subject || notAfter != nil && *notAfter <= now) {
-			return errSessionNotFound()
-		}
-		if err != nil || !withUser {
+		if !withUser {
+			err := q.QueryRow(`SELECT user_id, not_after FROM sessions WHERE id = ?`, claims.SessionID).Scan(&userID, &notAfter)
+			if errors.Is(err, engine.ErrNoRows) || err == nil && !sessionLive(userID, notAfter, claims.Subject, now) {
+				return errSessionNotFound()
+			}
 			return err
 		}
-		p.User, err = userByID(q, userID)
-		if errors.Is(err, engine.ErrNoRows) {
+		// One query (one read transaction) for the session, its user and
+		// the user's identities: GET /user runs this on every call.
+		rows, err := q.Query(`SELECT s.user_id, s.not_after, `+userColumns+`, `+identityColumns+`
+			FROM sessions s LEFT JOIN users u ON u.id = s.user_id AND u.deleted_at IS NULL
+			LEFT JOIN identities i ON i.user_id = u.id
+			WHERE s.id = ? ORDER BY i.created_at, i.id`, claims.SessionID)
+		if err != nil {
+			return err
+		}
+		u, found, err := scanUserRows(rows, &userID, &notAfter)
+		switch {
+		case err != nil:
+			return err
+		case !found || !sessionLive(userID, notAfter, claims.Subject, now):
+			return errSessionNotFound()
+		case u == nil:
 			return newError(http.StatusForbidden, CodeUserNotFound, "User from sub claim in JWT does not exist")
 		}
-		return err
+		p.User = u
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// sessionLive says whether a session row of userID, ending at notAfter
+// (nil: never), still serves the token's subject at now (microseconds).
+func sessionLive(userID string, notAfter *int64, subject string, now int64) bool {
+	return userID == subject && (notAfter == nil || *notAfter > now)
 }
 
 // TouchLastSeen records that the user was seen now, through the shard's

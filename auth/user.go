@@ -20,8 +20,8 @@ type User struct {
 	PhoneConfirmedAt  *time.Time
 	LastSignInAt      *time.Time
 	LastSeenAt        *time.Time
-	AppMetadata       map[string]any
-	UserMetadata      map[string]any
+	AppMetadata       json.RawMessage // a JSON object, as stored
+	UserMetadata      json.RawMessage // a JSON object, as stored
 	Identities        []Identity
 	IsAnonymous       bool
 	CreatedAt         time.Time
@@ -30,34 +30,34 @@ type User struct {
 
 // Identity is one way a user signs in (provider "email" for now).
 type Identity struct {
-	IdentityID   string         `json:"identity_id"`
-	ProviderID   string         `json:"id"`
-	UserID       string         `json:"user_id"`
-	IdentityData map[string]any `json:"identity_data"`
-	Provider     string         `json:"provider"`
-	LastSignInAt *time.Time     `json:"last_sign_in_at,omitempty"`
-	CreatedAt    time.Time      `json:"created_at"`
-	UpdatedAt    time.Time      `json:"updated_at"`
-	Email        string         `json:"email"`
+	IdentityID   string          `json:"identity_id"`
+	ProviderID   string          `json:"id"`
+	UserID       string          `json:"user_id"`
+	IdentityData json.RawMessage `json:"identity_data"` // a JSON object, as stored
+	Provider     string          `json:"provider"`
+	LastSignInAt *time.Time      `json:"last_sign_in_at,omitempty"`
+	CreatedAt    time.Time       `json:"created_at"`
+	UpdatedAt    time.Time       `json:"updated_at"`
+	Email        string          `json:"email"`
 }
 
 // userJSON fixes GoTrue's field order and optional fields.
 type userJSON struct {
-	ID               string         `json:"id"`
-	Aud              string         `json:"aud"`
-	Role             string         `json:"role"`
-	Email            string         `json:"email"`
-	EmailConfirmedAt *time.Time     `json:"email_confirmed_at,omitempty"`
-	Phone            string         `json:"phone"`
-	PhoneConfirmedAt *time.Time     `json:"phone_confirmed_at,omitempty"`
-	ConfirmedAt      *time.Time     `json:"confirmed_at,omitempty"`
-	LastSignInAt     *time.Time     `json:"last_sign_in_at,omitempty"`
-	AppMetadata      map[string]any `json:"app_metadata"`
-	UserMetadata     map[string]any `json:"user_metadata"`
-	Identities       []Identity     `json:"identities"`
-	CreatedAt        time.Time      `json:"created_at"`
-	UpdatedAt        time.Time      `json:"updated_at"`
-	IsAnonymous      bool           `json:"is_anonymous"`
+	ID               string          `json:"id"`
+	Aud              string          `json:"aud"`
+	Role             string          `json:"role"`
+	Email            string          `json:"email"`
+	EmailConfirmedAt *time.Time      `json:"email_confirmed_at,omitempty"`
+	Phone            string          `json:"phone"`
+	PhoneConfirmedAt *time.Time      `json:"phone_confirmed_at,omitempty"`
+	ConfirmedAt      *time.Time      `json:"confirmed_at,omitempty"`
+	LastSignInAt     *time.Time      `json:"last_sign_in_at,omitempty"`
+	AppMetadata      json.RawMessage `json:"app_metadata"`
+	UserMetadata     json.RawMessage `json:"user_metadata"`
+	Identities       []Identity      `json:"identities"`
+	CreatedAt        time.Time       `json:"created_at"`
+	UpdatedAt        time.Time       `json:"updated_at"`
+	IsAnonymous      bool            `json:"is_anonymous"`
 }
 
 // MarshalJSON encodes u as GoTrue does.
@@ -79,16 +79,9 @@ func (u *User) View() any {
 	return userJSON{
 		ID: u.ID, Aud: u.Aud, Role: u.Role, Email: u.Email, EmailConfirmedAt: u.EmailConfirmedAt,
 		Phone: u.Phone, PhoneConfirmedAt: u.PhoneConfirmedAt, ConfirmedAt: confirmed,
-		LastSignInAt: u.LastSignInAt, AppMetadata: nonNilMap(u.AppMetadata), UserMetadata: nonNilMap(u.UserMetadata),
+		LastSignInAt: u.LastSignInAt, AppMetadata: object(u.AppMetadata), UserMetadata: object(u.UserMetadata),
 		Identities: ids, CreatedAt: u.CreatedAt, UpdatedAt: u.UpdatedAt, IsAnonymous: u.IsAnonymous,
 	}
-}
-
-func nonNilMap(m map[string]any) map[string]any {
-	if m == nil {
-		return map[string]any{}
-	}
-	return m
 }
 
 // micros converts a stored time to UTC time.Time; nil stays nil.
@@ -107,70 +100,160 @@ func timePtrMicros(t *time.Time) any {
 	return t.UnixMicro()
 }
 
-const userColumns = `id, aud, role, COALESCE(email, ''), COALESCE(phone, ''), encrypted_password,
-	email_confirmed_at, phone_confirmed_at, last_sign_in_at, last_seen_at,
-	raw_app_meta_data, raw_user_meta_data, is_anonymous, created_at, updated_at`
+// userColumns are the users columns scanUser reads, from table alias u.
+const userColumns = `u.id, u.aud, u.role, COALESCE(u.email, ''), COALESCE(u.phone, ''), u.encrypted_password,
+	u.email_confirmed_at, u.phone_confirmed_at, u.last_sign_in_at, u.last_seen_at,
+	u.raw_app_meta_data, u.raw_user_meta_data, u.is_anonymous, u.created_at, u.updated_at`
 
-func scanUser(row engine.Row) (*User, error) {
-	var u User
-	var ec, pc, ls, lseen *int64
-	var app, meta string
-	var created, updated int64
-	if err := row.Scan(&u.ID, &u.Aud, &u.Role, &u.Email, &u.Phone, &u.EncryptedPassword,
-		&ec, &pc, &ls, &lseen, &app, &meta, &u.IsAnonymous, &created, &updated); err != nil {
-		return nil, err
-	}
-	u.EmailConfirmedAt, u.PhoneConfirmedAt, u.LastSignInAt, u.LastSeenAt = micros(ec), micros(pc), micros(ls), micros(lseen)
-	u.CreatedAt, u.UpdatedAt = time.UnixMicro(created).UTC(), time.UnixMicro(updated).UTC()
-	if err := json.Unmarshal([]byte(app), &u.AppMetadata); err != nil {
-		return nil, fmt.Errorf("user %s app metadata: %w", u.ID, err)
-	}
-	if err := json.Unmarshal([]byte(meta), &u.UserMetadata); err != nil {
-		return nil, fmt.Errorf("user %s user metadata: %w", u.ID, err)
-	}
-	return &u, nil
+// identityColumns are the identities columns (alias i) that follow
+// userColumns in a query joining a user with its identities.
+const identityColumns = `i.id, i.provider_id, i.provider, i.identity_data, COALESCE(i.email, ''), i.last_sign_in_at, i.created_at, i.updated_at`
+
+// userScan holds the destinations of one row of userColumns (and, when
+// joined, identityColumns). The metadata stays the JSON text it is stored
+// as: decoding it into maps and encoding them again was most of the JSON
+// work of GET /user and refresh, and only updates need the maps.
+type userScan struct {
+	u                  User
+	id                 *string // NULL: no user matched a LEFT JOIN
+	ec, pc, ls, lseen  *int64
+	app, meta          []byte
+	created, updated   int64
+	iid                *string // NULL: the user has no identity
+	ident              Identity
+	idata              []byte
+	ils                *int64
+	icreated, iupdated int64
 }
 
-// userByID loads a live user and its identities; ErrNoRows if absent.
+func (d *userScan) userDest() []any {
+	u := &d.u
+	return []any{&d.id, &u.Aud, &u.Role, &u.Email, &u.Phone, &u.EncryptedPassword,
+		&d.ec, &d.pc, &d.ls, &d.lseen, &d.app, &d.meta, &u.IsAnonymous, &d.created, &d.updated}
+}
+
+func (d *userScan) identityDest() []any {
+	id := &d.ident
+	return []any{&d.iid, &id.ProviderID, &id.Provider, &d.idata, &id.Email, &d.ils, &d.icreated, &d.iupdated}
+}
+
+// user returns the scanned user, nil when the row held none.
+func (d *userScan) user() *User {
+	if d.id == nil {
+		return nil
+	}
+	u := d.u
+	u.ID = *d.id
+	u.EmailConfirmedAt, u.PhoneConfirmedAt, u.LastSignInAt, u.LastSeenAt = micros(d.ec), micros(d.pc), micros(d.ls), micros(d.lseen)
+	u.CreatedAt, u.UpdatedAt = time.UnixMicro(d.created).UTC(), time.UnixMicro(d.updated).UTC()
+	u.AppMetadata, u.UserMetadata = d.app, d.meta
+	return &u
+}
+
+// identity returns the scanned identity of u, false when the row held none.
+func (d *userScan) identity(u *User) (Identity, bool) {
+	if d.iid == nil {
+		return Identity{}, false
+	}
+	id := d.ident
+	id.IdentityID, id.UserID = *d.iid, u.ID
+	id.IdentityData = d.idata
+	id.LastSignInAt = micros(d.ils)
+	id.CreatedAt, id.UpdatedAt = time.UnixMicro(d.icreated).UTC(), time.UnixMicro(d.iupdated).UTC()
+	return id, true
+}
+
+func scanUser(row engine.Row) (*User, error) {
+	var d userScan
+	if err := row.Scan(d.userDest()...); err != nil {
+		return nil, err
+	}
+	if u := d.user(); u != nil {
+		return u, nil
+	}
+	return nil, engine.ErrNoRows
+}
+
+// scanUserRows reads the rows of a query selecting prefix columns, then
+// userColumns, then identityColumns of a LEFT JOIN of the user's
+// identities: the user (nil if no row, or its columns are NULL) with its
+// identities in row order, and whether there was a row at all. prefix
+// is scanned from every row (a join repeats it).
+func scanUserRows(rows engine.Rows, prefix ...any) (*User, bool, error) {
+	defer rows.Close()
+	var d userScan
+	var u *User
+	found := false
+	dest := append(append(append([]any(nil), prefix...), d.userDest()...), d.identityDest()...)
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return nil, false, err
+		}
+		if !found {
+			found = true
+			if u = d.user(); u == nil {
+				continue
+			}
+			u.Identities = []Identity{}
+		}
+		if u == nil {
+			continue
+		}
+		if id, ok := d.identity(u); ok {
+			u.Identities = append(u.Identities, id)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	return u, found, nil
+}
+
+// userByID loads a live user and its identities, in one query (one read
+// transaction); ErrNoRows if absent.
 func userByID(q engine.Querier, id string) (*User, error) {
-	u, err := scanUser(q.QueryRow(`SELECT `+userColumns+` FROM users WHERE id = ? AND deleted_at IS NULL`, id))
+	rows, err := q.Query(`SELECT `+userColumns+`, `+identityColumns+`
+		FROM users u LEFT JOIN identities i ON i.user_id = u.id
+		WHERE u.id = ? AND u.deleted_at IS NULL ORDER BY i.created_at, i.id`, id)
 	if err != nil {
 		return nil, err
 	}
-	return u, loadIdentities(q, u)
+	u, _, err := scanUserRows(rows)
+	if err == nil && u == nil {
+		err = engine.ErrNoRows
+	}
+	return u, err
 }
 
 // userByEmail loads a live user by normalized email, without identities;
 // ErrNoRows if absent.
 func userByEmail(q engine.Querier, email string) (*User, error) {
-	return scanUser(q.QueryRow(`SELECT `+userColumns+` FROM users WHERE email = ? AND deleted_at IS NULL`, email))
+	return scanUser(q.QueryRow(`SELECT `+userColumns+` FROM users u WHERE u.email = ? AND u.deleted_at IS NULL`, email))
 }
 
-func loadIdentities(q engine.Querier, u *User) error {
-	rows, err := q.Query(`SELECT id, provider_id, provider, identity_data, COALESCE(email, ''), last_sign_in_at, created_at, updated_at
-		FROM identities WHERE user_id = ? ORDER BY created_at, id`, u.ID)
-	if err != nil {
-		return err
+// object returns stored JSON object text for encoding, {} when empty or
+// null (as a nil map was before).
+func object(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 || string(raw) == "null" {
+		return json.RawMessage("{}")
 	}
-	defer rows.Close()
-	u.Identities = u.Identities[:0]
-	for rows.Next() {
-		var id Identity
-		var data string
-		var ls *int64
-		var created, updated int64
-		if err := rows.Scan(&id.IdentityID, &id.ProviderID, &id.Provider, &data, &id.Email, &ls, &created, &updated); err != nil {
-			return err
-		}
-		if err := json.Unmarshal([]byte(data), &id.IdentityData); err != nil {
-			return fmt.Errorf("identity %s data: %w", id.IdentityID, err)
-		}
-		id.UserID = u.ID
-		id.LastSignInAt = micros(ls)
-		id.CreatedAt, id.UpdatedAt = time.UnixMicro(created).UTC(), time.UnixMicro(updated).UTC()
-		u.Identities = append(u.Identities, id)
+	return raw
+}
+
+// objectMap decodes stored JSON object text for a change; an empty text
+// is an empty map.
+func objectMap(raw json.RawMessage) (map[string]any, error) {
+	m := map[string]any{}
+	if len(raw) == 0 {
+		return m, nil
 	}
-	return rows.Err()
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("stored JSON object: %w", err)
+	}
+	if m == nil { // the text was null
+		m = map[string]any{}
+	}
+	return m, nil
 }
 
 func mustJSON(v any) string {

@@ -2,6 +2,7 @@ package token
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -19,20 +20,20 @@ type AMR struct {
 
 // Claims are the claims of an access token, named and shaped as GoTrue's.
 type Claims struct {
-	Issuer       string         `json:"iss"`
-	Subject      string         `json:"sub"`
-	Audience     string         `json:"aud"`
-	ExpiresAt    int64          `json:"exp"`
-	IssuedAt     int64          `json:"iat"`
-	Email        string         `json:"email"`
-	Phone        string         `json:"phone"`
-	AppMetadata  map[string]any `json:"app_metadata"`
-	UserMetadata map[string]any `json:"user_metadata"`
-	Role         string         `json:"role"`
-	AAL          string         `json:"aal"`
-	AMR          []AMR          `json:"amr"`
-	SessionID    string         `json:"session_id"`
-	IsAnonymous  bool           `json:"is_anonymous"`
+	Issuer       string          `json:"iss"`
+	Subject      string          `json:"sub"`
+	Audience     string          `json:"aud"`
+	ExpiresAt    int64           `json:"exp"`
+	IssuedAt     int64           `json:"iat"`
+	Email        string          `json:"email"`
+	Phone        string          `json:"phone"`
+	AppMetadata  json.RawMessage `json:"app_metadata"`  // a JSON object
+	UserMetadata json.RawMessage `json:"user_metadata"` // a JSON object
+	Role         string          `json:"role"`
+	AAL          string          `json:"aal"`
+	AMR          []AMR           `json:"amr"`
+	SessionID    string          `json:"session_id"`
+	IsAnonymous  bool            `json:"is_anonymous"`
 }
 
 var _ jwt.Claims = (*Claims)(nil)

@@ -3,6 +3,7 @@ package token_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
@@ -27,6 +28,7 @@ func FuzzVerify(f *testing.F) {
 	}
 	const iss = "http://localhost/t/acme"
 	want := &token.Claims{Issuer: iss, Subject: "u1", Audience: "authenticated", ExpiresAt: 1 << 40, IssuedAt: 1,
+		AppMetadata: json.RawMessage(`{"provider":"email","providers":["email"]}`), UserMetadata: json.RawMessage(`{}`),
 		Role: "authenticated", SessionID: "s1", AMR: []token.AMR{{Method: "password", Timestamp: 1}}}
 	valid, err := ks.Sign(want)
 	if err != nil {

@@ -459,6 +459,33 @@ func TestAuth_User(t *testing.T) {
 		if strings.Join(got, ",") != "gitlab,email,github" {
 			t.Fatalf("identities in order %v, want gitlab,email,github", got)
 		}
+		// Stored text that is empty reads as {}; text that is not a JSON
+		// object is a 500 with a JSON body, never passed through.
+		e.write("acme", func(tx engine.Querier) error {
+			if _, err := tx.Exec(`UPDATE identities SET identity_data = '' WHERE id = 'idn-late'`); err != nil {
+				return err
+			}
+			_, err := tx.Exec(`UPDATE users SET raw_user_meta_data = ' [1] ' WHERE id = ?`, uid)
+			return err
+		})
+		if r := e.call("GET", base+"/user", at, nil); r.Status != 500 || r.Body == nil {
+			t.Fatalf("metadata that is not an object: %d %s, want 500 with a JSON body", r.Status, r.Raw)
+		}
+		e.write("acme", func(tx engine.Querier) error {
+			_, err := tx.Exec(`UPDATE users SET raw_user_meta_data = '{"a":1}' WHERE id = ?`, uid)
+			return err
+		})
+		r = e.call("GET", base+"/user", at, nil)
+		if um, ok := r.Body["user_metadata"].(map[string]any); r.Status != 200 || !ok || um["a"] != float64(1) {
+			t.Fatalf("%d %s", r.Status, r.Raw)
+		}
+		for _, v := range r.Body["identities"].([]any) {
+			if id := v.(map[string]any); id["provider"] == "github" {
+				if d, ok := id["identity_data"].(map[string]any); !ok || len(d) != 0 {
+					t.Fatalf("empty identity_data must read as {}: %v", id)
+				}
+			}
+		}
 		e.write("acme", func(tx engine.Querier) error {
 			_, err := tx.Exec(`DELETE FROM identities WHERE user_id = ?`, uid)
 			return err

@@ -1,7 +1,9 @@
 package auth
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -138,29 +140,54 @@ func (d *userScan) identityDest() []any {
 }
 
 // user returns the scanned user, nil when the row held none.
-func (d *userScan) user() *User {
+func (d *userScan) user() (*User, error) {
 	if d.id == nil {
-		return nil
+		return nil, nil
 	}
 	u := d.u
 	u.ID = *d.id
 	u.EmailConfirmedAt, u.PhoneConfirmedAt, u.LastSignInAt, u.LastSeenAt = micros(d.ec), micros(d.pc), micros(d.ls), micros(d.lseen)
 	u.CreatedAt, u.UpdatedAt = time.UnixMicro(d.created).UTC(), time.UnixMicro(d.updated).UTC()
-	u.AppMetadata, u.UserMetadata = d.app, d.meta
-	return &u
+	var err error
+	if u.AppMetadata, err = storedObject(d.app); err != nil {
+		return nil, fmt.Errorf("user %s app metadata: %w", u.ID, err)
+	}
+	if u.UserMetadata, err = storedObject(d.meta); err != nil {
+		return nil, fmt.Errorf("user %s user metadata: %w", u.ID, err)
+	}
+	return &u, nil
 }
 
 // identity returns the scanned identity of u, false when the row held none.
-func (d *userScan) identity(u *User) (Identity, bool) {
+func (d *userScan) identity(u *User) (Identity, bool, error) {
 	if d.iid == nil {
-		return Identity{}, false
+		return Identity{}, false, nil
 	}
 	id := d.ident
 	id.IdentityID, id.UserID = *d.iid, u.ID
-	id.IdentityData = d.idata
+	var err error
+	if id.IdentityData, err = storedObject(d.idata); err != nil {
+		return Identity{}, false, fmt.Errorf("identity %s data: %w", id.IdentityID, err)
+	}
 	id.LastSignInAt = micros(d.ils)
 	id.CreatedAt, id.UpdatedAt = time.UnixMicro(d.icreated).UTC(), time.UnixMicro(d.iupdated).UTC()
-	return id, true
+	return id, true, nil
+}
+
+// storedObject checks stored JSON object text before it is passed through
+// to a response or a token: empty or null is {}, anything but a valid JSON
+// object is an error (as decoding it was), never text a client would choke
+// on. json.Valid is one pass over the text; decoding it into a map and
+// encoding that again, as before, was most of the JSON work of GET /user.
+func storedObject(b []byte) (json.RawMessage, error) {
+	t := bytes.TrimSpace(b)
+	if len(t) == 0 || string(t) == "null" {
+		return json.RawMessage("{}"), nil
+	}
+	if t[0] != '{' || !json.Valid(t) {
+		return nil, errors.New("not a JSON object")
+	}
+	return t, nil
 }
 
 func scanUser(row engine.Row) (*User, error) {
@@ -168,10 +195,11 @@ func scanUser(row engine.Row) (*User, error) {
 	if err := row.Scan(d.userDest()...); err != nil {
 		return nil, err
 	}
-	if u := d.user(); u != nil {
-		return u, nil
+	u, err := d.user()
+	if err == nil && u == nil {
+		err = engine.ErrNoRows
 	}
-	return nil, engine.ErrNoRows
+	return u, err
 }
 
 // scanUserRows reads the rows of a query selecting prefix columns, then
@@ -191,7 +219,11 @@ func scanUserRows(rows engine.Rows, prefix ...any) (*User, bool, error) {
 		}
 		if !found {
 			found = true
-			if u = d.user(); u == nil {
+			var err error
+			if u, err = d.user(); err != nil {
+				return nil, false, err
+			}
+			if u == nil {
 				continue
 			}
 			u.Identities = []Identity{}
@@ -199,7 +231,11 @@ func scanUserRows(rows engine.Rows, prefix ...any) (*User, bool, error) {
 		if u == nil {
 			continue
 		}
-		if id, ok := d.identity(u); ok {
+		id, ok, err := d.identity(u)
+		if err != nil {
+			return nil, false, err
+		}
+		if ok {
 			u.Identities = append(u.Identities, id)
 		}
 	}
@@ -231,10 +267,10 @@ func userByEmail(q engine.Querier, email string) (*User, error) {
 	return scanUser(q.QueryRow(`SELECT `+userColumns+` FROM users u WHERE u.email = ? AND u.deleted_at IS NULL`, email))
 }
 
-// object returns stored JSON object text for encoding, {} when empty or
-// null (as a nil map was before).
+// object returns JSON object text for encoding, {} when empty (a User
+// built without scanning).
 func object(raw json.RawMessage) json.RawMessage {
-	if len(raw) == 0 || string(raw) == "null" {
+	if len(raw) == 0 {
 		return json.RawMessage("{}")
 	}
 	return raw

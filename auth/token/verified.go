@@ -54,7 +54,7 @@ func (v *verified) get(tenantID, raw string, now int64) (*Claims, string, bool) 
 	if !ok || e.tenantID != tenantID {
 		return nil, "", false
 	}
-	c := e.claims // the metadata maps are shared and never written
+	c := e.claims // the metadata JSON is shared and never written
 	return &c, e.kid, true
 }
 

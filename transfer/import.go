@@ -101,6 +101,9 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 			return nil, err
 		}
 	}
+	if err := checkStoredJSON(ctx, stage); err != nil {
+		return nil, err
+	}
 	if h != nil {
 		res.SourceTenant = &h.Tenant
 		if o.Slug == "" {
@@ -252,6 +255,34 @@ func checkDigests(ctx context.Context, stage engine.Shard, h *Header) error {
 // stageSQLite spools a SQLite export to path and checks that it is an
 // intact shard of a known schema version, and returns its header (nil for
 // a plain shard file) and schema version.
+// storedJSON lists the columns whose text the auth API passes through to
+// responses and tokens as JSON objects: a row must hold a JSON object,
+// null, or nothing.
+var storedJSON = []struct{ table, column string }{
+	{"users", "raw_app_meta_data"}, {"users", "raw_user_meta_data"}, {"identities", "identity_data"},
+}
+
+// checkStoredJSON refuses an import whose JSON columns hold anything else:
+// served as is, such text would answer every read of the user with a 500.
+func checkStoredJSON(ctx context.Context, stage engine.Shard) error {
+	return stage.Read(ctx, func(q engine.Querier) error {
+		for _, c := range storedJSON {
+			var n int64
+			var example string
+			err := q.QueryRow(`SELECT count(*), COALESCE(MIN(id), '') FROM "`+c.table+`" WHERE NOT (
+				"`+c.column+`" IS NULL OR trim("`+c.column+`", ' '||char(9, 10, 13)) = ''
+				OR CASE WHEN json_valid("`+c.column+`") THEN json_type("`+c.column+`") IN ('object', 'null') ELSE 0 END)`).Scan(&n, &example)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				return damagedf("%d rows of %s have a %s that is not a JSON object (id %s, for one)", n, c.table, c.column, example)
+			}
+		}
+		return nil
+	})
+}
+
 func stageSQLite(ctx context.Context, r io.Reader, path string) (*Header, int, error) {
 	if err := spool(r, path); err != nil {
 		return nil, 0, err

@@ -310,6 +310,10 @@ func TestService_Import_Damaged(t *testing.T) {
 		{"SQLite/UnknownTable", "payments", edited("CREATE TABLE payments (id INTEGER PRIMARY KEY)"), false},
 		{"SQLite/Trigger", "trigger", edited("CREATE TRIGGER t AFTER DELETE ON signing_keys BEGIN DELETE FROM users; END"), false},
 		{"SQLite/NewerSchema", "schema version 99", withVersion(99), false},
+		// A shard file without the export header (no checksums to catch it):
+		// metadata the API would pass through must be JSON objects.
+		{"SQLite/MetadataNotObject", "not a JSON object", edited("DROP TABLE keyshard_export; UPDATE users SET raw_user_meta_data = '[1]' WHERE email = 'user7@acme.example'"), false},
+		{"SQLite/IdentityDataNotJSON", "not a JSON object", edited("DROP TABLE keyshard_export; UPDATE identities SET identity_data = '{oops' WHERE email = 'user7@acme.example'"), false},
 		{"SQLite/NotAShard", "", notShard(), false},
 	}
 	before, _ := e.App.Engine.List(context.Background())

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
-	"time"
 
 	"github.com/julienschmidt/httprouter"
 
@@ -23,27 +21,7 @@ func (s *Server) registerTransferRoutes() {
 	// POST /admin/tenants/import: httprouter cannot have "import" beside
 	// the :tenant wildcard of /admin/tenants/:tenant/approve, so the
 	// wildcard route takes it and refuses any other name.
-	s.handleLarge(http.MethodPost, "/admin/tenants/:tenant", MaxImportBytes, s.admin(s.handleImportTenant))
-}
-
-// handleLarge is handle with a body limit of its own, for uploads.
-func (s *Server) handleLarge(method, route string, limit int64, h httprouter.Handle) {
-	seconds := httpSeconds.WithLabelValues(route, method)
-	s.router.Handle(method, route, func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-		start := time.Now()
-		rid := r.Header.Get("X-Request-Id")
-		if rid == "" || len(rid) > 128 {
-			rid = newRequestID()
-		}
-		w.Header().Set("X-Request-Id", rid)
-		if r.Body != nil {
-			r.Body = http.MaxBytesReader(w, r.Body, limit)
-		}
-		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
-		h(sw, r, ps)
-		seconds.Observe(time.Since(start).Seconds())
-		httpRequests.WithLabelValues(route, method, strconv.Itoa(sw.code)).Inc()
-	})
+	s.handleLimit(http.MethodPost, "/admin/tenants/:tenant", MaxImportBytes, s.admin(s.handleImportTenant))
 }
 
 func (s *Server) transfer() (*transfer.Service, error) {

@@ -95,6 +95,11 @@ var (
 // handle registers h on route with the common middleware: request id,
 // body limit, metrics labelled by the route template (never by tenant).
 func (s *Server) handle(method, route string, h httprouter.Handle) {
+	s.handleLimit(method, route, MaxBodyBytes, h)
+}
+
+// handleLimit is handle with a body limit of its own (uploads).
+func (s *Server) handleLimit(method, route string, limit int64, h httprouter.Handle) {
 	seconds := httpSeconds.WithLabelValues(route, method)
 	s.router.Handle(method, route, func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		start := time.Now()
@@ -104,7 +109,7 @@ func (s *Server) handle(method, route string, h httprouter.Handle) {
 		}
 		w.Header().Set("X-Request-Id", rid)
 		if r.Body != nil {
-			r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+			r.Body = http.MaxBytesReader(w, r.Body, limit)
 		}
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		h(sw, r, ps)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -301,21 +302,7 @@ func (c *Cache) closeLocked(e *entry) {
 // last release) and waits until it is closed or ctx ends. Use it before
 // suspending, deleting or moving a tenant.
 func (c *Cache) Evict(ctx context.Context, tenantID string) error {
-	c.mu.Lock()
-	if e, ok := c.lru.Peek(tenantID); ok {
-		c.doomLocked(e)
-	}
-	ch, ok := c.closing[tenantID]
-	c.mu.Unlock()
-	if !ok {
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return c.EvictStale(ctx, tenantID, math.MaxInt64) // every open epoch is older
 }
 
 // Retire removes a tenant for good: it closes the tenant's shard (waiting

@@ -74,20 +74,7 @@ func (s *Shard) Fence(ctx context.Context, wait time.Duration) error {
 	// queue before it and every deferred record.
 	reply := make(chan error, 1)
 	r := &request{ctx: ctx, op: func(engine.Querier) error { return nil }, reply: reply, flushAll: true}
-	err := func() error {
-		s.mu.RLock()
-		defer s.mu.RUnlock()
-		if s.closed {
-			return engine.ErrClosed
-		}
-		select {
-		case s.queue <- r:
-			queueDepth.Inc()
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}()
+	err := s.enqueueControl(ctx, r)
 	if err == nil {
 		select {
 		case err = <-reply:

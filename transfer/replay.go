@@ -111,19 +111,28 @@ func setSequences(tx engine.Querier, backend string, seqs map[string]int64) erro
 func digestsOf(ctx context.Context, q engine.Querier) (map[string]Digest, error) {
 	out := make(map[string]Digest, len(Tables))
 	for i := range Tables {
-		t := &Tables[i]
-		var d digester
-		var buf []byte
-		err := scanTable(ctx, q, t, false, func(r Row) error {
-			var h rowHash
-			h, buf = hashRow(buf, r)
-			d.add(h)
-			return nil
-		})
+		d, err := hashTable(ctx, q, &Tables[i], nil)
 		if err != nil {
 			return nil, err
 		}
-		out[t.Name] = d.digest()
+		out[Tables[i].Name] = d
 	}
 	return out, nil
+}
+
+// hashTable reads every row of t through q, passes each with its hash to
+// each (when not nil), and returns the table's digest.
+func hashTable(ctx context.Context, q engine.Querier, t *Table, each func(Row, rowHash)) (Digest, error) {
+	var d digester
+	var buf []byte
+	err := scanTable(ctx, q, t, false, func(r Row) error {
+		var h rowHash
+		h, buf = hashRow(buf, r)
+		d.add(h)
+		if each != nil {
+			each(r, h)
+		}
+		return nil
+	})
+	return d.digest(), err
 }

@@ -210,20 +210,12 @@ func indexOf(ctx context.Context, sh engine.Shard, backend string) (map[string]m
 		for i := range Tables {
 			t := &Tables[i]
 			m := make(map[string]entry)
-			var d digester
-			var buf []byte
-			err := scanTable(ctx, q, t, false, func(r Row) error {
-				var h rowHash
-				h, buf = hashRow(buf, r)
-				d.add(h)
-				m[t.keyOf(r)] = entry{h: h}
-				return nil
-			})
+			d, err := hashTable(ctx, q, t, func(r Row, h rowHash) { m[t.keyOf(r)] = entry{h: h} })
 			if err != nil {
 				return err
 			}
 			idx[t.Name] = m
-			digests[t.Name] = d.digest()
+			digests[t.Name] = d
 		}
 		return nil
 	})
@@ -231,9 +223,15 @@ func indexOf(ctx context.Context, sh engine.Shard, backend string) (map[string]m
 }
 
 // Digests returns the row count and checksum of every table of sh, read
-// from one consistent snapshot.
+// from one consistent snapshot (without keeping the rows' keys, as a sync's
+// index does).
 func Digests(ctx context.Context, sh engine.Shard, backend string) (map[string]Digest, error) {
-	_, d, err := indexOf(ctx, sh, backend)
+	var d map[string]Digest
+	err := Snapshot(ctx, sh, backend, func(q engine.Querier) error {
+		var err error
+		d, err = digestsOf(ctx, q)
+		return err
+	})
 	return d, err
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/migrations"
 )
@@ -78,11 +79,15 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	writeErrorCode(w, status, code, msg)
 }
 
-// logFault logs a tenant's storage fault with its cause: the client's 503
-// says only that the tenant is unavailable, the operator needs to know why.
+// logFault logs a tenant's storage fault, or a password hash worker
+// process that died, with its cause: the client's 503 says only that the
+// service is unavailable, the operator needs to know why.
 func (s *Server) logFault(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, engine.ErrUnavailable) {
+	switch {
+	case errors.Is(err, engine.ErrUnavailable):
 		s.Logger.Warn("tenant storage unavailable", "err", err, "method", r.Method, "route", r.URL.Path, "request_id", w.Header().Get("X-Request-Id"))
+	case errors.Is(err, hash.ErrWorkerFailed):
+		s.Logger.Error("password hash worker failed", "err", err, "method", r.Method, "route", r.URL.Path, "request_id", w.Header().Get("X-Request-Id"))
 	}
 }
 

@@ -225,12 +225,17 @@ func audit(tx engine.Querier, now time.Time, action, actorID, actorEmail string,
 }
 
 // hashError maps a hash pool failure: a refused admission is 429
-// over_request_rate_limit with Retry-After.
+// over_request_rate_limit with Retry-After; a hash worker process that died
+// is 503 with Retry-After (the next request starts a new one).
 func hashError(err error) error {
 	var oe *hash.OverloadedError
-	if errors.As(err, &oe) {
+	switch {
+	case errors.As(err, &oe):
 		return &Error{Status: http.StatusTooManyRequests, Code: CodeOverRequestRateLimit,
 			Message: "Too many requests: password hashing is saturated, retry later", RetryAfter: oe.RetryAfter, Err: err}
+	case errors.Is(err, hash.ErrWorkerFailed):
+		return &Error{Status: http.StatusServiceUnavailable, Code: "service_unavailable",
+			Message: "Password hashing is unavailable, retry shortly", RetryAfter: time.Second, Err: err}
 	}
 	return err
 }

@@ -65,16 +65,19 @@ func (p Params) Validate() error {
 
 var b64 = base64.RawStdEncoding
 
-// hashArgon2id returns the PHC string of password under p with a fresh salt:
-// $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>.
-func hashArgon2id(password string, p Params) string {
+// hashArgon2id returns the PHC string of password under p with a fresh salt,
+// $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>, computing the key with run.
+func hashArgon2id(run kdfFunc, password string, p Params) (string, error) {
 	salt := make([]byte, p.SaltLen)
 	if _, err := rand.Read(salt); err != nil {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
-	key := argon2.IDKey([]byte(password), salt, p.Time, p.MemoryKiB, p.Threads, p.KeyLen)
+	res, err := run(kdfRequest{Password: []byte(password), Salt: salt, Time: p.Time, MemoryKiB: p.MemoryKiB, Threads: p.Threads, KeyLen: p.KeyLen})
+	if err != nil {
+		return "", err
+	}
 	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s",
-		argon2.Version, p.MemoryKiB, p.Time, p.Threads, b64.EncodeToString(salt), b64.EncodeToString(key))
+		argon2.Version, p.MemoryKiB, p.Time, p.Threads, b64.EncodeToString(salt), b64.EncodeToString(res.Key)), nil
 }
 
 // ErrUnknownFormat: a stored hash is neither Argon2id PHC nor bcrypt.
@@ -138,29 +141,75 @@ func parsePHC(s string) (phc, error) {
 	return out, nil
 }
 
-// verify checks password against encoded, which is Argon2id PHC or bcrypt.
-// stale reports that encoded does not use params (so a successful login
-// should store a new hash).
-func verify(encoded, password string, params Params) (ok, stale bool, err error) {
+// verify checks password against encoded, which is Argon2id PHC or bcrypt,
+// computing with run. stale reports that encoded does not use params (so a
+// successful login should store a new hash).
+func verify(run kdfFunc, encoded, password string, params Params) (ok, stale bool, err error) {
 	if isBcrypt(encoded) {
-		err := bcrypt.CompareHashAndPassword([]byte(encoded), []byte(password))
+		res, err := run(kdfRequest{Bcrypt: true, Hash: []byte(encoded), Password: []byte(password)})
 		switch {
-		case err == nil:
-			return true, true, nil
-		case errors.Is(err, bcrypt.ErrMismatchedHashAndPassword):
-			return false, true, nil
+		case err != nil:
+			return false, false, err
+		case res.Err != "":
+			return false, false, fmt.Errorf("bcrypt: %s: %w", res.Err, ErrUnknownFormat)
 		}
-		return false, false, fmt.Errorf("bcrypt: %v: %w", err, ErrUnknownFormat)
+		return res.Match, true, nil
 	}
 	h, err := parsePHC(encoded)
 	if err != nil {
 		return false, false, err
 	}
-	got := argon2.IDKey([]byte(password), h.salt, h.params.Time, h.params.MemoryKiB, h.params.Threads, uint32(len(h.key)))
-	ok = subtle.ConstantTimeCompare(got, h.key) == 1
+	res, err := run(kdfRequest{Password: []byte(password), Salt: h.salt, Time: h.params.Time, MemoryKiB: h.params.MemoryKiB, Threads: h.params.Threads, KeyLen: uint32(len(h.key))})
+	if err != nil {
+		return false, false, err
+	}
+	ok = subtle.ConstantTimeCompare(res.Key, h.key) == 1
 	stale = h.params != params
 	return ok, stale, nil
 }
+
+// kdfRequest is one password computation: an Argon2id key, or a bcrypt
+// comparison. It crosses the pipe to a worker process (gob).
+type kdfRequest struct {
+	ID                      uint64
+	Bcrypt                  bool // compare Password with Hash; else derive an Argon2id key
+	Password, Salt, Hash    []byte
+	Time, MemoryKiB, KeyLen uint32
+	Threads                 uint8
+}
+
+// kdfResult answers a kdfRequest.
+type kdfResult struct {
+	ID    uint64
+	Key   []byte // Argon2id
+	Match bool   // bcrypt
+	Err   string // bcrypt: a hash that cannot be compared
+}
+
+// kdfFunc computes a request, in this process or in a worker process; its
+// error means the computation could not be made (the worker died), never a
+// wrong password.
+type kdfFunc func(kdfRequest) (kdfResult, error)
+
+// computeLocal computes r on the calling goroutine.
+func computeLocal(r kdfRequest) kdfResult {
+	out := kdfResult{ID: r.ID}
+	if r.Bcrypt {
+		err := bcrypt.CompareHashAndPassword(r.Hash, r.Password)
+		switch {
+		case err == nil:
+			out.Match = true
+		case errors.Is(err, bcrypt.ErrMismatchedHashAndPassword):
+		default:
+			out.Err = err.Error()
+		}
+		return out
+	}
+	out.Key = argon2.IDKey(r.Password, r.Salt, r.Time, r.MemoryKiB, r.Threads, r.KeyLen)
+	return out
+}
+
+func localKDF(r kdfRequest) (kdfResult, error) { return computeLocal(r), nil }
 
 func isBcrypt(s string) bool {
 	return strings.HasPrefix(s, "$2a$") || strings.HasPrefix(s, "$2b$") || strings.HasPrefix(s, "$2y$")

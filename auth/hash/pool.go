@@ -24,10 +24,10 @@ type Config struct {
 	Budget time.Duration
 	// MaxQueue bounds the waiting room whatever the budget; default 1024.
 	MaxQueue int
-	// Background runs each worker on its own OS thread at the lowest
-	// scheduling priority (nice 19) and adds the workers to GOMAXPROCS
-	// (given back on Close), so that a login storm takes only the CPU that
-	// other requests leave idle instead of the cores they need.
+	// Background computes in a worker process at the lowest CPU priority
+	// (SCHED_IDLE on Linux; see worker.go), so that a login storm takes
+	// only the CPU that other requests leave idle instead of the cores they
+	// need, and its allocations never pause this process.
 	Background bool
 }
 
@@ -65,9 +65,17 @@ type Pool struct {
 
 	dummy string // a hash of a random password under params
 
-	closeOnce  sync.Once
-	refused    atomic.Int64
-	background bool
+	closeOnce sync.Once
+	refused   atomic.Int64
+
+	kdf kdfFunc // localKDF, or remoteKDF for a background pool
+
+	// A background pool's worker process, replaced when it dies.
+	procMu      sync.Mutex
+	proc        *worker
+	procErr     error     // the last failure to start one
+	procErrTime time.Time // when
+	procClosed  bool
 }
 
 type job struct {
@@ -104,16 +112,24 @@ func NewPool(cfg Config) (*Pool, error) {
 		maxQueue: cfg.MaxQueue,
 		jobs:     make(chan *job, cfg.MaxQueue),
 		stop:     make(chan struct{}),
-
-		background: cfg.Background,
+		kdf:      localKDF,
+	}
+	if cfg.Background {
+		w, err := startWorker(p.workers)
+		if err != nil {
+			return nil, err
+		}
+		p.proc, p.kdf = w, p.remoteKDF
 	}
 	start := time.Now()
-	p.dummy = hashArgon2id(randomPassword(), p.params)
+	dummy, err := hashArgon2id(p.kdf, randomPassword(), p.params)
+	if err != nil {
+		p.closeWorker()
+		return nil, err
+	}
+	p.dummy = dummy
 	p.ewma.Store(int64(time.Since(start)))
 	workersGauge.Add(float64(p.workers))
-	if p.background {
-		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + p.workers)
-	}
 	p.wg.Add(p.workers)
 	for range p.workers {
 		go p.work()
@@ -131,20 +147,56 @@ func (p *Pool) Close() {
 		close(p.stop)
 		p.wg.Wait()
 		workersGauge.Sub(float64(p.workers))
-		if p.background {
-			runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)-p.workers))
-		}
+		p.closeWorker()
 	})
+}
+
+// closeWorker stops a background pool's worker process after the
+// computations in hand; later computations fail with ErrClosed.
+func (p *Pool) closeWorker() {
+	p.procMu.Lock()
+	w := p.proc
+	p.proc, p.procClosed = nil, true
+	p.procMu.Unlock()
+	if w != nil {
+		w.close(10 * time.Second)
+	}
+}
+
+// remoteKDF computes r in the worker process, starting a new one when the
+// last one died.
+func (p *Pool) remoteKDF(r kdfRequest) (kdfResult, error) {
+	w, err := p.liveWorker()
+	if err != nil {
+		return kdfResult{}, err
+	}
+	return w.call(r)
+}
+
+// liveWorker returns the running worker process, or starts one (at most one
+// attempt per workerRespawnDelay after a failure to start).
+func (p *Pool) liveWorker() (*worker, error) {
+	p.procMu.Lock()
+	defer p.procMu.Unlock()
+	switch {
+	case p.procClosed:
+		return nil, ErrClosed
+	case p.proc != nil && p.proc.failed() == nil:
+		return p.proc, nil
+	case p.procErr != nil && time.Since(p.procErrTime) < workerRespawnDelay:
+		return nil, p.procErr
+	}
+	w, err := startWorker(p.workers)
+	if err != nil {
+		p.procErr, p.procErrTime = err, time.Now()
+		return nil, err
+	}
+	p.proc, p.procErr = w, nil
+	return w, nil
 }
 
 func (p *Pool) work() {
 	defer p.wg.Done()
-	if p.background {
-		// The thread dies with this goroutine (no UnlockOSThread), so its
-		// lowered priority never passes to other goroutines.
-		runtime.LockOSThread()
-		lowerThreadPriority()
-	}
 	for {
 		select {
 		case <-p.stop:
@@ -267,10 +319,11 @@ func (p *Pool) Admit() error {
 // Hash returns the PHC string of password under the pool's parameters.
 func (p *Pool) Hash(ctx context.Context, password string) (string, error) {
 	var out string
-	if err := p.run(ctx, func() { out = hashArgon2id(password, p.params) }); err != nil {
+	var herr error
+	if err := p.run(ctx, func() { out, herr = hashArgon2id(p.kdf, password, p.params) }); err != nil {
 		return "", err
 	}
-	return out, nil
+	return out, herr
 }
 
 // Verify checks password against encoded (Argon2id PHC or bcrypt). stale
@@ -283,7 +336,7 @@ func (p *Pool) Verify(ctx context.Context, encoded, password string) (ok, stale 
 	// not write the results being returned.
 	var rOK, rStale bool
 	var verr error
-	if err := p.run(ctx, func() { rOK, rStale, verr = verify(encoded, password, p.params) }); err != nil {
+	if err := p.run(ctx, func() { rOK, rStale, verr = verify(p.kdf, encoded, password, p.params) }); err != nil {
 		return false, false, err
 	}
 	return rOK, rStale, verr
@@ -293,7 +346,11 @@ func (p *Pool) Verify(ctx context.Context, encoded, password string) (ok, stale 
 // for an unknown user, so that response time does not tell whether the
 // email exists.
 func (p *Pool) VerifyDummy(ctx context.Context, password string) error {
-	return p.run(ctx, func() { _, _, _ = verify(p.dummy, password, p.params) })
+	var verr error
+	if err := p.run(ctx, func() { _, _, verr = verify(p.kdf, p.dummy, password, p.params) }); err != nil {
+		return err
+	}
+	return verr
 }
 
 func randomPassword() string {

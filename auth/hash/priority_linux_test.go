@@ -2,45 +2,205 @@ package hash
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sys/unix"
 )
 
+// workerPID returns the pid of p's running worker process.
+func workerPID(t *testing.T, p *Pool) int {
+	t.Helper()
+	p.procMu.Lock()
+	defer p.procMu.Unlock()
+	if p.proc == nil {
+		t.Fatal("no worker process")
+	}
+	return p.proc.pid
+}
+
 func TestPool_Background(t *testing.T) {
+	t.Setenv("KEYSHARD_MASTER_KEY", "secret-not-for-the-worker")
 	before := runtime.GOMAXPROCS(0)
-	p, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 2, Background: true})
+	params := Params{MemoryKiB: 64, Time: 1, Threads: 1}
+	p, err := NewPool(Config{Params: params, Workers: 2, Background: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := runtime.GOMAXPROCS(0); got != before+2 {
-		t.Errorf("GOMAXPROCS with a background pool of 2 = %d, want %d", got, before+2)
-	}
-	var nice int
-	var prioErr error
-	if err := p.run(context.Background(), func() {
-		// getpriority returns 20-nice for a thread id (the raw syscall).
-		prio, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
-		nice, prioErr = 20-prio, err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if prioErr != nil {
-		t.Fatalf("getpriority: %v", prioErr)
-	}
-	if nice != 19 {
-		t.Errorf("worker thread nice = %d, want 19", nice)
-	}
-	if _, err := p.Hash(context.Background(), "password"); err != nil {
-		t.Fatal(err)
-	}
-	p.Close()
+	defer p.Close()
 	if got := runtime.GOMAXPROCS(0); got != before {
-		t.Errorf("GOMAXPROCS after Close = %d, want %d", got, before)
+		t.Errorf("GOMAXPROCS with a background pool = %d, want %d unchanged", got, before)
 	}
-	// The test's own thread keeps its priority.
-	if prio, _ := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid()); 20-prio == 19 {
-		t.Error("the caller's thread was niced")
+	pid := workerPID(t, p)
+	if pid == os.Getpid() {
+		t.Fatal("the worker is this process")
+	}
+
+	// Every thread of the worker runs at idle priority; this process's
+	// threads keep theirs.
+	tasks, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tasks) == 0 {
+		t.Fatal("worker has no threads")
+	}
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		attr, err := unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			t.Fatalf("sched_getattr %d: %v", tid, err)
+		}
+		if attr.Policy != unix.SCHED_IDLE {
+			t.Errorf("worker thread %d: policy %d, want SCHED_IDLE (%d)", tid, attr.Policy, unix.SCHED_IDLE)
+		}
+	}
+	if attr, err := unix.SchedGetAttr(0, 0); err != nil || attr.Policy == unix.SCHED_IDLE {
+		t.Errorf("the test's own thread: policy %v, err %v", attr, err)
+	}
+
+	// The server's secrets stay out of the worker's environment.
+	env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(env), "secret-not-for-the-worker") {
+		t.Error("the worker's environment holds KEYSHARD_MASTER_KEY")
+	}
+
+	// Hashes made in the worker verify here and the other way round.
+	ctx := context.Background()
+	local, err := NewPool(Config{Params: params, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	h, err := p.Hash(ctx, "correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, stale, err := local.Verify(ctx, h, "correct horse"); !ok || stale || err != nil {
+		t.Errorf("worker's hash verified here: ok=%v stale=%v err=%v", ok, stale, err)
+	}
+	h2, err := local.Hash(ctx, "battery staple")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, err := p.Verify(ctx, h2, "battery staple"); !ok || err != nil {
+		t.Errorf("local hash verified in the worker: ok=%v err=%v", ok, err)
+	}
+	if ok, _, err := p.Verify(ctx, h2, "battery stapler"); ok || err != nil {
+		t.Errorf("wrong password in the worker: ok=%v err=%v", ok, err)
+	}
+	bc, err := bcrypt.GenerateFromPassword([]byte("imported"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, stale, err := p.Verify(ctx, string(bc), "imported"); !ok || !stale || err != nil {
+		t.Errorf("bcrypt in the worker: ok=%v stale=%v err=%v", ok, stale, err)
+	}
+	if ok, _, err := p.Verify(ctx, string(bc), "exported"); ok || err != nil {
+		t.Errorf("bcrypt mismatch in the worker: ok=%v err=%v", ok, err)
+	}
+	if _, _, err := p.Verify(ctx, "$2b$10$short", "x"); !errors.Is(err, ErrUnknownFormat) {
+		t.Errorf("damaged bcrypt in the worker: err=%v, want ErrUnknownFormat", err)
+	}
+	if err := p.VerifyDummy(ctx, "whatever"); err != nil {
+		t.Errorf("dummy verify: %v", err)
+	}
+
+	// Close stops the worker process.
+	p.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("worker %d still alive after Close", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := p.Hash(ctx, "x"); !errors.Is(err, ErrClosed) {
+		t.Errorf("hash after Close: %v, want ErrClosed", err)
+	}
+}
+
+// A worker process killed with hashes in hand fails those hashes with
+// ErrWorkerFailed, at once rather than at a timeout, and the next hash
+// starts a new process.
+func TestPool_BackgroundWorkerDies(t *testing.T) {
+	// Big enough that a hash is surely in the worker when it is killed.
+	params := Params{MemoryKiB: 256 << 10, Time: 4, Threads: 1}
+	p, err := NewPool(Config{Params: params, Workers: 2, Background: true, Budget: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	first := workerPID(t, p)
+	ctx := context.Background()
+	errc := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := p.Hash(ctx, "in flight")
+			errc <- err
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Stats().Busy < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the hashes never started")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // sent to the worker
+	killed := time.Now()
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errc; !errors.Is(err, ErrWorkerFailed) {
+			t.Errorf("hash in flight when the worker died: %v, want ErrWorkerFailed", err)
+		}
+	}
+	if d := time.Since(killed); d > 5*time.Second {
+		t.Errorf("in-flight hashes failed %s after the kill", d)
+	}
+
+	p2, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Background: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	// The same for a pool of cheap hashes: kill, then the next hash works
+	// on a new process.
+	old := workerPID(t, p2)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		h, err := p2.Hash(ctx, "after")
+		if err == nil {
+			if ok, _, err := p2.Verify(ctx, h, "after"); !ok || err != nil {
+				t.Fatalf("verify on the new worker: ok=%v err=%v", ok, err)
+			}
+			break
+		}
+		if !errors.Is(err, ErrWorkerFailed) {
+			t.Fatalf("hash after the kill: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new worker within 10 s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pid := workerPID(t, p2); pid == old {
+		t.Errorf("still on the killed worker %d", pid)
 	}
 }

@@ -2,5 +2,12 @@
 
 package hash
 
-// lowerThreadPriority is a no-op where threads have no priority of their own.
-func lowerThreadPriority() {}
+import (
+	"os"
+	"os/exec"
+)
+
+// startLowPriority starts cmd; only Linux lowers its priority.
+func startLowPriority(cmd *exec.Cmd) error { return cmd.Start() }
+
+func selfExecutable() (string, error) { return os.Executable() }

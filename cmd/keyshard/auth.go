@@ -33,7 +33,7 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 	fs.UintVar(&f.threads, "argon2-threads", uint(hash.DefaultParams.Threads), "Argon2id lanes per hash")
 	fs.IntVar(&f.workers, "hash-workers", 0, "password hashing workers shared by all tenants (default: number of CPUs)")
 	fs.DurationVar(&f.budget, "hash-budget", hash.DefaultBudget, "longest expected wait for a password hash; past it login/signup answer 429")
-	fs.BoolVar(&f.background, "hash-background", false, "run hashing on low-priority threads: other requests keep their latency during a login storm, logins get only the CPU left over (docs/benchmarks.md)")
+	fs.BoolVar(&f.background, "hash-background", true, "compute password hashes in a worker process (this executable, restarted if it dies) at idle CPU priority (SCHED_IDLE on Linux), so that refresh and GET /user keep their latency during a login storm; false hashes on this process's own threads (docs/benchmarks.md)")
 	fs.DurationVar(&f.accessTTL, "access-token-ttl", auth.DefaultAccessTokenTTL, "lifetime of access tokens")
 	fs.StringVar(&f.publicURL, "public-url", "", "external base URL; tokens of tenant S carry iss PUBLIC_URL/t/S (default: from each request's Host)")
 	fs.IntVar(&f.throttle.AccountFailures, "login-account-failures", auth.DefaultThrottle.AccountFailures, "failed logins of one account per --login-failure-window before 429 (0: no limit)")
@@ -42,13 +42,15 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.gcPercent, "gc-percent", defaultGCPercent, "Go GC target (as GOGC, which wins when set): every Argon2id hash allocates its memory anew, and a higher target runs the collector less often under logins, for lower latency of the other requests at the cost of a larger heap")
 }
 
-// defaultGCPercent: each hash allocates --argon2-memory-kib (19 MiB) that is
-// garbage a moment later, so at the default GOGC=100 a login storm runs
-// the collector many times a second, and its assists and pauses land on
-// every request. With 400, `keyshard bench --workload storm` against
-// `serve --hash-background` gave a non-login P95 of 6.8 ms (3 rounds: 6.8,
-// 7.9, 6.8) instead of 9.4 (9.4, 11.5, 7.9); the heap may grow to about five
-// times what is live (a few hundred MB during a storm).
+// defaultGCPercent: with --hash-background=false each hash allocates
+// --argon2-memory-kib (19 MiB) in this process that is garbage a moment
+// later, so at the default GOGC=100 a login storm runs the collector many
+// times a second, and its assists and pauses land on every request. With
+// 400 (measured when hashing still ran in this process), a storm's non-login
+// P95 was 6.8 ms (3 rounds: 6.8, 7.9, 6.8) instead of 9.4 (9.4, 11.5, 7.9);
+// the heap may grow to about five times what is live. With the default
+// worker process the hashes allocate there, and 400 only spaces the
+// collections that requests cause.
 const defaultGCPercent = 400
 
 // applyGCPercent sets the GC target from --gc-percent unless GOGC is set.

@@ -1,0 +1,255 @@
+package hash
+
+import (
+	"bufio"
+	"encoding/gob"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// A background Pool computes in a worker process: this same executable,
+// started with workerEnv set, at the lowest CPU priority the system grants
+// (SCHED_IDLE on Linux). Within one process that is not possible:
+// golang.org/x/crypto/argon2 runs every segment of a hash on a goroutine of
+// its own, so the work lands on ordinary threads whatever thread called it,
+// and a low-priority thread in the server would still have to answer the
+// garbage collector's stop-the-world, which every 19 MiB hash triggers.
+// In a process of its own, hashing gets only the CPU that requests leave,
+// and its allocations never pause the server.
+const (
+	workerEnv      = "KEYSHARD_INTERNAL_HASH_WORKER"
+	workerProtocol = "keyshard-hash-worker/1"
+	// workerStartTimeout bounds the wait for a new worker's hello.
+	workerStartTimeout = 10 * time.Second
+	// workerCallTimeout bounds one computation: past it the worker is
+	// presumed hung and is killed. The parameter bounds of stored hashes
+	// keep an honest computation well under it.
+	workerCallTimeout = 5 * time.Minute
+	// workerRespawnDelay spaces attempts to start a worker after one failed
+	// to start, so that a broken installation does not fork per request.
+	workerRespawnDelay = time.Second
+)
+
+// ErrWorkerFailed: the hash worker process could not be started or died
+// with the computation in hand. A retry starts a new one.
+var ErrWorkerFailed = errors.New("password hash worker process failed")
+
+func init() {
+	// Any binary that links this package can serve as its own hash worker,
+	// test binaries included; the worker never returns to main.
+	if os.Getenv(workerEnv) == workerProtocol {
+		os.Exit(serveWorker(os.Stdin, os.Stdout))
+	}
+}
+
+// workerHello is the worker's first message.
+type workerHello struct {
+	Protocol string
+	PID      int
+}
+
+// serveWorker answers the kdfRequests read from r on w, concurrently, until
+// r ends; it returns the process's exit code.
+func serveWorker(r io.Reader, w io.Writer) int {
+	dec := gob.NewDecoder(bufio.NewReader(r))
+	enc := gob.NewEncoder(w)
+	var mu sync.Mutex
+	send := func(v any) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return enc.Encode(v)
+	}
+	if err := send(workerHello{Protocol: workerProtocol, PID: os.Getpid()}); err != nil {
+		return 1
+	}
+	// The parent has at most one request in hand per pool worker.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		var req kdfRequest
+		if err := dec.Decode(&req); err != nil {
+			if errors.Is(err, io.EOF) {
+				return 0 // the pool closed, or its process died
+			}
+			fmt.Fprintf(os.Stderr, "keyshard hash worker: %v\n", err)
+			return 1
+		}
+		wg.Go(func() {
+			if err := send(computeLocal(req)); err != nil {
+				fmt.Fprintf(os.Stderr, "keyshard hash worker: %v\n", err)
+				os.Exit(1)
+			}
+		})
+	}
+}
+
+// worker is the parent's handle on one worker process.
+type worker struct {
+	cmd   *exec.Cmd
+	pid   int
+	stdin io.WriteCloser
+	done  chan struct{} // closed when the process is gone and reaped
+
+	encMu sync.Mutex
+	enc   *gob.Encoder
+
+	mu      sync.Mutex
+	pending map[uint64]chan kdfResult
+	nextID  uint64
+	err     error // why the worker stopped; set once
+}
+
+// startWorker starts a worker process for n concurrent computations and
+// waits for its hello.
+func startWorker(n int) (*worker, error) {
+	exe, err := selfExecutable()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrWorkerFailed, err)
+	}
+	cmd := exec.Command(exe, "keyshard-hash-worker")
+	// A minimal environment: the server's secrets (master key, admin
+	// token) have no business in the worker.
+	cmd.Env = []string{workerEnv + "=" + workerProtocol, "GOMAXPROCS=" + strconv.Itoa(n)}
+	for _, k := range []string{"GOTRACEBACK", "GOCOVERDIR"} {
+		if v, ok := os.LookupEnv(k); ok {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrWorkerFailed, err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrWorkerFailed, err)
+	}
+	if err := startLowPriority(cmd); err != nil {
+		return nil, fmt.Errorf("%w: start %s: %v", ErrWorkerFailed, exe, err)
+	}
+	dec := gob.NewDecoder(bufio.NewReader(stdout))
+	hello := make(chan error, 1)
+	go func() {
+		var h workerHello
+		err := dec.Decode(&h)
+		if err == nil && h.Protocol != workerProtocol {
+			err = fmt.Errorf("speaks %q, want %q", h.Protocol, workerProtocol)
+		}
+		hello <- err
+	}()
+	var herr error
+	select {
+	case herr = <-hello:
+	case <-time.After(workerStartTimeout):
+		herr = fmt.Errorf("no hello within %s", workerStartTimeout)
+	}
+	if herr != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("%w: %s did not start as a hash worker: %v", ErrWorkerFailed, exe, herr)
+	}
+	w := &worker{cmd: cmd, pid: cmd.Process.Pid, stdin: stdin, done: make(chan struct{}),
+		enc: gob.NewEncoder(stdin), pending: make(map[uint64]chan kdfResult)}
+	go w.read(dec)
+	return w, nil
+}
+
+// read delivers results until the worker's output ends, then fails the
+// computations still in hand and reaps the process.
+func (w *worker) read(dec *gob.Decoder) {
+	var err error
+	for {
+		var res kdfResult
+		if err = dec.Decode(&res); err != nil {
+			break
+		}
+		w.mu.Lock()
+		ch := w.pending[res.ID]
+		delete(w.pending, res.ID)
+		w.mu.Unlock()
+		if ch != nil {
+			ch <- res // buffered: never blocks
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		err = errors.New("exited")
+	}
+	w.stop(err)
+	_ = w.cmd.Process.Kill()
+	_ = w.cmd.Wait()
+	close(w.done)
+}
+
+// stop records why the worker stopped (the first reason wins).
+func (w *worker) stop(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err == nil {
+		w.err = fmt.Errorf("%w: process %d: %v", ErrWorkerFailed, w.pid, err)
+	}
+}
+
+// failed returns why the worker stopped, or nil while it runs.
+func (w *worker) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// call sends r and waits for its result.
+func (w *worker) call(r kdfRequest) (kdfResult, error) {
+	ch := make(chan kdfResult, 1)
+	w.mu.Lock()
+	if w.err != nil {
+		w.mu.Unlock()
+		return kdfResult{}, w.err
+	}
+	w.nextID++
+	r.ID = w.nextID
+	w.pending[r.ID] = ch
+	w.mu.Unlock()
+
+	w.encMu.Lock()
+	err := w.enc.Encode(&r)
+	w.encMu.Unlock()
+	if err != nil {
+		w.stop(fmt.Errorf("send: %v", err))
+		_ = w.cmd.Process.Kill() // read sees the end and reaps it
+	}
+	timer := time.NewTimer(workerCallTimeout)
+	defer timer.Stop()
+	select {
+	case res := <-ch:
+		return res, nil
+	case <-w.done:
+		select {
+		case res := <-ch: // answered just before the end
+			return res, nil
+		default:
+		}
+		return kdfResult{}, w.failed()
+	case <-timer.C:
+		w.stop(fmt.Errorf("no answer within %s", workerCallTimeout))
+		_ = w.cmd.Process.Kill()
+		<-w.done
+		return kdfResult{}, w.failed()
+	}
+}
+
+// close ends the worker's input, so that it exits after the computations in
+// hand, and waits for it (killing it past timeout).
+func (w *worker) close(timeout time.Duration) {
+	_ = w.stdin.Close()
+	select {
+	case <-w.done:
+	case <-time.After(timeout):
+		_ = w.cmd.Process.Kill()
+		<-w.done
+	}
+}

@@ -26,6 +26,9 @@ const (
 	benchLoginClients = 16
 	benchReadClients  = 16 // refresh and GET /user without load
 	benchMixClients   = 4  // refresh and GET /user each, under login load
+	// benchOpenRate is the rate of refresh and of GET /user (each) in the
+	// open-loop phases, near the case study's 210 req/s.
+	benchOpenRate = 100
 	benchRawHashDur   = 3 * time.Second
 	benchLoginDur     = 5 * time.Second
 	benchReadDur      = 3 * time.Second
@@ -130,6 +133,24 @@ func runClients(n int, dur time.Duration, step func(client, i int) bool) time.Du
 	return time.Since(start)
 }
 
+// openLoop calls fn at rate per second for dur (at most benchMaxOps
+// calls), each on its own goroutine, passing the time the call was due:
+// latency timed from it includes any wait the generator or the server
+// imposed, so a slow server cannot slow the offered load down.
+func openLoop(rate float64, dur time.Duration, fn func(due time.Time)) {
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range benchMaxOps {
+		due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+		if due.Sub(start) >= dur {
+			break
+		}
+		time.Sleep(time.Until(due))
+		wg.Go(func() { fn(due) })
+	}
+	wg.Wait()
+}
+
 // benchSession is one client's session chain.
 type benchSession struct {
 	access, refresh string
@@ -138,7 +159,9 @@ type benchSession struct {
 // BenchmarkAuth_Throughput measures, on a real loopback server with OWASP
 // Argon2id parameters and the default pool (NumCPU workers, 1 s budget):
 // the raw hash rate, password logins against it, refresh and GET /user
-// without load, and refresh and GET /user while logins saturate the pool.
+// without load, refresh and GET /user in closed loops while logins saturate
+// the pool, and refresh and GET /user at a fixed rate (open loop) without
+// and with that login load.
 // The workload runs once whatever b.N; use -benchtime 1x.
 func BenchmarkAuth_Throughput(b *testing.B) {
 	if b.N > 1 {
@@ -194,6 +217,16 @@ func benchAuthThroughput(b *testing.B, params hash.Params, workers int, rawRate 
 	refreshURL := base + "/token?grant_type=refresh_token"
 	userURL := base + "/user"
 
+	politeLogin := func(st *benchStats) func(c, i int) bool {
+		return func(c, i int) bool {
+			status, d, _, err := benchDo(client, "POST", loginURL, "", logins[(c+i*benchLoginClients)%benchUsers], false)
+			st.add(status, d, err)
+			if status == http.StatusTooManyRequests {
+				time.Sleep(time.Second)
+			}
+			return true
+		}
+	}
 	login := func(st *benchStats) func(c, i int) bool {
 		return func(c, i int) bool {
 			status, d, _, err := benchDo(client, "POST", loginURL, "", logins[(c+i*benchLoginClients)%benchUsers], false)
@@ -231,6 +264,35 @@ func benchAuthThroughput(b *testing.B, params hash.Params, workers int, rawRate 
 			return true
 		}
 	}
+	// Open-loop refresh takes a session chain that no other refresh holds;
+	// open-loop GET /user reads with the access tokens of the chains that
+	// no refresh touches in those phases.
+	free := make(chan int, benchReadClients/2)
+	for c := range benchReadClients / 2 {
+		free <- c
+	}
+	openRefresh := func(st *benchStats) func(due time.Time) {
+		return func(due time.Time) {
+			c := <-free
+			defer func() { free <- c }()
+			s := &sessions[c]
+			req, _ := json.Marshal(map[string]string{"refresh_token": s.refresh})
+			status, _, body, err := benchDo(client, "POST", refreshURL, "", req, true)
+			st.add(status, time.Since(due), err)
+			if status == http.StatusOK && err == nil {
+				s.access, _ = body["access_token"].(string)
+				s.refresh, _ = body["refresh_token"].(string)
+			}
+		}
+	}
+	openUser := func(st *benchStats) func(due time.Time) {
+		var n atomic.Int64
+		return func(due time.Time) {
+			c := benchReadClients/2 + int(n.Add(1))%(benchReadClients/2)
+			status, _, _, err := benchDo(client, "GET", userURL, sessions[c].access, nil, false)
+			st.add(status, time.Since(due), err)
+		}
+	}
 	check := func(name string, st *benchStats) {
 		if st.other > 0 {
 			b.Errorf("%s: %d unexpected responses, first: %s", name, st.other, st.firstErr)
@@ -251,7 +313,29 @@ func benchAuthThroughput(b *testing.B, params hash.Params, workers int, rawRate 
 	check("refresh", &rst)
 	check("user", &ust)
 
-	// (d) 4 refresh and 4 GET /user clients while 16 clients hammer logins.
+	// (d) Refresh and GET /user at benchOpenRate each (open loop), first
+	// alone, then while 16 clients keep the hash pool saturated: the
+	// storm's effect on their latency at a fixed load, which (e) cannot
+	// show because its closed loops saturate the CPU by themselves. These
+	// login clients behave: answered 429, one waits its Retry-After (1 s).
+	var orst, oust benchStats
+	wg.Go(func() { openLoop(benchOpenRate, benchMixDur, openRefresh(&orst)) })
+	wg.Go(func() { openLoop(benchOpenRate, benchMixDur, openUser(&oust)) })
+	wg.Wait()
+	var olst, olrst, olust benchStats
+	var oel time.Duration
+	wg.Go(func() { oel = runClients(benchLoginClients, benchMixDur, politeLogin(&olst)) })
+	wg.Go(func() { openLoop(benchOpenRate, benchMixDur, openRefresh(&olrst)) })
+	wg.Go(func() { openLoop(benchOpenRate, benchMixDur, openUser(&olust)) })
+	wg.Wait()
+	check("open-loop refresh", &orst)
+	check("open-loop user", &oust)
+	check("login beside the open loop", &olst)
+	check("open-loop refresh under load", &olrst)
+	check("open-loop user under load", &olust)
+
+	// (e) 4 refresh and 4 GET /user clients in closed loops while 16
+	// clients hammer logins, a refused one retrying at once.
 	var mlst, mrst, must benchStats
 	var mel time.Duration
 	wg.Go(func() { mel = runClients(benchLoginClients, benchMixDur, login(&mlst)) })
@@ -261,6 +345,7 @@ func benchAuthThroughput(b *testing.B, params hash.Params, workers int, rawRate 
 	check("login under load", &mlst)
 	check("refresh under load", &mrst)
 	check("user under load", &must)
+
 	b.StopTimer()
 
 	b.ReportMetric(rawRate, "raw_hashes/s")
@@ -280,4 +365,10 @@ func benchAuthThroughput(b *testing.B, params hash.Params, workers int, rawRate 
 	b.ReportMetric(pct(mlst.tooMany, 0.95), "load_429_p95_ms")
 	b.ReportMetric(pct(mrst.ok, 0.95), "load_refresh_p95_ms")
 	b.ReportMetric(pct(must.ok, 0.95), "load_user_p95_ms")
+	b.ReportMetric(pct(orst.ok, 0.95), "open_refresh_p95_ms")
+	b.ReportMetric(pct(oust.ok, 0.95), "open_user_p95_ms")
+	b.ReportMetric(pct(olrst.ok, 0.95), "open_load_refresh_p95_ms")
+	b.ReportMetric(pct(olust.ok, 0.95), "open_load_user_p95_ms")
+	b.ReportMetric(float64(len(olst.ok))/oel.Seconds(), "open_load_logins/s")
+	b.ReportMetric(float64(len(olst.tooMany)), "open_load_login_429s")
 }

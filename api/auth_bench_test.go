@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -28,7 +29,7 @@ const (
 	benchMixClients   = 4  // refresh and GET /user each, under login load
 	// benchOpenRate is the rate of refresh and of GET /user (each) in the
 	// open-loop phases, near the case study's 210 req/s.
-	benchOpenRate = 100
+	benchOpenRate     = 100
 	benchRawHashDur   = 3 * time.Second
 	benchLoginDur     = 5 * time.Second
 	benchReadDur      = 3 * time.Second
@@ -149,6 +150,37 @@ func openLoop(rate float64, dur time.Duration, fn func(due time.Time)) {
 		wg.Go(func() { fn(due) })
 	}
 	wg.Wait()
+}
+
+// fsyncProbe returns an open-loop step that overwrites one 4 KiB block of
+// a preallocated file in dir and fdatasyncs it, as a WAL commit of a small
+// transaction does: the disk's own share of a refresh's latency.
+func fsyncProbe(b *testing.B, dir string, st *benchStats) (step func(due time.Time), done func()) {
+	f, err := os.CreateTemp(dir, "fsync-probe-*")
+	if err != nil {
+		b.Fatal(err)
+	}
+	const blocks = 256
+	block := make([]byte, 4096)
+	if _, err := f.Write(make([]byte, blocks*len(block))); err != nil {
+		b.Fatal(err)
+	}
+	if err := fdatasync(f); err != nil {
+		b.Fatal(err)
+	}
+	var mu sync.Mutex // one commit at a time, like one shard's writer
+	var n int64
+	step = func(due time.Time) {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		_, err := f.WriteAt(block, (n%blocks)*int64(len(block)))
+		if err == nil {
+			err = fdatasync(f)
+		}
+		st.add(http.StatusOK, time.Since(due), err)
+	}
+	return step, func() { _ = f.Close(); _ = os.Remove(f.Name()) }
 }
 
 // benchSession is one client's session chain.
@@ -334,6 +366,20 @@ func benchAuthThroughput(b *testing.B, params hash.Params, workers int, rawRate 
 	check("open-loop refresh under load", &olrst)
 	check("open-loop user under load", &olust)
 
+	// (f) The disk alone: a 4 KiB overwrite + fdatasync at benchOpenRate,
+	// without and with the same login load, in the data directory.
+	var fst, flst, fllst benchStats
+	probe, closeProbe := fsyncProbe(b, e.dataDir, &fst)
+	openLoop(benchOpenRate, benchReadDur, probe)
+	closeProbe()
+	probe, closeProbe = fsyncProbe(b, e.dataDir, &flst)
+	wg.Go(func() { runClients(benchLoginClients, benchReadDur, politeLogin(&fllst)) })
+	wg.Go(func() { openLoop(benchOpenRate, benchReadDur, probe) })
+	wg.Wait()
+	closeProbe()
+	check("fdatasync", &fst)
+	check("fdatasync under load", &flst)
+
 	// (e) 4 refresh and 4 GET /user clients in closed loops while 16
 	// clients hammer logins, a refused one retrying at once.
 	var mlst, mrst, must benchStats
@@ -371,4 +417,7 @@ func benchAuthThroughput(b *testing.B, params hash.Params, workers int, rawRate 
 	b.ReportMetric(pct(olust.ok, 0.95), "open_load_user_p95_ms")
 	b.ReportMetric(float64(len(olst.ok))/oel.Seconds(), "open_load_logins/s")
 	b.ReportMetric(float64(len(olst.tooMany)), "open_load_login_429s")
+	b.ReportMetric(pct(fst.ok, 0.5), "fdatasync_p50_ms")
+	b.ReportMetric(pct(fst.ok, 0.95), "fdatasync_p95_ms")
+	b.ReportMetric(pct(flst.ok, 0.95), "load_fdatasync_p95_ms")
 }

@@ -32,7 +32,7 @@ type authEnvOptions struct {
 	queue   int    // per-shard writer queue (app.Config.QueueSize)
 	sync    string // synchronous; default NORMAL
 
-	background bool // hash workers as low-priority threads
+	background bool // hashes in a worker process at idle priority
 	deferLimit int  // per-shard deferred-record buffer (app.Config.DeferLimit)
 }
 
@@ -46,6 +46,9 @@ type authEnv struct {
 	Keys  *token.Keys
 	clock atomic.Int64 // nanoseconds added to the service clock
 	http  *http.Client
+	// dataDir holds the SQLite shards (a server backend keeps its
+	// tenants elsewhere).
+	dataDir string
 }
 
 func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
@@ -56,12 +59,13 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 	if o.sync == "" {
 		o.sync = "NORMAL"
 	}
-	a := testbackend.Open(tb, app.Config{DataDir: tb.TempDir(), Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit})
+	dataDir := tb.TempDir()
+	a := testbackend.Open(tb, app.Config{DataDir: dataDir, Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit})
 	pool, err := hash.NewPool(hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e := &authEnv{tb: tb, App: a, Pool: pool}
+	e := &authEnv{tb: tb, App: a, Pool: pool, dataDir: dataDir}
 	now := func() time.Time { return time.Now().Add(time.Duration(e.clock.Load())) }
 	master := bytes.Repeat([]byte{7}, token.MasterKeySize)
 	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master, TokenTTL: time.Hour, Now: now})

@@ -24,6 +24,10 @@ var (
 		Help:    "Time of one password hash or verification.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 12),
 	})
+	workerStarts = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "keyshard_hash_worker_starts_total",
+		Help: "Hash worker processes started (one at startup; more mean one died or could not start).",
+	})
 	refusedTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "keyshard_hash_admissions_refused_total",
 		Help: "Hash requests refused because their expected wait exceeded the budget.",

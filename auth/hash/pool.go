@@ -163,6 +163,17 @@ func (p *Pool) closeWorker() {
 	}
 }
 
+// WorkerPID returns the process id of a background pool's running worker
+// process, or 0.
+func (p *Pool) WorkerPID() int {
+	p.procMu.Lock()
+	defer p.procMu.Unlock()
+	if p.proc == nil || p.proc.failed() != nil {
+		return 0
+	}
+	return p.proc.pid
+}
+
 // remoteKDF computes r in the worker process, starting a new one when the
 // last one died.
 func (p *Pool) remoteKDF(r kdfRequest) (kdfResult, error) {

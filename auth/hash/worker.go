@@ -123,7 +123,8 @@ func startWorker(n int) (*worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrWorkerFailed, err)
 	}
-	cmd := exec.Command(exe, "keyshard-hash-worker")
+	cmd := exec.Command(exe)
+	cmd.Args = []string{"keyshard-hash-worker"} // its name in ps and top
 	// A minimal environment: the server's secrets (master key, admin
 	// token) have no business in the worker.
 	cmd.Env = []string{workerEnv + "=" + workerProtocol, "GOMAXPROCS=" + strconv.Itoa(n)}
@@ -141,6 +142,7 @@ func startWorker(n int) (*worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrWorkerFailed, err)
 	}
+	workerStarts.Inc()
 	if err := startLowPriority(cmd); err != nil {
 		return nil, fmt.Errorf("%w: start %s: %v", ErrWorkerFailed, exe, err)
 	}
@@ -189,11 +191,13 @@ func (w *worker) read(dec *gob.Decoder) {
 		}
 	}
 	if errors.Is(err, io.EOF) {
-		err = errors.New("exited")
+		err = errors.New("its output ended")
+	}
+	_ = w.cmd.Process.Kill() // fails when it is gone already
+	if werr := w.cmd.Wait(); werr != nil {
+		err = fmt.Errorf("%v (%v)", err, werr) // e.g. "signal: killed"
 	}
 	w.stop(err)
-	_ = w.cmd.Process.Kill()
-	_ = w.cmd.Wait()
 	close(w.done)
 }
 

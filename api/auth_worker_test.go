@@ -1,0 +1,61 @@
+package api_test
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"github.com/keyshard/keyshard/auth/hash"
+)
+
+// A hash worker process that dies with a login in hand answers that login
+// 503 service_unavailable with Retry-After, logged; the next login starts a
+// new worker and succeeds, and other requests never notice.
+func TestAuth_HashWorkerDies(t *testing.T) {
+	// Slow enough hashes that the login is surely in the worker when it is
+	// killed.
+	params := hash.Params{MemoryKiB: 64 << 10, Time: 8, Threads: 1}
+	e := newAuthEnv(t, authEnvOptions{params: params, workers: 1, budget: time.Minute, background: true})
+	base := e.tenant("acme")
+	s := e.signup(base, "dora@example.com", "password1")
+	access := s.str("access_token")
+
+	first := e.Pool.WorkerPID()
+	if first == 0 || first == os.Getpid() {
+		t.Fatalf("worker pid %d (this process %d)", first, os.Getpid())
+	}
+	done := make(chan authResp, 1)
+	go func() { done <- e.login(base, "dora@example.com", "password1") }()
+	deadline := time.Now().Add(30 * time.Second)
+	for e.Pool.Stats().Busy == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the login never reached the hash pool")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // sent to the worker
+	proc, err := os.FindProcess(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	wantAuthError(t, r, 503, "service_unavailable")
+	if r.Header.Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+
+	// Requests that need no hash are unaffected.
+	if u := e.call("GET", base+"/user", access, nil); u.Status != 200 {
+		t.Fatalf("GET /user after the worker died: %d %s", u.Status, u.Raw)
+	}
+	// The next login runs on a new worker.
+	if r := e.login(base, "dora@example.com", "password1"); r.Status != 200 {
+		t.Fatalf("login after the worker died: %d %s", r.Status, r.Raw)
+	}
+	if pid := e.Pool.WorkerPID(); pid == 0 || pid == first {
+		t.Errorf("worker pid %d after the restart, the killed one was %d", pid, first)
+	}
+}

@@ -73,6 +73,9 @@ func hashArgon2id(run kdfFunc, password string, p Params) (string, error) {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
 	res, err := run(kdfRequest{Password: []byte(password), Salt: salt, Time: p.Time, MemoryKiB: p.MemoryKiB, Threads: p.Threads, KeyLen: p.KeyLen})
+	if err == nil && res.Err != "" {
+		err = fmt.Errorf("%w: %s", ErrWorkerFailed, res.Err)
+	}
 	if err != nil {
 		return "", err
 	}
@@ -91,10 +94,18 @@ type phc struct {
 }
 
 // Bounds on stored parameters, so that a corrupt or hostile hash cannot make
-// a worker allocate gigabytes or spin for minutes.
+// a worker allocate gigabytes or spin for minutes (a login of its account
+// would hold a worker that long, and past workerCallTimeout take the worker
+// process and the hashes of other logins down with it).
 const (
 	maxMemoryKiB = 1 << 20 // 1 GiB
 	maxTime      = 64
+	// maxWork bounds memory × passes: 4 GiB of blocks to fill, a few
+	// seconds of one core (OWASP's 19 MiB × 2 is 38 MiB).
+	maxWork = 4 << 20 // KiB
+	// maxBcryptCost bounds imported bcrypt hashes: cost 16 takes seconds,
+	// each step doubles it (31 would take days). Common costs are 10–12.
+	maxBcryptCost = 16
 )
 
 func parsePHC(s string) (phc, error) {
@@ -135,7 +146,8 @@ func parsePHC(s string) (phc, error) {
 		return phc{}, fmt.Errorf("argon2 hash: %w", ErrUnknownFormat)
 	}
 	out.params.SaltLen, out.params.KeyLen = uint32(len(out.salt)), uint32(len(out.key))
-	if out.params.Validate() != nil || out.params.MemoryKiB > maxMemoryKiB || out.params.Time > maxTime || len(out.key) > 1024 {
+	if out.params.Validate() != nil || out.params.MemoryKiB > maxMemoryKiB || out.params.Time > maxTime ||
+		uint64(out.params.MemoryKiB)*uint64(out.params.Time) > maxWork || len(out.key) > 1024 {
 		return phc{}, fmt.Errorf("argon2 parameters out of range: %w", ErrUnknownFormat)
 	}
 	return out, nil
@@ -146,6 +158,9 @@ func parsePHC(s string) (phc, error) {
 // successful login should store a new hash).
 func verify(run kdfFunc, encoded, password string, params Params) (ok, stale bool, err error) {
 	if isBcrypt(encoded) {
+		if cost, err := bcrypt.Cost([]byte(encoded)); err == nil && cost > maxBcryptCost {
+			return false, false, fmt.Errorf("bcrypt cost %d above %d: %w", cost, maxBcryptCost, ErrUnknownFormat)
+		}
 		res, err := run(kdfRequest{Bcrypt: true, Hash: []byte(encoded), Password: []byte(password)})
 		switch {
 		case err != nil:
@@ -160,6 +175,9 @@ func verify(run kdfFunc, encoded, password string, params Params) (ok, stale boo
 		return false, false, err
 	}
 	res, err := run(kdfRequest{Password: []byte(password), Salt: h.salt, Time: h.params.Time, MemoryKiB: h.params.MemoryKiB, Threads: h.params.Threads, KeyLen: uint32(len(h.key))})
+	if err == nil && res.Err != "" {
+		err = fmt.Errorf("%w: %s", ErrWorkerFailed, res.Err)
+	}
 	if err != nil {
 		return false, false, err
 	}
@@ -183,7 +201,7 @@ type kdfResult struct {
 	ID    uint64
 	Key   []byte // Argon2id
 	Match bool   // bcrypt
-	Err   string // bcrypt: a hash that cannot be compared
+	Err   string // bcrypt: a hash that cannot be compared; else a panic
 }
 
 // kdfFunc computes a request, in this process or in a worker process; its

@@ -3,6 +3,7 @@ package hash
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -73,6 +74,7 @@ type Pool struct {
 	// A background pool's worker process, replaced when it dies.
 	procMu      sync.Mutex
 	proc        *worker
+	procStarted time.Time // when proc was started
 	procErr     error     // the last failure to start one
 	procErrTime time.Time // when
 	procClosed  bool
@@ -115,11 +117,11 @@ func NewPool(cfg Config) (*Pool, error) {
 		kdf:      localKDF,
 	}
 	if cfg.Background {
-		w, err := startWorker(p.workers)
+		w, err := startWorker(p.workers, p.params.MemoryKiB)
 		if err != nil {
 			return nil, err
 		}
-		p.proc, p.kdf = w, p.remoteKDF
+		p.proc, p.procStarted, p.kdf = w, time.Now(), p.remoteKDF
 	}
 	start := time.Now()
 	dummy, err := hashArgon2id(p.kdf, randomPassword(), p.params)
@@ -145,7 +147,20 @@ func (p *Pool) Params() Params { return p.params }
 func (p *Pool) Close() {
 	p.closeOnce.Do(func() {
 		close(p.stop)
-		p.wg.Wait()
+		// The jobs in hand finish first; a worker process that does not
+		// answer them within the grace is killed, which fails them.
+		idle := make(chan struct{})
+		go func() { p.wg.Wait(); close(idle) }()
+		select {
+		case <-idle:
+		case <-time.After(workerCloseGrace):
+			p.procMu.Lock()
+			if p.proc != nil {
+				p.proc.kill(errors.New("closed"))
+			}
+			p.procMu.Unlock()
+			<-idle
+		}
 		workersGauge.Sub(float64(p.workers))
 		p.closeWorker()
 	})
@@ -184,8 +199,9 @@ func (p *Pool) remoteKDF(r kdfRequest) (kdfResult, error) {
 	return w.call(r)
 }
 
-// liveWorker returns the running worker process, or starts one (at most one
-// attempt per workerRespawnDelay after a failure to start).
+// liveWorker returns the running worker process, or starts one: at once
+// when the last one died after running workerRespawnDelay or more, else not
+// before that delay has passed since the last start or failure to start.
 func (p *Pool) liveWorker() (*worker, error) {
 	p.procMu.Lock()
 	defer p.procMu.Unlock()
@@ -194,15 +210,17 @@ func (p *Pool) liveWorker() (*worker, error) {
 		return nil, ErrClosed
 	case p.proc != nil && p.proc.failed() == nil:
 		return p.proc, nil
+	case p.proc != nil && time.Since(p.procStarted) < workerRespawnDelay:
+		return nil, p.proc.failed() // died young: do not fork per request
 	case p.procErr != nil && time.Since(p.procErrTime) < workerRespawnDelay:
 		return nil, p.procErr
 	}
-	w, err := startWorker(p.workers)
+	w, err := startWorker(p.workers, p.params.MemoryKiB)
 	if err != nil {
-		p.procErr, p.procErrTime = err, time.Now()
+		p.proc, p.procErr, p.procErrTime = nil, err, time.Now()
 		return nil, err
 	}
-	p.proc, p.procErr = w, nil
+	p.proc, p.procStarted, p.procErr = w, time.Now(), nil
 	return w, nil
 }
 

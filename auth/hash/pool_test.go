@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -73,9 +74,30 @@ func TestPool_HashVerify(t *testing.T) {
 	t.Run("ErrUnknownFormat", func(t *testing.T) {
 		for _, h := range []string{"", "plain", "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA",
 			"$argon2id$v=19$m=99999999,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
-			"$argon2id$v=16$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA", "$argon2id$v=19$m=64$x$y"} {
+			"$argon2id$v=16$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA", "$argon2id$v=19$m=64$x$y",
+			// Within the memory and pass bounds, but 5 GiB of work.
+			"$argon2id$v=19$m=1048576,t=5,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"} {
 			if _, _, err := p.Verify(ctx, h, "pw"); !errors.Is(err, hash.ErrUnknownFormat) {
 				t.Fatalf("%q: err %v", h, err)
+			}
+		}
+	})
+	t.Run("ErrBcryptCostTooHigh", func(t *testing.T) {
+		b, err := bcrypt.GenerateFromPassword([]byte("imported"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The same hash claiming cost 17 (seconds) and 31 (days): refused
+		// before any work.
+		for _, cost := range []string{"17", "31"} {
+			h := strings.Replace(string(b), "$04$", "$"+cost+"$", 1)
+			start := time.Now()
+			_, _, err := p.Verify(ctx, h, "imported")
+			if !errors.Is(err, hash.ErrUnknownFormat) {
+				t.Errorf("cost %s: err %v, want ErrUnknownFormat", cost, err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("cost %s: refused after %s", cost, d)
 			}
 		}
 	})

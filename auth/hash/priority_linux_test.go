@@ -63,8 +63,15 @@ func TestPool_Background(t *testing.T) {
 			t.Errorf("worker thread %d: policy %d, want SCHED_IDLE (%d)", tid, attr.Policy, unix.SCHED_IDLE)
 		}
 	}
-	if attr, err := unix.SchedGetAttr(0, 0); err != nil || attr.Policy == unix.SCHED_IDLE {
-		t.Errorf("the test's own thread: policy %v, err %v", attr, err)
+	own, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range own {
+		tid, _ := strconv.Atoi(task.Name())
+		if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy == unix.SCHED_IDLE {
+			t.Errorf("thread %d of this process was lowered to SCHED_IDLE", tid)
+		}
 	}
 
 	// The server's secrets stay out of the worker's environment.
@@ -158,7 +165,7 @@ func TestPool_BackgroundWorkerDies(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	time.Sleep(20 * time.Millisecond) // sent to the worker
+	waitPending(t, p, 2)
 	killed := time.Now()
 	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -177,8 +184,8 @@ func TestPool_BackgroundWorkerDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p2.Close()
-	// The same for a pool of cheap hashes: kill, then the next hash works
-	// on a new process.
+	// The same for a pool of cheap hashes: kill, then a hash works on a new
+	// process (after workerRespawnDelay, as this one died young).
 	old := workerPID(t, p2)
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -202,5 +209,86 @@ func TestPool_BackgroundWorkerDies(t *testing.T) {
 	}
 	if pid := workerPID(t, p2); pid == old {
 		t.Errorf("still on the killed worker %d", pid)
+	}
+}
+
+// waitPending waits until p's worker process has n computations in hand.
+func waitPending(t *testing.T, p *Pool, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p.procMu.Lock()
+		w := p.proc
+		p.procMu.Unlock()
+		got := 0
+		if w != nil {
+			w.mu.Lock()
+			got = len(w.pending)
+			w.mu.Unlock()
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d computations in the worker, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A worker that stops answering (here: stopped by SIGSTOP) is killed after
+// workerCallTimeout, failing the computation in hand, even when it stopped
+// reading its input.
+func TestPool_BackgroundWorkerHangs(t *testing.T) {
+	defer func(d time.Duration) { workerCallTimeout = d }(workerCallTimeout)
+	workerCallTimeout = 500 * time.Millisecond
+	p, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Background: true, Budget: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	pid := workerPID(t, p)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = p.Hash(context.Background(), "x")
+	if !errors.Is(err, ErrWorkerFailed) || !strings.Contains(err.Error(), "no answer within") {
+		t.Fatalf("hash on a stopped worker: %v, want ErrWorkerFailed (no answer)", err)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond || d > 10*time.Second {
+		t.Errorf("failed after %s, want about %s", d, workerCallTimeout)
+	}
+	if syscall.Kill(pid, 0) == nil {
+		// It may linger as a zombie only until read reaps it.
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err == nil {
+		t.Errorf("the stopped worker %d was not killed and reaped", pid)
+	}
+}
+
+// An executable that does not speak the protocol fails NewPool at once
+// with ErrWorkerFailed, leaving no process behind.
+func TestPool_BackgroundWorkerDoesNotStart(t *testing.T) {
+	defer func(f func() (string, error)) { workerExecutable = f }(workerExecutable)
+	for _, exe := range []string{"/bin/true", "/no/such/keyshard"} {
+		workerExecutable = func() (string, error) { return exe, nil }
+		start := time.Now()
+		_, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Background: true})
+		if !errors.Is(err, ErrWorkerFailed) {
+			t.Errorf("%s as the worker: %v, want ErrWorkerFailed", exe, err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("%s: failed after %s", exe, d)
+		}
+	}
+}
+
+// A panic in a computation is answered as an error, not a dead worker.
+func TestComputeRecover(t *testing.T) {
+	res := computeRecover(kdfRequest{ID: 7, Password: []byte("x"), Salt: []byte("saltsalt"), Time: 0, MemoryKiB: 64, Threads: 1, KeyLen: 32})
+	if res.ID != 7 || !strings.HasPrefix(res.Err, "panic: ") {
+		t.Fatalf("argon2 with time 0: %+v, want a recovered panic", res)
 	}
 }

@@ -1,13 +1,10 @@
-//go:build !linux
+//go:build !unix
 
 package hash
 
-import (
-	"os"
-	"os/exec"
-)
+import "os"
 
-// startLowPriority starts cmd; only Linux lowers its priority.
-func startLowPriority(cmd *exec.Cmd) error { return cmd.Start() }
+// lowerProcessPriority does nothing where there is no portable way.
+func lowerProcessPriority() {}
 
 func selfExecutable() (string, error) { return os.Executable() }

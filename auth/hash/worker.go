@@ -15,8 +15,9 @@ import (
 )
 
 // A background Pool computes in a worker process: this same executable,
-// started with workerEnv set, at the lowest CPU priority the system grants
-// (SCHED_IDLE on Linux). Within one process that is not possible:
+// started with workerEnv set, which lowers itself to the lowest CPU priority
+// the system grants (SCHED_IDLE on Linux) before it answers. Within one
+// process that is not possible:
 // golang.org/x/crypto/argon2 runs every segment of a hash on a goroutine of
 // its own, so the work lands on ordinary threads whatever thread called it,
 // and a low-priority thread in the server would still have to answer the
@@ -28,10 +29,6 @@ const (
 	workerProtocol = "keyshard-hash-worker/1"
 	// workerStartTimeout bounds the wait for a new worker's hello.
 	workerStartTimeout = 10 * time.Second
-	// workerCallTimeout bounds one computation: past it the worker is
-	// presumed hung and is killed. The parameter bounds of stored hashes
-	// keep an honest computation well under it.
-	workerCallTimeout = 5 * time.Minute
 	// workerGCPercent is the worker's GC target unless GOGC is set. Every
 	// hash allocates its memory anew; at GOGC=100 the collector hands the
 	// freed memory back to the OS between hashes, and the next hash faults
@@ -40,8 +37,23 @@ const (
 	// of up to ~5 × the hashes in hand (~200 MB with 2 workers at 19 MiB).
 	workerGCPercent = 400
 	// workerRespawnDelay spaces attempts to start a worker after one failed
-	// to start, so that a broken installation does not fork per request.
+	// to start or died younger than this, so that a broken installation or
+	// a worker that crashes at once does not fork per request.
 	workerRespawnDelay = time.Second
+	// workerCloseGrace is how long Close lets the computations in hand
+	// finish before it kills the worker.
+	workerCloseGrace = 10 * time.Second
+)
+
+// Variables for the tests.
+var (
+	// workerCallTimeout bounds one computation, from before it is sent:
+	// past it the worker is presumed hung (or stopped) and is killed. The
+	// bounds on stored hashes (maxWork, maxBcryptCost) keep an honest
+	// computation far under it.
+	workerCallTimeout = 5 * time.Minute
+	// workerExecutable names the executable to start as the worker.
+	workerExecutable = selfExecutable
 )
 
 // ErrWorkerFailed: the hash worker process could not be started or died
@@ -68,6 +80,11 @@ func serveWorker(r io.Reader, w io.Writer) int {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(workerGCPercent)
 	}
+	// Lower before the hello: the parent sends nothing until then. It is
+	// done here rather than by starting the process from a lowered thread,
+	// because that thread would hold a P and the fork lock at idle
+	// priority until the new process execs.
+	lowerProcessPriority()
 	dec := gob.NewDecoder(bufio.NewReader(r))
 	enc := gob.NewEncoder(w)
 	var mu sync.Mutex
@@ -92,12 +109,23 @@ func serveWorker(r io.Reader, w io.Writer) int {
 			return 1
 		}
 		wg.Go(func() {
-			if err := send(computeLocal(req)); err != nil {
+			if err := send(computeRecover(req)); err != nil {
 				fmt.Fprintf(os.Stderr, "keyshard hash worker: %v\n", err)
 				os.Exit(1)
 			}
 		})
 	}
+}
+
+// computeRecover computes r, answering a panic as the result's Err rather
+// than dying with the other computations in hand.
+func computeRecover(r kdfRequest) (out kdfResult) {
+	defer func() {
+		if p := recover(); p != nil {
+			out = kdfResult{ID: r.ID, Err: fmt.Sprintf("panic: %v", p)}
+		}
+	}()
+	return computeLocal(r)
 }
 
 // worker is the parent's handle on one worker process.
@@ -116,10 +144,10 @@ type worker struct {
 	err     error // why the worker stopped; set once
 }
 
-// startWorker starts a worker process for n concurrent computations and
-// waits for its hello.
-func startWorker(n int) (*worker, error) {
-	exe, err := selfExecutable()
+// startWorker starts a worker process for n concurrent computations of
+// memKiB each and waits for its hello.
+func startWorker(n int, memKiB uint32) (*worker, error) {
+	exe, err := workerExecutable()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrWorkerFailed, err)
 	}
@@ -127,10 +155,14 @@ func startWorker(n int) (*worker, error) {
 	cmd.Args = []string{"keyshard-hash-worker"} // its name in ps and top
 	// A minimal environment: the server's secrets (master key, admin
 	// token) have no business in the worker.
-	cmd.Env = []string{workerEnv + "=" + workerProtocol, "GOMAXPROCS=" + strconv.Itoa(n)}
+	// GOMEMLIMIT caps what GOGC=400 would let the heap grow to: three
+	// times the hashes in hand, plus the runtime's own.
+	limit := uint64(n)*uint64(memKiB)*1024*3 + 64<<20
+	cmd.Env = []string{workerEnv + "=" + workerProtocol, "GOMAXPROCS=" + strconv.Itoa(n),
+		"GOMEMLIMIT=" + strconv.FormatUint(limit, 10)}
 	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GOTRACEBACK", "GOCOVERDIR"} {
 		if v, ok := os.LookupEnv(k); ok {
-			cmd.Env = append(cmd.Env, k+"="+v)
+			cmd.Env = append(cmd.Env, k+"="+v) // the last of a key wins
 		}
 	}
 	cmd.Stderr = os.Stderr
@@ -140,10 +172,11 @@ func startWorker(n int) (*worker, error) {
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
+		_ = stdin.Close()
 		return nil, fmt.Errorf("%w: %v", ErrWorkerFailed, err)
 	}
 	workerStarts.Inc()
-	if err := startLowPriority(cmd); err != nil {
+	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%w: start %s: %v", ErrWorkerFailed, exe, err)
 	}
 	dec := gob.NewDecoder(bufio.NewReader(stdout))
@@ -230,15 +263,18 @@ func (w *worker) call(r kdfRequest) (kdfResult, error) {
 	w.pending[r.ID] = ch
 	w.mu.Unlock()
 
+	// Armed before the send: a worker that stopped reading fills the pipe
+	// and blocks Encode, which the kill then ends.
+	timer := time.AfterFunc(workerCallTimeout, func() {
+		w.kill(fmt.Errorf("no answer within %s", workerCallTimeout))
+	})
+	defer timer.Stop()
 	w.encMu.Lock()
 	err := w.enc.Encode(&r)
 	w.encMu.Unlock()
 	if err != nil {
-		w.stop(fmt.Errorf("send: %v", err))
-		_ = w.cmd.Process.Kill() // read sees the end and reaps it
+		w.kill(fmt.Errorf("send: %v", err))
 	}
-	timer := time.NewTimer(workerCallTimeout)
-	defer timer.Stop()
 	select {
 	case res := <-ch:
 		return res, nil
@@ -249,12 +285,14 @@ func (w *worker) call(r kdfRequest) (kdfResult, error) {
 		default:
 		}
 		return kdfResult{}, w.failed()
-	case <-timer.C:
-		w.stop(fmt.Errorf("no answer within %s", workerCallTimeout))
-		_ = w.cmd.Process.Kill()
-		<-w.done
-		return kdfResult{}, w.failed()
 	}
+}
+
+// kill stops the worker for err; read sees its output end, fails the
+// computations in hand and reaps it.
+func (w *worker) kill(err error) {
+	w.stop(err)
+	_ = w.cmd.Process.Kill()
 }
 
 // close ends the worker's input, so that it exits after the computations in
@@ -264,7 +302,7 @@ func (w *worker) close(timeout time.Duration) {
 	select {
 	case <-w.done:
 	case <-time.After(timeout):
-		_ = w.cmd.Process.Kill()
+		w.kill(errors.New("closed"))
 		<-w.done
 	}
 }

@@ -33,8 +33,9 @@ const (
 	// hash allocates its memory anew; at GOGC=100 the collector hands the
 	// freed memory back to the OS between hashes, and the next hash faults
 	// it in again: logins at 16 clients, 8 s, in-process bench, mean hash
-	// 46.1 and 47.3 ms at 100, 37.7 and 43.8 ms at 400, for a worker heap
-	// of up to ~5 × the hashes in hand (~200 MB with 2 workers at 19 MiB).
+	// 46.1 and 47.3 ms at 100, 37.7 and 43.8 ms at 400. The heap that 400
+	// allows (5 × the hashes in hand) is capped by the GOMEMLIMIT that
+	// startWorker sets: 190 MB resident with 2 workers at 19 MiB.
 	workerGCPercent = 400
 	// workerRespawnDelay spaces attempts to start a worker after one failed
 	// to start or died younger than this, so that a broken installation or

@@ -72,15 +72,21 @@ func hashArgon2id(run kdfFunc, password string, p Params) (string, error) {
 	if _, err := rand.Read(salt); err != nil {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
-	res, err := run(kdfRequest{Password: []byte(password), Salt: salt, Time: p.Time, MemoryKiB: p.MemoryKiB, Threads: p.Threads, KeyLen: p.KeyLen})
-	if err == nil && res.Err != "" {
-		err = fmt.Errorf("%w: %s", ErrWorkerFailed, res.Err)
-	}
+	key, err := deriveKey(run, []byte(password), salt, p)
 	if err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s",
-		argon2.Version, p.MemoryKiB, p.Time, p.Threads, b64.EncodeToString(salt), b64.EncodeToString(res.Key)), nil
+		argon2.Version, p.MemoryKiB, p.Time, p.Threads, b64.EncodeToString(salt), b64.EncodeToString(key)), nil
+}
+
+// deriveKey computes the Argon2id key of password and salt under p with run.
+func deriveKey(run kdfFunc, password, salt []byte, p Params) ([]byte, error) {
+	res, err := run(kdfRequest{Password: password, Salt: salt, Time: p.Time, MemoryKiB: p.MemoryKiB, Threads: p.Threads, KeyLen: p.KeyLen})
+	if err == nil && res.Err != "" {
+		err = fmt.Errorf("%w: %s", ErrWorkerFailed, res.Err) // a recovered panic
+	}
+	return res.Key, err
 }
 
 // ErrUnknownFormat: a stored hash is neither Argon2id PHC nor bcrypt.
@@ -174,14 +180,11 @@ func verify(run kdfFunc, encoded, password string, params Params) (ok, stale boo
 	if err != nil {
 		return false, false, err
 	}
-	res, err := run(kdfRequest{Password: []byte(password), Salt: h.salt, Time: h.params.Time, MemoryKiB: h.params.MemoryKiB, Threads: h.params.Threads, KeyLen: uint32(len(h.key))})
-	if err == nil && res.Err != "" {
-		err = fmt.Errorf("%w: %s", ErrWorkerFailed, res.Err)
-	}
+	got, err := deriveKey(run, []byte(password), h.salt, h.params)
 	if err != nil {
 		return false, false, err
 	}
-	ok = subtle.ConstantTimeCompare(res.Key, h.key) == 1
+	ok = subtle.ConstantTimeCompare(got, h.key) == 1
 	stale = h.params != params
 	return ok, stale, nil
 }

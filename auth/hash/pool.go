@@ -174,7 +174,7 @@ func (p *Pool) closeWorker() {
 	p.proc, p.procClosed = nil, true
 	p.procMu.Unlock()
 	if w != nil {
-		w.close(10 * time.Second)
+		w.close(workerCloseGrace)
 	}
 }
 

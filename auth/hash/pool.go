@@ -190,10 +190,21 @@ func (p *Pool) WorkerPID() int {
 }
 
 // remoteKDF computes r in the worker process, starting a new one when the
-// last one died.
+// last one died. A computation in hand when the worker died is sent once
+// more, to a new worker (it is safe to repeat): a worker killed by the OOM
+// killer or an operator costs its logins time, not an error. The
+// computation whose own timeout killed the worker is not repeated, and
+// neither is a second failure (r may be what kills workers).
 func (p *Pool) remoteKDF(r kdfRequest) (kdfResult, error) {
 	w, err := p.liveWorker()
 	if err != nil {
+		return kdfResult{}, err
+	}
+	res, err := w.call(r)
+	if err == nil || errors.Is(err, errOwnTimeout) || !errors.Is(err, ErrWorkerFailed) {
+		return res, err
+	}
+	if w, err = p.liveWorker(); err != nil {
 		return kdfResult{}, err
 	}
 	return w.call(r)

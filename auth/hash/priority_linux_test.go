@@ -3,6 +3,7 @@ package hash
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sys/unix"
 )
@@ -138,78 +140,123 @@ func TestPool_Background(t *testing.T) {
 	}
 }
 
-// A worker process killed with hashes in hand fails those hashes with
-// ErrWorkerFailed, at once rather than at a timeout, and the next hash
-// starts a new process.
-func TestPool_BackgroundWorkerDies(t *testing.T) {
-	// Big enough that a hash is surely in the worker when it is killed.
-	params := Params{MemoryKiB: 256 << 10, Time: 4, Threads: 1}
-	p, err := NewPool(Config{Params: params, Workers: 2, Background: true, Budget: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	first := workerPID(t, p)
-	ctx := context.Background()
-	errc := make(chan error, 2)
-	for range 2 {
+// startInFlight starts n hashes on p and waits until the worker has them in
+// hand; their outcomes arrive on the returned channel.
+func startInFlight(t *testing.T, p *Pool, n int) <-chan error {
+	t.Helper()
+	errc := make(chan error, n)
+	for range n {
 		go func() {
-			_, err := p.Hash(ctx, "in flight")
+			h, err := p.Hash(context.Background(), "in flight")
+			if err == nil {
+				if ok, _, verr := verify(localKDF, h, "in flight", p.params); !ok || verr != nil {
+					err = fmt.Errorf("the hash made after the retry does not verify: ok=%v err=%v", ok, verr)
+				}
+			}
 			errc <- err
 		}()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for p.Stats().Busy < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the hashes never started")
+	waitPending(t, p, n)
+	return errc
+}
+
+// A worker process that dies with hashes in hand: the hashes are sent once
+// more, to a new worker; a second death fails them with ErrWorkerFailed, at
+// once rather than at a timeout; a worker that died young is not replaced
+// before workerRespawnDelay.
+func TestPool_BackgroundWorkerDies(t *testing.T) {
+	defer func(d time.Duration) { workerRespawnDelay = d }(workerRespawnDelay)
+	// Slow enough that the hashes are surely in the worker when it is killed.
+	params := Params{MemoryKiB: 128 << 10, Time: 4, Threads: 1}
+	newBG := func(t *testing.T) *Pool {
+		p, err := NewPool(Config{Params: params, Workers: 2, Background: true, Budget: time.Minute})
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
+		t.Cleanup(p.Close)
+		return p
 	}
-	waitPending(t, p, 2)
-	killed := time.Now()
-	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if err := <-errc; !errors.Is(err, ErrWorkerFailed) {
-			t.Errorf("hash in flight when the worker died: %v, want ErrWorkerFailed", err)
+	kill := func(t *testing.T, pid int) {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if d := time.Since(killed); d > 5*time.Second {
-		t.Errorf("in-flight hashes failed %s after the kill", d)
 	}
 
-	p2, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Background: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p2.Close()
-	// The same for a pool of cheap hashes: kill, then a hash works on a new
-	// process (after workerRespawnDelay, as this one died young).
-	old := workerPID(t, p2)
-	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		h, err := p2.Hash(ctx, "after")
-		if err == nil {
-			if ok, _, err := p2.Verify(ctx, h, "after"); !ok || err != nil {
-				t.Fatalf("verify on the new worker: ok=%v err=%v", ok, err)
+	t.Run("RetriedOnANewWorker", func(t *testing.T) {
+		workerRespawnDelay = 0
+		p := newBG(t)
+		first := workerPID(t, p)
+		errc := startInFlight(t, p, 2)
+		kill(t, first)
+		for range 2 {
+			if err := <-errc; err != nil {
+				t.Errorf("hash in flight when the worker died: %v, want it retried", err)
 			}
-			break
 		}
-		if !errors.Is(err, ErrWorkerFailed) {
-			t.Fatalf("hash after the kill: %v", err)
+		if pid := p.WorkerPID(); pid == 0 || pid == first {
+			t.Errorf("worker %d after the death of %d", pid, first)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no new worker within 10 s: %v", err)
+	})
+
+	t.Run("SecondDeathFails", func(t *testing.T) {
+		workerRespawnDelay = 0
+		p := newBG(t)
+		first := workerPID(t, p)
+		errc := startInFlight(t, p, 2)
+		kill(t, first)
+		// The retries reach a new worker; kill that one too.
+		deadline := time.Now().Add(10 * time.Second)
+		var second int
+		for second == 0 || second == first {
+			if time.Now().After(deadline) {
+				t.Fatal("no new worker after the first death")
+			}
+			time.Sleep(time.Millisecond)
+			second = p.WorkerPID()
 		}
-		time.Sleep(10 * time.Millisecond)
+		waitPending(t, p, 2)
+		killed := time.Now()
+		kill(t, second)
+		for range 2 {
+			if err := <-errc; !errors.Is(err, ErrWorkerFailed) {
+				t.Errorf("hash whose worker died twice: %v, want ErrWorkerFailed", err)
+			}
+		}
+		if d := time.Since(killed); d > 5*time.Second {
+			t.Errorf("the hashes failed %s after the second kill", d)
+		}
+	})
+
+	t.Run("DiedYoungIsNotReplacedAtOnce", func(t *testing.T) {
+		workerRespawnDelay = time.Hour
+		p := newBG(t)
+		first := workerPID(t, p)
+		errc := startInFlight(t, p, 1)
+		kill(t, first)
+		if err := <-errc; !errors.Is(err, ErrWorkerFailed) {
+			t.Errorf("hash in flight when a young worker died: %v, want ErrWorkerFailed", err)
+		}
+		before := testutilStarts()
+		if _, err := p.Hash(context.Background(), "x"); !errors.Is(err, ErrWorkerFailed) {
+			t.Errorf("hash right after a young worker died: %v, want ErrWorkerFailed", err)
+		}
+		if started := testutilStarts() - before; started != 0 {
+			t.Errorf("%v workers started within workerRespawnDelay of a young death", started)
+		}
+		workerRespawnDelay = 0
+		if _, err := p.Hash(context.Background(), "x"); err != nil {
+			t.Errorf("hash once the delay passed: %v", err)
+		}
+	})
+}
+
+// testutilStarts reads keyshard_hash_worker_starts_total.
+func testutilStarts() float64 {
+	var m dto.Metric
+	if err := workerStarts.Write(&m); err != nil {
+		panic(err)
 	}
-	if pid := workerPID(t, p2); pid == old {
-		t.Errorf("still on the killed worker %d", pid)
-	}
+	return m.GetCounter().GetValue()
 }
 
 // waitPending waits until p's worker process has n computations in hand.

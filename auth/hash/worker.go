@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,10 +38,6 @@ const (
 	// allows (5 × the hashes in hand) is capped by the GOMEMLIMIT that
 	// startWorker sets: 190 MB resident with 2 workers at 19 MiB.
 	workerGCPercent = 400
-	// workerRespawnDelay spaces attempts to start a worker after one failed
-	// to start or died younger than this, so that a broken installation or
-	// a worker that crashes at once does not fork per request.
-	workerRespawnDelay = time.Second
 	// workerCloseGrace is how long Close lets the computations in hand
 	// finish before it kills the worker.
 	workerCloseGrace = 10 * time.Second
@@ -55,10 +52,15 @@ var (
 	workerCallTimeout = 5 * time.Minute
 	// workerExecutable names the executable to start as the worker.
 	workerExecutable = selfExecutable
+	// workerRespawnDelay spaces attempts to start a worker after one failed
+	// to start or died younger than this, so that a broken installation or
+	// a worker that crashes at once does not fork per request.
+	workerRespawnDelay = time.Second
 )
 
-// ErrWorkerFailed: the hash worker process could not be started or died
-// with the computation in hand. A retry starts a new one.
+// ErrWorkerFailed: the hash worker process could not be started, or died
+// with the computation in hand twice (the pool retries once on a new
+// worker). A later request starts a new one.
 var ErrWorkerFailed = errors.New("password hash worker process failed")
 
 func init() {
@@ -266,7 +268,9 @@ func (w *worker) call(r kdfRequest) (kdfResult, error) {
 
 	// Armed before the send: a worker that stopped reading fills the pipe
 	// and blocks Encode, which the kill then ends.
+	var timedOut atomic.Bool
 	timer := time.AfterFunc(workerCallTimeout, func() {
+		timedOut.Store(true)
 		w.kill(fmt.Errorf("no answer within %s", workerCallTimeout))
 	})
 	defer timer.Stop()
@@ -285,9 +289,16 @@ func (w *worker) call(r kdfRequest) (kdfResult, error) {
 			return res, nil
 		default:
 		}
+		if timedOut.Load() {
+			return kdfResult{}, fmt.Errorf("%w: %w", errOwnTimeout, w.failed())
+		}
 		return kdfResult{}, w.failed()
 	}
 }
+
+// errOwnTimeout marks the failure of the computation whose timeout killed
+// the worker: the one computation not to retry.
+var errOwnTimeout = errors.New("this computation timed out")
 
 // kill stops the worker for err; read sees its output end, fails the
 // computations in hand and reaps it.

@@ -80,7 +80,9 @@ func (b *Bench) Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	rec := newRecorder()
 	ex := &executor{t: b.Target, f: b.Fixture, rec: rec, spread: nt}
 	w := startMetricsWatch(ctx, b.Target, cfg.MetricsEvery)
+	rt := startRuntimeWatch()
 	_, elapsed := run(ctx, l, newPicker, ex.exec, ex.drop)
+	res.Runtime = rt.finish()
 	res.Server = w.finish(ctx)
 	res.fill(rec, elapsed)
 	if l.Rate > 0 {
@@ -128,6 +130,7 @@ func (b *Bench) runStorm(ctx context.Context, cfg RunConfig) (*Result, error) {
 	rec := newRecorder()
 	ex := &executor{t: b.Target, f: b.Fixture, rec: rec, spread: nt}
 	w := startMetricsWatch(ctx, b.Target, cfg.MetricsEvery)
+	rt := startRuntimeWatch()
 	var elapsed time.Duration
 	done := make(chan time.Duration, 1)
 	go func() {
@@ -145,6 +148,7 @@ func (b *Bench) runStorm(ctx context.Context, cfg RunConfig) (*Result, error) {
 		}
 	}, ex.exec, ex.drop)
 	loginElapsed := <-done
+	res.Runtime = rt.finish()
 	res.Server = w.finish(ctx)
 	res.fill(rec, max(elapsed, loginElapsed))
 	// The headline latency is the non-login traffic's.

@@ -74,7 +74,8 @@ func checkServerAgrees(t *testing.T, res *bench.Result) {
 	}
 	if res.Server.HTTPRequests != float64(answered) {
 		t.Errorf("server counted %v requests, report answered %d (%v)", res.Server.HTTPRequests, answered, res.StatusCount)
-	} // Every request woke goroutines of this process (the generator's, and
+	}
+	// Every request woke goroutines of this process (the generator's, and
 	// the in-process server's): the scheduler saw them.
 	if res.Runtime == nil || res.Runtime.SchedLatency.Count == 0 {
 		t.Errorf("no runtime statistics: %+v", res.Runtime)

@@ -155,6 +155,7 @@ func (p *Pool) Close() {
 		case <-idle:
 		case <-time.After(workerCloseGrace):
 			p.procMu.Lock()
+			p.procClosed = true // no retry on a new worker
 			if p.proc != nil {
 				p.proc.kill(errors.New("closed"))
 			}

@@ -339,3 +339,40 @@ func TestComputeRecover(t *testing.T) {
 		t.Fatalf("argon2 with time 0: %+v, want a recovered panic", res)
 	}
 }
+
+// Close with a computation in a worker that does not answer kills the
+// worker after workerCloseGrace: Close returns, the computation fails, and
+// it is not retried on a new worker.
+func TestPool_BackgroundCloseKillsHungWorker(t *testing.T) {
+	defer func(d time.Duration) { workerCloseGrace = d }(workerCloseGrace)
+	defer func(d time.Duration) { workerRespawnDelay = d }(workerRespawnDelay)
+	workerCloseGrace, workerRespawnDelay = 200*time.Millisecond, 0
+	p, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Background: true, Budget: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := workerPID(t, p)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	errc := startInFlight(t, p, 1)
+	starts := testutilStarts()
+	closed := make(chan struct{})
+	start := time.Now()
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatal("Close did not return within 10 s of a hung worker")
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("Close returned after %s, before the grace", d)
+	}
+	if err := <-errc; err == nil {
+		t.Error("the computation in the hung worker succeeded")
+	}
+	if n := testutilStarts() - starts; n != 0 {
+		t.Errorf("%v workers started while closing", n)
+	}
+}

@@ -38,9 +38,6 @@ const (
 	// allows (5 × the hashes in hand) is capped by the GOMEMLIMIT that
 	// startWorker sets: 190 MB resident with 2 workers at 19 MiB.
 	workerGCPercent = 400
-	// workerCloseGrace is how long Close lets the computations in hand
-	// finish before it kills the worker.
-	workerCloseGrace = 10 * time.Second
 )
 
 // Variables for the tests.
@@ -56,6 +53,9 @@ var (
 	// to start or died younger than this, so that a broken installation or
 	// a worker that crashes at once does not fork per request.
 	workerRespawnDelay = time.Second
+	// workerCloseGrace is how long Close lets the computations in hand
+	// finish before it kills the worker.
+	workerCloseGrace = 10 * time.Second
 )
 
 // ErrWorkerFailed: the hash worker process could not be started, or died

@@ -10,8 +10,8 @@ import (
 
 // A login whose hash worker dies is sent once more to a new worker; when
 // that one dies too, the login gets 503 service_unavailable with
-// Retry-After, logged. Other requests never notice, and a later login
-// starts a new worker and succeeds.
+// Retry-After. Other requests never notice, and a later login starts a new
+// worker and succeeds.
 func TestAuth_HashWorkerDies(t *testing.T) {
 	// Slow enough hashes that the login is surely in the worker when it is
 	// killed.

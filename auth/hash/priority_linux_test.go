@@ -21,12 +21,17 @@ import (
 // workerPID returns the pid of p's running worker process.
 func workerPID(t *testing.T, p *Pool) int {
 	t.Helper()
-	p.procMu.Lock()
-	defer p.procMu.Unlock()
-	if p.proc == nil {
+	pid := p.WorkerPID()
+	if pid == 0 {
 		t.Fatal("no worker process")
 	}
-	return p.proc.pid
+	return pid
+}
+
+// reaped reports that process pid no longer exists, not even as a zombie.
+func reaped(pid int) bool {
+	_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
+	return err != nil
 }
 
 func TestPool_Background(t *testing.T) {
@@ -126,14 +131,10 @@ func TestPool_Background(t *testing.T) {
 		t.Errorf("dummy verify: %v", err)
 	}
 
-	// Close stops the worker process.
+	// Close stops the worker process and reaps it before it returns.
 	p.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("worker %d still alive after Close", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !reaped(pid) {
+		t.Errorf("worker %d still exists after Close", pid)
 	}
 	if _, err := p.Hash(ctx, "x"); !errors.Is(err, ErrClosed) {
 		t.Errorf("hash after Close: %v, want ErrClosed", err)
@@ -306,11 +307,8 @@ func TestPool_BackgroundWorkerHangs(t *testing.T) {
 	if d := time.Since(start); d < 400*time.Millisecond || d > 10*time.Second {
 		t.Errorf("failed after %s, want about %s", d, workerCallTimeout)
 	}
-	if syscall.Kill(pid, 0) == nil {
-		// It may linger as a zombie only until read reaps it.
-		time.Sleep(100 * time.Millisecond)
-	}
-	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err == nil {
+	// The failure is returned only after the worker was reaped.
+	if !reaped(pid) {
 		t.Errorf("the stopped worker %d was not killed and reaped", pid)
 	}
 }

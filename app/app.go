@@ -13,9 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyshard/keyshard/catalog"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/internal/secretfile"
-	"github.com/keyshard/keyshard/router"
 	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/mysql"
 	"github.com/keyshard/keyshard/shard/postgres"
@@ -59,10 +59,10 @@ const DefaultCacheCapacity = 1000
 
 // App is an open storage engine.
 type App struct {
-	Engine *engine.Engine
-	Router *router.Router
-	Cache  *shard.Cache
-	SQLite *sqlite.Backend
+	Engine  *engine.Engine
+	Catalog *catalog.Catalog
+	Cache   *shard.Cache
+	SQLite  *sqlite.Backend
 	// Postgres and MySQL are nil unless their DSN is configured.
 	Postgres, MySQL *sqldb.Server
 
@@ -129,11 +129,11 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 		closeServers()
 		return nil, engine.Invalidf("default backend %s is not configured (set its DSN)", cfg.DefaultBackend)
 	}
-	var rt *router.Router
+	var rt *catalog.Catalog
 	if cfg.CatalogDSN != "" {
-		rt, err = router.OpenServer(ctx, cfg.CatalogDSN, "")
+		rt, err = catalog.OpenServer(ctx, cfg.CatalogDSN, "")
 	} else {
-		rt, err = router.OpenSQLite(ctx, dir)
+		rt, err = catalog.OpenSQLite(ctx, dir)
 	}
 	if err != nil {
 		closeServers()
@@ -145,7 +145,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 			Backends:       backends,
 			DefaultBackend: cfg.DefaultBackend,
 		},
-		Router: rt, SQLite: lite, Postgres: pg, MySQL: my,
+		Catalog: rt, SQLite: lite, Postgres: pg, MySQL: my,
 		pollDone: make(chan struct{}),
 	}
 	a.Cache = shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, a.OpenShard)
@@ -186,7 +186,7 @@ func (a *App) Close() error {
 	a.stopPoll()
 	<-a.pollDone
 	a.stopPoll = nil
-	errs := []error{a.Engine.Close(), a.Router.Close()}
+	errs := []error{a.Engine.Close(), a.Catalog.Close()}
 	for _, s := range []*sqldb.Server{a.Postgres, a.MySQL} {
 		if s != nil {
 			errs = append(errs, s.Close())

@@ -1,7 +1,7 @@
-// Package router maps a tenant (by slug or id) to its placement: status,
+// Package catalog maps a tenant (by slug or id) to its placement: status,
 // backend, location and epoch, kept in a catalog database and served from an
 // in-memory cache that is updated whenever the catalog changes.
-package router
+package catalog
 
 import (
 	"context"
@@ -20,9 +20,9 @@ import (
 	"github.com/keyshard/keyshard/engine"
 )
 
-// Router is the catalog of tenants with its cache. It implements
+// Catalog is the tenants with their placements, cached in memory. It implements
 // engine.Catalog and is safe for concurrent use.
-type Router struct {
+type Catalog struct {
 	db       *sql.DB
 	table    string              // tenants, or the table a server catalog was given
 	rebind   func(string) string // '?' to the server's placeholders
@@ -35,7 +35,7 @@ type Router struct {
 	gen    uint64 // bumped by every change made through r; see Reload
 }
 
-var _ engine.Catalog = (*Router)(nil)
+var _ engine.Catalog = (*Catalog)(nil)
 
 const schema = `
 CREATE TABLE IF NOT EXISTS tenants (
@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS tenants (
 
 // OpenSQLite opens (creating if needed) the catalog file catalog.db in
 // dataDir and loads every tenant into the cache.
-func OpenSQLite(ctx context.Context, dataDir string) (*Router, error) {
+func OpenSQLite(ctx context.Context, dataDir string) (*Catalog, error) {
 	if err := os.MkdirAll(dataDir, 0o750); err != nil {
 		return nil, err
 	}
@@ -69,7 +69,7 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Router, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("catalog schema: %w", err)
 	}
-	r := &Router{db: db, table: "tenants", rebind: func(q string) string { return q }, isUnique: isUniqueSQLite}
+	r := &Catalog{db: db, table: "tenants", rebind: func(q string) string { return q }, isUnique: isUniqueSQLite}
 	if err := r.Reload(ctx); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -79,9 +79,9 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Router, error) {
 
 // SetClock sets the clock that stamps created_at and updated_at. Tests use
 // it to play a node whose clock is behind; call it before using r.
-func (r *Router) SetClock(now func() time.Time) { r.clock = now }
+func (r *Catalog) SetClock(now func() time.Time) { r.clock = now }
 
-func (r *Router) now() time.Time {
+func (r *Catalog) now() time.Time {
 	if r.clock != nil {
 		return r.clock().UTC()
 	}
@@ -89,14 +89,14 @@ func (r *Router) now() time.Time {
 }
 
 // q returns query with the catalog's table and placeholders.
-func (r *Router) q(query string) string {
+func (r *Catalog) q(query string) string {
 	return r.rebind(strings.ReplaceAll(query, "tenants", r.table))
 }
 
 var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
 // Close closes the catalog database.
-func (r *Router) Close() error { return r.db.Close() }
+func (r *Catalog) Close() error { return r.db.Close() }
 
 const columns = `id, slug, name, status, backend, location, epoch, created_at, approved_at, updated_at`
 
@@ -121,7 +121,7 @@ func scanTenant(sc interface{ Scan(...any) error }) (*engine.Tenant, error) {
 // Reload replaces the cache with the catalog's content. A change made
 // through r while Reload reads the catalog may be missing from what it read,
 // so Reload then reads again rather than bring back an older state.
-func (r *Router) Reload(ctx context.Context) error {
+func (r *Catalog) Reload(ctx context.Context) error {
 	for {
 		r.mu.RLock()
 		gen := r.gen
@@ -140,7 +140,7 @@ func (r *Router) Reload(ctx context.Context) error {
 	}
 }
 
-func (r *Router) load(ctx context.Context) (byID, bySlug map[string]*engine.Tenant, err error) {
+func (r *Catalog) load(ctx context.Context) (byID, bySlug map[string]*engine.Tenant, err error) {
 	rows, err := r.db.QueryContext(ctx, r.q(`SELECT `+columns+` FROM tenants`))
 	if err != nil {
 		return nil, nil, fmt.Errorf("load catalog: %w", err)
@@ -163,7 +163,7 @@ func (r *Router) load(ctx context.Context) (byID, bySlug map[string]*engine.Tena
 }
 
 // Resolve returns a copy of the tenant with that slug or id, from the cache.
-func (r *Router) Resolve(ctx context.Context, slugOrID string) (*engine.Tenant, error) {
+func (r *Catalog) Resolve(ctx context.Context, slugOrID string) (*engine.Tenant, error) {
 	r.mu.RLock()
 	t, ok := r.bySlug[slugOrID]
 	if !ok {
@@ -178,7 +178,7 @@ func (r *Router) Resolve(ctx context.Context, slugOrID string) (*engine.Tenant, 
 }
 
 // List returns every tenant, ordered by slug.
-func (r *Router) List(ctx context.Context) ([]*engine.Tenant, error) {
+func (r *Catalog) List(ctx context.Context) ([]*engine.Tenant, error) {
 	rows, err := r.db.QueryContext(ctx, r.q(`SELECT `+columns+` FROM tenants ORDER BY slug`))
 	if err != nil {
 		return nil, err
@@ -196,7 +196,7 @@ func (r *Router) List(ctx context.Context) ([]*engine.Tenant, error) {
 }
 
 // Create records a new pending tenant.
-func (r *Router) Create(ctx context.Context, t *engine.Tenant) error {
+func (r *Catalog) Create(ctx context.Context, t *engine.Tenant) error {
 	now := r.now()
 	t.CreatedAt, t.UpdatedAt = now, now
 	if t.Epoch == 0 {
@@ -217,7 +217,7 @@ func (r *Router) Create(ctx context.Context, t *engine.Tenant) error {
 // Update stores t's status, name, placement and approval time, provided
 // the catalog still holds epoch wantEpoch for it (a compare-and-set that
 // fences concurrent placement changes).
-func (r *Router) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) error {
+func (r *Catalog) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) error {
 	t.UpdatedAt = r.now()
 	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=? WHERE id=? AND epoch=?`),
 		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), t.ID, wantEpoch)
@@ -232,7 +232,7 @@ func (r *Router) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) 
 }
 
 // Delete removes the tenant from the catalog.
-func (r *Router) Delete(ctx context.Context, id string) error {
+func (r *Catalog) Delete(ctx context.Context, id string) error {
 	res, err := r.db.ExecContext(ctx, r.q(`DELETE FROM tenants WHERE id=?`), id)
 	if err != nil {
 		return fmt.Errorf("delete tenant: %w", err)
@@ -250,7 +250,7 @@ func (r *Router) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-func (r *Router) put(t *engine.Tenant) {
+func (r *Catalog) put(t *engine.Tenant) {
 	c := *t
 	r.mu.Lock()
 	r.gen++
@@ -276,7 +276,7 @@ func isUniqueSQLite(err error) bool {
 
 // Watch reloads the cache whenever the catalog was changed by another
 // process (the CLI, another node), checking every interval until ctx ends.
-func (r *Router) Watch(ctx context.Context, interval time.Duration) {
+func (r *Catalog) Watch(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	last := ""

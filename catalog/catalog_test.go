@@ -1,4 +1,4 @@
-package router_test
+package catalog_test
 
 import (
 	"context"
@@ -14,15 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyshard/keyshard/catalog"
 	"github.com/keyshard/keyshard/engine"
-	"github.com/keyshard/keyshard/router"
 )
 
-// openRouter opens the catalog in dir and closes it at cleanup. With
+// mustOpen opens the catalog in dir and closes it at cleanup. With
 // KEYSHARD_TEST_CATALOG=postgres|mysql the catalog is a table on that server
 // (DSN from KEYSHARD_TEST_POSTGRES_DSN / KEYSHARD_TEST_MYSQL_DSN), one table
 // per dir, dropped at cleanup: the same tests then cover server catalogs.
-func openRouter(tb testing.TB, dir string) *router.Router {
+func mustOpen(tb testing.TB, dir string) *catalog.Catalog {
 	tb.Helper()
 	r, err := openCatalog(tb, dir)
 	if err != nil {
@@ -40,11 +40,11 @@ func openRouter(tb testing.TB, dir string) *router.Router {
 }
 
 // openCatalog opens the catalog of dir on the catalog backend under test.
-func openCatalog(tb testing.TB, dir string) (*router.Router, error) {
+func openCatalog(tb testing.TB, dir string) (*catalog.Catalog, error) {
 	var dsn string
 	switch b := os.Getenv("KEYSHARD_TEST_CATALOG"); b {
 	case "", "sqlite":
-		return router.OpenSQLite(context.Background(), dir)
+		return catalog.OpenSQLite(context.Background(), dir)
 	case "postgres":
 		dsn = os.Getenv("KEYSHARD_TEST_POSTGRES_DSN")
 	case "mysql":
@@ -57,11 +57,11 @@ func openCatalog(tb testing.TB, dir string) (*router.Router, error) {
 	}
 	h := fnv.New64a()
 	h.Write([]byte(dir))
-	return router.OpenServer(context.Background(), dsn, fmt.Sprintf("kt_%x", h.Sum64()))
+	return catalog.OpenServer(context.Background(), dsn, fmt.Sprintf("kt_%x", h.Sum64()))
 }
 
 // watch runs r.Watch until cleanup and waits for it to return.
-func watch(tb testing.TB, r *router.Router, interval time.Duration) {
+func watch(tb testing.TB, r *catalog.Catalog, interval time.Duration) {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -80,7 +80,7 @@ func newTenant(slug string) *engine.Tenant {
 	return &engine.Tenant{ID: engine.NewTenantID(), Slug: slug, Name: slug, Status: engine.StatusPending, Backend: engine.BackendSQLite, Epoch: 1}
 }
 
-func mustCreate(tb testing.TB, r *router.Router, slug string) *engine.Tenant {
+func mustCreate(tb testing.TB, r *catalog.Catalog, slug string) *engine.Tenant {
 	tb.Helper()
 	t := newTenant(slug)
 	if err := r.Create(context.Background(), t); err != nil {
@@ -109,10 +109,10 @@ func slugs(ts []*engine.Tenant) []string {
 	return out
 }
 
-func TestRouter_Create(t *testing.T) {
+func TestCatalog_Create(t *testing.T) {
 	ctx := context.Background()
 	t.Run("OK", func(t *testing.T) {
-		r := openRouter(t, t.TempDir())
+		r := mustOpen(t, t.TempDir())
 		want := mustCreate(t, r, "acme")
 		if want.CreatedAt.IsZero() || want.UpdatedAt.IsZero() {
 			t.Errorf("Create did not set times: %+v", want)
@@ -128,7 +128,7 @@ func TestRouter_Create(t *testing.T) {
 		}
 	})
 	t.Run("ErrConflict", func(t *testing.T) {
-		r := openRouter(t, t.TempDir())
+		r := mustOpen(t, t.TempDir())
 		first := mustCreate(t, r, "acme")
 		err := r.Create(ctx, newTenant("acme"))
 		if !errors.Is(err, engine.ErrConflict) {
@@ -149,9 +149,9 @@ func TestRouter_Create(t *testing.T) {
 	})
 }
 
-func TestRouter_Resolve(t *testing.T) {
+func TestCatalog_Resolve(t *testing.T) {
 	ctx := context.Background()
-	r := openRouter(t, t.TempDir())
+	r := mustOpen(t, t.TempDir())
 	mustCreate(t, r, "acme")
 	t.Run("ErrTenantNotFound", func(t *testing.T) {
 		for _, key := range []string{"", "nope", "ACME", engine.NewTenantID(), "acme "} {
@@ -173,11 +173,11 @@ func TestRouter_Resolve(t *testing.T) {
 	})
 }
 
-func TestRouter_Update(t *testing.T) {
+func TestCatalog_Update(t *testing.T) {
 	ctx := context.Background()
 	t.Run("OK", func(t *testing.T) {
 		dir := t.TempDir()
-		r := openRouter(t, dir)
+		r := mustOpen(t, dir)
 		tn := mustCreate(t, r, "acme")
 		tn.Status = engine.StatusActive
 		now := time.Now().UTC()
@@ -201,7 +201,7 @@ func TestRouter_Update(t *testing.T) {
 		}
 	})
 	t.Run("ErrConflict", func(t *testing.T) {
-		r := openRouter(t, t.TempDir())
+		r := mustOpen(t, t.TempDir())
 		tn := mustCreate(t, r, "acme")
 		stale := *tn
 		stale.Status = engine.StatusSuspended
@@ -226,7 +226,7 @@ func TestRouter_Update(t *testing.T) {
 		}
 	})
 	t.Run("ErrConflictUnknown", func(t *testing.T) {
-		r := openRouter(t, t.TempDir())
+		r := mustOpen(t, t.TempDir())
 		if err := r.Update(ctx, newTenant("ghost"), 1); !errors.Is(err, engine.ErrConflict) {
 			t.Fatalf("Update of an absent tenant: err = %v, want ErrConflict", err)
 		}
@@ -236,10 +236,10 @@ func TestRouter_Update(t *testing.T) {
 	})
 }
 
-func TestRouter_Delete(t *testing.T) {
+func TestCatalog_Delete(t *testing.T) {
 	ctx := context.Background()
 	t.Run("OK", func(t *testing.T) {
-		r := openRouter(t, t.TempDir())
+		r := mustOpen(t, t.TempDir())
 		tn := mustCreate(t, r, "acme")
 		keep := mustCreate(t, r, "keep")
 		if err := r.Delete(ctx, tn.ID); err != nil {
@@ -257,7 +257,7 @@ func TestRouter_Delete(t *testing.T) {
 		mustCreate(t, r, "acme")
 	})
 	t.Run("ErrTenantNotFound", func(t *testing.T) {
-		r := openRouter(t, t.TempDir())
+		r := mustOpen(t, t.TempDir())
 		if err := r.Delete(ctx, engine.NewTenantID()); !errors.Is(err, engine.ErrTenantNotFound) {
 			t.Fatalf("err = %v, want ErrTenantNotFound", err)
 		}
@@ -274,9 +274,9 @@ func TestRouter_Delete(t *testing.T) {
 	})
 }
 
-func TestRouter_List(t *testing.T) {
+func TestCatalog_List(t *testing.T) {
 	ctx := context.Background()
-	r := openRouter(t, t.TempDir())
+	r := mustOpen(t, t.TempDir())
 	t.Run("Empty", func(t *testing.T) {
 		ts, err := r.List(ctx)
 		if err != nil || len(ts) != 0 {
@@ -299,7 +299,7 @@ func TestRouter_List(t *testing.T) {
 	})
 }
 
-func TestRouter_Reload(t *testing.T) {
+func TestCatalog_Reload(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	r, err := openCatalog(t, dir)
@@ -320,7 +320,7 @@ func TestRouter_Reload(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r2 := openRouter(t, dir)
+	r2 := mustOpen(t, dir)
 	for _, want := range []*engine.Tenant{a, b} {
 		for _, key := range []string{want.Slug, want.ID} {
 			got, err := r2.Resolve(ctx, key)
@@ -347,9 +347,9 @@ func TestRouter_Reload(t *testing.T) {
 
 // A Reload running concurrently with this process's own writes must never
 // bring back an older state: a write is visible to Resolve once it returned.
-func TestRouter_ReloadConcurrentWrites(t *testing.T) {
+func TestCatalog_ReloadConcurrentWrites(t *testing.T) {
 	ctx := context.Background()
-	r := openRouter(t, t.TempDir())
+	r := mustOpen(t, t.TempDir())
 	tn := mustCreate(t, r, "acme")
 
 	stop := make(chan struct{})
@@ -403,13 +403,13 @@ func TestRouter_ReloadConcurrentWrites(t *testing.T) {
 	}
 }
 
-func TestRouter_Watch(t *testing.T) {
+func TestCatalog_Watch(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	server := openRouter(t, dir)
+	server := mustOpen(t, dir)
 	watch(t, server, 50*time.Millisecond)
-	cli := openRouter(t, dir)  // another process, such as `keyshard tenant`
-	slow := openRouter(t, dir) // another node, its clock behind (SeesUpdateFromSlowClock)
+	cli := mustOpen(t, dir)  // another process, such as `keyshard tenant`
+	slow := mustOpen(t, dir) // another node, its clock behind (SeesUpdateFromSlowClock)
 
 	t.Run("SeesCreate", func(t *testing.T) {
 		tn := mustCreate(t, cli, "acme")
@@ -497,7 +497,7 @@ func TestOpenSQLite_DataDirName(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			parent := t.TempDir()
 			dir := filepath.Join(parent, name)
-			r, err := router.OpenSQLite(ctx, dir)
+			r, err := catalog.OpenSQLite(ctx, dir)
 			if err != nil {
 				t.Fatalf("OpenSQLite(%q): %v", dir, err)
 			}
@@ -519,7 +519,7 @@ func TestOpenSQLite_DataDirName(t *testing.T) {
 			if len(outside) > 0 {
 				t.Fatalf("files created outside the data dir: %q", outside)
 			}
-			r2 := openRouter(t, dir)
+			r2 := mustOpen(t, dir)
 			if _, err := r2.Resolve(ctx, "acme"); err != nil {
 				t.Fatalf("reopen: %v", err)
 			}

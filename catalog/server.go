@@ -1,4 +1,4 @@
-package router
+package catalog
 
 import (
 	"context"
@@ -28,14 +28,14 @@ var tableName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
 // dsn is postgres://… (or postgresql://…) for PostgreSQL, and mysql:// then a
 // go-sql-driver DSN (mysql://user:pass@tcp(host:3306)/db) for MySQL/MariaDB.
 // table names the catalog table (DefaultServerTable when empty).
-func OpenServer(ctx context.Context, dsn, table string) (*Router, error) {
+func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 	if table == "" {
 		table = DefaultServerTable
 	}
 	if !tableName.MatchString(table) {
 		return nil, engine.Invalidf("catalog table %q: want lower-case letters, digits and _", table)
 	}
-	r := &Router{table: table}
+	r := &Catalog{table: table}
 	var ddl string
 	switch {
 	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
@@ -101,7 +101,7 @@ func isUniqueMySQL(err error) bool {
 }
 
 // DropServerTable drops a server catalog's table; tests use it to clean up.
-func (r *Router) DropServerTable(ctx context.Context) error {
+func (r *Catalog) DropServerTable(ctx context.Context) error {
 	_, err := r.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+r.table)
 	return err
 }

@@ -42,7 +42,7 @@ func newTransferEnv(tb testing.TB) *authEnv {
 		tb.Fatal(err)
 	}
 	e := &authEnv{tb: tb, App: a, Pool: pool, Keys: keys, Auth: auth.New(pool, keys, master, auth.Config{})}
-	svc := &transfer.Service{Engine: a.Engine, Open: a.OpenShard, TempDir: tb.TempDir(), FenceWait: time.Second}
+	svc := &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: tb.TempDir(), FenceWait: time.Second}
 	srv := &api.Server{Engine: a.Engine, AdminToken: "admin-secret", Auth: e.Auth, Transfer: svc}
 	hs := httptest.NewServer(srv.Handler())
 	e.URL = hs.URL

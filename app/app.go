@@ -62,7 +62,10 @@ type App struct {
 	Engine  *engine.Engine
 	Catalog *catalog.Catalog
 	Cache   *shard.Cache
-	SQLite  *sqlite.Backend
+	// Backends are the configured backends; Backends.Open opens a shard
+	// outside the cache on whichever one its placement names.
+	Backends shard.Backends
+	SQLite   *sqlite.Backend
 	// Postgres and MySQL are nil unless their DSN is configured.
 	Postgres, MySQL *sqldb.Server
 
@@ -103,7 +106,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	if err := engine.ValidateBackend(cfg.DefaultBackend); err != nil {
 		return nil, err
 	}
-	backends := map[string]engine.Storage{engine.BackendSQLite: lite}
+	backends := shard.Backends{engine.BackendSQLite: lite}
 	var pg, my *sqldb.Server
 	closeServers := func() {
 		for _, s := range []*sqldb.Server{pg, my} {
@@ -142,13 +145,13 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	a := &App{
 		Engine: &engine.Engine{
 			Catalog:        rt,
-			Backends:       backends,
+			Backends:       backends.Storages(),
 			DefaultBackend: cfg.DefaultBackend,
 		},
-		Catalog: rt, SQLite: lite, Postgres: pg, MySQL: my,
+		Catalog: rt, Backends: backends, SQLite: lite, Postgres: pg, MySQL: my,
 		pollDone: make(chan struct{}),
 	}
-	a.Cache = shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, a.OpenShard)
+	a.Cache = shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, backends.Open)
 	a.Engine.Shards = pool{a.Cache}
 	pctx, cancel := context.WithCancel(context.Background())
 	a.stopPoll = cancel
@@ -157,25 +160,6 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 		rt.Watch(pctx, cfg.CatalogPoll)
 	}()
 	return a, nil
-}
-
-// OpenShard opens the shard at placement p outside the cache, on whichever
-// backend p names, bringing its schema up to date. The cache opens shards
-// with it; a move uses it to open the copy at the new placement.
-func (a *App) OpenShard(ctx context.Context, p engine.Placement) (*shard.Shard, error) {
-	switch p.Backend {
-	case engine.BackendSQLite:
-		return a.SQLite.Open(ctx, p)
-	case engine.BackendPostgres:
-		if a.Postgres != nil {
-			return a.Postgres.Open(ctx, p)
-		}
-	case engine.BackendMySQL:
-		if a.MySQL != nil {
-			return a.MySQL.Open(ctx, p)
-		}
-	}
-	return nil, fmt.Errorf("backend %q not configured: %w", p.Backend, engine.ErrUnavailable)
 }
 
 // Close closes every shard, then the catalog. Safe to call twice.

@@ -20,6 +20,15 @@ import (
 //go:embed sqlite/*.sql postgres/*.sql mysql/*.sql
 var files embed.FS
 
+// Dialects: one folder of migrations each. The export format is a SQLite
+// shard file, so transfer reads and writes DialectSQLite's schema whatever
+// the tenant's backend.
+const (
+	DialectSQLite   = "sqlite"
+	DialectPostgres = "postgres"
+	DialectMySQL    = "mysql"
+)
+
 // ErrSchemaTooNew: the shard was written by a newer Keyshard; it is left untouched.
 var ErrSchemaTooNew = errors.New("shard schema is newer than this binary")
 

@@ -16,7 +16,6 @@ import (
 
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/shard"
-	"github.com/keyshard/keyshard/shard/sqlite"
 )
 
 // Export formats.
@@ -175,7 +174,7 @@ func (s *Service) readShard(ctx context.Context, t *engine.Tenant) (engine.Shard
 		}
 		return ts, ts.Release, nil
 	case engine.StatusSuspended:
-		sh, err := s.Open(ctx, t.Placement())
+		sh, err := s.Backends.Open(ctx, t.Placement())
 		if err != nil {
 			return nil, nil, err
 		}
@@ -264,9 +263,10 @@ func appendRowLine(b []byte, t *Table, r Row) []byte {
 }
 
 // writeSQLite writes a snapshot of src as a SQLite shard file to w: with
-// VACUUM INTO from a read connection for a SQLite source, otherwise copied
-// row by row from one read transaction into a new file. Secrets are then
-// removed (secure_delete overwrites them) and the header added.
+// the backend's own snapshot when its files are that format (VACUUM INTO),
+// otherwise copied row by row from one read transaction into a new file.
+// Secrets are then removed (secure_delete overwrites them) and the header
+// added.
 func (s *Service) writeSQLite(ctx context.Context, src engine.Shard, t *engine.Tenant, w io.Writer, h *Header) error {
 	h.Format, h.Version = "keyshard-sqlite", 1
 	dir, err := os.MkdirTemp(s.tempDir(), "keyshard-export-")
@@ -275,21 +275,22 @@ func (s *Service) writeSQLite(ctx context.Context, src engine.Shard, t *engine.T
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "export.db")
-	if t.Backend == engine.BackendSQLite {
-		err = src.Read(ctx, func(q engine.Querier) error {
-			_, err := q.Exec("VACUUM INTO ?", path)
-			return err
-		})
-		if err != nil {
+	files, err := s.fileStore()
+	if err != nil {
+		return err
+	}
+	own, snapshotted := s.Backends[t.Backend].(shard.FileStore)
+	if snapshotted {
+		if err := own.SnapshotFile(ctx, src, path); err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
 	}
-	stage, err := sqlite.Open(ctx, path, sqlite.Options{Synchronous: "NORMAL"}, shard.Options{})
+	stage, err := files.OpenFile(ctx, path, false)
 	if err != nil {
 		return fmt.Errorf("open export file: %w", err)
 	}
 	defer stage.Close()
-	if t.Backend != engine.BackendSQLite {
+	if !snapshotted {
 		c := &copier{src: src, srcBackend: t.Backend, dst: stage, noIndex: true}
 		if _, err := c.round(ctx); err != nil {
 			return fmt.Errorf("copy: %w", err)

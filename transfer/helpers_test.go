@@ -59,7 +59,7 @@ func newEnv(tb testing.TB) *env {
 			tb.Errorf("staging files left behind: %v", left)
 		}
 	})
-	return &env{tb: tb, App: a, Dir: dir, Svc: &transfer.Service{Engine: a.Engine, Open: a.OpenShard, TempDir: tmp}}
+	return &env{tb: tb, App: a, Dir: dir, Svc: &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: tmp}}
 }
 
 // backends returns the backends the cross-backend tests run on: sqlite

@@ -16,7 +16,6 @@ import (
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/migrations"
 	"github.com/keyshard/keyshard/shard"
-	"github.com/keyshard/keyshard/shard/sqlite"
 )
 
 // ImportOptions name the tenant an import creates.
@@ -88,7 +87,11 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 		return nil, err
 	}
 	// Opening the staging file migrates it up to this binary's schema.
-	stage, err := sqlite.Open(ctx, path, sqlite.Options{Synchronous: "NORMAL", MustExist: true}, shard.Options{})
+	files, err := s.fileStore()
+	if err != nil {
+		return nil, err
+	}
+	stage, err := files.OpenFile(ctx, path, true)
 	if err != nil {
 		if errors.Is(err, migrations.ErrSchemaTooNew) {
 			return nil, fmt.Errorf("%w: %w", err, ErrDamaged)
@@ -175,8 +178,8 @@ func (s *Service) createPending(ctx context.Context, id, slug, name, backend str
 	if err := engine.ValidateBackend(backend); err != nil {
 		return nil, err
 	}
-	if _, ok := s.Engine.Backends[backend]; !ok {
-		return nil, engine.Invalidf("backend %q is not configured on this server", backend)
+	if _, err := s.storage(backend); err != nil {
+		return nil, err
 	}
 	t := &engine.Tenant{ID: id, Slug: slug, Name: name, Status: engine.StatusPending, Backend: backend, Epoch: 1}
 	if err := s.Engine.Catalog.Create(ctx, t); err != nil {
@@ -188,9 +191,9 @@ func (s *Service) createPending(ctx context.Context, id, slug, name, backend str
 // fill copies the staged rows into the new tenant's database, verifies
 // them, and makes the tenant active. On failure it destroys the database.
 func (s *Service) fill(ctx context.Context, t *engine.Tenant, stage *shard.Shard, progress func(Progress)) (_ map[string]Digest, err error) {
-	st, ok := s.Engine.Backends[t.Backend]
-	if !ok {
-		return nil, engine.Invalidf("backend %q is not configured on this server", t.Backend)
+	st, err := s.storage(t.Backend)
+	if err != nil {
+		return nil, err
 	}
 	p := t.Placement()
 	_ = st.Destroy(ctx, p) // nothing should be there; a crashed import may have left something
@@ -202,7 +205,7 @@ func (s *Service) fill(ctx context.Context, t *engine.Tenant, stage *shard.Shard
 			_ = st.Destroy(context.WithoutCancel(ctx), p)
 		}
 	}()
-	dst, err := s.Open(ctx, p)
+	dst, err := s.Backends.Open(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +310,7 @@ func stageSQLite(ctx context.Context, r io.Reader, path string) (*Header, int, e
 	if err := query(db, "PRAGMA user_version", func(st *sqlite3.Stmt) { version = st.ColumnInt(0) }); err != nil {
 		return nil, 0, damagedf("the SQLite file is damaged: %v", err)
 	}
-	latest, err := migrations.Latest(sqlite.Dialect)
+	latest, err := migrations.Latest(migrations.DialectSQLite)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -376,7 +379,7 @@ func stageSQLite(ctx context.Context, r io.Reader, path string) (*Header, int, e
 // schemaTables returns the tables of a shard at a schema version, with
 // their columns, by applying the migrations up to it to an empty database.
 func schemaTables(version int) (map[string]map[string]bool, error) {
-	ms, err := migrations.List(sqlite.Dialect)
+	ms, err := migrations.List(migrations.DialectSQLite)
 	if err != nil {
 		return nil, err
 	}

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/shard"
-	"github.com/keyshard/keyshard/shard/sqlite"
 )
 
 // MoveOptions say where a tenant goes.
@@ -91,9 +89,9 @@ func (s *Service) Move(ctx context.Context, slugOrID string, o MoveOptions) (res
 	if err := engine.ValidateBackend(o.Backend); err != nil {
 		return nil, err
 	}
-	st, ok := s.Engine.Backends[o.Backend]
-	if !ok {
-		return nil, engine.Invalidf("backend %q is not configured on this server", o.Backend)
+	st, err := s.storage(o.Backend)
+	if err != nil {
+		return nil, err
 	}
 	loc, err := s.normalizeLocation(o.Backend, o.Location)
 	if err != nil {
@@ -128,7 +126,7 @@ func (s *Service) Move(ctx context.Context, slugOrID string, o MoveOptions) (res
 	if err := st.Create(ctx, to); err != nil {
 		return nil, fmt.Errorf("create the new copy: %w", err)
 	}
-	dst, err := s.Open(ctx, to)
+	dst, err := s.Backends.Open(ctx, to)
 	if err != nil {
 		_ = st.Destroy(context.WithoutCancel(ctx), to)
 		return nil, fmt.Errorf("open the new copy: %w", err)
@@ -231,7 +229,7 @@ func (s *Service) Move(ctx context.Context, slugOrID string, o MoveOptions) (res
 	if err := dst.Close(); err != nil {
 		return nil, fmt.Errorf("close the new copy: %w", err)
 	}
-	if dst, err = s.Open(ctx, to); err != nil {
+	if dst, err = s.Backends.Open(ctx, to); err != nil {
 		return nil, fmt.Errorf("reopen the new copy: %w", err)
 	}
 	dstOpen = true
@@ -338,7 +336,7 @@ func (s *Service) Move(ctx context.Context, slugOrID string, o MoveOptions) (res
 	// waiting to open the new placement are not held up.
 	report(func(p *Progress) { p.Phase = "verify" })
 	var want, got map[string]Digest
-	old, err := s.Open(ctx, from)
+	old, err := s.Backends.Open(ctx, from)
 	if err == nil {
 		want, err = Digests(ctx, old, from.Backend)
 		if cerr := old.Close(); err == nil {
@@ -374,7 +372,7 @@ func (s *Service) Move(ctx context.Context, slugOrID string, o MoveOptions) (res
 		err = s.Engine.Shards.Evict(cctx, t.ID)
 	}
 	if err == nil {
-		err = s.Engine.Backends[from.Backend].Destroy(cctx, from)
+		err = s.Backends[from.Backend].Destroy(cctx, from)
 	}
 	if err != nil {
 		// The move is done; only the old copy is left behind.
@@ -387,31 +385,16 @@ func (s *Service) Move(ctx context.Context, slugOrID string, o MoveOptions) (res
 	return res, nil
 }
 
-// reader returns a way to read the database at p on a connection outside
-// any shard: for SQLite a read-only connection of its own (closing a shard
-// would checkpoint its WAL, holding up the new shard's writer), elsewhere a
-// shard opened for the purpose.
+// reader returns a way to read the database at p outside the shard cache:
+// on a connection of its own where the backend can (a DirectReader: closing
+// a SQLite shard would checkpoint its WAL, holding up the new shard's
+// writer), elsewhere on a shard opened for the purpose.
 func (s *Service) reader(p engine.Placement) readFunc {
-	if b, ok := s.sqliteBackend(); ok && p.Backend == engine.BackendSQLite {
-		return func(ctx context.Context, fn engine.ReadFunc) error {
-			path, err := b.Path(p)
-			if err != nil {
-				return err
-			}
-			conns, err := sqlite.NewConns(path, b.Options)
-			if err != nil {
-				return err
-			}
-			rc, err := conns.OpenReader(ctx)
-			if err != nil {
-				return err
-			}
-			defer rc.Close()
-			return fn(rc)
-		}
+	if dr, ok := s.Backends[p.Backend].(shard.DirectReader); ok {
+		return func(ctx context.Context, fn engine.ReadFunc) error { return dr.ReadDirect(ctx, p, fn) }
 	}
 	return func(ctx context.Context, fn engine.ReadFunc) error {
-		sh, err := s.Open(ctx, p)
+		sh, err := s.Backends.Open(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -420,20 +403,12 @@ func (s *Service) reader(p engine.Placement) readFunc {
 	}
 }
 
-// normalizeLocation turns a target location into the catalog's form: for
-// SQLite an absolute directory, or "" for the server's data directory.
+// normalizeLocation turns a target location into the catalog's form (for
+// SQLite an absolute directory, or "" for the server's data directory); a
+// backend without locations takes the location as given.
 func (s *Service) normalizeLocation(backend, loc string) (string, error) {
-	if backend != engine.BackendSQLite || loc == "" {
-		return loc, nil
+	if l, ok := s.Backends[backend].(shard.Locator); ok {
+		return l.NormalizeLocation(loc)
 	}
-	abs, err := filepath.Abs(loc)
-	if err != nil {
-		return "", engine.Invalidf("location %q: %v", loc, err)
-	}
-	if b, ok := s.sqliteBackend(); ok {
-		if d, err := filepath.Abs(b.DataDir); err == nil && d == abs {
-			return "", nil
-		}
-	}
-	return abs, nil
+	return loc, nil
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/keyshard/keyshard/migrations"
-	"github.com/keyshard/keyshard/shard/sqlite"
 )
 
 // maxLine bounds one NDJSON line (a row with its JSON documents).
@@ -99,7 +98,7 @@ func stageNDJSON(ctx context.Context, r *bufio.Reader, path string) (h *Header, 
 	if h.Version < 1 || h.Version > NDJSONVersion {
 		return nil, 0, damagedf("the file has NDJSON format version %d; this Keyshard reads version %d", h.Version, NDJSONVersion)
 	}
-	latest, err := migrations.Latest(sqlite.Dialect)
+	latest, err := migrations.Latest(migrations.DialectSQLite)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -120,7 +119,7 @@ func stageNDJSON(ctx context.Context, r *bufio.Reader, path string) (h *Header, 
 			err = cerr
 		}
 	}()
-	ms, err := migrations.List(sqlite.Dialect)
+	ms, err := migrations.List(migrations.DialectSQLite)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -1,7 +1,6 @@
 package transfer
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"sync"
@@ -9,18 +8,16 @@ import (
 
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/shard"
-	"github.com/keyshard/keyshard/shard/sqlite"
 )
-
-// Opener opens the shard at a placement outside the shard cache, bringing
-// its schema up to date (app.App.OpenShard).
-type Opener func(ctx context.Context, p engine.Placement) (*shard.Shard, error)
 
 // Service exports, imports and moves tenants of one engine. Safe for
 // concurrent use; one move or import per tenant at a time.
 type Service struct {
 	Engine *engine.Engine
-	Open   Opener
+	// Backends open shards outside the cache (a move's copy, a suspended
+	// tenant's export) and offer the optional abilities of shard.Storage:
+	// a FileStore stages exports and imports.
+	Backends shard.Backends
 	// TempDir holds staging files (default os.TempDir()). For large
 	// tenants put it on a disk with room for one copy of a shard.
 	TempDir string
@@ -55,10 +52,24 @@ func (s *Service) tempDir() string {
 	return os.TempDir()
 }
 
-// sqliteBackend returns the engine's SQLite backend, if configured.
-func (s *Service) sqliteBackend() (*sqlite.Backend, bool) {
-	b, ok := s.Engine.Backends[engine.BackendSQLite].(*sqlite.Backend)
-	return b, ok
+// storage returns a configured backend by name.
+func (s *Service) storage(name string) (shard.Storage, error) {
+	st, ok := s.Backends[name]
+	if !ok {
+		return nil, engine.Invalidf("backend %q is not configured on this server", name)
+	}
+	return st, nil
+}
+
+// fileStore returns the backend whose files are the export format: every
+// export and import is staged in such a file.
+func (s *Service) fileStore() (shard.FileStore, error) {
+	for _, name := range []string{engine.BackendSQLite, engine.BackendPostgres, engine.BackendMySQL} {
+		if fs, ok := s.Backends[name].(shard.FileStore); ok {
+			return fs, nil
+		}
+	}
+	return nil, fmt.Errorf("no backend stores single files (export and import need SQLite): %w", engine.ErrUnavailable)
 }
 
 // begin marks a tenant busy with a move or import.

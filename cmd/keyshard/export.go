@@ -47,7 +47,7 @@ func parseOneArg(fs *flag.FlagSet, args []string) (string, error) {
 }
 
 func newTransfer(a *app.App) *transfer.Service {
-	return &transfer.Service{Engine: a.Engine, Open: a.OpenShard}
+	return &transfer.Service{Engine: a.Engine, Backends: a.Backends}
 }
 
 func runExport(args []string) error {

@@ -62,7 +62,9 @@ func runMigrate(args []string) error {
 	}
 	var todo []*engine.Tenant
 	for _, t := range tenants {
-		if t.Status != engine.StatusPending && t.Backend == engine.BackendSQLite {
+		// Tenants on a server this command was not given (--postgres-dsn,
+		// --mysql-dsn) are migrated when a server opens them.
+		if _, ok := a.Backends[t.Backend]; ok && t.Status != engine.StatusPending {
 			todo = append(todo, t)
 		}
 	}
@@ -74,7 +76,7 @@ func runMigrate(args []string) error {
 	g.SetLimit(*concurrency)
 	for _, t := range todo {
 		g.Go(func() error {
-			s, err := a.SQLite.Open(gctx, t.Placement()) // opening migrates
+			s, err := a.Backends.Open(gctx, t.Placement()) // opening migrates
 			if err == nil {
 				err = s.Close()
 			}

@@ -48,7 +48,7 @@ func runServe(args []string) error {
 	}
 	defer as.Pool.Close()
 
-	srv := &api.Server{Engine: a.Engine, AdminToken: token, Logger: log, Auth: as.Service, PublicURL: af.publicURL, Transfer: &transfer.Service{Engine: a.Engine, Open: a.OpenShard}}
+	srv := &api.Server{Engine: a.Engine, AdminToken: token, Logger: log, Auth: as.Service, PublicURL: af.publicURL, Transfer: &transfer.Service{Engine: a.Engine, Backends: a.Backends}}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
 	// Catch signals before announcing readiness: a SIGTERM sent as soon as
 	// the "serving" line appears must drain, not kill.

@@ -16,12 +16,13 @@ import (
 	gomysql "github.com/go-sql-driver/mysql"
 
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/migrations"
 	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/sqldb"
 )
 
 // Dialect names this backend's migrations folder.
-const Dialect = "mysql"
+const Dialect = migrations.DialectMySQL
 
 // Options configure the server connection.
 type Options struct {

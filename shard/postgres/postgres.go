@@ -20,12 +20,13 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/migrations"
 	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/sqldb"
 )
 
 // Dialect names this backend's migrations folder.
-const Dialect = "postgres"
+const Dialect = migrations.DialectPostgres
 
 // Options configure the server connection.
 type Options struct {

@@ -90,7 +90,7 @@ func (s *Server) timeout() time.Duration {
 	return s.AcquireTimeout
 }
 
-var _ engine.Storage = (*Server)(nil)
+var _ shard.Storage = (*Server)(nil)
 
 // Create creates the tenant's namespace with the current schema.
 func (s *Server) Create(ctx context.Context, p engine.Placement) error {

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/shard"
@@ -10,14 +11,21 @@ import (
 
 // Backend places tenants as SQLite files under a data directory (or under
 // the directory a placement's Location names, for tenants moved to another
-// disk). It implements engine.Storage and opens shards for the cache.
+// disk). It is a shard.Storage with every optional ability: its files are
+// the export format (FileStore), it reads a file outside any shard
+// (DirectReader), and its locations are directories (Locator).
 type Backend struct {
 	DataDir   string
 	Options   Options
 	ShardOpts shard.Options
 }
 
-var _ engine.Storage = (*Backend)(nil)
+var (
+	_ shard.Storage      = (*Backend)(nil)
+	_ shard.FileStore    = (*Backend)(nil)
+	_ shard.DirectReader = (*Backend)(nil)
+	_ shard.Locator      = (*Backend)(nil)
+)
 
 // Path returns the shard file of placement p.
 func (b *Backend) Path(p engine.Placement) (string, error) {
@@ -64,4 +72,54 @@ func (b *Backend) Open(ctx context.Context, p engine.Placement) (*shard.Shard, e
 	o := b.Options
 	o.MustExist = true
 	return Open(ctx, path, o, b.ShardOpts)
+}
+
+// OpenFile opens a scratch shard file (synchronous NORMAL), as export and
+// import stage tenants.
+func (b *Backend) OpenFile(ctx context.Context, path string, mustExist bool) (*shard.Shard, error) {
+	return Open(ctx, path, Options{Synchronous: "NORMAL", MustExist: mustExist}, shard.Options{})
+}
+
+// SnapshotFile writes a consistent copy of src to path with VACUUM INTO on
+// one of its read connections: one read transaction, while writes go on.
+func (b *Backend) SnapshotFile(ctx context.Context, src engine.Shard, path string) error {
+	return src.Read(ctx, func(q engine.Querier) error {
+		_, err := q.Exec("VACUUM INTO ?", path)
+		return err
+	})
+}
+
+// ReadDirect runs fn on a read-only connection of its own to p's file:
+// closing a shard would checkpoint its WAL, holding up a new writer.
+func (b *Backend) ReadDirect(ctx context.Context, p engine.Placement, fn engine.ReadFunc) error {
+	path, err := b.Path(p)
+	if err != nil {
+		return err
+	}
+	conns, err := NewConns(path, b.Options)
+	if err != nil {
+		return err
+	}
+	rc, err := conns.OpenReader(ctx)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return fn(rc)
+}
+
+// NormalizeLocation turns a directory into an absolute path, or "" for the
+// backend's own data directory.
+func (b *Backend) NormalizeLocation(loc string) (string, error) {
+	if loc == "" {
+		return "", nil
+	}
+	abs, err := filepath.Abs(loc)
+	if err != nil {
+		return "", engine.Invalidf("location %q: %v", loc, err)
+	}
+	if d, err := filepath.Abs(b.DataDir); err == nil && d == abs {
+		return "", nil
+	}
+	return abs, nil
 }

@@ -19,7 +19,7 @@ import (
 )
 
 // Dialect names this backend's migrations folder.
-const Dialect = "sqlite"
+const Dialect = migrations.DialectSQLite
 
 // Options are the SQLite settings of every shard.
 type Options struct {

@@ -1,4 +1,4 @@
-package bench_test
+package sqlite_test
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 // write and two concurrent reads. It sizes the shard cache's default
 // capacity (README: "Sizing the shard cache").
 //
-//	go test -run '^$' -bench ShardMemory -benchtime 1x ./bench/
+//	go test -run '^$' -bench ShardMemory -benchtime 1x ./shard/sqlite/
 func BenchmarkShardMemory(b *testing.B) {
 	const n = 300
 	ctx := context.Background()

@@ -13,6 +13,7 @@ import (
 	"unicode"
 
 	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/api/platform"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/internal/testbackend"
 )
@@ -207,7 +208,8 @@ func TestServer_AdminAuth(t *testing.T) {
 	t.Run("EmptyServerToken", func(t *testing.T) {
 		// A server configured without a token refuses every admin request,
 		// including one presenting an empty token.
-		srv := &api.Server{Engine: s.App.Engine}
+		srv := api.NewServer(s.App.Engine, nil)
+		platform.Register(srv, platform.Config{})
 		h := srv.Handler()
 		for _, auth := range []string{"", "Bearer ", "Bearer  "} {
 			req, _ := http.NewRequest(http.MethodGet, "/admin/tenants", nil)

@@ -13,13 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
-	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
-	"github.com/keyshard/keyshard/transfer"
 )
 
 // newTransferEnv is an auth environment (as newAuthEnv makes) whose server
@@ -27,31 +24,24 @@ import (
 // backends when KEYSHARD_TEST_POSTGRES_DSN / KEYSHARD_TEST_MYSQL_DSN are set.
 func newTransferEnv(tb testing.TB) *authEnv {
 	tb.Helper()
-	a, err := app.Open(context.Background(), app.Config{DataDir: tb.TempDir(), Synchronous: "NORMAL",
-		PostgresDSN: os.Getenv("KEYSHARD_TEST_POSTGRES_DSN"), MySQLDSN: os.Getenv("KEYSHARD_TEST_MYSQL_DSN")})
+	srv, err := app.OpenServer(context.Background(), app.ServerConfig{
+		Storage: app.Config{DataDir: tb.TempDir(), Synchronous: "NORMAL",
+			PostgresDSN: os.Getenv("KEYSHARD_TEST_POSTGRES_DSN"), MySQLDSN: os.Getenv("KEYSHARD_TEST_MYSQL_DSN")},
+		Hash:      hash.Config{Params: authTestParams},
+		MasterKey: bytes.Repeat([]byte{7}, token.MasterKeySize), AdminToken: "admin-secret",
+		TransferTempDir: tb.TempDir(), FenceWait: time.Second,
+	})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	pool, err := hash.NewPool(hash.Config{Params: authTestParams})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	master := bytes.Repeat([]byte{7}, token.MasterKeySize)
-	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master, TokenTTL: time.Hour})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	e := &authEnv{tb: tb, App: a, Pool: pool, Keys: keys, Auth: auth.New(pool, keys, master, auth.Config{})}
-	svc := &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: tb.TempDir(), FenceWait: time.Second}
-	srv := &api.Server{Engine: a.Engine, AdminToken: "admin-secret", Auth: e.Auth, Transfer: svc}
+	e := &authEnv{tb: tb, App: srv.App, Pool: srv.Pool, Keys: srv.Keys, Auth: srv.Auth}
 	hs := httptest.NewServer(srv.Handler())
 	e.URL = hs.URL
 	e.http = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	tb.Cleanup(func() {
 		hs.Close()
-		pool.Close()
-		if err := a.Close(); err != nil {
-			tb.Errorf("close app: %v", err)
+		if err := srv.Close(); err != nil {
+			tb.Errorf("close server: %v", err)
 		}
 	})
 	return e

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
@@ -60,29 +59,22 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 		o.sync = "NORMAL"
 	}
 	dataDir := tb.TempDir()
-	a := testbackend.Open(tb, app.Config{DataDir: dataDir, Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit})
-	pool, err := hash.NewPool(hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	e := &authEnv{tb: tb, App: a, Pool: pool, dataDir: dataDir}
+	e := &authEnv{tb: tb, dataDir: dataDir}
 	now := func() time.Time { return time.Now().Add(time.Duration(e.clock.Load())) }
-	master := bytes.Repeat([]byte{7}, token.MasterKeySize)
-	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master, TokenTTL: time.Hour, Now: now})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	e.Keys = keys
-	e.Auth = auth.New(pool, keys, master, auth.Config{Now: now})
-	srv := &api.Server{Engine: a.Engine, AdminToken: "admin-secret", Auth: e.Auth}
+	srv := testbackend.OpenServer(tb, app.ServerConfig{
+		Storage:   app.Config{DataDir: dataDir, Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit},
+		Hash:      hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background},
+		MasterKey: bytes.Repeat([]byte{7}, token.MasterKeySize), AdminToken: "admin-secret",
+		AccessTokenTTL: time.Hour, Now: now,
+	})
+	e.App, e.Pool, e.Keys, e.Auth = srv.App, srv.Pool, srv.Keys, srv.Auth
 	hs := httptest.NewServer(srv.Handler())
 	e.URL = hs.URL
 	e.http = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	tb.Cleanup(func() {
 		hs.Close()
-		pool.Close()
-		if err := a.Close(); err != nil {
-			tb.Errorf("close app: %v", err)
+		if err := srv.Close(); err != nil {
+			tb.Errorf("close server: %v", err)
 		}
 	})
 	return e

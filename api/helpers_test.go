@@ -16,8 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/auth/hash"
+	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/internal/testbackend"
 )
@@ -42,12 +43,16 @@ func newServer(tb testing.TB) *testServer {
 	tb.Helper()
 	parent := tb.TempDir()
 	dir := filepath.Join(parent, "data")
-	a := testbackend.Open(tb, app.Config{DataDir: dir})
 	logs := &syncBuffer{}
-	srv := &api.Server{Engine: a.Engine, AdminToken: adminToken, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	srv := testbackend.OpenServer(tb, app.ServerConfig{
+		Storage: app.Config{DataDir: dir}, Hash: hash.Config{Params: authTestParams},
+		MasterKey: bytes.Repeat([]byte{3}, token.MasterKeySize), AdminToken: adminToken,
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	a := srv.App
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		_ = a.Close()
+		_ = srv.Close()
 		tb.Fatalf("listen: %v", err)
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -75,8 +80,8 @@ func newServer(tb testing.TB) *testServer {
 		if st := a.Cache.Stats(); st.Pinned != 0 {
 			tb.Errorf("%d shards still pinned after the server stopped", st.Pinned)
 		}
-		if err := a.Close(); err != nil {
-			tb.Errorf("close app: %v", err)
+		if err := srv.Close(); err != nil {
+			tb.Errorf("close server: %v", err)
 		}
 		if strings.Contains(logs.String(), "level=ERROR") {
 			tb.Errorf("server logged errors:\n%s", logs.String())

@@ -9,9 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
@@ -28,26 +26,17 @@ type inproc struct {
 
 func newInproc(tb testing.TB) *inproc {
 	tb.Helper()
-	a, err := app.Open(context.Background(), app.Config{DataDir: tb.TempDir(), Synchronous: "NORMAL"})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pool, err := hash.NewPool(hash.Config{Params: authTestParams, Workers: 2})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	master := bytes.Repeat([]byte{9}, token.MasterKeySize)
-	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master, TokenTTL: time.Hour})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	off, _ := auth.NewThrottle(auth.ThrottleConfig{}, nil) // fuzzing explores past the throttle
-	svc := auth.New(pool, keys, master, auth.Config{LoginThrottle: off})
-	srv := &api.Server{Engine: a.Engine, AdminToken: "admin-secret", Auth: svc}
-	tb.Cleanup(func() {
-		pool.Close()
-		_ = a.Close()
+	srv, err := app.OpenServer(context.Background(), app.ServerConfig{
+		Storage:   app.Config{DataDir: tb.TempDir(), Synchronous: "NORMAL"},
+		Hash:      hash.Config{Params: authTestParams, Workers: 2},
+		MasterKey: bytes.Repeat([]byte{9}, token.MasterKeySize), AdminToken: "admin-secret",
+		Throttle: &auth.ThrottleConfig{}, // fuzzing explores past the throttle
 	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a := srv.App
+	tb.Cleanup(func() { _ = srv.Close() })
 	e := &inproc{h: srv.Handler()}
 	for _, slug := range []string{"acme", "other"} {
 		if _, err := a.Engine.CreateTenant(context.Background(), slug, slug, ""); err != nil {

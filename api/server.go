@@ -1,5 +1,10 @@
-// Package api is Keyshard's HTTP surface: the platform admin API, the
-// per-tenant routes under /t/{tenant}, /healthz and /metrics.
+// Package api is Keyshard's HTTP edge: one router with the middleware every
+// route shares (request ids, body limits, metrics by route template), the
+// one mapping of errors to what a client is told (ProblemOf), JSON in and
+// out, and the resolution of /t/{tenant}. Each protocol is a sub-package
+// that registers its routes on a Server and formats its own responses:
+// api/gotrue (the GoTrue-compatible tenant API) and api/platform (the
+// platform admin API); an OAuth provider or hosted pages go beside them.
 package api
 
 import (
@@ -15,69 +20,60 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/engine"
-	"github.com/keyshard/keyshard/transfer"
 )
 
 // MaxBodyBytes bounds every request body; larger bodies answer 413.
 const MaxBodyBytes = 1 << 20
 
-// Server holds the engine and serves HTTP. Create it with fields set, then
-// use Handler.
+// Server is the router every protocol registers its routes on, with the
+// engine whose tenants they serve. Create it with NewServer.
 type Server struct {
-	Engine     *engine.Engine
-	AdminToken string // platform admin bearer token
-	Logger     *slog.Logger
-	// Auth serves the per-tenant end-user API; nil serves only /health.
-	Auth *auth.Service
-	// PublicURL is the server's external base URL (e.g. https://auth.example.com);
-	// a tenant's token issuer is PublicURL/t/{slug}. Empty: taken from the request.
-	PublicURL string
-	// Transfer exports, imports and moves tenants; nil answers those
-	// routes 501.
-	Transfer *transfer.Service
+	Engine *engine.Engine
+	Logger *slog.Logger
 
 	router *httprouter.Router
 }
 
-// Handler returns the server's HTTP handler.
-func (s *Server) Handler() http.Handler {
-	if s.Logger == nil {
-		s.Logger = slog.Default()
+// NewServer returns a server with the routes every installation has:
+// /healthz, /metrics and /t/{tenant}/health. A nil logger logs to
+// slog.Default().
+func NewServer(e *engine.Engine, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
 	}
-	if s.router == nil {
-		s.router = httprouter.New()
-		// Routes match the decoded path, where "%2f" is a separator: a
-		// "fixed path" redirect would turn /t/acme%2f..%2fx/… into a
-		// redirect to tenant x. A path that is not a route is a 404.
-		s.router.RedirectFixedPath = false
-		s.router.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			writeErrorCode(w, http.StatusNotFound, "not_found", "no such route")
-		})
-		s.router.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			writeErrorCode(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed on this route")
-		})
-		s.router.PanicHandler = func(w http.ResponseWriter, r *http.Request, p any) {
-			s.Logger.Error("handler panic", "panic", p, "path", r.URL.Path, "request_id", w.Header().Get("X-Request-Id"))
-			writeErrorCode(w, http.StatusInternalServerError, "unexpected_failure", "internal error")
-		}
-		s.registerSystemRoutes()
-		s.registerAdminRoutes()
-		s.registerTenantRoutes()
-		s.registerTransferRoutes()
+	s := &Server{Engine: e, Logger: log, router: httprouter.New()}
+	// Routes match the decoded path, where "%2f" is a separator: a "fixed
+	// path" redirect would turn /t/acme%2f..%2fx/… into a redirect to tenant
+	// x. A path that is not a route is a 404.
+	s.router.RedirectFixedPath = false
+	s.router.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeCode(w, http.StatusNotFound, "not_found", "no such route")
+	})
+	s.router.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeCode(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed on this route")
+	})
+	s.router.PanicHandler = func(w http.ResponseWriter, r *http.Request, p any) {
+		s.Logger.Error("handler panic", "panic", p, "path", r.URL.Path, "request_id", w.Header().Get("X-Request-Id"))
+		writeCode(w, http.StatusInternalServerError, "unexpected_failure", "internal error")
 	}
-	return s.router
-}
-
-func (s *Server) registerSystemRoutes() {
-	s.handle(http.MethodGet, "/healthz", func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	s.Handle(http.MethodGet, "/healthz", func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	metrics := promhttp.Handler()
-	s.handle(http.MethodGet, "/metrics", func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	s.Handle(http.MethodGet, "/metrics", func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
 		metrics.ServeHTTP(w, r)
 	})
+	s.Handle(http.MethodGet, "/t/:tenant/health", s.handleTenantHealth)
+	return s
+}
+
+// Handler returns the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// writeCode answers the router's own refusals in the platform's shape.
+func writeCode(w http.ResponseWriter, status int, code, msg string) {
+	WriteJSON(w, status, map[string]string{"code": code, "message": msg})
 }
 
 var (
@@ -92,14 +88,15 @@ var (
 	}, []string{"route", "method"})
 )
 
-// handle registers h on route with the common middleware: request id,
-// body limit, metrics labelled by the route template (never by tenant).
-func (s *Server) handle(method, route string, h httprouter.Handle) {
-	s.handleLimit(method, route, MaxBodyBytes, h)
+// Handle registers h on route with the middleware every route has: request
+// id, the MaxBodyBytes body limit, metrics labelled by the route template
+// (never by tenant).
+func (s *Server) Handle(method, route string, h httprouter.Handle) {
+	s.HandleLimit(method, route, MaxBodyBytes, h)
 }
 
-// handleLimit is handle with a body limit of its own (uploads).
-func (s *Server) handleLimit(method, route string, limit int64, h httprouter.Handle) {
+// HandleLimit is Handle with a body limit of its own (uploads).
+func (s *Server) HandleLimit(method, route string, limit int64, h httprouter.Handle) {
 	seconds := httpSeconds.WithLabelValues(route, method)
 	s.router.Handle(method, route, func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		start := time.Now()

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
@@ -42,7 +41,7 @@ func (s *Service) IssueServiceKey(ctx context.Context, t Tenant) (string, error)
 
 // CheckServiceKey accepts the tenant's service key (constant-time).
 func (s *Service) CheckServiceKey(ctx context.Context, t Tenant, presented string) error {
-	deny := newError(http.StatusUnauthorized, CodeNoAuthorization, "A valid tenant service key is required")
+	deny := newError(engine.KindUnauthenticated, CodeNoAuthorization, "A valid tenant service key is required")
 	if presented == "" {
 		return deny
 	}
@@ -117,8 +116,8 @@ func (s *Service) ListUsers(ctx context.Context, t Tenant, p Page) ([]*User, int
 	return out, total, err
 }
 
-func errAdminUserNotFound() *Error {
-	return newError(http.StatusNotFound, CodeUserNotFound, "User not found")
+func errAdminUserNotFound() *engine.Error {
+	return newError(engine.KindNotFound, CodeUserNotFound, "User not found")
 }
 
 // GetUser returns one user by id.
@@ -134,13 +133,13 @@ func (s *Service) GetUser(ctx context.Context, t Tenant, id string) (*User, erro
 	return u, err
 }
 
-// AdminUserRequest is the body of POST /admin/users and PUT /admin/users/{id}.
+// AdminUserRequest creates or changes a user as the tenant's administrator.
 type AdminUserRequest struct {
-	Email        *string        `json:"email"`
-	Password     *string        `json:"password"`
-	EmailConfirm bool           `json:"email_confirm"`
-	UserMetadata map[string]any `json:"user_metadata"`
-	AppMetadata  map[string]any `json:"app_metadata"`
+	Email        *string
+	Password     *string
+	EmailConfirm bool
+	UserMetadata map[string]any
+	AppMetadata  map[string]any
 }
 
 // CreateUser creates a user as the tenant's administrator (no session).
@@ -174,10 +173,10 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 		return err
 	})
 	if errors.Is(err, engine.ErrConflict) {
-		return nil, newError(http.StatusUnprocessableEntity, CodeEmailExists, "A user with this email address has already been registered")
+		return nil, newError(engine.KindRefused, CodeEmailExists, "A user with this email address has already been registered")
 	}
 	if err != nil {
-		return nil, writeError(err, http.StatusTooManyRequests)
+		return nil, writeError(err, engine.KindRateLimited)
 	}
 	return u, nil
 }
@@ -237,7 +236,7 @@ func (s *Service) AdminUpdateUser(ctx context.Context, t Tenant, c Client, id st
 		return err
 	})
 	if err != nil {
-		return nil, writeError(err, http.StatusTooManyRequests)
+		return nil, writeError(err, engine.KindRateLimited)
 	}
 	return u, nil
 }
@@ -263,18 +262,18 @@ func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string)
 		}
 		return audit(tx, now, "user_deleted", id, email, c, nil)
 	})
-	return writeError(err, http.StatusServiceUnavailable)
+	return writeError(err, engine.KindUnavailable)
 }
 
-// AuditEvent is one audit log entry, shaped as GoTrue's admin audit list.
+// AuditEvent is one entry of the tenant's audit log.
 type AuditEvent struct {
-	ID        int64           `json:"id"`
-	Action    string          `json:"action"`
-	ActorID   *string         `json:"actor_id"`
-	Email     *string         `json:"actor_username"`
-	IP        string          `json:"ip_address"`
-	Payload   json.RawMessage `json:"payload"`
-	CreatedAt time.Time       `json:"created_at"`
+	ID        int64
+	Action    string
+	ActorID   *string
+	Email     *string // the actor's
+	IP        string
+	Payload   json.RawMessage // a JSON object
+	CreatedAt time.Time
 }
 
 // ListAudit returns a page of audit events, newest first.

@@ -2,35 +2,15 @@ package auth
 
 import (
 	"fmt"
-	"net/http"
-	"time"
+
+	"github.com/keyshard/keyshard/engine"
 )
 
-// Error is a failure of an auth flow the client can act on: an HTTP status,
-// a GoTrue error code and a message fit for the client.
-type Error struct {
-	Status  int
-	Code    string
-	Message string
-	// Reasons lists why a password is weak (weak_password only).
-	Reasons []string
-	// RetryAfter, when set, is sent as the Retry-After header.
-	RetryAfter time.Duration
-	// Err is the cause, if any; never shown to the client.
-	Err error
-}
+// Flows fail with *engine.Error: a kind, a stable code and a message fit
+// for the client; the HTTP edge maps it to a status and GoTrue's shape.
 
-func (e *Error) Error() string {
-	if e.Err != nil {
-		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
-	}
-	return e.Code + ": " + e.Message
-}
-
-func (e *Error) Unwrap() error { return e.Err }
-
-func newError(status int, code, msg string) *Error {
-	return &Error{Status: status, Code: code, Message: msg}
+func newError(kind engine.Kind, code, msg string) *engine.Error {
+	return engine.NewError(kind, code, msg)
 }
 
 // GoTrue error codes used by Keyshard.
@@ -51,23 +31,24 @@ const (
 	CodeEmailNotConfirmed    = "email_not_confirmed"
 	CodeSignupDisabled       = "signup_disabled"
 	CodeUnsupportedGrant     = "unsupported_grant_type"
+	CodeServiceUnavailable   = "service_unavailable"
 )
 
 var (
-	errInvalidCredentials = func() *Error {
-		return newError(http.StatusBadRequest, CodeInvalidCredentials, "Invalid login credentials")
+	errInvalidCredentials = func() *engine.Error {
+		return newError(engine.KindInvalid, CodeInvalidCredentials, "Invalid login credentials")
 	}
-	errRefreshNotFound = func() *Error {
-		return newError(http.StatusBadRequest, CodeRefreshNotFound, "Invalid Refresh Token: Refresh Token Not Found")
+	errRefreshNotFound = func() *engine.Error {
+		return newError(engine.KindInvalid, CodeRefreshNotFound, "Invalid Refresh Token: Refresh Token Not Found")
 	}
-	errRefreshAlreadyUsed = func() *Error {
-		return newError(http.StatusBadRequest, CodeRefreshAlreadyUsed, "Invalid Refresh Token: Already Used")
+	errRefreshAlreadyUsed = func() *engine.Error {
+		return newError(engine.KindInvalid, CodeRefreshAlreadyUsed, "Invalid Refresh Token: Already Used")
 	}
-	errSessionNotFound = func() *Error {
-		return newError(http.StatusForbidden, CodeSessionNotFound, "Session from session_id claim in JWT does not exist")
+	errSessionNotFound = func() *engine.Error {
+		return newError(engine.KindForbidden, CodeSessionNotFound, "Session from session_id claim in JWT does not exist")
 	}
 )
 
-func validationf(format string, args ...any) *Error {
-	return newError(http.StatusBadRequest, CodeValidationFailed, fmt.Sprintf(format, args...))
+func validationf(format string, args ...any) *engine.Error {
+	return newError(engine.KindInvalid, CodeValidationFailed, fmt.Sprintf(format, args...))
 }

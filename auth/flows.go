@@ -3,11 +3,9 @@ package auth
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
-	"net/http"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -36,7 +34,7 @@ const maxPasswordLen = 1024
 
 func checkPassword(pw string, st Settings) error {
 	if utf8.RuneCountInString(pw) < st.PasswordMinLength {
-		return &Error{Status: http.StatusUnprocessableEntity, Code: CodeWeakPassword,
+		return &engine.Error{Kind: engine.KindRefused, Code: CodeWeakPassword,
 			Message: fmt.Sprintf("Password should be at least %d characters.", st.PasswordMinLength), Reasons: []string{"length"}}
 	}
 	if len(pw) > maxPasswordLen {
@@ -45,11 +43,11 @@ func checkPassword(pw string, st Settings) error {
 	return nil
 }
 
-// SignupRequest is the body of POST /signup.
+// SignupRequest is a signup: an email, a password and user metadata.
 type SignupRequest struct {
-	Email    string         `json:"email"`
-	Password string         `json:"password"`
-	Data     map[string]any `json:"data"`
+	Email    string
+	Password string
+	Data     map[string]any
 }
 
 // Signup creates a user with an email identity. With auto-confirm on it
@@ -81,7 +79,7 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 		return nil, nil, err
 	}
 	if st.DisableSignup {
-		return nil, nil, newError(http.StatusUnprocessableEntity, CodeSignupDisabled, "Signups not allowed for this instance")
+		return nil, nil, newError(engine.KindRefused, CodeSignupDisabled, "Signups not allowed for this instance")
 	}
 	if err := checkPassword(req.Password, st); err != nil {
 		return nil, nil, err
@@ -116,7 +114,7 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 		return nil, nil, errUserExists()
 	}
 	if err != nil {
-		return nil, nil, writeError(err, http.StatusTooManyRequests)
+		return nil, nil, writeError(err, engine.KindRateLimited)
 	}
 	if !st.MailerAutoconfirm {
 		return nil, is.user, nil
@@ -163,15 +161,15 @@ func (nu newUser) insert(tx engine.Querier, now time.Time) (string, error) {
 	return uid, nil
 }
 
-func errUserExists() *Error {
-	return newError(http.StatusUnprocessableEntity, CodeUserAlreadyExists, "User already registered")
+func errUserExists() *engine.Error {
+	return newError(engine.KindRefused, CodeUserAlreadyExists, "User already registered")
 }
 
-// PasswordRequest is the body of POST /token?grant_type=password.
+// PasswordRequest is a password login (by email; phone logins are refused).
 type PasswordRequest struct {
-	Email    string `json:"email"`
-	Phone    string `json:"phone"`
-	Password string `json:"password"`
+	Email    string
+	Phone    string
+	Password string
 }
 
 // Login checks an email and password and opens a session. An unknown email
@@ -180,7 +178,7 @@ type PasswordRequest struct {
 func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordRequest) (*Session, error) {
 	email := NormalizeEmail(req.Email)
 	if email == "" && req.Phone != "" {
-		return nil, newError(http.StatusBadRequest, "phone_provider_disabled", "Phone logins are disabled")
+		return nil, newError(engine.KindInvalid, "phone_provider_disabled", "Phone logins are disabled")
 	}
 	if email == "" || req.Password == "" {
 		return nil, validationf("A valid email and password are required")
@@ -231,7 +229,7 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		return nil, errInvalidCredentials()
 	}
 	if u.EmailConfirmedAt == nil {
-		return nil, newError(http.StatusBadRequest, CodeEmailNotConfirmed, "Email not confirmed")
+		return nil, newError(engine.KindInvalid, CodeEmailNotConfirmed, "Email not confirmed")
 	}
 	s.throttle.Succeed(t.ID, email)
 	newHash := ""
@@ -273,14 +271,9 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		return err
 	})
 	if err != nil {
-		return nil, writeError(err, http.StatusTooManyRequests)
+		return nil, writeError(err, engine.KindRateLimited)
 	}
-	sess, err := s.session(ctx, t, is)
-	if err != nil {
-		return nil, err
-	}
-	sess.WeakPassword = json.RawMessage("null")
-	return sess, nil
+	return s.session(ctx, t, is)
 }
 
 // auditFailedLogin buffers a login_failed event: a failed login writes
@@ -295,7 +288,7 @@ func (s *Service) auditFailedLogin(ctx context.Context, t Tenant, c Client, user
 	if err := t.Shard.Defer("", op); !errors.Is(err, engine.ErrOverloaded) {
 		return err
 	}
-	return writeError(t.Shard.Write(ctx, op), http.StatusTooManyRequests)
+	return writeError(t.Shard.Write(ctx, op), engine.KindRateLimited)
 }
 
 // maxWalk bounds the steps from a presented ancestor token to the active
@@ -346,7 +339,7 @@ func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented str
 			if revoked {
 				is.failure = errRefreshAlreadyUsed()
 			} else {
-				is.failure = newError(http.StatusBadRequest, CodeSessionExpired, "Invalid Refresh Token: Session Expired")
+				is.failure = newError(engine.KindInvalid, CodeSessionExpired, "Invalid Refresh Token: Session Expired")
 			}
 			return nil
 		}
@@ -391,7 +384,7 @@ func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented str
 		return nil
 	})
 	if err != nil {
-		return nil, writeError(err, http.StatusServiceUnavailable)
+		return nil, writeError(err, engine.KindUnavailable)
 	}
 	if is.failure != nil {
 		return nil, is.failure
@@ -443,11 +436,12 @@ func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h s
 	return "", false, nil
 }
 
-// UpdateUserRequest is the body of PUT /user.
+// UpdateUserRequest changes a user: a nil field is left as it is; a
+// metadata key set to nil is removed.
 type UpdateUserRequest struct {
-	Email    *string        `json:"email"`
-	Password *string        `json:"password"`
-	Data     map[string]any `json:"data"`
+	Email    *string
+	Password *string
+	Data     map[string]any
 }
 
 // UpdateUser changes the caller's email (applied at once: no mail is sent
@@ -474,7 +468,7 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 				return nil, err
 			}
 			if !st.MailerAutoconfirm && !admin {
-				return nil, newError(http.StatusUnprocessableEntity, "email_address_not_authorized", "Email changes need a confirmation mailer, which this tenant does not have")
+				return nil, newError(engine.KindRefused, "email_address_not_authorized", "Email changes need a confirmation mailer, which this tenant does not have")
 			}
 		}
 	}
@@ -490,7 +484,7 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
 		cur, err := userByID(tx, u.ID)
 		if errors.Is(err, engine.ErrNoRows) {
-			return newError(http.StatusNotFound, CodeUserNotFound, "User not found")
+			return newError(engine.KindNotFound, CodeUserNotFound, "User not found")
 		}
 		if err != nil {
 			return err
@@ -511,7 +505,7 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			meta["email"] = newEmail
 			if _, err := tx.Exec(`UPDATE users SET email = ? WHERE id = ?`, newEmail, u.ID); err != nil {
 				if errors.Is(err, engine.ErrConflict) {
-					return newError(http.StatusUnprocessableEntity, CodeEmailExists, "A user with this email address has already been registered")
+					return newError(engine.KindRefused, CodeEmailExists, "A user with this email address has already been registered")
 				}
 				return err
 			}
@@ -559,7 +553,7 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		return err
 	})
 	if err != nil {
-		return nil, writeError(err, http.StatusTooManyRequests)
+		return nil, writeError(err, engine.KindRateLimited)
 	}
 	return out, nil
 }
@@ -604,7 +598,7 @@ func (s *Service) Logout(ctx context.Context, t Tenant, c Client, p *Principal, 
 		return audit(tx, now, "logout", p.Claims.Subject, p.Claims.Email, c, map[string]any{"scope": scope, "session_id": p.Claims.SessionID})
 	})
 	if err != nil {
-		return writeError(err, http.StatusServiceUnavailable)
+		return writeError(err, engine.KindUnavailable)
 	}
 	return nil
 }

@@ -10,7 +10,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -231,29 +230,29 @@ func hashError(err error) error {
 	var oe *hash.OverloadedError
 	switch {
 	case errors.As(err, &oe):
-		return &Error{Status: http.StatusTooManyRequests, Code: CodeOverRequestRateLimit,
+		return &engine.Error{Kind: engine.KindRateLimited, Code: CodeOverRequestRateLimit,
 			Message: "Too many requests: password hashing is saturated, retry later", RetryAfter: oe.RetryAfter, Err: err}
 	case errors.Is(err, hash.ErrWorkerFailed):
-		return &Error{Status: http.StatusServiceUnavailable, Code: "service_unavailable",
+		return &engine.Error{Kind: engine.KindUnavailable, Code: CodeServiceUnavailable,
 			Message: "Password hashing is unavailable, retry shortly", RetryAfter: time.Second, Err: err}
 	}
 	return err
 }
 
 // writeError maps a failed shard write of a flow whose client should back
-// off with 429 (login, signup) or retry a 5xx (refresh) when the writer is
-// overloaded or busy.
-func writeError(err error, status int) error {
-	var ae *Error
+// off (kind KindRateLimited: login, signup) or retry (KindUnavailable:
+// refresh) when the tenant's writer is overloaded or busy.
+func writeError(err error, kind engine.Kind) error {
+	var ae *engine.Error
 	if errors.As(err, &ae) {
 		return err
 	}
 	if errors.Is(err, engine.ErrOverloaded) || errors.Is(err, engine.ErrBusy) {
 		code := CodeOverRequestRateLimit
-		if status != http.StatusTooManyRequests {
-			code = "service_unavailable"
+		if kind != engine.KindRateLimited {
+			code = CodeServiceUnavailable
 		}
-		return &Error{Status: status, Code: code, Message: "The tenant's database is saturated, retry later", RetryAfter: time.Second, Err: err}
+		return &engine.Error{Kind: kind, Code: code, Message: "The tenant's database is saturated, retry later", RetryAfter: time.Second, Err: err}
 	}
 	return err
 }

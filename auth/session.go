@@ -2,25 +2,22 @@ package auth
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"net/http"
 	"time"
 
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
 )
 
-// Session is the response of signup, login and refresh, shaped as GoTrue's.
+// Session is what signup, login and refresh hand out: a signed access
+// token (a bearer token), its lifetime, the refresh token that continues
+// the session, and the user.
 type Session struct {
-	AccessToken  string `json:"access_token"`
-	TokenType    string `json:"token_type"`
-	ExpiresIn    int64  `json:"expires_in"`
-	ExpiresAt    int64  `json:"expires_at"`
-	RefreshToken string `json:"refresh_token"`
-	User         *User  `json:"user"`
-	// WeakPassword is null on a password login, absent otherwise (GoTrue).
-	WeakPassword json.RawMessage `json:"weak_password,omitempty"`
+	AccessToken  string
+	ExpiresIn    int64 // seconds
+	ExpiresAt    int64 // unix seconds
+	RefreshToken string
+	User         *User
 }
 
 // issued is what a write that creates or continues a session hands back.
@@ -29,7 +26,7 @@ type issued struct {
 	sessionID   string
 	sessionAt   int64 // session creation, unix seconds: the amr timestamp
 	refresh     string
-	failure     *Error // an outcome to answer after the write committed
+	failure     *engine.Error // an outcome to answer after the write committed
 	refreshedAt time.Time
 }
 
@@ -68,7 +65,7 @@ func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, 
 	if err != nil {
 		return nil, err
 	}
-	return &Session{AccessToken: at, TokenType: "bearer", ExpiresIn: int64(s.ttl / time.Second), ExpiresAt: exp,
+	return &Session{AccessToken: at, ExpiresIn: int64(s.ttl / time.Second), ExpiresAt: exp,
 		RefreshToken: is.refresh, User: u}, nil
 }
 
@@ -83,12 +80,12 @@ type Principal struct {
 // also loads the user.
 func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, withUser bool) (*Principal, error) {
 	if bearer == "" {
-		return nil, newError(http.StatusUnauthorized, CodeNoAuthorization, "This endpoint requires a Bearer token")
+		return nil, newError(engine.KindUnauthenticated, CodeNoAuthorization, "This endpoint requires a Bearer token")
 	}
 	claims, err := s.keys.Verify(ctx, t.ID, t.Shard, bearer, t.issuerOK)
 	if err != nil {
 		if errors.Is(err, token.ErrInvalidToken) {
-			return nil, &Error{Status: http.StatusForbidden, Code: CodeBadJWT, Message: err.Error()}
+			return nil, &engine.Error{Kind: engine.KindForbidden, Code: CodeBadJWT, Message: err.Error()}
 		}
 		return nil, err
 	}
@@ -120,7 +117,7 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 		case !found || !sessionLive(userID, notAfter, claims.Subject, now):
 			return errSessionNotFound()
 		case u == nil:
-			return newError(http.StatusForbidden, CodeUserNotFound, "User from sub claim in JWT does not exist")
+			return newError(engine.KindForbidden, CodeUserNotFound, "User from sub claim in JWT does not exist")
 		}
 		p.User = u
 		return nil

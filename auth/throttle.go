@@ -2,13 +2,14 @@ package auth
 
 import (
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/keyshard/keyshard/engine"
 )
 
 // ThrottleConfig limits failed password logins in fixed windows, per
@@ -163,7 +164,7 @@ func (th *Throttle) add(c *lru.Cache[string, *failures], key string, now time.Ti
 	f.n++
 }
 
-func throttleError(wait time.Duration) *Error {
-	return &Error{Status: http.StatusTooManyRequests, Code: CodeOverRequestRateLimit,
+func throttleError(wait time.Duration) *engine.Error {
+	return &engine.Error{Kind: engine.KindRateLimited, Code: CodeOverRequestRateLimit,
 		Message: "Too many failed login attempts, retry later", RetryAfter: wait}
 }

@@ -2,12 +2,12 @@ package auth_test
 
 import (
 	"errors"
-	"net/http"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/engine"
 )
 
 func TestThrottle(t *testing.T) {
@@ -29,8 +29,8 @@ func TestThrottle(t *testing.T) {
 			th.Fail("t1", "a@x.io", "1.1.1.1")
 		}
 		err := th.Allow("t1", "a@x.io", "2.2.2.2")
-		var ae *auth.Error
-		if !errors.As(err, &ae) || ae.Status != http.StatusTooManyRequests || ae.Code != auth.CodeOverRequestRateLimit || ae.RetryAfter != time.Minute {
+		var ae *engine.Error
+		if !errors.As(err, &ae) || ae.Kind != engine.KindRateLimited || ae.Code != auth.CodeOverRequestRateLimit || ae.RetryAfter != time.Minute {
 			t.Fatalf("4th attempt: %v", err)
 		}
 		if th.Allow("t2", "a@x.io", "1.1.1.1") != nil || th.Allow("t1", "b@x.io", "1.1.1.1") != nil {

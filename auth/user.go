@@ -10,7 +10,8 @@ import (
 	"github.com/keyshard/keyshard/engine"
 )
 
-// User is an end user of a tenant. Its JSON is GoTrue's user object.
+// User is an end user of a tenant, as the flows return it; api/gotrue
+// shapes it as GoTrue's user object.
 type User struct {
 	ID                string
 	Aud               string
@@ -32,58 +33,15 @@ type User struct {
 
 // Identity is one way a user signs in (provider "email" for now).
 type Identity struct {
-	IdentityID   string          `json:"identity_id"`
-	ProviderID   string          `json:"id"`
-	UserID       string          `json:"user_id"`
-	IdentityData json.RawMessage `json:"identity_data"` // a JSON object, as stored
-	Provider     string          `json:"provider"`
-	LastSignInAt *time.Time      `json:"last_sign_in_at,omitempty"`
-	CreatedAt    time.Time       `json:"created_at"`
-	UpdatedAt    time.Time       `json:"updated_at"`
-	Email        string          `json:"email"`
-}
-
-// userJSON fixes GoTrue's field order and optional fields.
-type userJSON struct {
-	ID               string          `json:"id"`
-	Aud              string          `json:"aud"`
-	Role             string          `json:"role"`
-	Email            string          `json:"email"`
-	EmailConfirmedAt *time.Time      `json:"email_confirmed_at,omitempty"`
-	Phone            string          `json:"phone"`
-	PhoneConfirmedAt *time.Time      `json:"phone_confirmed_at,omitempty"`
-	ConfirmedAt      *time.Time      `json:"confirmed_at,omitempty"`
-	LastSignInAt     *time.Time      `json:"last_sign_in_at,omitempty"`
-	AppMetadata      json.RawMessage `json:"app_metadata"`
-	UserMetadata     json.RawMessage `json:"user_metadata"`
-	Identities       []Identity      `json:"identities"`
-	CreatedAt        time.Time       `json:"created_at"`
-	UpdatedAt        time.Time       `json:"updated_at"`
-	IsAnonymous      bool            `json:"is_anonymous"`
-}
-
-// MarshalJSON encodes u as GoTrue does.
-func (u *User) MarshalJSON() ([]byte, error) { return json.Marshal(u.View()) }
-
-// View returns the user as the value its JSON encodes. A handler that
-// writes the user alone encodes View() rather than the User: encoding/json
-// re-scans and compacts whatever a MarshalJSON method returns, which was 8%
-// of the CPU of GET /user.
-func (u *User) View() any {
-	confirmed := u.EmailConfirmedAt
-	if confirmed == nil {
-		confirmed = u.PhoneConfirmedAt
-	}
-	ids := u.Identities
-	if ids == nil {
-		ids = []Identity{}
-	}
-	return userJSON{
-		ID: u.ID, Aud: u.Aud, Role: u.Role, Email: u.Email, EmailConfirmedAt: u.EmailConfirmedAt,
-		Phone: u.Phone, PhoneConfirmedAt: u.PhoneConfirmedAt, ConfirmedAt: confirmed,
-		LastSignInAt: u.LastSignInAt, AppMetadata: object(u.AppMetadata), UserMetadata: object(u.UserMetadata),
-		Identities: ids, CreatedAt: u.CreatedAt, UpdatedAt: u.UpdatedAt, IsAnonymous: u.IsAnonymous,
-	}
+	IdentityID   string // the row's id
+	ProviderID   string // the user's id at the provider
+	UserID       string
+	IdentityData json.RawMessage // a JSON object, as stored
+	Provider     string
+	LastSignInAt *time.Time
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+	Email        string
 }
 
 // micros converts a stored time to UTC time.Time; nil stays nil.

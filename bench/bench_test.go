@@ -24,10 +24,10 @@ var tinyHash = hash.Params{MemoryKiB: 64, Time: 1, Threads: 1}
 func testBench(tb testing.TB, tenants, users int) (*bench.Bench, *bench.LocalServer) {
 	tb.Helper()
 	ctx := context.Background()
-	srv, err := bench.StartServer(ctx, bench.ServerConfig{
+	srv, err := bench.StartServer(ctx, bench.ServerConfig{Server: app.ServerConfig{
 		Storage: app.Config{DataDir: tb.TempDir(), Synchronous: "NORMAL"},
 		Hash:    hash.Config{Params: tinyHash, Workers: 2},
-	})
+	}})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -239,10 +239,10 @@ func TestSweep_NothingSustained(t *testing.T) {
 
 func TestSetup_BaseTenants(t *testing.T) {
 	ctx := context.Background()
-	srv, err := bench.StartServer(ctx, bench.ServerConfig{
+	srv, err := bench.StartServer(ctx, bench.ServerConfig{Server: app.ServerConfig{
 		Storage: app.Config{DataDir: t.TempDir(), Synchronous: "NORMAL"},
 		Hash:    hash.Config{Params: tinyHash, Workers: 2},
-	})
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}

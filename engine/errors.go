@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Sentinel errors that callers test with errors.Is. Backends wrap them with
@@ -43,3 +44,65 @@ type invalidError struct{ msg string }
 
 func (e *invalidError) Error() string { return e.msg }
 func (e *invalidError) Unwrap() error { return ErrInvalid }
+
+// Kind is the class of a failure, in terms every protocol understands: the
+// HTTP edge turns it into a status, an OAuth error or an HTML page. It says
+// nothing of HTTP itself.
+type Kind uint8
+
+// Kinds of failure.
+const (
+	// KindInternal: a fault of the server; its cause is logged, not shown.
+	KindInternal Kind = iota
+	// KindInvalid: the request cannot succeed as sent (bad input, wrong
+	// credentials, an unknown or spent token).
+	KindInvalid
+	// KindUnauthenticated: the request carries no credentials, or none this
+	// server knows.
+	KindUnauthenticated
+	// KindForbidden: the credentials are known but do not allow this.
+	KindForbidden
+	// KindNotFound: what the request names does not exist.
+	KindNotFound
+	// KindConflict: the request contradicts the current state (a taken
+	// name, a wrong lifecycle step).
+	KindConflict
+	// KindRefused: well formed, but a rule of the tenant refuses it (the
+	// user exists, the password is weak, signups are closed).
+	KindRefused
+	// KindRateLimited: too many requests of this kind; retry after
+	// Error.RetryAfter.
+	KindRateLimited
+	// KindUnavailable: the service cannot answer now; retry shortly.
+	KindUnavailable
+)
+
+// Error is a failure a client can act on: its kind, a stable machine code
+// (GoTrue's vocabulary where GoTrue has a name for it) and a message fit
+// for the client. It carries no protocol detail; the HTTP edge maps it, in
+// one function, to a status and each protocol's shape.
+type Error struct {
+	Kind    Kind
+	Code    string
+	Message string
+	// Reasons lists why a password is weak (weak_password only).
+	Reasons []string
+	// RetryAfter, when set, tells the client when to try again.
+	RetryAfter time.Duration
+	// Err is the cause, if any; never shown to the client.
+	Err error
+}
+
+// NewError returns an Error of kind with a code and a client message.
+func NewError(kind Kind, code, message string) *Error {
+	return &Error{Kind: kind, Code: code, Message: message}
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
+	}
+	return e.Code + ": " + e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }

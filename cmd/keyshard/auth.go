@@ -60,43 +60,31 @@ func (f *authFlags) applyGCPercent() {
 	}
 }
 
-// authStack is the open auth service and what it owns.
-type authStack struct {
-	Service *auth.Service
-	Pool    *hash.Pool
-}
-
-// openAuth loads (or generates) the master key and starts the hash pool.
-func openAuth(dataDir string, f *authFlags, log *slog.Logger) (*authStack, error) {
+// serverConfig returns what `serve` (and bench's in-process server) runs
+// with: the storage configuration and these flags. The master key and the
+// admin token come from KEYSHARD_MASTER_KEY and KEYSHARD_ADMIN_TOKEN when
+// set, else from files in the data directory.
+func (f *authFlags) serverConfig(storage app.Config, log *slog.Logger) (app.ServerConfig, error) {
 	if f.threads > 255 || f.memoryKiB > 1<<22 || f.time > 64 {
-		return nil, fmt.Errorf("argon2 parameters out of range")
+		return app.ServerConfig{}, fmt.Errorf("argon2 parameters out of range")
 	}
 	f.applyGCPercent()
-	master, path, created, err := token.LoadMasterKey(dataDir, os.Getenv("KEYSHARD_MASTER_KEY"))
-	if err != nil {
-		return nil, err
-	}
-	logSecretSource(log, "master key", "KEYSHARD_MASTER_KEY", path, created)
-	params := hash.Params{MemoryKiB: uint32(f.memoryKiB), Time: uint32(f.time), Threads: uint8(f.threads)}
-	pool, err := hash.NewPool(hash.Config{Params: params, Workers: f.workers, Budget: f.budget, Background: f.background})
-	if err != nil {
-		return nil, fmt.Errorf("hash pool: %w", err)
-	}
-	keys, err := token.NewKeys(token.KeysConfig{MasterKey: master, TokenTTL: f.accessTTL})
-	if err != nil {
-		pool.Close()
-		return nil, err
-	}
-	throttle, err := auth.NewThrottle(f.throttle, nil)
-	if err != nil {
-		pool.Close()
-		return nil, err
-	}
-	st := pool.Stats()
-	log.Info("password hashing", "params", fmt.Sprintf("m=%d,t=%d,p=%d", params.MemoryKiB, params.Time, params.Threads),
-		"workers", st.Workers, "hash_time", st.HashTime.Round(time.Millisecond), "budget", f.budget)
-	svc := auth.New(pool, keys, master, auth.Config{AccessTokenTTL: f.accessTTL, LoginThrottle: throttle})
-	return &authStack{Service: svc, Pool: pool}, nil
+	throttle := f.throttle
+	return app.ServerConfig{
+		Storage:        storage,
+		Hash:           hash.Config{Params: f.params(), Workers: f.workers, Budget: f.budget, Background: f.background},
+		MasterKeyText:  os.Getenv("KEYSHARD_MASTER_KEY"),
+		AdminToken:     os.Getenv("KEYSHARD_ADMIN_TOKEN"),
+		AccessTokenTTL: f.accessTTL,
+		PublicURL:      f.publicURL,
+		Throttle:       &throttle,
+		Logger:         log,
+	}, nil
+}
+
+// params returns the Argon2id parameters of the flags.
+func (f *authFlags) params() hash.Params {
+	return hash.Params{MemoryKiB: uint32(f.memoryKiB), Time: uint32(f.time), Threads: uint8(f.threads)}
 }
 
 // rotateKey makes a new signing key active for the tenant; the old one

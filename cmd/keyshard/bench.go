@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/keyshard/keyshard/app"
-	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/bench"
 )
 
@@ -146,7 +145,7 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 			return fmt.Errorf("unknown workload %q (have %s)", w, strings.Join(bench.Workloads, ", "))
 		}
 	}
-	params := hash.Params{MemoryKiB: uint32(af.memoryKiB), Time: uint32(af.time), Threads: uint8(af.threads)}
+	params := af.params()
 
 	if f.mutexProfile != "" {
 		runtime.SetMutexProfileFraction(5)
@@ -160,13 +159,13 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 	target := &bench.Target{URL: f.url, AdminToken: f.adminToken, HTTP: bench.NewHTTPClient(4096, 30*time.Second)}
 	where := f.url
 	if f.url == "" {
-		srv, err := bench.StartServer(ctx, bench.ServerConfig{
-			Storage: app.Config{DataDir: f.serverData, Synchronous: f.synchronous, CacheCapacity: f.cacheCapacity,
-				MaxOpenShards: f.maxOpenShards, QueueSize: f.queueSize, MaxBatch: f.maxBatch, Readers: f.readers,
-				PostgresDSN: f.postgresDSN, MySQLDSN: f.mysqlDSN},
-			Hash:  hash.Config{Params: params, Workers: af.workers, Budget: af.budget, Background: af.background},
-			Pprof: f.pprof,
-		})
+		sc, err := af.serverConfig(app.Config{DataDir: f.serverData, Synchronous: f.synchronous, CacheCapacity: f.cacheCapacity,
+			MaxOpenShards: f.maxOpenShards, QueueSize: f.queueSize, MaxBatch: f.maxBatch, Readers: f.readers,
+			PostgresDSN: f.postgresDSN, MySQLDSN: f.mysqlDSN}, nil)
+		if err != nil {
+			return err
+		}
+		srv, err := bench.StartServer(ctx, bench.ServerConfig{Server: sc, Pprof: f.pprof})
 		if err != nil {
 			return fmt.Errorf("start in-process server: %w", err)
 		}

@@ -65,15 +65,35 @@ func Configure(tb testing.TB, cfg *app.Config) {
 // are dropped (through a second app opened on the same data directory).
 func Open(tb testing.TB, cfg app.Config) *app.App {
 	tb.Helper()
-	Configure(tb, &cfg)
-	if cfg.DefaultBackend != engine.BackendSQLite {
-		tb.Cleanup(func() { dropAll(tb, cfg) })
-	}
+	prepare(tb, &cfg)
 	a, err := app.Open(context.Background(), cfg)
 	if err != nil {
 		tb.Fatalf("app.Open: %v", err)
 	}
 	return a
+}
+
+// OpenServer is Open for the whole server (app.OpenServer); the caller
+// closes it.
+func OpenServer(tb testing.TB, cfg app.ServerConfig) *app.Server {
+	tb.Helper()
+	prepare(tb, &cfg.Storage)
+	s, err := app.OpenServer(context.Background(), cfg)
+	if err != nil {
+		tb.Fatalf("app.OpenServer: %v", err)
+	}
+	return s
+}
+
+// prepare configures cfg for the backend under test and drops its test
+// tenants when the test ends.
+func prepare(tb testing.TB, cfg *app.Config) {
+	tb.Helper()
+	Configure(tb, cfg)
+	if cfg.DefaultBackend != engine.BackendSQLite {
+		c := *cfg
+		tb.Cleanup(func() { dropAll(tb, c) })
+	}
 }
 
 func dropAll(tb testing.TB, cfg app.Config) {

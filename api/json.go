@@ -1,0 +1,56 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// WriteJSON encodes v before it writes the status, so that a value that
+// cannot be encoded is a 500 with a JSON body rather than a 200 with none.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"code":"unexpected_failure","message":"internal error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// badJSON is a request body that is not the one JSON value expected.
+func badJSON(msg string) error { return engine.NewError(engine.KindInvalid, "bad_json", msg) }
+
+// DecodeJSON reads a JSON object body into v, refusing unknown trailing
+// data. A body over the route's limit returns the *http.MaxBytesError
+// (ProblemOf makes it a 413).
+func DecodeJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		if errors.Is(err, io.EOF) {
+			return badJSON("request body is empty")
+		}
+		return badJSON("request body is not valid JSON: " + err.Error())
+	}
+	if dec.More() {
+		return badJSON("request body has data after the JSON value")
+	}
+	// More is false also when reading on failed: a valid value followed by
+	// more than the limit of white space must still answer 413.
+	if _, err := io.Copy(io.Discard, r.Body); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return badJSON("request body could not be read")
+	}
+	return nil
+}

@@ -1,0 +1,188 @@
+// Package platform serves the platform admin API under /admin: tenants and
+// their lifecycle, service keys, export, import and move. Every route needs
+// the platform admin token; errors have the platform's shape
+// {"code","message"}.
+package platform
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"net/http"
+	"strings"
+
+	"github.com/julienschmidt/httprouter"
+
+	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/transfer"
+)
+
+// API is the platform admin API.
+type API struct {
+	srv        *api.Server
+	adminToken string
+	// auth issues service keys and makes signing keys; nil: no auth API.
+	auth *auth.Service
+	// transfer exports, imports and moves tenants; nil answers those
+	// routes 501.
+	transfer *transfer.Service
+}
+
+// Config is what the platform API serves with.
+type Config struct {
+	AdminToken string            // the platform admin bearer token; empty refuses every request
+	Auth       *auth.Service     // may be nil
+	Transfer   *transfer.Service // may be nil
+}
+
+// Register adds the platform admin routes to srv.
+func Register(srv *api.Server, cfg Config) *API {
+	a := &API{srv: srv, adminToken: cfg.AdminToken, auth: cfg.Auth, transfer: cfg.Transfer}
+	srv.Handle(http.MethodPost, "/admin/tenants", a.admin(a.handleCreateTenant))
+	srv.Handle(http.MethodGet, "/admin/tenants", a.admin(a.handleListTenants))
+	srv.Handle(http.MethodGet, "/admin/tenants/:tenant", a.admin(a.handleGetTenant))
+	srv.Handle(http.MethodDelete, "/admin/tenants/:tenant", a.admin(a.handleDeleteTenant))
+	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/approve", a.admin(a.handleApproveTenant))
+	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/suspend", a.admin(a.handleSuspendTenant))
+	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/resume", a.admin(a.handleResumeTenant))
+	if a.auth != nil {
+		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/service-key", a.admin(a.handleIssueServiceKey))
+	}
+	a.registerTransferRoutes()
+	return a
+}
+
+var errUnauthorized = engine.NewError(engine.KindUnauthenticated, "unauthorized", "a valid platform admin token is required")
+
+// admin wraps h with the platform token check: constant-time, comparing
+// digests so that not even the token's length leaks.
+func (a *API) admin(h httprouter.Handle) httprouter.Handle {
+	want := sha256.Sum256([]byte(a.adminToken))
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+		if !ok || a.adminToken == "" || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="keyshard-admin"`)
+			a.srv.WriteError(w, r, errUnauthorized)
+			return
+		}
+		h(w, r, ps)
+	}
+}
+
+type createTenantRequest struct {
+	Slug    string `json:"slug"`
+	Name    string `json:"name"`
+	Backend string `json:"backend"`
+}
+
+func (a *API) handleCreateTenant(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	var req createTenantRequest
+	if err := api.DecodeJSON(r, &req); err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	if req.Name == "" {
+		req.Name = req.Slug
+	}
+	t, err := a.srv.Engine.CreateTenant(r.Context(), req.Slug, req.Name, req.Backend)
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusCreated, t)
+}
+
+func (a *API) handleListTenants(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	ts, err := a.srv.Engine.List(r.Context())
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	if ts == nil {
+		ts = []*engine.Tenant{}
+	}
+	api.WriteJSON(w, http.StatusOK, map[string]any{"tenants": ts})
+}
+
+func (a *API) handleGetTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	t, err := a.srv.Engine.Get(r.Context(), ps.ByName("tenant"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, t)
+}
+
+func (a *API) handleDeleteTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	if err := a.srv.Engine.DeleteTenant(r.Context(), ps.ByName("tenant")); err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *API) handleApproveTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	t, err := a.srv.Engine.ApproveTenant(r.Context(), ps.ByName("tenant"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	// The tenant's first signing key is made now rather than by its first
+	// request; if that fails, the first use makes it.
+	if err := a.ensureSigningKey(r.Context(), t.ID); err != nil {
+		a.srv.Logger.Warn("signing key not created at approval; it will be at first use", "tenant_id", t.ID, "err", err)
+	}
+	api.WriteJSON(w, http.StatusOK, t)
+}
+
+// ensureSigningKey creates the tenant's first signing key unless it has one.
+func (a *API) ensureSigningKey(ctx context.Context, tenantID string) error {
+	if a.auth == nil {
+		return nil
+	}
+	ts, err := a.srv.Engine.Tenant(ctx, tenantID)
+	if err != nil {
+		return err
+	}
+	defer ts.Release()
+	return a.auth.Keys().EnsureKey(ctx, tenantID, ts)
+}
+
+func (a *API) handleSuspendTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	t, err := a.srv.Engine.SuspendTenant(r.Context(), ps.ByName("tenant"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, t)
+}
+
+func (a *API) handleResumeTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	t, err := a.srv.Engine.ResumeTenant(r.Context(), ps.ByName("tenant"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, t)
+}
+
+// handleIssueServiceKey makes a new service key for the tenant's admin API
+// (replacing the previous one) and shows it once.
+func (a *API) handleIssueServiceKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	ts, err := a.srv.Tenant(r, ps)
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	defer ts.Release()
+	key, err := a.auth.IssueServiceKey(r.Context(), auth.Tenant{ID: ts.Tenant.ID, Shard: ts})
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	api.WriteJSON(w, http.StatusOK, map[string]string{"service_key": key})
+}

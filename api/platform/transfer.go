@@ -1,0 +1,144 @@
+package platform
+
+import (
+	"net/http"
+
+	"github.com/julienschmidt/httprouter"
+
+	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/transfer"
+)
+
+// MaxImportBytes bounds the body of an import (an export file).
+var MaxImportBytes int64 = 8 << 30
+
+// registerTransferRoutes registers export, import and move, when the
+// server has a transfer service.
+func (a *API) registerTransferRoutes() {
+	if a.transfer == nil {
+		return
+	}
+	a.srv.Handle(http.MethodGet, "/admin/tenants/:tenant/export", a.admin(a.handleExportTenant))
+	a.srv.Handle(http.MethodPost, "/admin/tenants/:tenant/move", a.admin(a.handleMoveTenant))
+	a.srv.Handle(http.MethodGet, "/admin/tenants/:tenant/move", a.admin(a.handleMoveProgress))
+	// POST /admin/tenants/import: httprouter cannot have "import" beside
+	// the :tenant wildcard of /admin/tenants/:tenant/approve, so the
+	// wildcard route takes it and refuses any other name.
+	a.srv.HandleLimit(http.MethodPost, "/admin/tenants/:tenant", MaxImportBytes, a.admin(a.handleImportTenant))
+}
+
+// exportWriter sends the export's headers with its first byte, so that a
+// failure before any byte is answered as a JSON error.
+type exportWriter struct {
+	w       http.ResponseWriter
+	ctype   string
+	name    string
+	started bool
+}
+
+func (e *exportWriter) Write(p []byte) (int, error) {
+	if !e.started {
+		e.started = true
+		h := e.w.Header()
+		h.Set("Content-Type", e.ctype)
+		h.Set("Content-Disposition", `attachment; filename="`+e.name+`"`)
+		h.Set("Cache-Control", "no-store")
+		e.w.WriteHeader(http.StatusOK)
+	}
+	return e.w.Write(p)
+}
+
+func (a *API) handleExportTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	svc := a.transfer
+	q := r.URL.Query()
+	o := transfer.ExportOptions{Format: q.Get("format")}
+	if o.Format == "" {
+		o.Format = transfer.FormatSQLite
+	}
+	switch v := q.Get("include_secrets"); v {
+	case "", "false", "0":
+	case "true", "1":
+		o.IncludeSecrets = true
+	default:
+		a.srv.WriteError(w, r, engine.Invalidf("include_secrets must be true or false, not %q", v))
+		return
+	}
+	t, err := a.srv.Engine.Get(r.Context(), ps.ByName("tenant"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	ew := &exportWriter{w: w, ctype: "application/vnd.sqlite3", name: t.Slug + ".db"}
+	if o.Format == transfer.FormatNDJSON {
+		ew.ctype, ew.name = "application/x-ndjson", t.Slug+".ndjson"
+	}
+	if _, err := svc.Export(r.Context(), t.ID, ew, o); err != nil {
+		if !ew.started {
+			a.srv.WriteError(w, r, err)
+			return
+		}
+		// Part of the file is out: cut the response short, so that the
+		// client sees a truncated transfer (and an import refuses it).
+		a.srv.Logger.Warn("export failed mid-stream", "tenant_id", t.ID, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func (a *API) handleImportTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	if ps.ByName("tenant") != "import" {
+		api.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"code": "method_not_allowed", "message": "method not allowed on this route"})
+		return
+	}
+	svc := a.transfer
+	q := r.URL.Query()
+	res, err := svc.Import(r.Context(), r.Body, transfer.ImportOptions{Slug: q.Get("slug"), Name: q.Get("name"), Backend: q.Get("backend")})
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	if res.Tenant != nil {
+		// An export without secrets has no signing key: make one now.
+		if err := a.ensureSigningKey(r.Context(), res.Tenant.ID); err != nil {
+			a.srv.Logger.Warn("signing key not created at import; it will be at first use", "tenant_id", res.Tenant.ID, "err", err)
+		}
+	}
+	api.WriteJSON(w, http.StatusCreated, res)
+}
+
+type moveRequest struct {
+	Backend  string `json:"backend"`
+	Location string `json:"location"`
+}
+
+func (a *API) handleMoveTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	svc := a.transfer
+	var req moveRequest
+	if err := api.DecodeJSON(r, &req); err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	res, err := svc.Move(r.Context(), ps.ByName("tenant"), transfer.MoveOptions{Backend: req.Backend, Location: req.Location})
+	if err != nil {
+		if res != nil && res.Tenant != nil {
+			// Moved, but the old copy could not be verified: it is kept.
+			a.srv.Logger.Error("move not verified; old copy kept", "tenant_id", res.Tenant.ID, "err", err)
+			api.WriteJSON(w, http.StatusOK, map[string]any{"result": res, "error": err.Error()})
+			return
+		}
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, res)
+}
+
+func (a *API) handleMoveProgress(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	svc := a.transfer
+	t, err := a.srv.Engine.Get(r.Context(), ps.ByName("tenant"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	p, ok := svc.MoveProgress(t.ID)
+	api.WriteJSON(w, http.StatusOK, map[string]any{"moving": ok, "progress": p, "tenant": t})
+}

@@ -1,0 +1,172 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/api/gotrue"
+	"github.com/keyshard/keyshard/api/platform"
+	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/auth/hash"
+	"github.com/keyshard/keyshard/auth/token"
+	"github.com/keyshard/keyshard/transfer"
+)
+
+// ServerConfig is everything `keyshard serve` runs with. Zero fields take
+// defaults.
+type ServerConfig struct {
+	Storage Config
+	// Hash configures the password hashing pool.
+	Hash hash.Config
+
+	// MasterKey encrypts the tenants' private signing keys (32 bytes).
+	// Empty: MasterKeyText, else the file master-key in the data directory,
+	// generated on first start.
+	MasterKey []byte
+	// MasterKeyText is a master key in hex or base64 (KEYSHARD_MASTER_KEY).
+	MasterKeyText string
+	// AdminToken is the platform admin token (KEYSHARD_ADMIN_TOKEN). Empty:
+	// the file admin-token in the data directory, generated on first start.
+	AdminToken string
+
+	// AccessTokenTTL is the access token lifetime (default 1 h).
+	AccessTokenTTL time.Duration
+	// PublicURL is the external base URL in tokens' iss (default: from
+	// each request's Host).
+	PublicURL string
+	// Throttle limits failed logins; nil: auth.DefaultThrottle.
+	Throttle *auth.ThrottleConfig
+	// Now is the auth clock (tests move it); default time.Now.
+	Now func() time.Time
+
+	// TransferTempDir holds export and import staging files (default the
+	// system's temporary directory); FenceWait bounds a write's wait behind
+	// a move's fence (default shard.DefaultFenceWait).
+	TransferTempDir string
+	FenceWait       time.Duration
+
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Server is everything `keyshard serve` runs, assembled once: the storage
+// engine, the password hashing pool, the signing keys, the auth flows,
+// export/import/move, and the HTTP API with every protocol registered.
+// `serve`, the tests and the load generator's in-process mode all build it
+// here.
+type Server struct {
+	*App
+	AdminToken string
+	Pool       *hash.Pool
+	Keys       *token.Keys
+	Auth       *auth.Service
+	Transfer   *transfer.Service
+	API        *api.Server
+}
+
+// OpenServer opens the storage engine and builds the server on it. Close
+// it when done.
+func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Storage.DataDir == "" {
+		cfg.Storage.DataDir = "data"
+	}
+	a, err := Open(ctx, cfg.Storage)
+	if err != nil {
+		return nil, err
+	}
+	s = &Server{App: a}
+	defer func() {
+		if err != nil {
+			_ = s.Close()
+			s = nil
+		}
+	}()
+	tok, path, created, err := AdminToken(cfg.Storage.DataDir, cfg.AdminToken)
+	if err != nil {
+		return nil, err
+	}
+	s.AdminToken = tok
+	logSecretSource(log, "platform admin token", "KEYSHARD_ADMIN_TOKEN", path, created)
+	master := cfg.MasterKey
+	if len(master) == 0 {
+		key, path, created, err := token.LoadMasterKey(cfg.Storage.DataDir, cfg.MasterKeyText)
+		if err != nil {
+			return nil, err
+		}
+		master = key
+		logSecretSource(log, "master key", "KEYSHARD_MASTER_KEY", path, created)
+	}
+	if s.Pool, err = hash.NewPool(cfg.Hash); err != nil {
+		return nil, fmt.Errorf("hash pool: %w", err)
+	}
+	st := s.Pool.Stats()
+	p := s.Pool.Params()
+	log.Info("password hashing", "params", fmt.Sprintf("m=%d,t=%d,p=%d", p.MemoryKiB, p.Time, p.Threads),
+		"workers", st.Workers, "hash_time", st.HashTime.Round(time.Millisecond), "budget", cfg.Hash.Budget,
+		"background", cfg.Hash.Background)
+	ttl := cfg.AccessTokenTTL
+	if ttl <= 0 {
+		ttl = auth.DefaultAccessTokenTTL
+	}
+	if s.Keys, err = token.NewKeys(token.KeysConfig{MasterKey: master, TokenTTL: ttl, Now: cfg.Now}); err != nil {
+		return nil, err
+	}
+	var throttle *auth.Throttle
+	if cfg.Throttle != nil {
+		if throttle, err = auth.NewThrottle(*cfg.Throttle, cfg.Now); err != nil {
+			return nil, err
+		}
+	}
+	s.Auth = auth.New(s.Pool, s.Keys, master, auth.Config{AccessTokenTTL: ttl, LoginThrottle: throttle, Now: cfg.Now})
+	s.Transfer = &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: cfg.TransferTempDir, FenceWait: cfg.FenceWait}
+	s.API = api.NewServer(a.Engine, log)
+	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
+	gotrue.Register(s.API, s.Auth, cfg.PublicURL)
+	return s, nil
+}
+
+// Handler returns the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.API.Handler() }
+
+// HTTPServer returns an http.Server for the handler with the timeouts
+// `serve` uses.
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+}
+
+// Close stops the hash pool and closes the storage engine (every shard's
+// writer drains, buffers are flushed). Call it after the HTTP server has
+// stopped. Safe to call twice.
+func (s *Server) Close() error {
+	if s.Pool != nil {
+		s.Pool.Close()
+		s.Pool = nil
+	}
+	var err error
+	if s.App != nil {
+		err = s.App.Close()
+	}
+	return err
+}
+
+// logSecretSource says where a secret came from (never the secret itself):
+// a file written now, a file read, or an environment variable.
+func logSecretSource(log *slog.Logger, what, env, path string, created bool) {
+	switch {
+	case created:
+		log.Info("generated the "+what, "file", path)
+	case path != "":
+		log.Info(what+" read from file", "file", path)
+	default:
+		log.Info(what + " taken from " + env)
+	}
+}

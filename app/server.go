@@ -14,6 +14,8 @@ import (
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
 	"github.com/keyshard/keyshard/transfer"
 )
 
@@ -50,8 +52,28 @@ type ServerConfig struct {
 	TransferTempDir string
 	FenceWait       time.Duration
 
+	// Events say which events go to the outbox and who delivers them.
+	Events EventsConfig
+
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// EventsConfig configures the outbox: which events each topic's sink
+// subscribes to, the sinks, and the background workers that deliver.
+type EventsConfig struct {
+	// Subscriptions choose the events written to the outbox (nil: none;
+	// every event still has its audit row).
+	Subscriptions event.Subscriptions
+	// Sinks deliver the outbox's topics.
+	Sinks map[string]event.Sink
+	// Workers, Interval: engine.Worker's (defaults 4 and 500 ms).
+	Workers  int
+	Interval time.Duration
+	// Backoff and Now: the Outbox job's (default: exponential with jitter,
+	// and time.Now).
+	Backoff func(attempts int) time.Duration
+	Now     func() time.Time
 }
 
 // Server is everything `keyshard serve` runs, assembled once: the storage
@@ -67,6 +89,8 @@ type Server struct {
 	Auth       *auth.Service
 	Transfer   *transfer.Service
 	API        *api.Server
+	// Work delivers every tenant's outbox in the background.
+	Work *engine.Worker
 }
 
 // OpenServer opens the storage engine and builds the server on it. Close
@@ -126,11 +150,21 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 			return nil, err
 		}
 	}
-	s.Auth = auth.New(s.Pool, s.Keys, master, auth.Config{AccessTokenTTL: ttl, LoginThrottle: throttle, Now: cfg.Now})
+	events, err := event.NewRecorder(cfg.Events.Subscriptions, a.Catalog)
+	if err != nil {
+		return nil, err
+	}
+	s.Auth = auth.New(s.Pool, s.Keys, master, auth.Config{AccessTokenTTL: ttl, LoginThrottle: throttle, Now: cfg.Now, Events: events})
 	s.Transfer = &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: cfg.TransferTempDir, FenceWait: cfg.FenceWait}
 	s.API = api.NewServer(a.Engine, log)
 	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
 	gotrue.Register(s.API, s.Auth, cfg.PublicURL)
+	s.Work = &engine.Worker{Engine: a.Engine, Marks: a.Catalog, Workers: cfg.Events.Workers, Interval: cfg.Events.Interval,
+		Jobs: []engine.Job{&event.Outbox{Sinks: cfg.Events.Sinks, Backoff: cfg.Events.Backoff, Now: cfg.Events.Now}},
+		OnError: func(tenantID string, err error) {
+			log.Warn("background work failed; retried later", "tenant_id", tenantID, "err", err)
+		}}
+	s.Work.Start()
 	return s, nil
 }
 
@@ -143,10 +177,14 @@ func (s *Server) HTTPServer() *http.Server {
 	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
 }
 
-// Close stops the hash pool and closes the storage engine (every shard's
-// writer drains, buffers are flushed). Call it after the HTTP server has
-// stopped. Safe to call twice.
+// Close stops the background workers and the hash pool, then closes the
+// storage engine (every shard's writer drains, buffers are flushed). Call
+// it after the HTTP server has stopped. Safe to call twice.
 func (s *Server) Close() error {
+	if s.Work != nil {
+		_ = s.Work.Close() // before the shards close: a turn pins one
+		s.Work = nil
+	}
 	if s.Pool != nil {
 		s.Pool.Close()
 		s.Pool = nil

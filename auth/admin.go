@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
 )
 
 // ServiceKeyPrefix starts every tenant service key, so a leaked one is easy
@@ -31,7 +32,7 @@ func (s *Service) IssueServiceKey(ctx context.Context, t Tenant) (string, error)
 		if _, err := tx.Exec(`INSERT INTO settings ("key", value) VALUES (?, ?)`, serviceKeySetting, hex.EncodeToString(sum[:])); err != nil {
 			return err
 		}
-		return audit(tx, now, "service_key_issued", "", "", Client{}, nil)
+		return s.record(tx, t, &event.Event{Type: event.ServiceKeyIssued, Actor: event.Actor{Kind: event.ActorPlatform}, At: now})
 	})
 	if err != nil {
 		return "", err
@@ -166,7 +167,8 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 		if err != nil {
 			return err
 		}
-		if err := audit(tx, now, "user_signedup", uid, email, c, map[string]any{"provider": "email", "via": "admin"}); err != nil {
+		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: event.Actor{Kind: event.ActorServiceKey}, Target: event.Target{ID: uid, Email: email},
+			IP: c.IP, Data: map[string]any{"provider": "email", "via": "admin"}, At: now}); err != nil {
 			return err
 		}
 		u, err = userByID(tx, uid)
@@ -229,7 +231,8 @@ func (s *Service) AdminUpdateUser(ctx context.Context, t Tenant, c Client, id st
 				return err
 			}
 		}
-		if err := audit(tx, s.now().UTC(), "user_modified", id, cur.Email, c, map[string]any{"changed": changed, "by": "admin"}); err != nil {
+		if err := s.record(tx, t, &event.Event{Type: event.UserUpdated, Actor: event.Actor{Kind: event.ActorServiceKey}, Target: event.Target{ID: id, Email: cur.Email},
+			IP: c.IP, Data: map[string]any{"changed": changed, "by": "admin"}, At: s.now().UTC()}); err != nil {
 			return err
 		}
 		u, err = userByID(tx, id)
@@ -260,7 +263,7 @@ func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string)
 				return err
 			}
 		}
-		return audit(tx, now, "user_deleted", id, email, c, nil)
+		return s.record(tx, t, &event.Event{Type: event.UserDeleted, Actor: event.Actor{Kind: event.ActorServiceKey}, Target: event.Target{ID: id, Email: email}, IP: c.IP, At: now})
 	})
 	return writeError(err, engine.KindUnavailable)
 }

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
 )
 
 // NormalizeEmail trims and lower-cases an email address.
@@ -104,7 +105,8 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 				return err
 			}
 		}
-		if err := audit(tx, now, "user_signedup", uid, email, c, map[string]any{"provider": "email"}); err != nil {
+		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: event.User(uid, email), IP: c.IP,
+			Data: map[string]any{"provider": "email"}, At: now}); err != nil {
 			return err
 		}
 		is.user, err = userByID(tx, uid)
@@ -264,7 +266,7 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		if newHash != "" {
 			payload["rehashed"] = true
 		}
-		if err := audit(tx, now, "login", u.ID, email, c, payload); err != nil {
+		if err := s.record(tx, t, &event.Event{Type: event.UserSignedIn, Actor: event.User(u.ID, email), IP: c.IP, Data: payload, At: now}); err != nil {
 			return err
 		}
 		is.user, err = userByID(tx, u.ID)
@@ -283,7 +285,8 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 func (s *Service) auditFailedLogin(ctx context.Context, t Tenant, c Client, userID, email, reason string) error {
 	now := s.now()
 	op := func(tx engine.Querier) error {
-		return audit(tx, now, "login_failed", userID, email, c, map[string]any{"reason": reason})
+		return s.record(tx, t, &event.Event{Type: event.UserSignInFailed, Actor: event.User(userID, email), IP: c.IP,
+			Data: map[string]any{"reason": reason}, At: now})
 	}
 	if err := t.Shard.Defer("", op); !errors.Is(err, engine.ErrOverloaded) {
 		return err
@@ -356,7 +359,8 @@ func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented str
 			if _, err := tx.Exec(`UPDATE sessions SET refreshed_at = ?, updated_at = ? WHERE id = ?`, ts, ts, sessID); err != nil {
 				return err
 			}
-			if err := audit(tx, now, "token_refreshed", userID, "", c, map[string]any{"session_id": sessID}); err != nil {
+			if err := s.record(tx, t, &event.Event{Type: event.SessionRefreshed, Actor: event.User(userID, ""), IP: c.IP,
+				Data: map[string]any{"session_id": sessID}, At: now}); err != nil {
 				return err
 			}
 			is.refresh = child
@@ -373,7 +377,8 @@ func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented str
 				if _, err := tx.Exec(`UPDATE sessions SET not_after = ?, updated_at = ? WHERE id = ?`, ts, ts, sessID); err != nil {
 					return err
 				}
-				if err := audit(tx, now, "token_revoked", userID, "", c, map[string]any{"session_id": sessID, "reason": "refresh_token_reuse"}); err != nil {
+				if err := s.record(tx, t, &event.Event{Type: event.SessionRevoked, Actor: event.User(userID, ""), IP: c.IP,
+					Data: map[string]any{"session_id": sessID, "reason": "refresh_token_reuse"}, At: now}); err != nil {
 					return err
 				}
 				is.failure = errRefreshAlreadyUsed()
@@ -546,7 +551,11 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		if newEmail != "" {
 			email = newEmail
 		}
-		if err := audit(tx, now, "user_modified", u.ID, email, c, map[string]any{"changed": changed}); err != nil {
+		ev := &event.Event{Type: event.UserUpdated, Actor: event.User(u.ID, email), IP: c.IP, Data: map[string]any{"changed": changed}, At: now}
+		if admin {
+			ev.Actor, ev.Target = event.Actor{Kind: event.ActorServiceKey}, event.Target{ID: u.ID, Email: email}
+		}
+		if err := s.record(tx, t, ev); err != nil {
 			return err
 		}
 		out, err = userByID(tx, u.ID)
@@ -595,7 +604,8 @@ func (s *Service) Logout(ctx context.Context, t Tenant, c Client, p *Principal, 
 		if _, err := tx.Exec(q, args...); err != nil {
 			return err
 		}
-		return audit(tx, now, "logout", p.Claims.Subject, p.Claims.Email, c, map[string]any{"scope": scope, "session_id": p.Claims.SessionID})
+		return s.record(tx, t, &event.Event{Type: event.SessionLoggedOut, Actor: event.User(p.Claims.Subject, p.Claims.Email), IP: c.IP,
+			Data: map[string]any{"scope": scope, "session_id": p.Claims.SessionID}, At: now})
 	})
 	if err != nil {
 		return writeError(err, engine.KindUnavailable)

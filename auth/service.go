@@ -17,6 +17,7 @@ import (
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
 )
 
 // Config configures a Service. Zero fields take the defaults.
@@ -30,6 +31,9 @@ type Config struct {
 	Now func() time.Time
 	// LoginThrottle limits failed logins; nil: NewThrottle(DefaultThrottle, Now).
 	LoginThrottle *Throttle
+	// Events records what the flows do (audit rows, outbox rows); nil
+	// writes audit rows only.
+	Events *event.Recorder
 }
 
 // Defaults.
@@ -48,6 +52,7 @@ type Service struct {
 	// deriveKey makes a child refresh token from its parent (see derive).
 	deriveKey []byte
 	throttle  *Throttle
+	events    *event.Recorder
 }
 
 // New returns a Service hashing on pool and signing with keys. secret is the
@@ -68,7 +73,7 @@ func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service 
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("keyshard refresh token derivation v1"))
 	return &Service{hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
-		throttle: cfg.LoginThrottle}
+		throttle: cfg.LoginThrottle, events: cfg.Events}
 }
 
 // Keys returns the signing key manager.
@@ -205,22 +210,11 @@ func newUUID() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
-// audit inserts an audit event with tx (the write that caused it).
-func audit(tx engine.Querier, now time.Time, action, actorID, actorEmail string, c Client, payload map[string]any) error {
-	if payload == nil {
-		payload = map[string]any{}
-	}
-	var actor any
-	if actorID != "" {
-		actor = actorID
-	}
-	var email any
-	if actorEmail != "" {
-		email = actorEmail
-	}
-	_, err := tx.Exec(`INSERT INTO audit_log (action, actor_id, actor_email, ip, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		action, actor, email, c.IP, mustJSON(payload), now.UnixMicro())
-	return err
+// record records ev, caused by the write whose transaction is tx, through
+// the one event seam: its audit row, and its outbox rows when a sink
+// subscribes to it.
+func (s *Service) record(tx engine.Querier, t Tenant, ev *event.Event) error {
+	return s.events.Record(tx, t.ID, ev)
 }
 
 // hashError maps a hash pool failure: a refused admission is 429

@@ -28,6 +28,7 @@ type Catalog struct {
 	rebind   func(string) string // '?' to the server's placeholders
 	isUnique func(error) bool
 	clock    func() time.Time // nil: time.Now; see SetClock
+	work     workMarks        // tenants with background work due; see work.go
 
 	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*engine.Tenant
@@ -69,7 +70,12 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Catalog, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("catalog schema: %w", err)
 	}
-	r := &Catalog{db: db, table: "tenants", rebind: func(q string) string { return q }, isUnique: isUniqueSQLite}
+	r := &Catalog{db: db, table: "tenants", rebind: func(q string) string { return q }, isUnique: isUniqueSQLite,
+		work: workMarks{table: "tenant_work"}}
+	if err := r.createWork(ctx, "TEXT", "sqlite"); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	if err := r.Reload(ctx); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -118,10 +124,14 @@ func scanTenant(sc interface{ Scan(...any) error }) (*engine.Tenant, error) {
 	return &t, nil
 }
 
-// Reload replaces the cache with the catalog's content. A change made
-// through r while Reload reads the catalog may be missing from what it read,
-// so Reload then reads again rather than bring back an older state.
+// Reload replaces the cache with the catalog's content, work marks
+// included. A change made through r while Reload reads the catalog may be
+// missing from what it read, so Reload then reads again rather than bring
+// back an older state.
 func (r *Catalog) Reload(ctx context.Context) error {
+	if err := r.loadWork(ctx); err != nil {
+		return err
+	}
 	for {
 		r.mu.RLock()
 		gen := r.gen
@@ -239,6 +249,10 @@ func (r *Catalog) Delete(ctx context.Context, id string) error {
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return engine.ErrTenantNotFound
+	}
+	// A deleted tenant's pending work goes with it.
+	if err := r.ClearWork(ctx, id); err != nil {
+		return err
 	}
 	r.mu.Lock()
 	r.gen++

@@ -35,8 +35,8 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 	if !tableName.MatchString(table) {
 		return nil, engine.Invalidf("catalog table %q: want lower-case letters, digits and _", table)
 	}
-	r := &Catalog{table: table}
-	var ddl string
+	r := &Catalog{table: table, work: workMarks{table: table + "_work"}}
+	var ddl, idType, dialect string
 	switch {
 	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
 		db, err := sql.Open("pgx", dsn)
@@ -45,6 +45,7 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 		}
 		r.db, r.rebind, r.isUnique = db, postgres.Rebind, isUniquePostgres
 		ddl = serverSchema("TEXT", "TEXT", "TEXT NOT NULL DEFAULT ''")
+		idType, dialect = "TEXT", "postgres"
 	case strings.HasPrefix(dsn, "mysql://"):
 		cfg, err := gomysql.ParseDSN(strings.TrimPrefix(dsn, "mysql://"))
 		if err != nil {
@@ -58,6 +59,7 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 		}
 		r.db, r.rebind, r.isUnique = sql.OpenDB(conn), func(q string) string { return q }, isUniqueMySQL
 		ddl = serverSchema("VARCHAR(64)", "VARCHAR(255)", "VARCHAR(1024) NOT NULL DEFAULT ''")
+		idType, dialect = "VARCHAR(64)", "mysql"
 	default:
 		return nil, engine.Invalidf("catalog DSN must start with postgres://, postgresql:// or mysql://")
 	}
@@ -67,6 +69,10 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 	if _, err := r.db.ExecContext(pctx, strings.ReplaceAll(ddl, "tenants", table)); err != nil {
 		_ = r.db.Close()
 		return nil, fmt.Errorf("catalog schema: %w: %w", err, engine.ErrUnavailable)
+	}
+	if err := r.createWork(pctx, idType, dialect); err != nil {
+		_ = r.db.Close()
+		return nil, fmt.Errorf("%w: %w", err, engine.ErrUnavailable)
 	}
 	if err := r.Reload(ctx); err != nil {
 		_ = r.db.Close()
@@ -102,6 +108,9 @@ func isUniqueMySQL(err error) bool {
 
 // DropServerTable drops a server catalog's table; tests use it to clean up.
 func (r *Catalog) DropServerTable(ctx context.Context) error {
+	if _, err := r.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+r.work.table); err != nil {
+		return err
+	}
 	_, err := r.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+r.table)
 	return err
 }

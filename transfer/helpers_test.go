@@ -99,8 +99,9 @@ func (e *env) tenant(slug, backend string) *engine.Tenant {
 }
 
 // seed writes n users with an identity each, a session and a refresh token
-// for every other user, an audit event per user, a signing key and
-// settings, directly through the engine (no password hashing).
+// for every other user, an audit event per user, an outbox row for every
+// tenth, a signing key and settings, directly through the engine (no
+// password hashing).
 func (e *env) seed(slug string, n int) {
 	e.tb.Helper()
 	ctx := context.Background()
@@ -137,6 +138,12 @@ func (e *env) seed(slug string, n int) {
 				}
 				if _, err := tx.Exec(`INSERT INTO audit_log (action, actor_id, actor_email, payload, created_at) VALUES ('user_signedup', ?, ?, '{}', ?)`, id, email, now); err != nil {
 					return err
+				}
+				if i%10 == 0 { // an event waiting for delivery
+					if _, err := tx.Exec(`INSERT INTO outbox (event_id, topic, event_type, payload, attempts, next_at, created_at) VALUES (?, 'webhook', 'user.created', ?, 0, ?, ?)`,
+						"evt-"+id, `{"type":"user.created","user":"`+id+`"}`, now, now); err != nil {
+						return err
+					}
 				}
 			}
 			return nil

@@ -227,6 +227,13 @@ func (s *Service) fill(ctx context.Context, t *engine.Tenant, stage *shard.Shard
 	if err != nil {
 		return nil, err
 	}
+	// Events the source had not delivered are delivered from here: mark
+	// the tenant before it can be served (engine.WorkMarks).
+	if marks, ok := s.Engine.Catalog.(engine.WorkMarks); ok && d["outbox"].Rows > 0 {
+		if err := marks.MarkWork(ctx, t.ID, time.Now()); err != nil {
+			return nil, err
+		}
+	}
 	now := time.Now().UTC()
 	t.Status, t.ApprovedAt = engine.StatusActive, &now
 	if err := s.Engine.Catalog.Update(ctx, t, t.Epoch); err != nil {

@@ -18,7 +18,7 @@ import (
 // SchemaVersion is the shard schema version the table list below describes.
 // A migration that changes a table must change Tables and this constant;
 // TestTables_MatchSchema fails until it does.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Kind is a column's portable type.
 type Kind byte
@@ -81,6 +81,12 @@ var Tables = []Table{
 		{"id", KindInt, false}, {"action", KindText, false}, {"actor_id", KindText, false},
 		{"actor_email", KindText, false}, {"ip", KindText, false}, {"payload", KindText, false},
 		{"created_at", KindInt, false},
+	}},
+	// The outbox is secret: a mail's row carries its one-time link or code.
+	{Name: "outbox", KeyLen: 1, Secret: true, AutoID: true, Columns: []Column{
+		{"id", KindInt, false}, {"event_id", KindText, false}, {"topic", KindText, false},
+		{"event_type", KindText, false}, {"payload", KindText, false}, {"attempts", KindInt, false},
+		{"next_at", KindInt, false}, {"last_error", KindText, false}, {"created_at", KindInt, false},
 	}},
 	{Name: "signing_keys", KeyLen: 1, Secret: true, Columns: []Column{
 		{"kid", KindText, false}, {"algorithm", KindText, false}, {"public_key", KindBlob, false},

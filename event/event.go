@@ -1,0 +1,82 @@
+// Package event is the one seam through which a write says "this
+// happened": a flow records a domain event inside the write that caused it,
+// and the same transaction writes the event's audit row and, for the types
+// a sink subscribes to, its rows in the tenant's outbox. The outbox is
+// delivered later, at least once, by background workers (engine.Worker
+// running an Outbox job); webhooks and mail are sinks.
+//
+// A new event type is a Type below, recorded by the flow where it happens.
+package event
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+)
+
+// Type is a kind of event. Name is what its outbox rows carry (a webhook's
+// event name); Action is its audit log action, GoTrue's name for it. Two
+// types may share a Name (a logout and a refresh token's reuse both revoke
+// a session).
+type Type struct {
+	Name   string
+	Action string
+}
+
+// The types of event Keyshard records.
+var (
+	UserCreated      = Type{"user.created", "user_signedup"}
+	UserSignedIn     = Type{"user.signedin", "login"}
+	UserSignInFailed = Type{"user.signin_failed", "login_failed"}
+	UserUpdated      = Type{"user.updated", "user_modified"}
+	UserDeleted      = Type{"user.deleted", "user_deleted"}
+	SessionRefreshed = Type{"session.refreshed", "token_refreshed"}
+	SessionRevoked   = Type{"session.revoked", "token_revoked"} // a refresh token reused: the session ended
+	SessionLoggedOut = Type{"session.revoked", "logout"}
+	ServiceKeyIssued = Type{"service_key.issued", "service_key_issued"}
+)
+
+// ActorKind says who did something.
+type ActorKind string
+
+// Actors.
+const (
+	ActorUser       ActorKind = "user"        // an end user, on their own behalf
+	ActorServiceKey ActorKind = "service_key" // the tenant's administrator, with its service key
+	ActorPlatform   ActorKind = "platform"    // the platform admin
+)
+
+// Actor is who caused an event.
+type Actor struct {
+	Kind  ActorKind
+	ID    string // a user's id (ActorUser)
+	Email string // a user's email, or the address a failed login named
+}
+
+// User returns the actor for an end user acting on their own behalf.
+func User(id, email string) Actor { return Actor{Kind: ActorUser, ID: id, Email: email} }
+
+// Target is what an event happened to: a user, for now.
+type Target struct {
+	ID    string
+	Email string
+}
+
+// Event is something that happened in a tenant.
+type Event struct {
+	Type   Type
+	Actor  Actor
+	Target Target // zero when the actor acted on itself or on no user
+	IP     string // the client's address
+	Data   map[string]any
+	At     time.Time
+}
+
+// newID returns a random event id, the idempotency key of its deliveries.
+func newID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return "evt_" + hex.EncodeToString(b[:])
+}

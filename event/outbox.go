@@ -1,0 +1,159 @@
+package event
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// Message is one outbox row due for delivery.
+type Message struct {
+	ID        int64  // the row's id, unique in its tenant
+	EventID   string // the event's id: the same on every delivery of it, and for every topic
+	Topic     string
+	EventType string
+	Payload   []byte // the Envelope as JSON
+	Attempts  int    // deliveries tried before this one
+	CreatedAt time.Time
+}
+
+// Sink delivers one topic's messages (webhook calls, mails). Deliver is
+// called outside any shard write and may take its time within ctx; an
+// error schedules the message again, later. Safe for concurrent use.
+type Sink interface {
+	Deliver(ctx context.Context, tenantID string, m Message) error
+}
+
+// Outbox delivers a tenant's outbox rows to the sinks of their topics: an
+// engine.Job. Each turn reads the due rows (at most Batch) on a reader,
+// delivers them outside the writer, then in one write deletes the
+// delivered rows and puts off the others with a growing delay. Delivery is
+// at least once: a crash between a delivery and its delete delivers again,
+// with the same event id.
+type Outbox struct {
+	Sinks map[string]Sink // by topic
+	// Batch bounds the rows one turn delivers (default 100).
+	Batch int
+	// Backoff is the delay before the attempt after the given number of
+	// failed ones (default: 5 s doubling to 1 h, with jitter).
+	Backoff func(attempts int) time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+var _ engine.Job = (*Outbox)(nil)
+
+// noSinkDelay puts off rows of a topic nothing delivers (a sink configured
+// away since they were written).
+const noSinkDelay = time.Hour
+
+func (o *Outbox) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+func (o *Outbox) backoff(attempts int) time.Duration {
+	if o.Backoff != nil {
+		return o.Backoff(attempts)
+	}
+	d := 5 * time.Second << min(attempts, 10)
+	if d > time.Hour {
+		d = time.Hour
+	}
+	return d/2 + rand.N(d/2+1) // half to all of it: receivers are not hit in step
+}
+
+// Run implements engine.Job.
+func (o *Outbox) Run(ctx context.Context, t *engine.TenantShard) error {
+	batch := o.Batch
+	if batch <= 0 {
+		batch = 100
+	}
+	now := o.now()
+	var due []Message
+	err := t.Read(ctx, func(q engine.Querier) error {
+		rows, err := q.Query(`SELECT id, event_id, topic, event_type, payload, attempts, created_at FROM outbox
+			WHERE next_at <= ? ORDER BY next_at, id LIMIT ?`, now.UnixMicro(), batch)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var m Message
+			var payload string
+			var created int64
+			if err := rows.Scan(&m.ID, &m.EventID, &m.Topic, &m.EventType, &payload, &m.Attempts, &created); err != nil {
+				return err
+			}
+			m.Payload, m.CreatedAt = []byte(payload), time.UnixMicro(created).UTC()
+			due = append(due, m)
+		}
+		return rows.Err()
+	})
+	if err != nil || len(due) == 0 {
+		return err
+	}
+	type outcome struct {
+		delay time.Duration
+		err   string
+	}
+	failed := map[int64]outcome{}
+	var firstErr error
+	for _, m := range due {
+		if ctx.Err() != nil {
+			break // not tried: left as it was
+		}
+		sink, ok := o.Sinks[m.Topic]
+		if !ok {
+			failed[m.ID] = outcome{noSinkDelay, "no sink delivers topic " + m.Topic}
+			continue
+		}
+		if err := sink.Deliver(ctx, t.Tenant.ID, m); err != nil {
+			failed[m.ID] = outcome{o.backoff(m.Attempts), err.Error()}
+			if firstErr == nil {
+				firstErr = fmt.Errorf("deliver %s %s: %w", m.Topic, m.EventID, err)
+			}
+			continue
+		}
+		failed[m.ID] = outcome{-1, ""}
+	}
+	done := o.now()
+	err = t.Write(context.WithoutCancel(ctx), func(tx engine.Querier) error {
+		for id, oc := range failed {
+			if oc.delay < 0 {
+				if _, err := tx.Exec(`DELETE FROM outbox WHERE id = ?`, id); err != nil {
+					return err
+				}
+				continue
+			}
+			msg := oc.err
+			if len(msg) > 500 {
+				msg = msg[:500]
+			}
+			if _, err := tx.Exec(`UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?`,
+				done.Add(oc.delay).UnixMicro(), msg, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return errors.Join(err, firstErr)
+}
+
+// Next implements engine.Job: the due time of the tenant's earliest row.
+func (o *Outbox) Next(q engine.Querier) (time.Time, bool, error) {
+	var next *int64
+	if err := q.QueryRow(`SELECT MIN(next_at) FROM outbox`).Scan(&next); err != nil {
+		return time.Time{}, false, err
+	}
+	if next == nil {
+		return time.Time{}, false, nil
+	}
+	return time.UnixMicro(*next), true, nil
+}

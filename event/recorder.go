@@ -1,0 +1,157 @@
+package event
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/keyshard/keyshard/engine"
+)
+
+// Subscriptions say which events go to the outbox, and for which topics (a
+// topic is the sink that delivers it: webhook, mail). Safe for concurrent
+// use; called inside a shard's writer, so it must answer from memory.
+type Subscriptions interface {
+	// Topics returns the topics subscribed to events named name in the
+	// tenant, none when no sink wants them.
+	Topics(tenantID, name string) []string
+}
+
+// Static subscribes topics to event names in every tenant: event name →
+// topics.
+type Static map[string][]string
+
+// Topics implements Subscriptions.
+func (s Static) Topics(_, name string) []string { return s[name] }
+
+// Recorder writes events inside the writes that cause them. Safe for
+// concurrent use.
+type Recorder struct {
+	subs  Subscriptions
+	marks engine.WorkMarks
+}
+
+// NewRecorder returns a recorder whose events go to the outbox as subs
+// says (nil: audit rows only), marking each tenant that gets an outbox row
+// in marks (the catalog), so that a worker finds it.
+func NewRecorder(subs Subscriptions, marks engine.WorkMarks) (*Recorder, error) {
+	if subs != nil && marks == nil {
+		return nil, fmt.Errorf("event recorder: subscriptions without work marks would leave outbox rows nobody finds")
+	}
+	return &Recorder{subs: subs, marks: marks}, nil
+}
+
+// markTimeout bounds the catalog write that marks a tenant, which runs
+// inside the tenant's writer.
+const markTimeout = 5 * time.Second
+
+// Record writes ev with tx, the write transaction of the change that
+// caused it (a shard's WriteFunc, or a deferred record): its audit row,
+// and one outbox row per subscribed topic. A tenant that gets an outbox
+// row is marked before the transaction commits, so that committed work is
+// never unmarked; if the write then fails, the mark only costs a visit.
+func (r *Recorder) Record(tx engine.Querier, tenantID string, ev *Event) error {
+	at := ev.At.UnixMicro()
+	if err := audit(tx, ev, at); err != nil {
+		return err
+	}
+	if r == nil || r.subs == nil {
+		return nil
+	}
+	topics := r.subs.Topics(tenantID, ev.Type.Name)
+	if len(topics) == 0 {
+		return nil
+	}
+	id := newID()
+	payload, err := json.Marshal(envelope(id, tenantID, ev))
+	if err != nil {
+		return fmt.Errorf("event %s: %w", ev.Type.Name, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), markTimeout)
+	defer cancel()
+	if err := r.marks.MarkWork(ctx, tenantID, ev.At); err != nil {
+		return err
+	}
+	for _, topic := range topics {
+		if _, err := tx.Exec(`INSERT INTO outbox (event_id, topic, event_type, payload, attempts, next_at, created_at)
+			VALUES (?, ?, ?, ?, 0, ?, ?)`, id, topic, ev.Type.Name, string(payload), at, at); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// audit inserts the event's audit row. The actor's id and email are the
+// row's actor; an actor that is not a user is named by its kind. The
+// target, when there is one, is in the payload as GoTrue's traits user_id
+// and user_email.
+func audit(tx engine.Querier, ev *Event, at int64) error {
+	var actorID, actorEmail any
+	if ev.Actor.ID != "" {
+		actorID = ev.Actor.ID
+	}
+	switch {
+	case ev.Actor.Email != "":
+		actorEmail = ev.Actor.Email
+	case ev.Actor.Kind != "" && ev.Actor.Kind != ActorUser:
+		actorEmail = string(ev.Actor.Kind)
+	}
+	payload := ev.Data
+	if ev.Target.ID != "" {
+		payload = make(map[string]any, len(ev.Data)+2)
+		for k, v := range ev.Data {
+			payload[k] = v
+		}
+		payload["user_id"] = ev.Target.ID
+		if ev.Target.Email != "" {
+			payload["user_email"] = ev.Target.Email
+		}
+	}
+	text := "{}"
+	if len(payload) > 0 {
+		b, err := json.Marshal(payload)
+		if err != nil {
+			return fmt.Errorf("audit payload of %s: %w", ev.Type.Action, err)
+		}
+		text = string(b)
+	}
+	_, err := tx.Exec(`INSERT INTO audit_log (action, actor_id, actor_email, ip, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
+		ev.Type.Action, actorID, actorEmail, ev.IP, text, at)
+	return err
+}
+
+// Envelope is an event as its outbox rows carry it (version 1).
+type Envelope struct {
+	ID         string         `json:"id"`
+	Type       string         `json:"type"`
+	Version    int            `json:"version"`
+	TenantID   string         `json:"tenant_id"`
+	OccurredAt time.Time      `json:"occurred_at"`
+	Actor      envelopeActor  `json:"actor"`
+	Target     *envelopeUser  `json:"target,omitempty"`
+	Data       map[string]any `json:"data"`
+}
+
+type envelopeActor struct {
+	Kind  ActorKind `json:"kind"`
+	ID    string    `json:"id,omitempty"`
+	Email string    `json:"email,omitempty"`
+}
+
+type envelopeUser struct {
+	ID    string `json:"id"`
+	Email string `json:"email,omitempty"`
+}
+
+func envelope(id, tenantID string, ev *Event) Envelope {
+	e := Envelope{ID: id, Type: ev.Type.Name, Version: 1, TenantID: tenantID, OccurredAt: ev.At.UTC(),
+		Actor: envelopeActor{Kind: ev.Actor.Kind, ID: ev.Actor.ID, Email: ev.Actor.Email}, Data: ev.Data}
+	if ev.Target.ID != "" {
+		e.Target = &envelopeUser{ID: ev.Target.ID, Email: ev.Target.Email}
+	}
+	if e.Data == nil {
+		e.Data = map[string]any{}
+	}
+	return e
+}

@@ -91,7 +91,7 @@ func open(tb testing.TB, dir string, s event.Sink, ec app.EventsConfig) *env {
 		Storage:   app.Config{DataDir: dir, Synchronous: "NORMAL"},
 		Hash:      hash.Config{Params: testParams, Workers: 2},
 		MasterKey: bytes.Repeat([]byte{5}, token.MasterKeySize), AdminToken: "admin",
-		Events:    ec,
+		Events: ec,
 	})
 	e := &env{tb: tb, srv: srv, dir: dir}
 	tb.Cleanup(func() {

@@ -1,5 +1,9 @@
-// Package app assembles a storage engine from a configuration: the catalog,
-// the backends and the shard cache. cmd/keyshard and the tests use it.
+// Package app is the one place Keyshard is assembled: Open builds the
+// storage engine (catalog, backends, shard cache) for the CLI's commands,
+// and OpenServer builds everything `keyshard serve` runs on top of it (the
+// hash pool, signing keys, auth flows, event recorder and background
+// workers, export/import/move, and the HTTP API with every protocol).
+// cmd/keyshard, the tests and the load generator's in-process server use it.
 package app
 
 import (

@@ -19,8 +19,9 @@ type workMarks struct {
 	upsertLower string // insert, or move an existing mark earlier
 	upsertSet   string // insert, or set an existing mark
 
-	mu  sync.Mutex       // guards due
+	mu  sync.Mutex       // guards the fields below
 	due map[string]int64 // tenant id → due time, unix µs
+	gen uint64           // bumped by every change; see loadWork
 }
 
 // workDDL returns the statements that create the marks table.
@@ -71,11 +72,33 @@ var indexExists = map[string]string{
 	"mysql":    `SELECT count(*) FROM information_schema.statistics WHERE index_name = ? AND table_schema = DATABASE()`,
 }
 
-// loadWork replaces the in-memory marks with the table's.
+// loadWork replaces the in-memory marks with the table's. A mark changed
+// while it read may be missing from or stale in what it read (a cleared
+// mark kept in memory would make MarkWork skip a write it needs), so it
+// then reads again.
 func (r *Catalog) loadWork(ctx context.Context) error {
+	for {
+		r.work.mu.Lock()
+		gen := r.work.gen
+		r.work.mu.Unlock()
+		due, err := r.readWork(ctx)
+		if err != nil {
+			return err
+		}
+		r.work.mu.Lock()
+		if r.work.gen == gen {
+			r.work.due = due
+			r.work.mu.Unlock()
+			return nil
+		}
+		r.work.mu.Unlock()
+	}
+}
+
+func (r *Catalog) readWork(ctx context.Context) (map[string]int64, error) {
 	rows, err := r.db.QueryContext(ctx, `SELECT tenant_id, due_at FROM `+r.work.table)
 	if err != nil {
-		return fmt.Errorf("load work marks: %w", err)
+		return nil, fmt.Errorf("load work marks: %w", err)
 	}
 	defer rows.Close()
 	due := make(map[string]int64)
@@ -83,17 +106,14 @@ func (r *Catalog) loadWork(ctx context.Context) error {
 		var id string
 		var at int64
 		if err := rows.Scan(&id, &at); err != nil {
-			return fmt.Errorf("load work marks: %w", err)
+			return nil, fmt.Errorf("load work marks: %w", err)
 		}
 		due[id] = at
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("load work marks: %w", err)
+		return nil, fmt.Errorf("load work marks: %w", err)
 	}
-	r.work.mu.Lock()
-	r.work.due = due
-	r.work.mu.Unlock()
-	return nil
+	return due, nil
 }
 
 // MarkWork implements engine.WorkMarks.
@@ -113,6 +133,7 @@ func (r *Catalog) MarkWork(ctx context.Context, tenantID string, due time.Time) 
 	if cur, ok := w.due[tenantID]; !ok || at < cur {
 		w.due[tenantID] = at
 	}
+	w.gen++
 	w.mu.Unlock()
 	return nil
 }
@@ -125,6 +146,7 @@ func (r *Catalog) SetWork(ctx context.Context, tenantID string, due time.Time) e
 	}
 	r.work.mu.Lock()
 	r.work.due[tenantID] = at
+	r.work.gen++
 	r.work.mu.Unlock()
 	return nil
 }
@@ -136,6 +158,7 @@ func (r *Catalog) ClearWork(ctx context.Context, tenantID string) error {
 	}
 	r.work.mu.Lock()
 	delete(r.work.due, tenantID)
+	r.work.gen++
 	r.work.mu.Unlock()
 	return nil
 }

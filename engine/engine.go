@@ -1,3 +1,9 @@
+// Package engine is the storage engine seen from above, and the contracts
+// everything else is written against: a tenant and its placement, the
+// catalog of tenants, the shard pool and the backends' storage, the
+// tenant-scoped Shard and Querier, the background Worker with the catalog's
+// work marks, and the errors (sentinels, and Error with a kind and a stable
+// code for what a client is told). It imports no other Keyshard package.
 package engine
 
 import (

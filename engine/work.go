@@ -162,6 +162,9 @@ func (w *Worker) round(ctx context.Context, todo chan<- string) {
 	}
 }
 
+// inactiveDelay is how long a suspended tenant's work is put off.
+const inactiveDelay = time.Minute
+
 // turn runs every job once for the tenant, then reschedules its mark.
 func (w *Worker) turn(ctx context.Context, id string) {
 	ts, err := w.Engine.Tenant(ctx, id)
@@ -170,6 +173,15 @@ func (w *Worker) turn(ctx context.Context, id string) {
 		// Deleted: nothing of it is left to do.
 		if cerr := w.Marks.ClearWork(ctx, id); cerr != nil {
 			w.OnError(id, cerr)
+		}
+		return
+	case errors.Is(err, ErrTenantSuspended), errors.Is(err, ErrTenantPending):
+		// Its work waits for it to be active again; meanwhile it is looked
+		// at once a minute, not every round. A suspended tenant writes
+		// nothing, so no event can be marked meanwhile: moving its mark
+		// outside its writer delays nothing it records.
+		if serr := w.Marks.SetWork(ctx, id, w.Now().Add(inactiveDelay)); serr != nil {
+			w.OnError(id, serr)
 		}
 		return
 	case err != nil:

@@ -442,3 +442,30 @@ func TestOutbox_Delivery(t *testing.T) {
 		}
 	})
 }
+
+func TestOutbox_SuspendedTenant(t *testing.T) {
+	// A suspended tenant's events wait for it, and it is looked at once a
+	// minute rather than every round.
+	s := &sink{}
+	e := open(t, t.TempDir(), s, app.EventsConfig{Interval: time.Hour})
+	e.tenant("acme")
+	e.signup("acme", "a@acme.io")
+	if _, err := e.srv.Engine.SuspendTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.Work = nil
+	e = open(t, e.dir, s, app.EventsConfig{})
+	waitFor(t, "the mark put off", func() bool {
+		ids, err := e.srv.Catalog.DueWork(context.Background(), time.Now().Add(30*time.Second), 10)
+		return err == nil && len(ids) == 0
+	})
+	if n := len(s.deliveries()); n != 0 {
+		t.Fatalf("%d deliveries for a suspended tenant", n)
+	}
+	if ids := e.due(); len(ids) != 1 {
+		t.Fatalf("the suspended tenant's mark is gone: %v", ids)
+	}
+}

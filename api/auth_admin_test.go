@@ -52,6 +52,26 @@ func TestAuth_TenantAdmin(t *testing.T) {
 		if r.Status != 200 || r.Body["user_metadata"].(map[string]any)["team"] != "b" || r.Body["app_metadata"].(map[string]any)["roles"] == nil {
 			t.Fatalf("update: %d %s", r.Status, r.Raw)
 		}
+		// One update, one event, naming all it changed; the actor is the
+		// service role, the user a trait (GoTrue's audit shape).
+		var evs []struct {
+			Action  string  `json:"action"`
+			ActorID *string `json:"actor_id"`
+			Actor   *string `json:"actor_username"`
+			Payload struct {
+				Changed []string          `json:"changed"`
+				By      string            `json:"by"`
+				Traits  map[string]string `json:"traits"`
+			} `json:"payload"`
+		}
+		if r := e.call("GET", base+"/admin/audit?per_page=2", key, nil); r.Status != 200 || jsonUnmarshal(r.Raw, &evs) != nil || len(evs) != 2 {
+			t.Fatalf("audit after update: %d %s", r.Status, r.Raw)
+		}
+		if ev := evs[0]; ev.Action != "user_modified" || evs[1].Action == "user_modified" || ev.Payload.By != "admin" ||
+			strings.Join(ev.Payload.Changed, ",") != "user_metadata,app_metadata" || ev.Payload.Traits["user_id"] != id ||
+			ev.Actor == nil || *ev.Actor != "service_role" || ev.ActorID == nil || *ev.ActorID != "00000000-0000-0000-0000-000000000000" {
+			t.Fatalf("audit of the admin update: %+v", evs)
+		}
 		if r := e.call("GET", base+"/admin/users/"+id, key, nil); r.Status != 200 || r.str("id") != id {
 			t.Fatalf("get: %d %s", r.Status, r.Raw)
 		}

@@ -62,7 +62,7 @@ func problemOf(err error) Problem {
 		return Problem{Status: status, Code: ee.Code, Message: ee.Message, RetryAfter: ee.RetryAfter, Reasons: ee.Reasons}
 	case errors.As(err, &mbe):
 		return Problem{Status: http.StatusRequestEntityTooLarge, Code: "request_too_large",
-			Message: "request body is larger than " + strconv.FormatInt(mbe.Limit, 10) + " bytes"}
+			Message: "request body is larger than " + size(mbe.Limit)}
 	case errors.Is(err, engine.ErrInvalid):
 		return Problem{Status: http.StatusBadRequest, Code: "validation_failed", Message: err.Error()}
 	case errors.Is(err, engine.ErrTenantNotFound):
@@ -91,6 +91,19 @@ func problemOf(err error) Problem {
 		return Problem{Status: http.StatusServiceUnavailable, Code: "request_timeout", Message: "the request timed out"}
 	}
 	return Problem{Status: http.StatusInternalServerError, Code: "unexpected_failure", Message: "internal error"}
+}
+
+// size says a byte count as the limits are set: 1 MiB, 8 GiB.
+func size(n int64) string {
+	for _, u := range []struct {
+		shift uint
+		name  string
+	}{{30, "GiB"}, {20, "MiB"}, {10, "KiB"}} {
+		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + " " + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10) + " bytes"
 }
 
 // Problem maps err for the response w is about to carry: it logs what the

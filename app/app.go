@@ -136,11 +136,11 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 		closeServers()
 		return nil, engine.Invalidf("default backend %s is not configured (set its DSN)", cfg.DefaultBackend)
 	}
-	var rt *catalog.Catalog
+	var cat *catalog.Catalog
 	if cfg.CatalogDSN != "" {
-		rt, err = catalog.OpenServer(ctx, cfg.CatalogDSN, "")
+		cat, err = catalog.OpenServer(ctx, cfg.CatalogDSN, "")
 	} else {
-		rt, err = catalog.OpenSQLite(ctx, dir)
+		cat, err = catalog.OpenSQLite(ctx, dir)
 	}
 	if err != nil {
 		closeServers()
@@ -148,11 +148,11 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	}
 	a := &App{
 		Engine: &engine.Engine{
-			Catalog:        rt,
+			Catalog:        cat,
 			Backends:       backends.Storages(),
 			DefaultBackend: cfg.DefaultBackend,
 		},
-		Catalog: rt, Backends: backends, SQLite: lite, Postgres: pg, MySQL: my,
+		Catalog: cat, Backends: backends, SQLite: lite, Postgres: pg, MySQL: my,
 		pollDone: make(chan struct{}),
 	}
 	a.Cache = shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, backends.Open)
@@ -161,7 +161,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	a.stopPoll = cancel
 	go func() {
 		defer close(a.pollDone)
-		rt.Watch(pctx, cfg.CatalogPoll)
+		cat.Watch(pctx, cfg.CatalogPoll)
 	}()
 	return a, nil
 }

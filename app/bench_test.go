@@ -8,7 +8,7 @@ import (
 )
 
 // BenchmarkEngine_Tenant measures the request path's tenant step on a cache
-// hit: resolve the slug from the router's memory, check the status, pin the
+// hit: resolve the slug from the catalog's memory, check the status, pin the
 // open shard, re-check the catalog, release.
 //
 //	go test -run '^$' -bench Engine_Tenant ./app/

@@ -70,8 +70,8 @@ type EventsConfig struct {
 	// Workers, Interval: engine.Worker's (defaults 4 and 500 ms).
 	Workers  int
 	Interval time.Duration
-	// Backoff and Now: the Outbox job's (default: exponential with jitter,
-	// and time.Now).
+	// Backoff and Now: the Outbox job's and the worker's (default:
+	// exponential with jitter, and ServerConfig.Now).
 	Backoff func(attempts int) time.Duration
 	Now     func() time.Time
 }
@@ -159,8 +159,12 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	s.API = api.NewServer(a.Engine, log)
 	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
 	gotrue.Register(s.API, s.Auth, cfg.PublicURL)
-	s.Work = &engine.Worker{Engine: a.Engine, Marks: a.Catalog, Workers: cfg.Events.Workers, Interval: cfg.Events.Interval,
-		Jobs: []engine.Job{&event.Outbox{Sinks: cfg.Events.Sinks, Backoff: cfg.Events.Backoff, Now: cfg.Events.Now}},
+	now := cfg.Events.Now
+	if now == nil {
+		now = cfg.Now // the clock the flows stamp events with
+	}
+	s.Work = &engine.Worker{Engine: a.Engine, Marks: a.Catalog, Workers: cfg.Events.Workers, Interval: cfg.Events.Interval, Now: now,
+		Jobs: []engine.Job{&event.Outbox{Sinks: cfg.Events.Sinks, Backoff: cfg.Events.Backoff, Now: now}},
 		OnError: func(tenantID string, err error) {
 			log.Warn("background work failed; retried later", "tenant_id", tenantID, "err", err)
 		}}

@@ -184,64 +184,16 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 }
 
 // AdminUpdateUser changes a user's email, password, metadata or
-// confirmation as the tenant's administrator.
+// confirmation as the tenant's administrator, in one write.
 func (s *Service) AdminUpdateUser(ctx context.Context, t Tenant, c Client, id string, req AdminUserRequest) (*User, error) {
 	cur, err := s.GetUser(ctx, t, id)
 	if err != nil {
 		return nil, err
 	}
-	u, err := s.UpdateUser(ctx, t, c, &Principal{User: cur}, UpdateUserRequest{Email: req.Email, Password: req.Password, Data: req.UserMetadata})
-	if err != nil || (req.AppMetadata == nil && !req.EmailConfirm) {
-		return u, err
-	}
-	ts := s.now().UTC().UnixMicro()
-	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
-		// Read inside the write: a concurrent update must not be lost.
-		cur, err := userByID(tx, id)
-		if errors.Is(err, engine.ErrNoRows) {
-			return errAdminUserNotFound()
-		}
-		if err != nil {
-			return err
-		}
-		changed := []string{}
-		if req.AppMetadata != nil {
-			changed = append(changed, "app_metadata")
-			app, err := objectMap(cur.AppMetadata)
-			if err != nil {
-				return err
-			}
-			for k, v := range req.AppMetadata {
-				if k == "provider" || k == "providers" {
-					continue
-				}
-				if v == nil {
-					delete(app, k)
-				} else {
-					app[k] = v
-				}
-			}
-			if _, err := tx.Exec(`UPDATE users SET raw_app_meta_data = ?, updated_at = ? WHERE id = ?`, mustJSON(app), ts, id); err != nil {
-				return err
-			}
-		}
-		if req.EmailConfirm {
-			changed = append(changed, "email_confirmed_at")
-			if _, err := tx.Exec(`UPDATE users SET email_confirmed_at = COALESCE(email_confirmed_at, ?), updated_at = ? WHERE id = ?`, ts, ts, id); err != nil {
-				return err
-			}
-		}
-		if err := s.record(tx, t, &event.Event{Type: event.UserUpdated, Actor: event.Actor{Kind: event.ActorServiceKey}, Target: event.Target{ID: id, Email: cur.Email},
-			IP: c.IP, Data: map[string]any{"changed": changed, "by": "admin"}, At: s.now().UTC()}); err != nil {
-			return err
-		}
-		u, err = userByID(tx, id)
-		return err
+	return s.updateUser(ctx, t, c, &Principal{User: cur}, userChange{
+		UpdateUserRequest: UpdateUserRequest{Email: req.Email, Password: req.Password, Data: req.UserMetadata},
+		appData:           req.AppMetadata, confirmEmail: req.EmailConfirm,
 	})
-	if err != nil {
-		return nil, writeError(err, engine.KindRateLimited)
-	}
-	return u, nil
 }
 
 // DeleteUser deletes a user with its identities, sessions and tokens.

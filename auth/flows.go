@@ -452,7 +452,21 @@ type UpdateUserRequest struct {
 // UpdateUser changes the caller's email (applied at once: no mail is sent
 // yet), password and metadata (keys set to null are removed).
 func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Principal, req UpdateUserRequest) (*User, error) {
-	u := p.User
+	return s.updateUser(ctx, t, c, p, userChange{UpdateUserRequest: req})
+}
+
+// userChange is an update of a user; the administrator may also change
+// its app metadata and confirm its email.
+type userChange struct {
+	UpdateUserRequest
+	appData      map[string]any
+	confirmEmail bool
+}
+
+// updateUser applies ch in one write, which records one user.updated
+// event naming everything that changed.
+func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Principal, ch userChange) (*User, error) {
+	u, req := p.User, ch.UpdateUserRequest
 	// Without claims the caller is the tenant's administrator (AdminUpdateUser).
 	admin, keepSession := p.Claims == nil, ""
 	if !admin {
@@ -547,6 +561,32 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		if _, err := tx.Exec(`UPDATE users SET raw_user_meta_data = ?, updated_at = ? WHERE id = ?`, mustJSON(meta), ts, u.ID); err != nil {
 			return err
 		}
+		if ch.appData != nil {
+			app, err := objectMap(cur.AppMetadata)
+			if err != nil {
+				return err
+			}
+			for k, v := range ch.appData {
+				if k == "provider" || k == "providers" {
+					continue
+				}
+				if v == nil {
+					delete(app, k)
+				} else {
+					app[k] = v
+				}
+			}
+			if _, err := tx.Exec(`UPDATE users SET raw_app_meta_data = ? WHERE id = ?`, mustJSON(app), u.ID); err != nil {
+				return err
+			}
+			changed = append(changed, "app_metadata")
+		}
+		if ch.confirmEmail {
+			if _, err := tx.Exec(`UPDATE users SET email_confirmed_at = COALESCE(email_confirmed_at, ?) WHERE id = ?`, ts, u.ID); err != nil {
+				return err
+			}
+			changed = append(changed, "email_confirmed_at")
+		}
 		email := cur.Email
 		if newEmail != "" {
 			email = newEmail
@@ -554,6 +594,7 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		ev := &event.Event{Type: event.UserUpdated, Actor: event.User(u.ID, email), IP: c.IP, Data: map[string]any{"changed": changed}, At: now}
 		if admin {
 			ev.Actor, ev.Target = event.Actor{Kind: event.ActorServiceKey}, event.Target{ID: u.ID, Email: email}
+			ev.Data["by"] = "admin"
 		}
 		if err := s.record(tx, t, ev); err != nil {
 			return err

@@ -28,9 +28,8 @@ type ServerConfig struct {
 // LocalServer is a Keyshard server on a loopback port of this process,
 // built by app.OpenServer as `keyshard serve` builds it.
 type LocalServer struct {
-	URL        string
-	AdminToken string
-	*app.Server
+	URL         string
+	*app.Server // AdminToken is the platform admin token
 
 	hs      *http.Server
 	served  chan error
@@ -66,7 +65,7 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*LocalServer, error) {
 	if err != nil {
 		return fail(err)
 	}
-	s.Server, s.AdminToken = srv, srv.AdminToken
+	s.Server = srv
 	h := srv.Handler()
 	if cfg.Pprof {
 		mux := http.NewServeMux()

@@ -133,9 +133,21 @@ func (e *Engine) SuspendTenant(ctx context.Context, slugOrID string) (*Tenant, e
 	return t, e.Shards.Evict(ctx, t.ID)
 }
 
-// ResumeTenant makes a suspended tenant active again.
+// ResumeTenant makes a suspended tenant active again. Background work it
+// had pending, put off while it was suspended, is due at once.
 func (e *Engine) ResumeTenant(ctx context.Context, slugOrID string) (*Tenant, error) {
-	return e.transition(ctx, slugOrID, StatusSuspended, StatusActive, nil)
+	t, err := e.transition(ctx, slugOrID, StatusSuspended, StatusActive, nil)
+	if err != nil {
+		return nil, err
+	}
+	if marks, ok := e.Catalog.(WorkMarks); ok {
+		// A tenant without pending work gets a mark it does not need: one
+		// visit finds nothing and clears it.
+		if err := marks.MarkWork(ctx, t.ID, time.Now()); err != nil {
+			return t, err
+		}
+	}
+	return t, nil
 }
 
 func (e *Engine) transition(ctx context.Context, slugOrID string, from, to Status, do func(*Tenant) error) (*Tenant, error) {

@@ -63,6 +63,10 @@ type Worker struct {
 	Interval time.Duration
 	// MaxTenants bounds the tenants taken per round (default 10,000).
 	MaxTenants int
+	// TurnTimeout bounds one tenant's turn, so that a job stuck on a slow
+	// receiver holds neither a worker nor a pinned shard for long
+	// (default 2 min).
+	TurnTimeout time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// OnError is told of a failed turn (default: ignored); the tenant stays
@@ -88,6 +92,9 @@ func (w *Worker) Start() {
 	}
 	if w.MaxTenants <= 0 {
 		w.MaxTenants = 10_000
+	}
+	if w.TurnTimeout <= 0 {
+		w.TurnTimeout = 2 * time.Minute
 	}
 	if w.Now == nil {
 		w.Now = time.Now
@@ -165,8 +172,13 @@ func (w *Worker) round(ctx context.Context, todo chan<- string) {
 // inactiveDelay is how long a suspended tenant's work is put off.
 const inactiveDelay = time.Minute
 
+// markTimeout bounds a catalog write made inside a tenant's writer.
+const markTimeout = 5 * time.Second
+
 // turn runs every job once for the tenant, then reschedules its mark.
 func (w *Worker) turn(ctx context.Context, id string) {
+	ctx, cancel := context.WithTimeout(ctx, w.TurnTimeout)
+	defer cancel()
 	ts, err := w.Engine.Tenant(ctx, id)
 	switch {
 	case errors.Is(err, ErrTenantNotFound):
@@ -195,6 +207,8 @@ func (w *Worker) turn(ctx context.Context, id string) {
 		}
 	}
 	err = ts.Write(ctx, func(tx Querier) error {
+		mctx, cancel := context.WithTimeout(ctx, markTimeout)
+		defer cancel()
 		var next time.Time
 		for _, j := range w.Jobs {
 			due, ok, err := j.Next(tx)
@@ -206,9 +220,9 @@ func (w *Worker) turn(ctx context.Context, id string) {
 			}
 		}
 		if next.IsZero() {
-			return w.Marks.ClearWork(ctx, id)
+			return w.Marks.ClearWork(mctx, id)
 		}
-		return w.Marks.SetWork(ctx, id, next)
+		return w.Marks.SetWork(mctx, id, next)
 	})
 	if err != nil && ctx.Err() == nil {
 		w.OnError(id, fmt.Errorf("reschedule background work: %w", err))
@@ -216,7 +230,7 @@ func (w *Worker) turn(ctx context.Context, id string) {
 }
 
 // WorkerStats counts a worker's rounds (reads of the marks) and turns
-// (tenants served), for tests and the CLI.
+// (tenants served).
 type WorkerStats struct {
 	Rounds, Turns int64
 	InFlight      int

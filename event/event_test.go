@@ -217,12 +217,16 @@ func TestRecorder_Record(t *testing.T) {
 		if len(rows) != 2 || rows[0].action != "user_signedup" || rows[1].action != "login" {
 			t.Fatalf("audit rows %+v", rows)
 		}
-		// The service key acted on user u1: the actor is the key, the user a trait.
-		if rows[0].actorID != nil || rows[0].email == nil || *rows[0].email != "service_key" {
+		// The service key acted on user u1: as in GoTrue's audit log, the
+		// actor is the nil UUID named service_role, the user a trait.
+		if rows[0].actorID == nil || *rows[0].actorID != "00000000-0000-0000-0000-000000000000" || rows[0].email == nil || *rows[0].email != "service_role" {
 			t.Fatalf("admin event's actor: %v %v", rows[0].actorID, rows[0].email)
 		}
-		var p map[string]any
-		if err := json.Unmarshal([]byte(rows[0].payload), &p); err != nil || p["user_id"] != "u1" || p["user_email"] != "a@x.io" || p["via"] != "admin" {
+		var p struct {
+			Via    string            `json:"via"`
+			Traits map[string]string `json:"traits"`
+		}
+		if err := json.Unmarshal([]byte(rows[0].payload), &p); err != nil || p.Traits["user_id"] != "u1" || p.Traits["user_email"] != "a@x.io" || p.Via != "admin" {
 			t.Fatalf("admin event's payload %s", rows[0].payload)
 		}
 		if rows[1].actorID == nil || *rows[1].actorID != "u1" || rows[1].payload != "{}" {
@@ -467,5 +471,14 @@ func TestOutbox_SuspendedTenant(t *testing.T) {
 	}
 	if ids := e.due(); len(ids) != 1 {
 		t.Fatalf("the suspended tenant's mark is gone: %v", ids)
+	}
+	// Resumed, its work is due at once, not a minute later.
+	if _, err := e.srv.Engine.ResumeTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, "the delivery after resume", func() bool { return len(s.delivered()) == 1 })
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("delivered %v after resume", d)
 	}
 }

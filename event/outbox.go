@@ -43,6 +43,9 @@ type Outbox struct {
 	Backoff func(attempts int) time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Timeout bounds one delivery (default 30 s); past it the delivery
+	// counts as failed.
+	Timeout time.Duration
 }
 
 var _ engine.Job = (*Outbox)(nil)
@@ -114,7 +117,7 @@ func (o *Outbox) Run(ctx context.Context, t *engine.TenantShard) error {
 			failed[m.ID] = outcome{noSinkDelay, "no sink delivers topic " + m.Topic}
 			continue
 		}
-		if err := sink.Deliver(ctx, t.Tenant.ID, m); err != nil {
+		if err := o.deliver(ctx, sink, t.Tenant.ID, m); err != nil {
 			failed[m.ID] = outcome{o.backoff(m.Attempts), err.Error()}
 			if firstErr == nil {
 				firstErr = fmt.Errorf("deliver %s %s: %w", m.Topic, m.EventID, err)
@@ -144,6 +147,16 @@ func (o *Outbox) Run(ctx context.Context, t *engine.TenantShard) error {
 		return nil
 	})
 	return errors.Join(err, firstErr)
+}
+
+func (o *Outbox) deliver(ctx context.Context, s Sink, tenantID string, m Message) error {
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return s.Deliver(ctx, tenantID, m)
 }
 
 // Next implements engine.Job: the due time of the tenant's earliest row.

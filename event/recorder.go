@@ -82,31 +82,40 @@ func (r *Recorder) Record(tx engine.Querier, tenantID string, ev *Event) error {
 	return nil
 }
 
-// audit inserts the event's audit row. The actor's id and email are the
-// row's actor; an actor that is not a user is named by its kind. The
-// target, when there is one, is in the payload as GoTrue's traits user_id
-// and user_email.
+// nilUUID is the actor id GoTrue's audit log gives an administrator acting
+// with the service role, which is no user.
+const nilUUID = "00000000-0000-0000-0000-000000000000"
+
+// auditUsername names an actor that is not a user, in the audit log's
+// actor_username: GoTrue's "service_role" for the tenant's service key.
+var auditUsername = map[ActorKind]string{ActorServiceKey: "service_role", ActorPlatform: "platform_admin"}
+
+// audit inserts the event's audit row, shaped as GoTrue's: a user acting is
+// the actor (id, email); the tenant's administrator is the nil UUID named
+// "service_role", and the user it acted on is in the payload's traits
+// (user_id, user_email).
 func audit(tx engine.Querier, ev *Event, at int64) error {
 	var actorID, actorEmail any
 	if ev.Actor.ID != "" {
 		actorID = ev.Actor.ID
 	}
-	switch {
-	case ev.Actor.Email != "":
+	if ev.Actor.Email != "" {
 		actorEmail = ev.Actor.Email
-	case ev.Actor.Kind != "" && ev.Actor.Kind != ActorUser:
-		actorEmail = string(ev.Actor.Kind)
+	}
+	if name, ok := auditUsername[ev.Actor.Kind]; ok {
+		actorID, actorEmail = nilUUID, name
 	}
 	payload := ev.Data
 	if ev.Target.ID != "" {
-		payload = make(map[string]any, len(ev.Data)+2)
+		payload = make(map[string]any, len(ev.Data)+1)
 		for k, v := range ev.Data {
 			payload[k] = v
 		}
-		payload["user_id"] = ev.Target.ID
+		traits := map[string]any{"user_id": ev.Target.ID}
 		if ev.Target.Email != "" {
-			payload["user_email"] = ev.Target.Email
+			traits["user_email"] = ev.Target.Email
 		}
+		payload["traits"] = traits
 	}
 	text := "{}"
 	if len(payload) > 0 {

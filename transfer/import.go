@@ -134,7 +134,12 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 		}
 	}
 	if id == "" {
+		// Nor does a copy deliver again the events its source had not
+		// delivered yet: they are the source's.
 		if err := stage.Write(ctx, func(tx engine.Querier) error {
+			if _, err := tx.Exec("DELETE FROM outbox"); err != nil {
+				return err
+			}
 			_, err := tx.Exec("DELETE FROM signing_keys")
 			return err
 		}); err != nil {

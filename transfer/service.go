@@ -64,8 +64,8 @@ func (s *Service) storage(name string) (shard.Storage, error) {
 // fileStore returns the backend whose files are the export format: every
 // export and import is staged in such a file.
 func (s *Service) fileStore() (shard.FileStore, error) {
-	for _, name := range []string{engine.BackendSQLite, engine.BackendPostgres, engine.BackendMySQL} {
-		if fs, ok := s.Backends[name].(shard.FileStore); ok {
+	for _, st := range s.Backends {
+		if fs, ok := st.(shard.FileStore); ok {
 			return fs, nil
 		}
 	}

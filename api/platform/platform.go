@@ -25,8 +25,8 @@ type API struct {
 	adminToken string
 	// auth issues service keys and makes signing keys; nil: no auth API.
 	auth *auth.Service
-	// transfer exports, imports and moves tenants; nil answers those
-	// routes 501.
+	// transfer exports, imports and moves tenants; nil leaves those
+	// routes out.
 	transfer *transfer.Service
 }
 

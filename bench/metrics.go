@@ -35,14 +35,14 @@ func (t *Target) Scrape(ctx context.Context) (Sample, error) {
 }
 
 // parseMetrics parses the text exposition format, keeping samples whose
-// name starts with keyshard_.
+// name starts with keyshard_, and the process's CPU time.
 func parseMetrics(r io.Reader) (Sample, error) {
 	out := Sample{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "keyshard_") {
+		if !strings.HasPrefix(line, "keyshard_") && !strings.HasPrefix(line, "process_cpu_seconds_total ") {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
@@ -99,6 +99,13 @@ type ServerMetrics struct {
 	WriterRejections map[string]float64 `json:"writer_rejections"`  // by reason
 	HTTPRequests     float64            `json:"http_requests"`      // as the server counted them
 	HTTPStatusCounts map[string]float64 `json:"http_status_counts"` // by code, as the server counted them
+	// CPUSeconds is the server process's CPU time over the run (Linux;
+	// its hash worker process not included; in-process, the load
+	// generator's too), and CPUPerRequestUs that per request the server
+	// counted: a cost that a busy machine's noise, which moves throughput,
+	// moves much less.
+	CPUSeconds      float64 `json:"cpu_s"`
+	CPUPerRequestUs float64 `json:"cpu_per_request_us"`
 	ScrapeErrors     int                `json:"scrape_errors,omitempty"`
 	Available        bool               `json:"available"` // false: /metrics could not be read
 }
@@ -222,6 +229,10 @@ func (w *metricsWatch) finish(ctx context.Context) ServerMetrics {
 			m.HTTPStatusCounts[code] += d
 			m.HTTPRequests += d
 		}
+	}
+	m.CPUSeconds = delta(b, after, "process_cpu_seconds_total")
+	if m.HTTPRequests > 0 {
+		m.CPUPerRequestUs = 1e6 * m.CPUSeconds / m.HTTPRequests
 	}
 	return m
 }

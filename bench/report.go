@@ -194,6 +194,9 @@ func (r *Report) PrintTable(w io.Writer) {
 			fmt.Fprintf(w, "%s server: batches %.0f (mean %.1f ops, commit %.2f ms), cache hits %.0f misses %.0f evictions %.0f (max open %.0f), hashes %.0f (mean %.1f ms, refused %.0f, max queue %.0f), max writer queue %.0f, writer rejections %v\n",
 				x.Workload, m.Batches, m.MeanBatchSize, m.MeanCommitMs, m.CacheHits, m.CacheMisses, m.CacheEvictions, m.MaxOpenShards,
 				m.Hashes, m.MeanHashMs, m.HashRefused, m.MaxHashQueue, m.MaxWriterQueue, m.WriterRejections)
+			if m.CPUSeconds > 0 {
+				fmt.Fprintf(w, "%s server CPU: %.2f s, %.1f µs per request\n", x.Workload, m.CPUSeconds, m.CPUPerRequestUs)
+			}
 		}
 		if rt := x.Runtime; rt != nil {
 			fmt.Fprintf(w, "%s runtime of this process: goroutines waited for a thread p50 %.3f p99 %.2f max %.1f ms; %d GC cycles (%.2f CPU-s), stop-the-world p99 %.2f max %.1f ms\n",

@@ -75,8 +75,14 @@ func TestAuth_TenantAdmin(t *testing.T) {
 		if r := e.call("GET", base+"/admin/users/"+id, key, nil); r.Status != 200 || r.str("id") != id {
 			t.Fatalf("get: %d %s", r.Status, r.Raw)
 		}
+		live := e.login(base, "admin.made@example.com", "password1")
 		if r := e.call("DELETE", base+"/admin/users/"+id, key, nil); r.Status != 200 {
 			t.Fatalf("delete: %d %s", r.Status, r.Raw)
+		}
+		// The deleted user's token: GoTrue's user_not_found (on which auth-js
+		// clears its session), not session_not_found.
+		for _, c := range []struct{ method, path string }{{"GET", "/user"}, {"POST", "/logout"}} {
+			wantAuthError(t, e.call(c.method, base+c.path, live.str("access_token"), nil), 403, "user_not_found")
 		}
 		wantAuthError(t, e.call("GET", base+"/admin/users/"+id, key, nil), 404, "user_not_found")
 		wantAuthError(t, e.call("DELETE", base+"/admin/users/"+id, key, nil), 404, "user_not_found")

@@ -88,6 +88,10 @@ func checkSession(tb testing.TB, r authResp, email string) {
 	if r.Body["token_type"] != "bearer" || r.Body["expires_in"] != float64(3600) || len(r.str("refresh_token")) != 32 {
 		tb.Fatalf("session fields: %s", r.Raw)
 	}
+	// A response with tokens must not be cached (RFC 6749 §5.1).
+	if r.Header.Get("Cache-Control") != "no-store" || r.Header.Get("Pragma") != "no-cache" {
+		tb.Fatalf("session response without Cache-Control: no-store: %v", r.Header)
+	}
 	exp := int64(r.Body["expires_at"].(float64))
 	if d := time.Until(time.Unix(exp, 0)); d < 50*time.Minute || d > 70*time.Minute {
 		tb.Fatalf("expires_at %d is %s away", exp, d)
@@ -167,8 +171,16 @@ func TestAuth_Signup(t *testing.T) {
 		sameKeys(t, "error", r.Body, "code", "message", "weak_password")
 	})
 	t.Run("ErrInvalidEmail", func(t *testing.T) {
-		for _, email := range []string{"", "no-at-sign", "a@b", "x y@example.com", "@example.com"} {
+		for _, email := range []string{"", "no-at-sign", "a@b", "x y@example.com", "@example.com",
+			"c@@b.com", "q@a..com", "nul\x00@example.com", "bel\x07@example.com", "bidi\u202e@example.com", "zero\u200bwidth@example.com"} {
 			r := e.call("POST", base+"/signup", "", map[string]any{"email": email, "password": "secret1"})
+			wantAuthError(t, r, 400, "validation_failed")
+		}
+		// Invalid UTF-8 as sent (encoding/json would have replaced it with
+		// U+FFFD): refused, not stored as U+FFFD, where two byte strings
+		// would log into one account.
+		for _, raw := range []string{"bad\xff@example.com", "bad\xfe@example.com"} {
+			r := e.call("POST", base+"/signup", "", `{"email":"`+raw+`","password":"secret1"}`)
 			wantAuthError(t, r, 400, "validation_failed")
 		}
 	})

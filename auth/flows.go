@@ -14,21 +14,6 @@ import (
 	"github.com/keyshard/keyshard/event"
 )
 
-// NormalizeEmail trims and lower-cases an email address.
-func NormalizeEmail(e string) string { return strings.ToLower(strings.TrimSpace(e)) }
-
-func validateEmail(e string) error {
-	at := strings.LastIndexByte(e, '@')
-	if e == "" {
-		return validationf("An email address is required")
-	}
-	if len(e) > 255 || at <= 0 || at == len(e)-1 || strings.ContainsAny(e, " \t\r\n<>()[],;:\"\\") ||
-		!strings.Contains(e[at+1:], ".") || strings.HasSuffix(e, ".") || !utf8.ValidString(e) {
-		return validationf("Unable to validate email address: invalid format")
-	}
-	return nil
-}
-
 // Passwords longer than this are refused: Argon2 would take them, but a
 // megabyte password is an attack on the hash pool, not a password.
 const maxPasswordLen = 1024

@@ -97,7 +97,7 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 		if !withUser {
 			err := q.QueryRow(`SELECT user_id, not_after FROM sessions WHERE id = ?`, claims.SessionID).Scan(&userID, &notAfter)
 			if errors.Is(err, engine.ErrNoRows) || err == nil && !sessionLive(userID, notAfter, claims.Subject, now) {
-				return errSessionNotFound()
+				return noSession(q, claims.Subject)
 			}
 			return err
 		}
@@ -115,9 +115,9 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 		case err != nil:
 			return err
 		case !found || !sessionLive(userID, notAfter, claims.Subject, now):
-			return errSessionNotFound()
+			return noSession(q, claims.Subject)
 		case u == nil:
-			return newError(engine.KindForbidden, CodeUserNotFound, "User from sub claim in JWT does not exist")
+			return errUserGone()
 		}
 		p.User = u
 		return nil
@@ -126,6 +126,27 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 		return nil, err
 	}
 	return p, nil
+}
+
+// errUserGone: a valid token of a user that no longer exists (GoTrue's
+// answer, on which auth-js clears its stored session).
+func errUserGone() *engine.Error {
+	return newError(engine.KindForbidden, CodeUserNotFound, "User from sub claim in JWT does not exist")
+}
+
+// noSession is the refusal of a token whose session is gone: user_not_found
+// when its user is gone too (deleting a user deletes its sessions, and
+// GoTrue names the user), else session_not_found. It runs on refusals only.
+func noSession(q engine.Querier, subject string) error {
+	var one int
+	err := q.QueryRow(`SELECT 1 FROM users WHERE id = ? AND deleted_at IS NULL`, subject).Scan(&one)
+	switch {
+	case errors.Is(err, engine.ErrNoRows):
+		return errUserGone()
+	case err != nil:
+		return err
+	}
+	return errSessionNotFound()
 }
 
 // sessionLive says whether a session row of userID, ending at notAfter

@@ -28,10 +28,18 @@ func (a *API) handleSignup(w http.ResponseWriter, r *http.Request, t auth.Tenant
 		return
 	}
 	if sess != nil {
+		noStore(w)
 		api.WriteJSON(w, http.StatusOK, sessionView(sess))
 		return
 	}
 	api.WriteJSON(w, http.StatusOK, userView(u))
+}
+
+// noStore marks a response that carries a token or a secret: no cache may
+// keep it (RFC 6749 §5.1).
+func noStore(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
 }
 
 // tokenBody is the body of POST /token, for the password and refresh grants.
@@ -68,6 +76,7 @@ func (a *API) handleToken(w http.ResponseWriter, r *http.Request, t auth.Tenant)
 	if grant == "password" {
 		v.WeakPassword = json.RawMessage("null")
 	}
+	noStore(w)
 	api.WriteJSON(w, http.StatusOK, v)
 }
 

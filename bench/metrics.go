@@ -106,8 +106,8 @@ type ServerMetrics struct {
 	// moves much less.
 	CPUSeconds      float64 `json:"cpu_s"`
 	CPUPerRequestUs float64 `json:"cpu_per_request_us"`
-	ScrapeErrors     int                `json:"scrape_errors,omitempty"`
-	Available        bool               `json:"available"` // false: /metrics could not be read
+	ScrapeErrors    int     `json:"scrape_errors,omitempty"`
+	Available       bool    `json:"available"` // false: /metrics could not be read
 }
 
 func delta(before, after Sample, name string, filters ...string) float64 {

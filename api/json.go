@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 
 	"github.com/keyshard/keyshard/engine"
 )
@@ -25,15 +26,24 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 // badJSON is a request body that is not the one JSON value expected.
 func badJSON(msg string) error { return engine.NewError(engine.KindInvalid, "bad_json", msg) }
 
+// bodyError returns err when it is a body over its limit or one that did
+// not arrive in time (ProblemOf answers them 413 and 408), else nil.
+func bodyError(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
 // DecodeJSON reads a JSON object body into v, refusing unknown trailing
-// data. A body over the route's limit returns the *http.MaxBytesError
-// (ProblemOf makes it a 413).
+// data. A body over the route's limit, or one that did not arrive in time,
+// returns the read's error (ProblemOf makes them 413 and 408).
 func DecodeJSON(r *http.Request, v any) error {
 	dec := json.NewDecoder(r.Body)
 	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
+		if berr := bodyError(err); berr != nil {
+			return berr
 		}
 		if errors.Is(err, io.EOF) {
 			return badJSON("request body is empty")
@@ -46,9 +56,8 @@ func DecodeJSON(r *http.Request, v any) error {
 	// More is false also when reading on failed: a valid value followed by
 	// more than the limit of white space must still answer 413.
 	if _, err := io.Copy(io.Discard, r.Body); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
+		if berr := bodyError(err); berr != nil {
+			return berr
 		}
 		return badJSON("request body could not be read")
 	}

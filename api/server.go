@@ -10,6 +10,7 @@ package api
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -31,9 +32,19 @@ const MaxBodyBytes = 1 << 20
 type Server struct {
 	Engine *engine.Engine
 	Logger *slog.Logger
+	// BodyTimeout is the longest a request's body may take to arrive,
+	// counted from the end of its headers (DefaultBodyTimeout when 0); a
+	// route with a body limit of its own (an upload) gets it anew for every
+	// read that makes progress instead. Past it the read fails and the
+	// request is answered 408, so a client that stalls its body holds its
+	// connection that long at most.
+	BodyTimeout time.Duration
 
 	router *httprouter.Router
 }
+
+// DefaultBodyTimeout is Server.BodyTimeout's default.
+const DefaultBodyTimeout = 60 * time.Second
 
 // NewServer returns a server with the routes every installation has:
 // /healthz, /metrics and /t/{tenant}/health. A nil logger logs to
@@ -105,7 +116,8 @@ func (s *Server) HandleLimit(method, route string, limit int64, h httprouter.Han
 			rid = newRequestID()
 		}
 		w.Header().Set("X-Request-Id", rid)
-		if r.Body != nil {
+		if r.Body != nil && r.Body != http.NoBody {
+			s.bodyDeadline(w, r, limit != MaxBodyBytes)
 			r.Body = http.MaxBytesReader(w, r.Body, limit)
 		}
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
@@ -113,6 +125,38 @@ func (s *Server) HandleLimit(method, route string, limit int64, h httprouter.Han
 		seconds.Observe(time.Since(start).Seconds())
 		httpRequests.WithLabelValues(route, method, strconv.Itoa(sw.code)).Inc()
 	})
+}
+
+// bodyDeadline bounds the time the request's body may take: the whole body
+// within BodyTimeout, or for an upload each read that makes progress.
+func (s *Server) bodyDeadline(w http.ResponseWriter, r *http.Request, upload bool) {
+	d := s.BodyTimeout
+	if d <= 0 {
+		d = DefaultBodyTimeout
+	}
+	rc := http.NewResponseController(w)
+	if err := rc.SetReadDeadline(time.Now().Add(d)); err != nil {
+		return // not a connection with deadlines (a test's recorder)
+	}
+	if upload {
+		r.Body = &progressBody{ReadCloser: r.Body, rc: rc, idle: d}
+	}
+}
+
+// progressBody moves the read deadline on after every read that returned
+// data: an upload may take hours, but not stall for longer than idle.
+type progressBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	}
+	return n, err
 }
 
 func newRequestID() string {

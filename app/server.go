@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
@@ -55,6 +56,12 @@ type ServerConfig struct {
 	// Events say which events go to the outbox and who delivers them.
 	Events EventsConfig
 
+	// Conns caps the connections Listen's listener keeps open.
+	Conns api.ConnLimits
+	// BodyTimeout bounds the time a request's body may take to arrive
+	// (api.DefaultBodyTimeout when 0).
+	BodyTimeout time.Duration
+
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -91,6 +98,9 @@ type Server struct {
 	API        *api.Server
 	// Work delivers every tenant's outbox in the background.
 	Work *engine.Worker
+
+	conns api.ConnLimits
+	log   *slog.Logger
 }
 
 // OpenServer opens the storage engine and builds the server on it. Close
@@ -157,6 +167,8 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	s.Auth = auth.New(s.Pool, s.Keys, master, auth.Config{AccessTokenTTL: ttl, LoginThrottle: throttle, Now: cfg.Now, Events: events})
 	s.Transfer = &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: cfg.TransferTempDir, FenceWait: cfg.FenceWait}
 	s.API = api.NewServer(a.Engine, log)
+	s.API.BodyTimeout = cfg.BodyTimeout
+	s.conns, s.log = cfg.Conns, log
 	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
 	gotrue.Register(s.API, s.Auth, cfg.PublicURL)
 	now := cfg.Events.Now
@@ -170,6 +182,25 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		}}
 	s.Work.Start()
 	return s, nil
+}
+
+// Listen listens on addr with the configured connection caps, and logs
+// them with the process's limit of open files, which they must fit in.
+func (s *Server) Listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	soft, hard, ok := openFilesLimit()
+	if ok {
+		s.log.Info("connection limits", "max_conns", s.conns.Total, "max_conns_per_client", s.conns.PerAddr,
+			"open_files_limit", soft, "open_files_hard_limit", hard)
+		if s.conns.Total == 0 || uint64(s.conns.Total) > soft/2 {
+			s.log.Warn("the connection cap leaves less than half the open files limit to shards (9 descriptors each): raise ulimit -n or lower --max-conns",
+				"max_conns", s.conns.Total, "open_files_limit", soft)
+		}
+	}
+	return api.LimitListener(ln, s.conns, s.log), nil
 }
 
 // Handler returns the server's HTTP handler.

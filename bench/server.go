@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
@@ -76,7 +75,7 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*LocalServer, error) {
 		mux.Handle("/", h)
 		h = mux
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := srv.Listen("127.0.0.1:0")
 	if err != nil {
 		return fail(err)
 	}

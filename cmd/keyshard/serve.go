@@ -5,13 +5,13 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
 )
 
@@ -23,6 +23,10 @@ func runServe(args []string) error {
 	af.register(fs)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "longest wait for requests in flight at shutdown")
+	var conns api.ConnLimits
+	fs.IntVar(&conns.Total, "max-conns", 8192, "most HTTP connections open at once; past it new ones get 503 and are closed (0: no cap)")
+	fs.IntVar(&conns.PerAddr, "max-conns-per-client", 1024, "most HTTP connections open at once from one client address (0: no cap; behind a reverse proxy every client has its address)")
+	bodyTimeout := fs.Duration("body-timeout", api.DefaultBodyTimeout, "longest time a request body may take to arrive (an upload: the longest stall); past it the request gets 408")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -31,6 +35,7 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
+	cfg.Conns, cfg.BodyTimeout = conns, *bodyTimeout
 	srv, err := app.OpenServer(context.Background(), cfg)
 	if err != nil {
 		return err
@@ -40,7 +45,7 @@ func runServe(args []string) error {
 	// the "serving" line appears must drain, not kill.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ln, err := net.Listen("tcp", *addr)
+	ln, err := srv.Listen(*addr)
 	if err != nil {
 		_ = srv.Close()
 		return err

@@ -1,0 +1,161 @@
+package api_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyshard/keyshard/api"
+)
+
+// TestServer_SlowBody: a request whose body stalls (or trickles) is cut
+// with 408 once the body deadline passes, and other clients are served
+// meanwhile. Bounded: 20 stalled connections, a few seconds.
+func TestServer_SlowBody(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{bodyTimeout: 500 * time.Millisecond})
+	base := e.tenant("acme")
+	addr := strings.TrimPrefix(e.URL, "http://")
+	head := "POST /t/acme/signup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+	type result struct {
+		status string
+		after  time.Duration
+		err    error
+	}
+	stall := func(trickle bool) result {
+		start := time.Now()
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return result{err: err}
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, head+`{"email":`); err != nil {
+			return result{err: err}
+		}
+		if trickle { // a byte every 100 ms: progress, but never the whole body
+			go func() {
+				for i := 0; i < 50; i++ {
+					time.Sleep(100 * time.Millisecond)
+					if _, err := c.Write([]byte(" ")); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return result{status: strings.TrimSpace(line), after: time.Since(start), err: err}
+	}
+	var wg sync.WaitGroup
+	results := make([]result, 20)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = stall(i%2 == 1)
+		}()
+	}
+	// Meanwhile a well-behaved client is served at once.
+	time.Sleep(100 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		r := e.signup(base, "meanwhile"+string(rune('a'+i))+"@example.com", "password1")
+		if r.Status != 200 || time.Since(start) > 2*time.Second {
+			t.Fatalf("a client beside the stalled bodies: %d after %v", r.Status, time.Since(start))
+		}
+	}
+	// An upload may take as long as it progresses, but not stall.
+	func() {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		start := time.Now()
+		_, _ = io.WriteString(c, "POST /admin/tenants/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-secret\r\nContent-Length: 100000\r\n\r\nSQLite format 3\x00")
+		for i := 0; i < 8; i++ { // progress for 800 ms, beyond the 500 ms deadline
+			time.Sleep(100 * time.Millisecond)
+			_, _ = c.Write([]byte{0})
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if after := time.Since(start); err != nil || !strings.HasPrefix(line, "HTTP/1.1 408") || after < 1200*time.Millisecond {
+			t.Errorf("stalled upload: %q after %v (%v), want 408 500 ms after its last byte", line, after, err)
+		}
+	}()
+	wg.Wait()
+	for i, r := range results {
+		if r.err != nil || !strings.HasPrefix(r.status, "HTTP/1.1 408") || r.after < 400*time.Millisecond || r.after > 5*time.Second {
+			t.Errorf("stalled body %d (trickle %v): %q after %v, %v; want 408 after the 500 ms deadline", i, i%2 == 1, r.status, r.after, r.err)
+		}
+	}
+}
+
+// TestLimitListener: past a cap a connection is answered 503 and closed; a
+// closed connection gives its place back.
+func TestLimitListener(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := api.LimitListener(inner, api.ConnLimits{Total: 3, PerAddr: 2}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })}
+	go func() { _ = hs.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(ctx)
+	})
+	addr := inner.Addr().String()
+	// from dials from a given loopback address (Linux routes 127.0.0.0/8
+	// to lo) and sends a request on a connection it keeps open.
+	from := func(src string) (net.Conn, string) {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("dial from %s: %v", src, err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return c, "write: " + err.Error()
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return c, "read: " + err.Error()
+		}
+		return c, strings.TrimSpace(line)
+	}
+	a1, s1 := from("127.0.0.1")
+	a2, s2 := from("127.0.0.1")
+	_, s3 := from("127.0.0.1") // a third from one address: per-address cap
+	if s1 != "HTTP/1.1 200 OK" || s2 != "HTTP/1.1 200 OK" || !strings.HasPrefix(s3, "HTTP/1.1 503") {
+		t.Fatalf("two allowed from one address, the third refused: %q %q %q", s1, s2, s3)
+	}
+	b1, s4 := from("127.0.0.2")
+	_, s5 := from("127.0.0.3") // a fourth in all: total cap
+	if s4 != "HTTP/1.1 200 OK" || !strings.HasPrefix(s5, "HTTP/1.1 503") {
+		t.Fatalf("the total cap: %q %q", s4, s5)
+	}
+	a1.Close()
+	b1.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, s := from("127.0.0.1")
+		c.Close()
+		if s == "HTTP/1.1 200 OK" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("closed connections did not give their places back: %q", s)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a2.Close()
+}

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -24,11 +25,26 @@ func TestAuth_LoginThrottle(t *testing.T) {
 		for i := 0; i < 10; i++ {
 			wantAuthError(t, e.login(a, "victim@example.com", "guess-"+strconv.Itoa(i)), 400, "invalid_credentials")
 		}
-		// Even the right password is refused now: guessing stops here.
+		// Even the right password is refused now from this address:
+		// guessing stops here.
 		r := e.login(a, "victim@example.com", "password1")
 		wantAuthError(t, r, 429, "over_request_rate_limit")
 		if s, _ := strconv.Atoi(r.Header.Get("Retry-After")); s <= 0 || s > 300 {
 			t.Fatalf("Retry-After %q, want 1..300 s", r.Header.Get("Retry-After"))
+		}
+		// But the owner, from another address, is not locked out: the
+		// account is only slowed down (a second for the first attempt past
+		// its limit), and the right password works.
+		owner := fromAddress(t, "127.0.0.2")
+		start := time.Now()
+		res, err := owner.Post(a+"/token?grant_type=password", "application/json",
+			strings.NewReader(`{"email":"victim@example.com","password":"password1"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 200 || time.Since(start) < 900*time.Millisecond {
+			t.Fatalf("the owner from another address: %d after %v, want 200 after a slow-down of 1 s", res.StatusCode, time.Since(start))
 		}
 		// Other accounts, and the same email at another tenant, are not affected.
 		if r := e.login(a, "bystander@example.com", "password1"); r.Status != 200 {
@@ -69,6 +85,16 @@ func TestAuth_LoginThrottle(t *testing.T) {
 			t.Fatalf("the same address at another tenant: %d %s", r.Status, r.Raw)
 		}
 	})
+}
+
+// fromAddress returns a client whose connections come from src, another
+// loopback address (Linux routes all of 127.0.0.0/8 to lo).
+func fromAddress(tb testing.TB, src string) *http.Client {
+	tb.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	tr := &http.Transport{DialContext: d.DialContext}
+	tb.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
 // TestSecurity_CrossTenantServiceKey extends TestAuth_TenantAdmin: a

@@ -170,8 +170,20 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 	if email == "" || req.Password == "" {
 		return nil, validationf("A valid email and password are required")
 	}
-	if err := s.throttle.Allow(t.ID, email, c.IP); err != nil {
+	wait, err := s.throttle.Allow(t.ID, email, c.IP)
+	if err != nil {
 		return nil, err
+	}
+	if wait > 0 {
+		// An account guessed from many addresses: every attempt waits,
+		// the owner's too, but is not refused.
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		}
 	}
 	if len(req.Password) > maxPasswordLen {
 		s.throttle.Fail(t.ID, email, c.IP)
@@ -183,7 +195,7 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		return nil, hashError(err)
 	}
 	var u *User
-	err := t.Shard.Read(ctx, func(q engine.Querier) error {
+	err = t.Shard.Read(ctx, func(q engine.Querier) error {
 		var err error
 		u, err = userByEmail(q, email)
 		if errors.Is(err, engine.ErrNoRows) {
@@ -218,7 +230,7 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 	if u.EmailConfirmedAt == nil {
 		return nil, newError(engine.KindInvalid, CodeEmailNotConfirmed, "Email not confirmed")
 	}
-	s.throttle.Succeed(t.ID, email)
+	s.throttle.Succeed(t.ID, email, c.IP)
 	newHash := ""
 	if stale {
 		// Best effort: a saturated pool must not fail a good login.

@@ -12,43 +12,70 @@ import (
 	"github.com/keyshard/keyshard/engine"
 )
 
-// ThrottleConfig limits failed password logins in fixed windows, per
-// account (tenant + email) and per client IP (tenant + IP). A limit of 0
-// turns that limit off.
+// ThrottleConfig limits failed password logins in fixed windows. A limit
+// of 0 turns it off.
+//
+// Nothing an attacker does from one address can lock an account's owner
+// out from another: guesses are refused per account and address pair
+// (and per address over all accounts, against spraying), while the
+// account as a whole, guessed from many addresses, is only slowed down:
+// past AccountFailures every attempt on it waits before its password is
+// checked, the right one included, and then succeeds. Keycloak's brute
+// force detection instead locks the account itself (temporarily or for
+// good), which lets anyone who knows an account keep its owner out; GoTrue
+// has no per-account limit at all, only per-address rate limits, which
+// leave an account open to guessing from many addresses.
 type ThrottleConfig struct {
-	// AccountFailures is the most failed logins of one account per window.
+	// PairFailures is the most failed logins of one account from one
+	// address per window; then that address is refused (429) for that
+	// account until the window ends.
+	PairFailures int
+	// AccountFailures is the failed logins of one account, from all
+	// addresses, per window past which every attempt on it is slowed down.
 	AccountFailures int
-	// IPFailures is the most failed logins from one IP address per window,
-	// all accounts of the tenant together.
+	// IPFailures is the most failed logins from one address per window,
+	// all accounts of the tenant together; then the address is refused.
 	IPFailures int
+	// SlowDown is the wait added per failure past AccountFailures, up to
+	// MaxSlowDown (defaults 1 s and 10 s).
+	SlowDown, MaxSlowDown time.Duration
 	// Window is the length of a counting window; it starts at the first
 	// failure and the count resets when it ends.
 	Window time.Duration
-	// MaxEntries bounds the accounts and the addresses remembered (each);
-	// past it the least recently failed ones are forgotten.
+	// MaxEntries bounds the pairs, accounts and addresses remembered
+	// (each); past it the least recently failed ones are forgotten.
 	MaxEntries int
 }
 
 // DefaultThrottle is used when Config.LoginThrottle is nil: 10 failures per
-// account and 100 per address within 5 minutes.
-var DefaultThrottle = ThrottleConfig{AccountFailures: 10, IPFailures: 100, Window: 5 * time.Minute, MaxEntries: 100_000}
+// account and address, a slow-down past 10 per account, 100 failures per
+// address, within 5 minutes.
+var DefaultThrottle = ThrottleConfig{PairFailures: 10, AccountFailures: 10, IPFailures: 100,
+	SlowDown: time.Second, MaxSlowDown: 10 * time.Second, Window: 5 * time.Minute, MaxEntries: 100_000}
 
-var throttled = promauto.NewCounterVec(prometheus.CounterOpts{
-	Name: "keyshard_auth_login_throttled_total",
-	Help: "Password logins refused with 429 because of earlier failures, by scope (account, ip).",
-}, []string{"scope"})
+var (
+	throttled = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyshard_auth_login_throttled_total",
+		Help: "Password logins refused with 429 because of earlier failures, by scope (pair: account and address; ip: address).",
+	}, []string{"scope"})
+	slowed = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "keyshard_auth_login_slowed_total",
+		Help: "Password logins made to wait because their account had many failed logins.",
+	})
+)
 
 func init() {
-	throttled.WithLabelValues("account")
+	throttled.WithLabelValues("pair")
 	throttled.WithLabelValues("ip")
 }
 
-// Throttle counts failed logins in memory, in two bounded LRU tables. It
-// is safe for concurrent use. Counts live in one process: they are lost on
+// Throttle counts failed logins in memory, in bounded LRU tables. It is
+// safe for concurrent use. Counts live in one process: they are lost on
 // restart and not shared between nodes.
 type Throttle struct {
 	cfg      ThrottleConfig
 	now      func() time.Time
+	pairs    *lru.Cache[string, *failures]
 	accounts *lru.Cache[string, *failures]
 	ips      *lru.Cache[string, *failures]
 }
@@ -60,10 +87,12 @@ type failures struct {
 	n     int
 }
 
-// NewThrottle returns a throttle with cfg (zero Window and MaxEntries take
-// the defaults) on the clock now (nil: time.Now).
+// NewThrottle returns a throttle with cfg (zero Window, MaxEntries,
+// SlowDown and MaxSlowDown take the defaults) on the clock now (nil:
+// time.Now).
 func NewThrottle(cfg ThrottleConfig, now func() time.Time) (*Throttle, error) {
-	if cfg.AccountFailures < 0 || cfg.IPFailures < 0 || cfg.Window < 0 || cfg.MaxEntries < 0 {
+	if cfg.PairFailures < 0 || cfg.AccountFailures < 0 || cfg.IPFailures < 0 || cfg.Window < 0 || cfg.MaxEntries < 0 ||
+		cfg.SlowDown < 0 || cfg.MaxSlowDown < 0 {
 		return nil, fmt.Errorf("login throttle: negative setting")
 	}
 	if cfg.Window == 0 {
@@ -72,39 +101,55 @@ func NewThrottle(cfg ThrottleConfig, now func() time.Time) (*Throttle, error) {
 	if cfg.MaxEntries == 0 {
 		cfg.MaxEntries = DefaultThrottle.MaxEntries
 	}
+	if cfg.SlowDown == 0 {
+		cfg.SlowDown = DefaultThrottle.SlowDown
+	}
+	if cfg.MaxSlowDown == 0 {
+		cfg.MaxSlowDown = DefaultThrottle.MaxSlowDown
+	}
 	if now == nil {
 		now = time.Now
 	}
 	th := &Throttle{cfg: cfg, now: now}
-	var err error
-	if th.accounts, err = lru.New[string, *failures](cfg.MaxEntries); err != nil {
-		return nil, err
-	}
-	if th.ips, err = lru.New[string, *failures](cfg.MaxEntries); err != nil {
-		return nil, err
+	for _, c := range []**lru.Cache[string, *failures]{&th.pairs, &th.accounts, &th.ips} {
+		var err error
+		if *c, err = lru.New[string, *failures](cfg.MaxEntries); err != nil {
+			return nil, err
+		}
 	}
 	return th, nil
 }
 
-func accountKey(tenantID, email string) string { return tenantID + "\x00" + email }
-func ipKey(tenantID, ip string) string         { return tenantID + "\x00" + ip }
+func accountKey(tenantID, email string) string  { return tenantID + "\x00" + email }
+func ipKey(tenantID, ip string) string          { return tenantID + "\x00" + ip }
+func pairKey(tenantID, email, ip string) string { return tenantID + "\x00" + email + "\x00" + ip }
 
-// Allow returns nil when a login of email from ip may be tried, else a 429
-// over_request_rate_limit Error whose RetryAfter is the end of the window.
-func (th *Throttle) Allow(tenantID, email, ip string) error {
+// Allow says whether a login of email from ip may be tried: an error (429
+// over_request_rate_limit, RetryAfter the end of the window) when this
+// address is refused for this account or for all, else how long the
+// attempt must wait first because its account was failed too often.
+func (th *Throttle) Allow(tenantID, email, ip string) (time.Duration, error) {
 	if th == nil {
-		return nil
+		return 0, nil
 	}
 	now := th.now()
-	if wait := th.blocked(th.accounts, accountKey(tenantID, email), th.cfg.AccountFailures, now); wait > 0 {
-		throttled.WithLabelValues("account").Inc()
-		return throttleError(wait)
+	if wait := th.blocked(th.pairs, pairKey(tenantID, email, ip), th.cfg.PairFailures, now); wait > 0 {
+		throttled.WithLabelValues("pair").Inc()
+		return 0, throttleError(wait)
 	}
 	if wait := th.blocked(th.ips, ipKey(tenantID, ip), th.cfg.IPFailures, now); wait > 0 {
 		throttled.WithLabelValues("ip").Inc()
-		return throttleError(wait)
+		return 0, throttleError(wait)
 	}
-	return nil
+	if th.cfg.AccountFailures <= 0 {
+		return 0, nil
+	}
+	n := th.count(th.accounts, accountKey(tenantID, email), now)
+	if n < th.cfg.AccountFailures {
+		return 0, nil
+	}
+	slowed.Inc()
+	return min(time.Duration(n-th.cfg.AccountFailures+1)*th.cfg.SlowDown, th.cfg.MaxSlowDown), nil
 }
 
 // Fail records a failed login of email from ip.
@@ -113,6 +158,9 @@ func (th *Throttle) Fail(tenantID, email, ip string) {
 		return
 	}
 	now := th.now()
+	if th.cfg.PairFailures > 0 {
+		th.add(th.pairs, pairKey(tenantID, email, ip), now)
+	}
 	if th.cfg.AccountFailures > 0 {
 		th.add(th.accounts, accountKey(tenantID, email), now)
 	}
@@ -121,13 +169,29 @@ func (th *Throttle) Fail(tenantID, email, ip string) {
 	}
 }
 
-// Succeed forgets the account's failures: its owner proved the password.
-// The address keeps its count.
-func (th *Throttle) Succeed(tenantID, email string) {
+// Succeed forgets the account's failures, and its address's for it: its
+// owner proved the password. The address keeps its count over all
+// accounts.
+func (th *Throttle) Succeed(tenantID, email, ip string) {
 	if th == nil {
 		return
 	}
 	th.accounts.Remove(accountKey(tenantID, email))
+	th.pairs.Remove(pairKey(tenantID, email, ip))
+}
+
+// count returns key's failures in the current window.
+func (th *Throttle) count(c *lru.Cache[string, *failures], key string, now time.Time) int {
+	f, ok := c.Peek(key)
+	if !ok {
+		return 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !now.Before(f.start.Add(th.cfg.Window)) {
+		return 0
+	}
+	return f.n
 }
 
 // blocked returns how long key stays blocked, or 0.

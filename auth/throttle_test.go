@@ -20,66 +20,98 @@ func TestThrottle(t *testing.T) {
 		}
 		return th
 	}
-	t.Run("Account", func(t *testing.T) {
-		th := newT(auth.ThrottleConfig{AccountFailures: 3, IPFailures: 0, Window: time.Minute})
+	refused := func(t *testing.T, what string, th *auth.Throttle, email, ip string, retry time.Duration) {
+		t.Helper()
+		_, err := th.Allow("t1", email, ip)
+		var ae *engine.Error
+		if !errors.As(err, &ae) || ae.Kind != engine.KindRateLimited || ae.Code != auth.CodeOverRequestRateLimit || ae.RetryAfter != retry {
+			t.Fatalf("%s: %v, want 429 over_request_rate_limit with Retry-After %v", what, err, retry)
+		}
+	}
+	allowed := func(t *testing.T, what string, th *auth.Throttle, tenant, email, ip string) time.Duration {
+		t.Helper()
+		wait, err := th.Allow(tenant, email, ip)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return wait
+	}
+	t.Run("Pair", func(t *testing.T) {
+		th := newT(auth.ThrottleConfig{PairFailures: 3, Window: time.Minute})
 		for i := 0; i < 3; i++ {
-			if err := th.Allow("t1", "a@x.io", "1.1.1.1"); err != nil {
-				t.Fatalf("attempt %d: %v", i, err)
-			}
+			allowed(t, "attempt "+strconv.Itoa(i), th, "t1", "a@x.io", "1.1.1.1")
 			th.Fail("t1", "a@x.io", "1.1.1.1")
 		}
-		err := th.Allow("t1", "a@x.io", "2.2.2.2")
-		var ae *engine.Error
-		if !errors.As(err, &ae) || ae.Kind != engine.KindRateLimited || ae.Code != auth.CodeOverRequestRateLimit || ae.RetryAfter != time.Minute {
-			t.Fatalf("4th attempt: %v", err)
-		}
-		if th.Allow("t2", "a@x.io", "1.1.1.1") != nil || th.Allow("t1", "b@x.io", "1.1.1.1") != nil {
-			t.Fatal("the limit leaks to another tenant or account")
-		}
+		refused(t, "4th attempt from the guessing address", th, "a@x.io", "1.1.1.1", time.Minute)
+		// The owner, from elsewhere, is not locked out; nor are other
+		// accounts or tenants.
+		allowed(t, "the account from another address", th, "t1", "a@x.io", "2.2.2.2")
+		allowed(t, "another account from that address", th, "t1", "b@x.io", "1.1.1.1")
+		allowed(t, "another tenant", th, "t2", "a@x.io", "1.1.1.1")
 		now = now.Add(time.Minute)
-		if err := th.Allow("t1", "a@x.io", "1.1.1.1"); err != nil {
-			t.Fatalf("after the window: %v", err)
+		allowed(t, "after the window", th, "t1", "a@x.io", "1.1.1.1")
+	})
+	t.Run("AccountSlowsDown", func(t *testing.T) {
+		now = time.Unix(2000, 0)
+		th := newT(auth.ThrottleConfig{PairFailures: 100, AccountFailures: 3, SlowDown: time.Second, MaxSlowDown: 3 * time.Second, Window: time.Minute})
+		for i := 0; i < 3; i++ { // guesses from three addresses
+			if w := allowed(t, "guess", th, "t1", "a@x.io", "10.0.0."+strconv.Itoa(i)); w != 0 {
+				t.Fatalf("guess %d waits %v before the account's limit", i, w)
+			}
+			th.Fail("t1", "a@x.io", "10.0.0."+strconv.Itoa(i))
+		}
+		// Past the limit every attempt waits, from any address, and longer
+		// with every failure, up to the maximum; none is refused.
+		for i, want := range []time.Duration{time.Second, 2 * time.Second, 3 * time.Second, 3 * time.Second} {
+			if w := allowed(t, "attempt past the limit", th, "t1", "a@x.io", "192.0.2.1"); w != want {
+				t.Fatalf("attempt %d past the limit waits %v, want %v", i, w, want)
+			}
+			th.Fail("t1", "a@x.io", "10.0.1."+strconv.Itoa(i))
+		}
+		if w := allowed(t, "another account", th, "t1", "b@x.io", "192.0.2.1"); w != 0 {
+			t.Fatalf("another account waits %v", w)
+		}
+		// The owner's success ends the slow-down.
+		th.Succeed("t1", "a@x.io", "192.0.2.1")
+		if w := allowed(t, "after a success", th, "t1", "a@x.io", "192.0.2.1"); w != 0 {
+			t.Fatalf("after the owner's success: waits %v", w)
 		}
 	})
 	t.Run("IP", func(t *testing.T) {
-		th := newT(auth.ThrottleConfig{AccountFailures: 0, IPFailures: 5, Window: time.Minute})
+		th := newT(auth.ThrottleConfig{IPFailures: 5, Window: time.Minute})
 		for i := 0; i < 5; i++ {
 			th.Fail("t1", strconv.Itoa(i)+"@x.io", "9.9.9.9")
 		}
-		if th.Allow("t1", "new@x.io", "9.9.9.9") == nil {
-			t.Fatal("6th failure from one address allowed")
-		}
-		if th.Allow("t1", "new@x.io", "8.8.8.8") != nil {
-			t.Fatal("another address refused")
-		}
+		refused(t, "6th failure from one address", th, "new@x.io", "9.9.9.9", time.Minute)
+		allowed(t, "another address", th, "t1", "new@x.io", "8.8.8.8")
 	})
 	t.Run("Disabled", func(t *testing.T) {
 		th := newT(auth.ThrottleConfig{})
 		for i := 0; i < 1000; i++ {
-			th.Fail("t", "a", "ip")
+			th.Fail("t1", "a", "ip")
 		}
-		if th.Allow("t", "a", "ip") != nil {
-			t.Fatal("a throttle with no limits refused")
+		if w := allowed(t, "a throttle with no limits", th, "t1", "a", "ip"); w != 0 {
+			t.Fatalf("a throttle with no limits slows down: %v", w)
 		}
 		var nilT *auth.Throttle
-		nilT.Fail("t", "a", "ip")
-		if nilT.Allow("t", "a", "ip") != nil {
-			t.Fatal("nil throttle refused")
-		}
+		nilT.Fail("t1", "a", "ip")
+		nilT.Succeed("t1", "a", "ip")
+		allowed(t, "nil throttle", nilT, "t1", "a", "ip")
 	})
 	t.Run("Bounded", func(t *testing.T) {
-		th := newT(auth.ThrottleConfig{AccountFailures: 1, IPFailures: 0, MaxEntries: 10})
+		th := newT(auth.ThrottleConfig{PairFailures: 1, MaxEntries: 10})
 		for i := 0; i < 100; i++ {
-			th.Fail("t", strconv.Itoa(i), "ip")
+			th.Fail("t1", strconv.Itoa(i), "ip")
 		}
-		// Only the 10 most recent accounts are remembered.
-		if th.Allow("t", "0", "ip") != nil || th.Allow("t", "99", "ip") == nil {
-			t.Fatal("the tables are not a bounded LRU")
-		}
+		// Only the 10 most recent pairs are remembered.
+		allowed(t, "a forgotten pair", th, "t1", "0", "ip")
+		refused(t, "a remembered pair", th, "99", "ip", 5*time.Minute)
 	})
 	t.Run("ErrNegative", func(t *testing.T) {
-		if _, err := auth.NewThrottle(auth.ThrottleConfig{AccountFailures: -1}, nil); err == nil {
-			t.Fatal("negative limit accepted")
+		for _, c := range []auth.ThrottleConfig{{AccountFailures: -1}, {PairFailures: -1}, {SlowDown: -time.Second}} {
+			if _, err := auth.NewThrottle(c, nil); err == nil {
+				t.Fatalf("negative setting accepted: %+v", c)
+			}
 		}
 	})
 }

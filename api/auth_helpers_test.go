@@ -31,9 +31,10 @@ type authEnvOptions struct {
 	queue   int    // per-shard writer queue (app.Config.QueueSize)
 	sync    string // synchronous; default NORMAL
 
-	background  bool          // hashes in a worker process at idle priority
-	deferLimit  int           // per-shard deferred-record buffer (app.Config.DeferLimit)
-	bodyTimeout time.Duration // app.ServerConfig.BodyTimeout
+	background  bool              // hashes in a worker process at idle priority
+	deferLimit  int               // per-shard deferred-record buffer (app.Config.DeferLimit)
+	bodyTimeout time.Duration     // app.ServerConfig.BodyTimeout
+	signups     auth.SignupLimits // app.ServerConfig.Signups
 }
 
 // authEnv is a real server on a loopback listener with the auth API.
@@ -66,7 +67,7 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 		Storage:   app.Config{DataDir: dataDir, Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit},
 		Hash:      hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background},
 		MasterKey: bytes.Repeat([]byte{7}, token.MasterKeySize), AdminToken: "admin-secret",
-		AccessTokenTTL: time.Hour, Now: now, BodyTimeout: o.bodyTimeout,
+		AccessTokenTTL: time.Hour, Now: now, BodyTimeout: o.bodyTimeout, Signups: o.signups,
 	})
 	e.App, e.Pool, e.Keys, e.Auth = srv.App, srv.Pool, srv.Keys, srv.Auth
 	hs := httptest.NewServer(srv.Handler())

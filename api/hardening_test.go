@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/auth"
 )
 
 // TestServer_SlowBody: a request whose body stalls (or trickles) is cut
@@ -158,4 +160,48 @@ func TestLimitListener(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	a2.Close()
+}
+
+// TestAuth_SignupLimits: signups are limited per client address (per
+// tenant) and per tenant, answered 429 with Retry-After, and the buckets
+// refill.
+func TestAuth_SignupLimits(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{signups: auth.SignupLimits{PerAddress: 3, PerTenant: 5, Window: time.Minute}})
+	a, b := e.tenant("acme"), e.tenant("beta")
+	signup := func(c *http.Client, base, email string) (int, string) {
+		t.Helper()
+		res, err := c.Post(base+"/signup", "application/json", strings.NewReader(`{"email":"`+email+`","password":"password1"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		return res.StatusCode, res.Header.Get("Retry-After")
+	}
+	local, other := fromAddress(t, "127.0.0.1"), fromAddress(t, "127.0.0.2")
+	for i := 0; i < 3; i++ {
+		if st, _ := signup(local, a, "a"+string(rune('0'+i))+"@example.com"); st != 200 {
+			t.Fatalf("signup %d: %d", i, st)
+		}
+	}
+	st, ra := signup(local, a, "a3@example.com")
+	if secs, _ := strconv.Atoi(ra); st != 429 || secs < 1 || secs > 60 {
+		t.Fatalf("4th signup from one address: %d, Retry-After %q; want 429 within the minute", st, ra)
+	}
+	wantAuthError(t, e.call("POST", a+"/signup", "", map[string]any{"email": "a3@example.com", "password": "password1"}), 429, "over_request_rate_limit")
+	if st, _ := signup(local, b, "b0@example.com"); st != 200 {
+		t.Fatalf("the same address at another tenant: %d", st)
+	}
+	// Another address may sign up, until the tenant's own limit (5).
+	for i := 0; i < 2; i++ {
+		if st, _ := signup(other, a, "o"+string(rune('0'+i))+"@example.com"); st != 200 {
+			t.Fatalf("another address, signup %d: %d", i, st)
+		}
+	}
+	if st, _ := signup(fromAddress(t, "127.0.0.3"), a, "x@example.com"); st != 429 {
+		t.Fatalf("the tenant's 6th signup: %d, want 429", st)
+	}
+	e.advance(time.Minute)
+	if st, _ := signup(local, a, "later@example.com"); st != 200 {
+		t.Fatalf("after the window: %d", st)
+	}
 }

@@ -44,6 +44,9 @@ type ServerConfig struct {
 	PublicURL string
 	// Throttle limits failed logins; nil: auth.DefaultThrottle.
 	Throttle *auth.ThrottleConfig
+	// Signups limits signups per client address and per tenant (zero: no
+	// limit).
+	Signups auth.SignupLimits
 	// Now is the auth clock (tests move it); default time.Now.
 	Now func() time.Time
 
@@ -160,11 +163,15 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 			return nil, err
 		}
 	}
+	signups, err := auth.NewSignupLimiter(cfg.Signups, cfg.Now)
+	if err != nil {
+		return nil, err
+	}
 	events, err := event.NewRecorder(cfg.Events.Subscriptions, a.Catalog)
 	if err != nil {
 		return nil, err
 	}
-	s.Auth = auth.New(s.Pool, s.Keys, master, auth.Config{AccessTokenTTL: ttl, LoginThrottle: throttle, Now: cfg.Now, Events: events})
+	s.Auth = auth.New(s.Pool, s.Keys, master, auth.Config{AccessTokenTTL: ttl, LoginThrottle: throttle, Now: cfg.Now, Events: events, Signups: signups})
 	s.Transfer = &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: cfg.TransferTempDir, FenceWait: cfg.FenceWait}
 	s.API = api.NewServer(a.Engine, log)
 	s.API.BodyTimeout = cfg.BodyTimeout

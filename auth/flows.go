@@ -46,6 +46,9 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 	if req.Password == "" {
 		return nil, nil, validationf("Signup requires a valid password")
 	}
+	if err := s.signups.allow(t.ID, c.IP); err != nil {
+		return nil, nil, err
+	}
 	var st Settings
 	exists := false
 	err := t.Shard.Read(ctx, func(q engine.Querier) error {

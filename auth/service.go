@@ -34,6 +34,8 @@ type Config struct {
 	// Events records what the flows do (audit rows, outbox rows); nil
 	// writes audit rows only.
 	Events *event.Recorder
+	// Signups limits signups per address and per tenant; nil: no limit.
+	Signups *SignupLimiter
 }
 
 // Defaults.
@@ -53,6 +55,7 @@ type Service struct {
 	deriveKey []byte
 	throttle  *Throttle
 	events    *event.Recorder
+	signups   *SignupLimiter
 }
 
 // New returns a Service hashing on pool and signing with keys. secret is the
@@ -73,7 +76,7 @@ func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service 
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("keyshard refresh token derivation v1"))
 	return &Service{hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
-		throttle: cfg.LoginThrottle, events: cfg.Events}
+		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups}
 }
 
 // Keys returns the signing key manager.

@@ -24,6 +24,7 @@ type authFlags struct {
 	accessTTL                time.Duration
 	publicURL                string
 	throttle                 auth.ThrottleConfig
+	signups                  auth.SignupLimits
 	gcPercent                int
 }
 
@@ -40,6 +41,9 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.throttle.AccountFailures, "login-account-failures", auth.DefaultThrottle.AccountFailures, "failed logins of one account from all addresses per --login-failure-window past which every attempt on it is slowed down, never refused (0: no slow-down)")
 	fs.DurationVar(&f.throttle.SlowDown, "login-slowdown", auth.DefaultThrottle.SlowDown, "wait added per failure past --login-account-failures")
 	fs.DurationVar(&f.throttle.MaxSlowDown, "login-max-slowdown", auth.DefaultThrottle.MaxSlowDown, "longest wait of a slowed-down login")
+	fs.IntVar(&f.signups.PerAddress, "signups-per-address", 30, "signups from one client address to one tenant at once, refilled over --signup-window; past it 429 with Retry-After (0: no limit)")
+	fs.IntVar(&f.signups.PerTenant, "signups-per-tenant", 3000, "signups to one tenant from all addresses at once, refilled over --signup-window (0: no limit)")
+	fs.DurationVar(&f.signups.Window, "signup-window", 5*time.Minute, "time in which the signup limits refill")
 	fs.IntVar(&f.throttle.IPFailures, "login-ip-failures", auth.DefaultThrottle.IPFailures, "failed logins from one IP address to one tenant per --login-failure-window before 429 (0: no limit)")
 	fs.DurationVar(&f.throttle.Window, "login-failure-window", auth.DefaultThrottle.Window, "window in which failed logins are counted")
 	fs.IntVar(&f.gcPercent, "gc-percent", defaultGCPercent, "Go GC target (as GOGC, which wins when set): every Argon2id hash allocates its memory anew, and a higher target runs the collector less often under logins, for lower latency of the other requests at the cost of a larger heap")
@@ -81,6 +85,7 @@ func (f *authFlags) serverConfig(storage app.Config, log *slog.Logger) (app.Serv
 		AccessTokenTTL: f.accessTTL,
 		PublicURL:      f.publicURL,
 		Throttle:       &throttle,
+		Signups:        f.signups,
 		Logger:         log,
 	}, nil
 }

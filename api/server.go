@@ -39,6 +39,9 @@ type Server struct {
 	// request is answered 408, so a client that stalls its body holds its
 	// connection that long at most.
 	BodyTimeout time.Duration
+	// Origins is the CORS policy of tenants' routes; nil allows any origin
+	// without credentials.
+	Origins OriginPolicy
 
 	router *httprouter.Router
 }
@@ -64,6 +67,7 @@ func NewServer(e *engine.Engine, log *slog.Logger) *Server {
 	s.router.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeCode(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed on this route")
 	})
+	s.router.GlobalOPTIONS = http.HandlerFunc(s.handleOptions)
 	s.router.PanicHandler = func(w http.ResponseWriter, r *http.Request, p any) {
 		s.Logger.Error("handler panic", "panic", p, "path", r.URL.Path, "request_id", w.Header().Get("X-Request-Id"))
 		writeCode(w, http.StatusInternalServerError, "unexpected_failure", "internal error")

@@ -15,7 +15,7 @@ import (
 // opens and answers a query that reads a table (SELECT 1 alone would not
 // notice damaged pages).
 func (s *Server) handleTenantHealth(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-	ts, err := s.Tenant(r, ps)
+	ts, err := s.Tenant(w, r, ps)
 	if err != nil {
 		s.WriteError(w, r, err)
 		return
@@ -31,13 +31,18 @@ func (s *Server) handleTenantHealth(w http.ResponseWriter, r *http.Request, ps h
 
 // Tenant resolves the route's :tenant by slug and pins its shard; the
 // caller must Release it. Only a syntactically valid slug reaches the
-// engine.
-func (s *Server) Tenant(r *http.Request, ps httprouter.Params) (*engine.TenantShard, error) {
+// engine. The response gets the CORS headers the tenant's origin policy
+// gives a request from a browser (when the tenant cannot be resolved, any
+// origin may read the error).
+func (s *Server) Tenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) (*engine.TenantShard, error) {
 	slug := ps.ByName("tenant")
 	if engine.ValidateSlug(slug) != nil {
+		s.cors(w, r, nil)
 		return nil, engine.ErrTenantNotFound
 	}
-	return s.Engine.Tenant(r.Context(), slug)
+	ts, err := s.Engine.Tenant(r.Context(), slug)
+	s.cors(w, r, ts)
+	return ts, err
 }
 
 // ClientOf describes where a request came from, for sessions and audit.

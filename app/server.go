@@ -175,9 +175,17 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	s.Transfer = &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: cfg.TransferTempDir, FenceWait: cfg.FenceWait}
 	s.API = api.NewServer(a.Engine, log)
 	s.API.BodyTimeout = cfg.BodyTimeout
+	s.API.Origins = func(ctx context.Context, ts *engine.TenantShard, origin string) (bool, bool, error) {
+		st, err := s.Auth.CachedSettings(ctx, auth.Tenant{ID: ts.Tenant.ID, Shard: ts})
+		if err != nil {
+			return false, false, err
+		}
+		allowed, credentials := st.AllowsOrigin(origin)
+		return allowed, credentials, nil
+	}
 	s.conns, s.log = cfg.Conns, log
 	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
-	gotrue.Register(s.API, s.Auth, cfg.PublicURL)
+	gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, AdminToken: s.AdminToken})
 	now := cfg.Events.Now
 	if now == nil {
 		now = cfg.Now // the clock the flows stamp events with

@@ -26,6 +26,15 @@ func checkPassword(pw string, st Settings) error {
 	if len(pw) > maxPasswordLen {
 		return validationf("Password cannot be longer than %d bytes", maxPasswordLen)
 	}
+	if st.PasswordRequiredCharacters != "" {
+		for _, set := range strings.Split(st.PasswordRequiredCharacters, ":") {
+			if set != "" && !strings.ContainsAny(pw, set) {
+				return &engine.Error{Kind: engine.KindRefused, Code: CodeWeakPassword,
+					Message: "Password should contain at least one character of each: " + strings.Join(strings.Split(st.PasswordRequiredCharacters, ":"), ", "),
+					Reasons: []string{"characters"}}
+			}
+		}
+	}
 	return nil
 }
 

@@ -4,15 +4,15 @@
 package auth
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"strconv"
 	"strings"
 	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
@@ -56,6 +56,7 @@ type Service struct {
 	throttle  *Throttle
 	events    *event.Recorder
 	signups   *SignupLimiter
+	settings  *lru.Cache[string, cachedSettings] // see CachedSettings
 }
 
 // New returns a Service hashing on pool and signing with keys. secret is the
@@ -76,7 +77,7 @@ func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service 
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("keyshard refresh token derivation v1"))
 	return &Service{hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
-		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups}
+		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups, settings: newSettingsCache()}
 }
 
 // Keys returns the signing key manager.
@@ -97,52 +98,6 @@ type Tenant struct {
 type Client struct {
 	IP        string
 	UserAgent string
-}
-
-// Settings are a tenant's auth settings, stored in its settings table.
-type Settings struct {
-	MailerAutoconfirm bool
-	DisableSignup     bool
-	PasswordMinLength int
-}
-
-// DefaultSettings apply to keys a tenant has not set.
-var DefaultSettings = Settings{MailerAutoconfirm: true, PasswordMinLength: 6}
-
-func loadSettings(q engine.Querier) (Settings, error) {
-	st := DefaultSettings
-	rows, err := q.Query(`SELECT "key", value FROM settings`)
-	if err != nil {
-		return st, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var k, v string
-		if err := rows.Scan(&k, &v); err != nil {
-			return st, err
-		}
-		switch k {
-		case "mailer_autoconfirm":
-			st.MailerAutoconfirm = v == "true"
-		case "disable_signup":
-			st.DisableSignup = v == "true"
-		case "password_min_length":
-			if n, err := strconv.Atoi(v); err == nil && n > 0 {
-				st.PasswordMinLength = n
-			}
-		}
-	}
-	return st, rows.Err()
-}
-
-// Settings returns the tenant's settings.
-func (s *Service) Settings(ctx context.Context, t Tenant) (Settings, error) {
-	var st Settings
-	err := t.Shard.Read(ctx, func(q engine.Querier) (err error) {
-		st, err = loadSettings(q)
-		return err
-	})
-	return st, err
 }
 
 // Refresh tokens are 32 characters of base62 (about 190 bits).

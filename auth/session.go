@@ -52,8 +52,14 @@ func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, 
 	if err != nil {
 		return nil, err
 	}
+	ttl := s.ttl
+	if st, err := s.CachedSettings(ctx, t); err != nil {
+		return nil, err
+	} else if st.JWTExp > 0 {
+		ttl = time.Duration(st.JWTExp) * time.Second
+	}
 	now := s.now()
-	exp := now.Add(s.ttl).Unix()
+	exp := now.Add(ttl).Unix()
 	u := is.user
 	c := &token.Claims{
 		Issuer: t.Issuer, Subject: u.ID, Audience: u.Aud, ExpiresAt: exp, IssuedAt: now.Unix(),
@@ -65,7 +71,7 @@ func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, 
 	if err != nil {
 		return nil, err
 	}
-	return &Session{AccessToken: at, ExpiresIn: int64(s.ttl / time.Second), ExpiresAt: exp,
+	return &Session{AccessToken: at, ExpiresIn: int64(ttl / time.Second), ExpiresAt: exp,
 		RefreshToken: is.refresh, User: u}, nil
 }
 

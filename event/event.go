@@ -34,6 +34,7 @@ var (
 	SessionRevoked   = Type{"session.revoked", "token_revoked"} // a refresh token reused: the session ended
 	SessionLoggedOut = Type{"session.revoked", "logout"}
 	ServiceKeyIssued = Type{"service_key.issued", "service_key_issued"}
+	SettingsUpdated  = Type{"settings.updated", "settings_updated"}
 )
 
 // ActorKind says who did something.

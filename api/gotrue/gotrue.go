@@ -23,16 +23,25 @@ const APIVersionHeader = "X-Supabase-Api-Version"
 
 // API is the GoTrue-compatible tenant API.
 type API struct {
-	srv  *api.Server
-	auth *auth.Service
-	// publicURL is the server's external base URL; a tenant's token issuer
-	// is publicURL/t/{slug}. Empty: taken from the request.
-	publicURL string
+	srv        *api.Server
+	auth       *auth.Service
+	publicURL  string
+	adminToken string
+}
+
+// Options configure the API.
+type Options struct {
+	// PublicURL is the server's external base URL; a tenant's token issuer
+	// is PublicURL/t/{slug}. Empty: taken from the request.
+	PublicURL string
+	// AdminToken, the platform admin token, may also change a tenant's
+	// auth config.
+	AdminToken string
 }
 
 // Register adds the GoTrue routes of every tenant to srv.
-func Register(srv *api.Server, svc *auth.Service, publicURL string) *API {
-	a := &API{srv: srv, auth: svc, publicURL: publicURL}
+func Register(srv *api.Server, svc *auth.Service, o Options) *API {
+	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, adminToken: o.AdminToken}
 	srv.Handle(http.MethodPost, "/t/:tenant/signup", a.withTenant(a.handleSignup))
 	srv.Handle(http.MethodPost, "/t/:tenant/token", a.withTenant(a.handleToken))
 	srv.Handle(http.MethodGet, "/t/:tenant/user", a.withTenant(a.handleGetUser))
@@ -41,6 +50,7 @@ func Register(srv *api.Server, svc *auth.Service, publicURL string) *API {
 	srv.Handle(http.MethodGet, "/t/:tenant/settings", a.withTenant(a.handleGetSettings))
 	srv.Handle(http.MethodGet, "/t/:tenant/.well-known/jwks.json", a.withTenant(a.handleJWKS))
 	a.registerAdminRoutes()
+	a.registerConfigRoutes()
 	return a
 }
 
@@ -53,7 +63,7 @@ type tenantHandler func(w http.ResponseWriter, r *http.Request, t auth.Tenant)
 func (a *API) withTenant(h tenantHandler) httprouter.Handle {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		w.Header().Set(APIVersionHeader, "2024-01-01")
-		ts, err := a.srv.Tenant(r, ps)
+		ts, err := a.srv.Tenant(w, r, ps)
 		if err != nil {
 			a.writeError(w, r, err)
 			return

@@ -172,7 +172,7 @@ func (a *API) handleResumeTenant(w http.ResponseWriter, r *http.Request, ps http
 // handleIssueServiceKey makes a new service key for the tenant's admin API
 // (replacing the previous one) and shows it once.
 func (a *API) handleIssueServiceKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-	ts, err := a.srv.Tenant(r, ps)
+	ts, err := a.srv.Engine.Tenant(r.Context(), ps.ByName("tenant"))
 	if err != nil {
 		a.srv.WriteError(w, r, err)
 		return

@@ -1,0 +1,68 @@
+package gotrue
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+
+	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
+)
+
+// registerConfigRoutes registers the tenant's auth config, with the field
+// names of Supabase's Management API (GET and PATCH
+// /v1/projects/{ref}/config/auth), for the tenant's service key or the
+// platform admin token.
+func (a *API) registerConfigRoutes() {
+	a.srv.Handle(http.MethodGet, "/t/:tenant/admin/config/auth", a.withTenant(a.configAdmin(a.handleGetConfig)))
+	a.srv.Handle(http.MethodPatch, "/t/:tenant/admin/config/auth", a.withTenant(a.configAdmin(a.handlePatchConfig)))
+}
+
+// configAdmin wraps h with a check for the tenant's service key or the
+// platform admin token, and hands h the actor that presented it.
+func (a *API) configAdmin(h func(w http.ResponseWriter, r *http.Request, t auth.Tenant, actor event.Actor)) tenantHandler {
+	want := sha256.Sum256([]byte(a.adminToken))
+	return func(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
+		tok := api.Bearer(r)
+		got := sha256.Sum256([]byte(tok))
+		if a.adminToken != "" && tok != "" && subtle.ConstantTimeCompare(got[:], want[:]) == 1 {
+			h(w, r, t, event.Actor{Kind: event.ActorPlatform})
+			return
+		}
+		if err := a.auth.CheckServiceKey(r.Context(), t, tok); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		h(w, r, t, event.Actor{Kind: event.ActorServiceKey})
+	}
+}
+
+func (a *API) handleGetConfig(w http.ResponseWriter, r *http.Request, t auth.Tenant, _ event.Actor) {
+	st, err := a.auth.Settings(r.Context(), t)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, st.Map())
+}
+
+func (a *API) handlePatchConfig(w http.ResponseWriter, r *http.Request, t auth.Tenant, actor event.Actor) {
+	var patch map[string]json.RawMessage
+	if err := api.DecodeJSON(r, &patch); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if patch == nil {
+		a.writeError(w, r, engine.NewError(engine.KindInvalid, auth.CodeValidationFailed, "The body must be a JSON object of auth config fields"))
+		return
+	}
+	st, err := a.auth.UpdateSettings(r.Context(), t, api.ClientOf(r), actor, patch)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, st.Map())
+}

@@ -1,0 +1,343 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
+)
+
+// Settings are a tenant's auth settings, stored in its settings table, one
+// row per setting a tenant changed. Their names over the API are those of
+// Supabase's Management API auth config, which Supabase users script
+// against; cors_allowed_origins is Keyshard's.
+type Settings struct {
+	DisableSignup     bool // disable_signup
+	MailerAutoconfirm bool // mailer_autoconfirm
+	PasswordMinLength int  // password_min_length
+	// PasswordRequiredCharacters is "" or one of Supabase's values: sets
+	// of characters separated by ':', each of which a new password must
+	// use (password_required_characters).
+	PasswordRequiredCharacters string
+	// JWTExp is the access token lifetime in seconds; 0: the server's
+	// (jwt_exp).
+	JWTExp int
+	// SiteURL and URIAllowList are where mailed links may send a user
+	// (site_url, uri_allow_list: comma-separated).
+	SiteURL, URIAllowList string
+	// CORSAllowedOrigins are the origins that may call the tenant from a
+	// browser with credentials, comma-separated; empty: any origin,
+	// without credentials (cors_allowed_origins).
+	CORSAllowedOrigins string
+}
+
+// DefaultSettings apply to settings a tenant has not set.
+var DefaultSettings = Settings{MailerAutoconfirm: true, PasswordMinLength: 6}
+
+// Supabase's values of password_required_characters.
+var requiredCharacterSets = []string{
+	"",
+	"abcdefghijklmnopqrstuvwxyz:ABCDEFGHIJKLMNOPQRSTUVWXYZ:0123456789",
+	"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ:0123456789",
+	"abcdefghijklmnopqrstuvwxyz:ABCDEFGHIJKLMNOPQRSTUVWXYZ:0123456789:!@#$%^&*()_+-=[]{};'\\\\:\"|<>?,./`~",
+}
+
+// setting is one field of Settings: its name, its value as JSON, and how
+// a JSON value is checked and set (svc bounds jwt_exp).
+type setting struct {
+	name string
+	get  func(st *Settings) any
+	set  func(svc *Service, st *Settings, raw json.RawMessage) error
+}
+
+var settingFields = []setting{
+	{"disable_signup", func(st *Settings) any { return st.DisableSignup },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			return decodeSetting(raw, &st.DisableSignup)
+		}},
+	{"mailer_autoconfirm", func(st *Settings) any { return st.MailerAutoconfirm },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			return decodeSetting(raw, &st.MailerAutoconfirm)
+		}},
+	{"password_min_length", func(st *Settings) any { return st.PasswordMinLength },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.PasswordMinLength); err != nil {
+				return err
+			}
+			if st.PasswordMinLength < 6 || st.PasswordMinLength > maxPasswordLen {
+				return fmt.Errorf("must be from 6 to %d", maxPasswordLen)
+			}
+			return nil
+		}},
+	{"password_required_characters", func(st *Settings) any { return st.PasswordRequiredCharacters },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.PasswordRequiredCharacters); err != nil {
+				return err
+			}
+			for _, v := range requiredCharacterSets {
+				if st.PasswordRequiredCharacters == v {
+					return nil
+				}
+			}
+			return fmt.Errorf("must be one of Supabase's values (\"\", lower:upper:digits, letters:digits, lower:upper:digits:symbols)")
+		}},
+	{"jwt_exp", func(st *Settings) any { return st.JWTExp },
+		func(svc *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.JWTExp); err != nil {
+				return err
+			}
+			// Retired signing keys verify for the server's lifetime only:
+			// a longer one would outlive its key after a rotation.
+			if svc == nil { // reading what was stored: checked when it was
+				return nil
+			}
+			if max := int(svc.ttl / time.Second); st.JWTExp != 0 && (st.JWTExp < 30 || st.JWTExp > max) {
+				return fmt.Errorf("must be from 30 to %d seconds (the server's --access-token-ttl), or 0 for that", max)
+			}
+			return nil
+		}},
+	{"site_url", func(st *Settings) any { return st.SiteURL },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.SiteURL); err != nil {
+				return err
+			}
+			if st.SiteURL == "" {
+				return nil
+			}
+			u, err := url.Parse(st.SiteURL)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("must be an absolute http or https URL")
+			}
+			return nil
+		}},
+	{"uri_allow_list", func(st *Settings) any { return st.URIAllowList },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.URIAllowList); err != nil {
+				return err
+			}
+			if len(st.URIAllowList) > 8192 || strings.ContainsAny(st.URIAllowList, " \t\r\n") {
+				return fmt.Errorf("must be URLs separated by commas, 8 KiB at most")
+			}
+			return nil
+		}},
+	{"cors_allowed_origins", func(st *Settings) any { return st.CORSAllowedOrigins },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.CORSAllowedOrigins); err != nil {
+				return err
+			}
+			var out []string
+			for _, o := range splitList(st.CORSAllowedOrigins) {
+				norm, ok := normalizeOrigin(o)
+				if !ok {
+					return fmt.Errorf("%q is not an origin (scheme://host[:port], http or https)", o)
+				}
+				out = append(out, norm)
+			}
+			st.CORSAllowedOrigins = strings.Join(out, ",")
+			return nil
+		}},
+}
+
+// decodeSetting decodes one JSON value, refusing a value of another type.
+func decodeSetting(raw json.RawMessage, v any) error {
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("has the wrong type: want %s", jsonType(v))
+	}
+	return nil
+}
+
+func jsonType(v any) string {
+	switch v.(type) {
+	case *bool:
+		return "a boolean"
+	case *int:
+		return "an integer"
+	}
+	return "a string"
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// normalizeOrigin returns o as browsers send it in Origin: scheme://host,
+// with a port only when it is not the scheme's.
+func normalizeOrigin(o string) (string, bool) {
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", false
+	}
+	host := strings.ToLower(u.Hostname())
+	port := u.Port()
+	if (u.Scheme == "http" && port == "80") || (u.Scheme == "https" && port == "443") {
+		port = ""
+	}
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if port != "" {
+		host += ":" + port
+	}
+	return strings.ToLower(u.Scheme) + "://" + host, true
+}
+
+// AllowsOrigin reports whether a browser page of origin may call the
+// tenant, and with credentials: any origin may, without, when the tenant
+// lists none; else only the listed ones, with.
+func (st Settings) AllowsOrigin(origin string) (allowed, credentials bool) {
+	if st.CORSAllowedOrigins == "" {
+		return true, false
+	}
+	for _, o := range splitList(st.CORSAllowedOrigins) {
+		if o == origin {
+			return true, true
+		}
+	}
+	return false, false
+}
+
+// Map returns the settings by their API names.
+func (st Settings) Map() map[string]any {
+	out := make(map[string]any, len(settingFields))
+	for _, f := range settingFields {
+		out[f.name] = f.get(&st)
+	}
+	return out
+}
+
+func loadSettings(q engine.Querier) (Settings, error) {
+	st := DefaultSettings
+	rows, err := q.Query(`SELECT "key", value FROM settings`)
+	if err != nil {
+		return st, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return st, err
+		}
+		for _, f := range settingFields {
+			if f.name == k {
+				// A stored value is what an update checked; one that no
+				// longer reads keeps the default rather than fail reads.
+				cur := st
+				if f.set(nil, &cur, json.RawMessage(v)) == nil {
+					st = cur
+				}
+			}
+		}
+	}
+	return st, rows.Err()
+}
+
+// Settings returns the tenant's settings as stored now.
+func (s *Service) Settings(ctx context.Context, t Tenant) (Settings, error) {
+	var st Settings
+	err := t.Shard.Read(ctx, func(q engine.Querier) (err error) {
+		st, err = loadSettings(q)
+		return err
+	})
+	if err == nil {
+		s.settings.Add(t.ID, cachedSettings{st: st, at: s.now()})
+	}
+	return st, err
+}
+
+// settingsFresh is how long a tenant's settings are used from memory by
+// the paths that read them on every request (token lifetime, CORS); a
+// change made through this server applies at once, one made through
+// another within this time.
+const settingsFresh = 30 * time.Second
+
+type cachedSettings struct {
+	st Settings
+	at time.Time
+}
+
+// CachedSettings returns the tenant's settings from memory when read less
+// than settingsFresh ago, else as Settings does.
+func (s *Service) CachedSettings(ctx context.Context, t Tenant) (Settings, error) {
+	if c, ok := s.settings.Peek(t.ID); ok && s.now().Sub(c.at) < settingsFresh {
+		return c.st, nil
+	}
+	return s.Settings(ctx, t)
+}
+
+func newSettingsCache() *lru.Cache[string, cachedSettings] {
+	c, _ := lru.New[string, cachedSettings](10_000) // a constant size: no error
+	return c
+}
+
+// UpdateSettings changes the settings named in patch (API names → JSON
+// values), all or none: an unknown name or a value of the wrong type or
+// range is a validation_failed naming the field. The change is one write
+// with its settings.updated event, which actor caused.
+func (s *Service) UpdateSettings(ctx context.Context, t Tenant, c Client, actor event.Actor, patch map[string]json.RawMessage) (Settings, error) {
+	names := make([]string, 0, len(patch))
+	for name := range patch {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var probe Settings
+	for _, name := range names {
+		f, ok := settingField(name)
+		if !ok {
+			return Settings{}, validationf("Unknown auth config field %q", name)
+		}
+		if err := f.set(s, &probe, patch[name]); err != nil {
+			return Settings{}, validationf("Auth config field %q %v", name, err)
+		}
+	}
+	now := s.now().UTC()
+	var st Settings
+	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
+		for _, name := range names {
+			f, _ := settingField(name)
+			_ = f.set(s, &probe, patch[name]) // checked above
+			value, _ := json.Marshal(f.get(&probe))
+			if _, err := tx.Exec(`DELETE FROM settings WHERE "key" = ?`, name); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`INSERT INTO settings ("key", value) VALUES (?, ?)`, name, string(value)); err != nil {
+				return err
+			}
+		}
+		var err error
+		if st, err = loadSettings(tx); err != nil {
+			return err
+		}
+		return s.record(tx, t, &event.Event{Type: event.SettingsUpdated, Actor: actor, IP: c.IP,
+			Data: map[string]any{"changed": names}, At: now})
+	})
+	if err != nil {
+		return Settings{}, writeError(err, engine.KindUnavailable)
+	}
+	s.settings.Add(t.ID, cachedSettings{st: st, at: s.now()})
+	return st, nil
+}
+
+func settingField(name string) (setting, bool) {
+	for _, f := range settingFields {
+		if f.name == name {
+			return f, true
+		}
+	}
+	return setting{}, false
+}

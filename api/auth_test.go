@@ -2,7 +2,6 @@ package api_test
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -11,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/keyshard/keyshard/auth/hash"
+	"github.com/keyshard/keyshard/auth/token"
 
 	"github.com/keyshard/keyshard/engine"
 )
@@ -133,7 +134,7 @@ func TestAuth_Signup(t *testing.T) {
 			t.Fatalf("data not in user_metadata: %v", u["user_metadata"])
 		}
 		h, c := claimsOf(t, r.str("access_token"))
-		if h["alg"] != "EdDSA" || h["kid"] == "" || h["typ"] != "JWT" {
+		if h["alg"] != "ES256" || h["kid"] == "" || h["typ"] != "JWT" {
 			t.Fatalf("header %v", h)
 		}
 		sameKeys(t, "claims", c, "iss", "sub", "aud", "exp", "iat", "email", "phone", "app_metadata", "user_metadata", "role", "aal", "amr", "session_id", "is_anonymous")
@@ -596,25 +597,30 @@ func TestAuth_SettingsHealthJWKS(t *testing.T) {
 
 // verifyWithJWKS verifies tok with the keys of a JWKS document, as a
 // relying party would.
-func verifyWithJWKS(doc []byte, tok string) (*jwt.Token, error) {
-	var set struct {
-		Keys []struct{ Kty, Crv, X, Kid, Alg string } `json:"keys"`
-	}
+func verifyWithJWKS(doc []byte, tok string) (map[string]any, error) {
+	// go-jose (the JOSE library go-oidc verifies with) reads the JWKS and
+	// checks the signature: our JWK encoding is checked by another's.
+	var set jose.JSONWebKeySet
 	if err := json.Unmarshal(doc, &set); err != nil {
 		return nil, err
 	}
-	return jwt.Parse(tok, func(t *jwt.Token) (any, error) {
-		for _, k := range set.Keys {
-			if k.Kid == t.Header["kid"] && k.Kty == "OKP" && k.Crv == "Ed25519" && k.Alg == "EdDSA" {
-				x, err := base64.RawURLEncoding.DecodeString(k.X)
-				if err != nil {
-					return nil, err
-				}
-				return ed25519.PublicKey(x), nil
-			}
-		}
-		return nil, fmt.Errorf("no key %v", t.Header["kid"])
-	}, jwt.WithValidMethods([]string{"EdDSA"}))
+	sig, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256, jose.RS256, jose.EdDSA})
+	if err != nil {
+		return nil, err
+	}
+	if len(sig.Signatures) != 1 {
+		return nil, fmt.Errorf("%d signatures", len(sig.Signatures))
+	}
+	keys := set.Key(sig.Signatures[0].Header.KeyID)
+	if len(keys) != 1 || keys[0].Algorithm != sig.Signatures[0].Header.Algorithm || !keys[0].Valid() || !keys[0].IsPublic() {
+		return nil, fmt.Errorf("no published key for kid %q (alg %s)", sig.Signatures[0].Header.KeyID, sig.Signatures[0].Header.Algorithm)
+	}
+	payload, err := sig.Verify(keys[0])
+	if err != nil {
+		return nil, err
+	}
+	var claims map[string]any
+	return claims, json.Unmarshal(payload, &claims)
 }
 
 func TestAuth_Isolation(t *testing.T) {
@@ -652,20 +658,35 @@ func TestAuth_KeyRotation(t *testing.T) {
 	e := newAuthEnv(t, authEnvOptions{})
 	base := e.tenant("acme")
 	old := e.signup(base, "hank@example.com", "password1")
+	oldKid, _ := claimsOf(t, old.str("access_token"))
 	ts, err := e.App.Engine.Tenant(context.Background(), "acme")
 	if err != nil {
 		t.Fatal(err)
 	}
-	kid, err := e.Keys.Rotate(context.Background(), ts.Tenant.ID, ts)
+	kid, signsAt, err := e.Keys.Rotate(context.Background(), ts.Tenant.ID, ts, token.RotateOptions{})
 	ts.Release()
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The new key is published at once, but signs only once clients that
+	// cached the JWKS (max-age 10 min) have seen it.
+	jwks := e.call("GET", base+"/.well-known/jwks.json", "", nil)
+	if n := len(jwks.Body["keys"].([]any)); n != 2 || !strings.Contains(string(jwks.Raw), kid) {
+		t.Fatalf("JWKS after rotation: %s, want the old key and the next one", jwks.Raw)
+	}
+	if d := time.Until(signsAt); d < 9*time.Minute || d > 11*time.Minute {
+		t.Fatalf("the new key signs in %v, want 10 min", d)
+	}
+	meanwhile := e.login(base, "hank@example.com", "password1")
+	if h, _ := claimsOf(t, meanwhile.str("access_token")); h["kid"] != oldKid["kid"] {
+		t.Fatalf("a token before the new key is due has kid %v, want the old %v", h["kid"], oldKid["kid"])
+	}
+	e.advance(10*time.Minute + time.Second)
 	fresh := e.login(base, "hank@example.com", "password1")
 	if h, _ := claimsOf(t, fresh.str("access_token")); h["kid"] != kid {
 		t.Fatalf("new token kid %v, want %s", h["kid"], kid)
 	}
-	jwks := e.call("GET", base+"/.well-known/jwks.json", "", nil)
+	jwks = e.call("GET", base+"/.well-known/jwks.json", "", nil)
 	if n := len(jwks.Body["keys"].([]any)); n != 2 {
 		t.Fatalf("JWKS has %d keys after rotation, want 2 (old one until its tokens expire)", n)
 	}
@@ -676,5 +697,59 @@ func TestAuth_KeyRotation(t *testing.T) {
 		if _, err := verifyWithJWKS(jwks.Raw, s.str("access_token")); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestAuth_SigningAlgorithms: a tenant signs with the algorithm of its
+// key: ES256 by default, RS256, EdDSA or HS256 after a rotation naming it;
+// the asymmetric ones verify through the JWKS with another JOSE library,
+// an HS256 secret is never published, and a token naming another
+// algorithm than its key's is refused.
+func TestAuth_SigningAlgorithms(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	for _, alg := range []string{"ES256", "RS256", "EdDSA", "HS256"} {
+		t.Run(alg, func(t *testing.T) {
+			slug := strings.ToLower(alg)
+			base := e.tenant(slug)
+			// Over the platform API, as an operator rotates.
+			wantError := e.call("POST", e.URL+"/admin/tenants/"+slug+"/signing-keys", "wrong", map[string]any{"algorithm": alg})
+			if wantError.Status != 401 {
+				t.Fatalf("rotation without the platform token: %d", wantError.Status)
+			}
+			if r := e.call("POST", e.URL+"/admin/tenants/"+slug+"/signing-keys", "admin-secret", map[string]any{"algorithm": "none"}); r.Status != 400 {
+				t.Fatalf("rotation to an unknown algorithm: %d %s", r.Status, r.Raw)
+			}
+			rot := e.call("POST", e.URL+"/admin/tenants/"+slug+"/signing-keys", "admin-secret", map[string]any{"algorithm": alg, "immediately": true})
+			kid := rot.str("kid")
+			if rot.Status != 200 || kid == "" || rot.str("algorithm") != alg {
+				t.Fatalf("rotation: %d %s", rot.Status, rot.Raw)
+			}
+			s := e.signup(base, "u@"+slug+".example", "password1")
+			h, _ := claimsOf(t, s.str("access_token"))
+			if h["alg"] != alg || h["kid"] != kid {
+				t.Fatalf("header %v, want alg %s kid %s", h, alg, kid)
+			}
+			if r := e.call("GET", base+"/user", s.str("access_token"), nil); r.Status != 200 {
+				t.Fatalf("GET /user: %d %s", r.Status, r.Raw)
+			}
+			jwks := e.call("GET", base+"/.well-known/jwks.json", "", nil)
+			_, err := verifyWithJWKS(jwks.Raw, s.str("access_token"))
+			switch {
+			case alg == "HS256" && (err == nil || len(jwks.Body["keys"].([]any)) != 0):
+				t.Fatalf("an HS256 secret is published: %s", jwks.Raw)
+			case alg != "HS256" && err != nil:
+				t.Fatalf("verify through the JWKS: %v", err)
+			}
+			// The same claims with HS256 in the header, MACed with public
+			// material (the JWKS) as the secret: refused, its key is not HS256.
+			parts := strings.Split(s.str("access_token"), ".")
+			hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","kid":"` + kid + `","typ":"JWT"}`))
+			if alg != "HS256" {
+				mac := jwt.SigningMethodHS256
+				sig, _ := mac.Sign(hdr+"."+parts[1], []byte(jwks.Raw))
+				bad := hdr + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(sig)
+				wantAuthError(t, e.call("GET", base+"/user", bad, nil), 403, "bad_jwt")
+			}
+		})
 	}
 }

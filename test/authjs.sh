@@ -45,15 +45,19 @@ drop_tenants() {
 		curl -fsS "${auth[@]}" -X DELETE "$base/admin/tenants/$slug" >/dev/null || true
 	done
 }
-for pair in "authjs-a:$backend_a" "authjs-b:$backend_b"; do
+for pair in "authjs-a:$backend_a" "authjs-b:$backend_b" "authjs-hs:$backend_a"; do
 	slug=${pair%%:*}
 	curl -fsS "${auth[@]}" -X POST "$base/admin/tenants" -d "{\"slug\":\"$slug\",\"backend\":\"${pair#*:}\"}" >/dev/null
 	created+=("$slug")
 	curl -fsS "${auth[@]}" -X POST "$base/admin/tenants/$slug/approve" >/dev/null
 done
 
+# Tenant authjs-hs signs with an HS256 secret, as Supabase's legacy JWT secret.
+curl -fsS "${auth[@]}" -X POST "$base/admin/tenants/authjs-hs/signing-keys" -d '{"algorithm":"HS256","immediately":true}' >/dev/null
+
 export KEYSHARD_TENANT_A_URL="$base/t/authjs-a"
 export KEYSHARD_TENANT_B_URL="$base/t/authjs-b"
+export KEYSHARD_TENANT_HS_URL="$base/t/authjs-hs"
 status=0
 node --test test/authjs.test.mjs || status=$?
 drop_tenants # their schemas/databases, on a server backend

@@ -9,12 +9,24 @@ import { AuthClient } from '@supabase/auth-js'
 
 const A = process.env.KEYSHARD_TENANT_A_URL
 const B = process.env.KEYSHARD_TENANT_B_URL
+const HS = process.env.KEYSHARD_TENANT_HS_URL // a tenant whose key is an HS256 secret
 if (!A || !B) {
   throw new Error('set KEYSHARD_TENANT_A_URL and KEYSHARD_TENANT_B_URL to two tenants\' base URLs')
 }
 
-const client = (url) =>
-  new AuthClient({ url, autoRefreshToken: false, persistSession: false, detectSessionInUrl: false })
+const client = (url, options = {}) =>
+  new AuthClient({ url, autoRefreshToken: false, persistSession: false, detectSessionInUrl: false, ...options })
+
+// A client whose requests are recorded (their paths), to tell which way
+// getClaims verified a token: by the JWKS, or by asking the server.
+const recording = (url) => {
+  const paths = []
+  const fetch = (input, init) => {
+    paths.push(new URL(typeof input === 'string' ? input : input.url).pathname)
+    return globalThis.fetch(input, init)
+  }
+  return { c: client(url, { fetch }), paths }
+}
 
 const email = `alice-${process.pid}-${Date.now()}@example.com`
 const password = 'correct horse battery'
@@ -83,6 +95,42 @@ test('auth-js against keyshard', async (t) => {
     assert.notEqual(data.session.refresh_token, session.refresh_token)
     assert.equal(data.user.email, email)
     session = data.session
+  })
+
+  await t.test('getClaims verifies an ES256 token through the JWKS', async () => {
+    const { c, paths } = recording(A)
+    const { data, error } = await c.getClaims(session.access_token)
+    assert.equal(error, null)
+    assert.equal(data.header.alg, 'ES256')
+    assert.equal(data.claims.email, email)
+    assert.equal(data.claims.sub, session.user.id)
+    // Verified with the published key, without asking the server.
+    assert.ok(paths.some((p) => p.endsWith('/.well-known/jwks.json')), `requests: ${paths}`)
+    assert.ok(!paths.some((p) => p.endsWith('/user')), `requests: ${paths}`)
+    // A token with a changed payload fails the signature.
+    const [h, p, s] = session.access_token.split('.')
+    const claims = JSON.parse(Buffer.from(p, 'base64url'))
+    claims.role = 'service_role'
+    const forged = [h, Buffer.from(JSON.stringify(claims)).toString('base64url'), s].join('.')
+    const bad = await c.getClaims(forged)
+    assert.equal(bad.data, null)
+    assert.equal(bad.error?.name, 'AuthInvalidJwtError')
+  })
+
+  await t.test('getClaims of an HS256 tenant asks the server (getUser)', async () => {
+    const hs = client(HS)
+    const up = await hs.signUp({ email, password })
+    assert.equal(up.error, null)
+    const { c, paths } = recording(HS)
+    const { data, error } = await c.getClaims(up.data.session.access_token)
+    assert.equal(error, null)
+    assert.equal(data.header.alg, 'HS256')
+    assert.equal(data.claims.email, email)
+    assert.ok(paths.some((p) => p.endsWith('/user')), `requests: ${paths}`)
+    // Its JWKS never holds the secret (only the retired ES256 key, which
+    // verifies the tokens it signed until they expire).
+    const jwks = await (await fetch(`${HS}/.well-known/jwks.json`)).json()
+    assert.ok(!jwks.keys.some((k) => k.kid === data.header.kid || k.kty === 'oct' || k.alg === 'HS256'), JSON.stringify(jwks))
   })
 
   await t.test('a session of tenant A is rejected by tenant B', async () => {

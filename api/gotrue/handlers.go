@@ -3,9 +3,12 @@ package gotrue
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
 )
 
@@ -161,6 +164,6 @@ func (a *API) handleJWKS(w http.ResponseWriter, r *http.Request, t auth.Tenant) 
 		a.writeError(w, r, err)
 		return
 	}
-	w.Header().Set("Cache-Control", "public, max-age=600")
+	w.Header().Set("Cache-Control", "public, max-age="+strconv.Itoa(int(token.JWKSMaxAge/time.Second)))
 	api.WriteJSON(w, http.StatusOK, ks.JWKS())
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/transfer"
 )
@@ -49,6 +50,7 @@ func Register(srv *api.Server, cfg Config) *API {
 	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/resume", a.admin(a.handleResumeTenant))
 	if a.auth != nil {
 		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/service-key", a.admin(a.handleIssueServiceKey))
+		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/signing-keys", a.admin(a.handleRotateKey))
 	}
 	a.registerTransferRoutes()
 	return a
@@ -167,6 +169,41 @@ func (a *API) handleResumeTenant(w http.ResponseWriter, r *http.Request, ps http
 		return
 	}
 	api.WriteJSON(w, http.StatusOK, t)
+}
+
+type rotateRequest struct {
+	Algorithm   string `json:"algorithm"`
+	Immediately bool   `json:"immediately"`
+}
+
+// handleRotateKey publishes a new signing key for the tenant (see
+// token.Keys.Rotate): {"algorithm": "ES256"|"RS256"|"EdDSA"|"HS256",
+// "immediately": false}.
+func (a *API) handleRotateKey(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	var req rotateRequest
+	if r.ContentLength != 0 {
+		if err := api.DecodeJSON(r, &req); err != nil {
+			a.srv.WriteError(w, r, err)
+			return
+		}
+	}
+	ts, err := a.srv.Engine.Tenant(r.Context(), ps.ByName("tenant"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	defer ts.Release()
+	kid, signsAt, err := a.auth.Keys().Rotate(r.Context(), ts.Tenant.ID, ts, token.RotateOptions{Algorithm: req.Algorithm, Immediately: req.Immediately})
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	a.srv.Logger.Info("signing key rotated", "tenant_id", ts.Tenant.ID, "kid", kid, "signs_at", signsAt.UTC())
+	alg := req.Algorithm
+	if alg == "" {
+		alg = a.auth.Keys().DefaultAlgorithm()
+	}
+	api.WriteJSON(w, http.StatusOK, map[string]any{"kid": kid, "algorithm": alg, "signs_at": signsAt.UTC(), "tenant": ts.Tenant.Slug})
 }
 
 // handleIssueServiceKey makes a new service key for the tenant's admin API

@@ -60,9 +60,14 @@ func (c *Claims) GetSubject() (string, error) { return c.Subject, nil }
 // GetAudience implements jwt.Claims.
 func (c *Claims) GetAudience() (jwt.ClaimStrings, error) { return jwt.ClaimStrings{c.Audience}, nil }
 
-// Sign returns c signed with the tenant's active key, its kid in the header.
+// Sign returns c signed with the tenant's signing key, its kid in the
+// header.
 func (ks *KeySet) Sign(c *Claims) (string, error) {
-	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+	m, ok := methods[ks.alg]
+	if !ok || ks.private == nil {
+		return "", fmt.Errorf("tenant %s has no signing key: %w", ks.tenantID, engine.ErrUnavailable)
+	}
+	t := jwt.NewWithClaims(m, c)
 	t.Header["kid"] = ks.kid
 	return t.SignedString(ks.private)
 }
@@ -72,8 +77,9 @@ func (ks *KeySet) Sign(c *Claims) (string, error) {
 var ErrInvalidToken = errors.New("invalid JWT")
 
 // Verify parses an access token of the tenant: the signature must verify
-// with one of the tenant's keys (and EdDSA only), the token must not be
-// expired, and the issuer must satisfy checkIss. Errors wrap
+// with one of the tenant's keys, with that key's algorithm (a token that
+// names another, say HS256 over an RSA key's bytes, is refused), the token
+// must not be expired, and the issuer must satisfy checkIss. Errors wrap
 // ErrInvalidToken, or the storage error that kept the keys from loading.
 func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw string, checkIss func(string) bool) (*Claims, error) {
 	if c, kid, ok := k.verified.get(tenantID, raw, k.now().Unix()); ok {
@@ -81,7 +87,7 @@ func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw
 		if err != nil {
 			return nil, err
 		}
-		if _, published := ks.public[kid]; published {
+		if _, published := ks.verify[kid]; published {
 			if checkIss != nil && !checkIss(c.Issuer) {
 				return nil, fmt.Errorf("%w: token was not issued by this tenant", ErrInvalidToken)
 			}
@@ -91,7 +97,7 @@ func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw
 	var loadErr error
 	var usedKid string
 	claims := &Claims{}
-	p := jwt.NewParser(jwt.WithValidMethods([]string{Algorithm}), jwt.WithExpirationRequired(), jwt.WithTimeFunc(k.now))
+	p := jwt.NewParser(jwt.WithValidMethods(Algorithms), jwt.WithExpirationRequired(), jwt.WithTimeFunc(k.now))
 	_, err := p.ParseWithClaims(raw, claims, func(t *jwt.Token) (any, error) {
 		kid, _ := t.Header["kid"].(string)
 		if kid == "" {
@@ -102,12 +108,15 @@ func (k *Keys) Verify(ctx context.Context, tenantID string, sh engine.Shard, raw
 			loadErr = err
 			return nil, err
 		}
-		pub, ok := ks.public[kid]
+		v, ok := ks.verify[kid]
 		if !ok {
 			return nil, ErrNoKey
 		}
+		if t.Method.Alg() != v.alg {
+			return nil, fmt.Errorf("token signed with %s, key %s is %s", t.Method.Alg(), kid, v.alg)
+		}
 		usedKid = kid
-		return pub, nil
+		return v.key, nil
 	})
 	if loadErr != nil {
 		return nil, loadErr

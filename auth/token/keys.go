@@ -2,7 +2,6 @@ package token
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -15,9 +14,6 @@ import (
 	"github.com/keyshard/keyshard/engine"
 )
 
-// Algorithm is the only signing algorithm Keyshard issues and accepts.
-const Algorithm = "EdDSA"
-
 // Keys manages every tenant's signing keys: it creates them on first use,
 // keeps the parsed keys of recently used tenants in memory (so a request
 // does not decrypt), and rotates them. Safe for concurrent use.
@@ -26,6 +22,11 @@ type Keys struct {
 	// publish is how long a retired key stays in the JWKS and verifies:
 	// the longest lifetime of a token it signed.
 	publish time.Duration
+	// ahead is how long a rotation's new key is published before it signs.
+	ahead time.Duration
+	// alg is the algorithm of a tenant's first key and of rotations that
+	// name none.
+	alg string
 	// refresh is how long a cached key set is trusted before it is read
 	// again (to see a rotation made by another process).
 	refresh time.Duration
@@ -36,26 +37,22 @@ type Keys struct {
 	verified verified // access tokens already verified, until they expire
 }
 
-// KeySet is one tenant's keys at one moment: the active private key and
-// the public keys that verify its tokens. Immutable.
+// KeySet is one tenant's keys at one moment: the key that signs, and the
+// keys that verify its tokens. Immutable.
 type KeySet struct {
 	tenantID string
 	loaded   time.Time
-	kid      string
-	private  ed25519.PrivateKey
-	public   map[string]ed25519.PublicKey
+	kid      string // the signing key's
+	alg      string
+	private  any // its key: *ecdsa.PrivateKey, *rsa.PrivateKey, ed25519.PrivateKey, or an HS256 secret
+	verify   map[string]verifier
 	jwks     []JWK
 }
 
-// JWK is one public key in a JWKS document (RFC 8037 OKP key).
-type JWK struct {
-	Kty    string   `json:"kty"`
-	Crv    string   `json:"crv"`
-	X      string   `json:"x"`
-	Kid    string   `json:"kid"`
-	Alg    string   `json:"alg"`
-	Use    string   `json:"use"`
-	KeyOps []string `json:"key_ops"`
+// verifier is a key that verifies tokens signed with alg.
+type verifier struct {
+	alg string
+	key any
 }
 
 // JWKS is the document served at /.well-known/jwks.json.
@@ -70,6 +67,14 @@ type KeysConfig struct {
 	// TokenTTL is the longest access token lifetime; retired keys verify
 	// and are published this long after a rotation (plus a minute).
 	TokenTTL time.Duration
+	// Algorithm signs a tenant's first key and rotations that name none
+	// (default DefaultAlgorithm).
+	Algorithm string
+	// PublishAhead is how long a rotation's new key is published in the
+	// JWKS before it signs, so that a client that cached the JWKS (its
+	// max-age is 10 min) never meets a token of a key it has not seen
+	// (default 10 min).
+	PublishAhead time.Duration
 	// Refresh is how long a cached key set is used before being read
 	// again; default 30 s. A token with an unknown kid triggers a reload.
 	Refresh time.Duration
@@ -97,12 +102,21 @@ func NewKeys(cfg KeysConfig) (*Keys, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Algorithm == "" {
+		cfg.Algorithm = DefaultAlgorithm
+	}
+	if !ValidAlgorithm(cfg.Algorithm) {
+		return nil, fmt.Errorf("signing algorithm %q: want one of %v", cfg.Algorithm, Algorithms)
+	}
+	if cfg.PublishAhead <= 0 {
+		cfg.PublishAhead = JWKSMaxAge
+	}
 	c, err := lru.New[string, *KeySet](cfg.CacheSize)
 	if err != nil {
 		return nil, err
 	}
-	return &Keys{sealer: s, publish: cfg.TokenTTL + time.Minute, refresh: cfg.Refresh, now: cfg.Now,
-		cache: c}, nil
+	return &Keys{sealer: s, publish: cfg.TokenTTL + time.Minute, ahead: cfg.PublishAhead, alg: cfg.Algorithm,
+		refresh: cfg.Refresh, now: cfg.Now, cache: c}, nil
 }
 
 // Get returns the tenant's key set, from the cache when fresh, creating the
@@ -128,7 +142,7 @@ func (k *Keys) ForKid(ctx context.Context, tenantID string, sh engine.Shard, kid
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := ks.public[kid]; ok || k.now().Sub(ks.loaded) < reloadAfter {
+	if _, ok := ks.verify[kid]; ok || k.now().Sub(ks.loaded) < reloadAfter {
 		return ks, nil
 	}
 	k.Forget(tenantID)
@@ -168,29 +182,97 @@ func (k *Keys) load(ctx context.Context, tenantID string, sh engine.Shard) (*Key
 	return v.(*KeySet), nil
 }
 
+// JWKSMaxAge is how long clients may cache a tenant's JWKS (its
+// Cache-Control max-age), and so the default of KeysConfig.PublishAhead.
+const JWKSMaxAge = 10 * time.Minute
+
+// Key states in signing_keys.active.
+const (
+	keyRetired = 0 // verifies until retired_at + the token lifetime
+	keyActive  = 1 // signs (unless a due next key took over), verifies
+	keyNext    = 2 // published; signs from created_at + PublishAhead
+)
+
 type keyRow struct {
 	kid     string
 	alg     string
 	pub     []byte
 	priv    []byte
-	active  bool
+	state   int
+	created int64
 	retired *int64
+}
+
+// signer picks the key that signs at now: the newest next key that is due,
+// else the active one.
+func (k *Keys) signer(rows []keyRow, now time.Time) *keyRow {
+	var next, active *keyRow
+	due := now.Add(-k.ahead).UnixMicro()
+	for i := range rows {
+		r := &rows[i]
+		switch {
+		case r.state == keyNext && r.created <= due && (next == nil || r.created > next.created):
+			next = r
+		case r.state == keyActive && (active == nil || r.created > active.created):
+			active = r
+		}
+	}
+	if next != nil {
+		return next
+	}
+	return active
 }
 
 func (k *Keys) read(ctx context.Context, tenantID string, sh engine.Shard) (*KeySet, error) {
 	now := k.now()
+	rows, err := k.rows(ctx, sh, now)
+	if err != nil {
+		return nil, err
+	}
+	ks := &KeySet{tenantID: tenantID, loaded: now, verify: map[string]verifier{}, jwks: []JWK{}}
+	for _, r := range rows {
+		if !ValidAlgorithm(r.alg) {
+			continue
+		}
+		if r.alg == HS256 { // the secret verifies: unsealed even when it no longer signs
+			secret, err := k.unseal(tenantID, r)
+			if err != nil {
+				return nil, err
+			}
+			ks.verify[r.kid] = verifier{alg: HS256, key: secret}
+			continue
+		}
+		pub, ok := parsePublic(r.alg, r.pub)
+		if !ok {
+			continue
+		}
+		ks.verify[r.kid] = verifier{alg: r.alg, key: pub}
+		ks.jwks = append(ks.jwks, jwkOf(r.alg, r.kid, pub))
+	}
+	if s := k.signer(rows, now); s != nil {
+		priv, err := k.unseal(tenantID, *s)
+		if err != nil {
+			return nil, err
+		}
+		ks.kid, ks.alg, ks.private = s.kid, s.alg, priv
+	}
+	return ks, nil
+}
+
+// rows reads the keys that sign or verify at now.
+func (k *Keys) rows(ctx context.Context, sh engine.Shard, now time.Time) ([]keyRow, error) {
 	cutoff := now.Add(-k.publish).UnixMicro()
 	var rows []keyRow
 	err := sh.Read(ctx, func(q engine.Querier) error {
-		rs, err := q.Query(`SELECT kid, algorithm, public_key, private_key, active, retired_at
-			FROM signing_keys WHERE active = 1 OR retired_at > ? ORDER BY created_at DESC`, cutoff)
+		rs, err := q.Query(`SELECT kid, algorithm, public_key, private_key, active, created_at, retired_at
+			FROM signing_keys WHERE active <> 0 OR retired_at > ? ORDER BY created_at DESC`, cutoff)
 		if err != nil {
 			return err
 		}
 		defer rs.Close()
 		for rs.Next() {
 			var r keyRow
-			if err := rs.Scan(&r.kid, &r.alg, &r.pub, &r.priv, &r.active, &r.retired); err != nil {
+			if err := rs.Scan(&r.kid, &r.alg, &r.pub, &r.priv, &r.state, &r.created, &r.retired); err != nil {
 				return err
 			}
 			rows = append(rows, r)
@@ -200,29 +282,23 @@ func (k *Keys) read(ctx context.Context, tenantID string, sh engine.Shard) (*Key
 	if err != nil {
 		return nil, fmt.Errorf("read signing keys: %w", err)
 	}
-	ks := &KeySet{tenantID: tenantID, loaded: now, public: map[string]ed25519.PublicKey{}, jwks: []JWK{}}
-	for _, r := range rows {
-		if r.alg != Algorithm || len(r.pub) != ed25519.PublicKeySize {
-			continue
-		}
-		ks.public[r.kid] = ed25519.PublicKey(r.pub)
-		ks.jwks = append(ks.jwks, JWK{Kty: "OKP", Crv: "Ed25519", X: base64.RawURLEncoding.EncodeToString(r.pub),
-			Kid: r.kid, Alg: Algorithm, Use: "sig", KeyOps: []string{"verify"}})
-		if r.active && ks.private == nil {
-			seed, err := k.sealer.open(r.priv, tenantID, r.kid)
-			if err != nil {
-				return nil, fmt.Errorf("signing key %s: %w", r.kid, err)
-			}
-			if len(seed) != ed25519.SeedSize {
-				return nil, fmt.Errorf("signing key %s: bad seed length", r.kid)
-			}
-			ks.kid, ks.private = r.kid, ed25519.NewKeyFromSeed(seed)
-		}
-	}
-	return ks, nil
+	return rows, nil
 }
 
-// ensureActive creates an active key in tx unless one exists. It runs in
+// unseal decrypts and parses a key's private part.
+func (k *Keys) unseal(tenantID string, r keyRow) (any, error) {
+	raw, err := k.sealer.open(r.priv, tenantID, r.kid)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: %w", r.kid, err)
+	}
+	priv, err := parsePrivate(r.alg, raw)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: %w", r.kid, err)
+	}
+	return priv, nil
+}
+
+// ensureActive creates an active key in tx unless one signs. It runs in
 // the shard's single writer, so two callers cannot both create one.
 func (k *Keys) ensureActive(tx engine.Querier, tenantID string) error {
 	var n int64
@@ -232,40 +308,100 @@ func (k *Keys) ensureActive(tx engine.Querier, tenantID string) error {
 	if n > 0 {
 		return nil
 	}
-	return k.insertKey(tx, tenantID)
-}
-
-func (k *Keys) insertKey(tx engine.Querier, tenantID string) error {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return err
-	}
-	kid := newKid()
-	sealed := k.sealer.seal(priv.Seed(), tenantID, kid)
-	_, err = tx.Exec(`INSERT INTO signing_keys (kid, algorithm, public_key, private_key, active, created_at)
-		VALUES (?, ?, ?, ?, 1, ?)`, kid, Algorithm, []byte(pub), sealed, k.now().UnixMicro())
+	// No client has seen a key of this tenant yet: it signs at once.
+	_, err := k.insertKey(tx, tenantID, k.alg, keyActive)
 	return err
 }
 
-// Rotate retires the tenant's active key (it keeps verifying and stays in
-// the JWKS for the token lifetime) and makes a new one active. It returns
-// the new kid.
-func (k *Keys) Rotate(ctx context.Context, tenantID string, sh engine.Shard) (string, error) {
-	err := sh.Write(ctx, func(tx engine.Querier) error {
-		if _, err := tx.Exec(`UPDATE signing_keys SET active = 0, retired_at = ? WHERE active = 1`, k.now().UnixMicro()); err != nil {
-			return err
-		}
-		return k.insertKey(tx, tenantID)
-	})
-	k.Forget(tenantID)
-	if err != nil {
-		return "", fmt.Errorf("rotate signing key: %w", err)
-	}
-	ks, err := k.Get(ctx, tenantID, sh)
+func (k *Keys) insertKey(tx engine.Querier, tenantID, alg string, state int) (string, error) {
+	pub, priv, err := newKeyMaterial(alg)
 	if err != nil {
 		return "", err
 	}
-	return ks.kid, nil
+	kid := newKid()
+	sealed := k.sealer.seal(priv, tenantID, kid)
+	_, err = tx.Exec(`INSERT INTO signing_keys (kid, algorithm, public_key, private_key, active, created_at)
+		VALUES (?, ?, ?, ?, ?, ?)`, kid, alg, pub, sealed, state, k.now().UnixMicro())
+	return kid, err
+}
+
+// RotateOptions choose a rotation's new key.
+type RotateOptions struct {
+	// Algorithm of the new key (default: the Keys' algorithm).
+	Algorithm string
+	// Immediately makes the new key sign at once instead of after
+	// PublishAhead, and retires the old one: for a key that leaked. A
+	// client that cached the JWKS refuses new tokens until it reloads it.
+	Immediately bool
+}
+
+// Rotate publishes a new key of the tenant, which signs after
+// PublishAhead (the key signing now goes on meanwhile, then verifies for
+// the token lifetime), or at once with Immediately. It returns the new
+// kid and when it signs.
+func (k *Keys) Rotate(ctx context.Context, tenantID string, sh engine.Shard, o RotateOptions) (string, time.Time, error) {
+	alg := o.Algorithm
+	if alg == "" {
+		alg = k.alg
+	}
+	if !ValidAlgorithm(alg) {
+		return "", time.Time{}, engine.Invalidf("unknown signing algorithm %q (want one of %v)", alg, Algorithms)
+	}
+	var kid string
+	var signsAt time.Time
+	err := sh.Write(ctx, func(tx engine.Querier) error {
+		now := k.now()
+		ts := now.UnixMicro()
+		if o.Immediately {
+			if _, err := tx.Exec(`UPDATE signing_keys SET active = 0, retired_at = ? WHERE active <> 0`, ts); err != nil {
+				return err
+			}
+			var err error
+			kid, err = k.insertKey(tx, tenantID, alg, keyActive)
+			signsAt = now
+			return err
+		}
+		// The key signing now stays the active one until the new key is
+		// due; any other (an earlier next key not yet due) retires.
+		rows, err := k.txRows(tx)
+		if err != nil {
+			return err
+		}
+		if cur := k.signer(rows, now); cur != nil {
+			if _, err := tx.Exec(`UPDATE signing_keys SET active = 0, retired_at = ? WHERE active <> 0 AND kid <> ?`, ts, cur.kid); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`UPDATE signing_keys SET active = 1 WHERE kid = ?`, cur.kid); err != nil {
+				return err
+			}
+		}
+		kid, err = k.insertKey(tx, tenantID, alg, keyNext)
+		signsAt = now.Add(k.ahead)
+		return err
+	})
+	k.Forget(tenantID)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("rotate signing key: %w", err)
+	}
+	return kid, signsAt, nil
+}
+
+// txRows reads the keys in a state to sign, inside a write.
+func (k *Keys) txRows(tx engine.Querier) ([]keyRow, error) {
+	rs, err := tx.Query(`SELECT kid, algorithm, active, created_at FROM signing_keys WHERE active <> 0`)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var rows []keyRow
+	for rs.Next() {
+		var r keyRow
+		if err := rs.Scan(&r.kid, &r.alg, &r.state, &r.created); err != nil {
+			return nil, err
+		}
+		rows = append(rows, r)
+	}
+	return rows, rs.Err()
 }
 
 // EnsureKey creates the tenant's first signing key unless it has one (for
@@ -275,12 +411,18 @@ func (k *Keys) EnsureKey(ctx context.Context, tenantID string, sh engine.Shard) 
 	return err
 }
 
-// JWKS returns the tenant's public keys: the active one and those retired
-// less than a token lifetime ago.
+// JWKS returns the tenant's public keys: the one that signs, the next one,
+// and those retired less than a token lifetime ago; never an HS256 secret.
 func (ks *KeySet) JWKS() JWKS { return JWKS{Keys: ks.jwks} }
 
-// Kid returns the active key's id.
+// DefaultAlgorithm returns the algorithm of new keys that name none.
+func (k *Keys) DefaultAlgorithm() string { return k.alg }
+
+// Kid returns the signing key's id.
 func (ks *KeySet) Kid() string { return ks.kid }
+
+// Algorithm returns the signing key's algorithm.
+func (ks *KeySet) Algorithm() string { return ks.alg }
 
 func newKid() string {
 	var b [12]byte

@@ -1,6 +1,7 @@
-// Package token issues and verifies a tenant's access tokens (EdDSA JWTs
-// signed with the tenant's own Ed25519 keys, kept encrypted in its shard)
-// and publishes the tenant's public keys as a JWKS.
+// Package token issues and verifies a tenant's access tokens: JWTs signed
+// with the tenant's own keys (ES256 by default; RS256, EdDSA or an HS256
+// secret by choice), kept encrypted in its shard under the server's master
+// key, and publishes the tenant's public keys as a JWKS.
 package token
 
 import (

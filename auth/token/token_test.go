@@ -130,7 +130,7 @@ func TestKeys_SignVerify(t *testing.T) {
 		// from a token that names it (at most one reload per 5 s).
 		skew.Store(int64(6 * time.Second))
 		cli, _ := token.NewKeys(token.KeysConfig{MasterKey: master})
-		kid, err := cli.Rotate(ctx, ts.Tenant.ID, ts)
+		kid, _, err := cli.Rotate(ctx, ts.Tenant.ID, ts, token.RotateOptions{})
 		if err != nil || kid == ks.Kid() {
 			t.Fatalf("rotate: %q %v", kid, err)
 		}
@@ -188,6 +188,78 @@ func TestKeys_SignVerify(t *testing.T) {
 		keys.Forget(ts.Tenant.ID) // as a reload after the refresh interval would
 		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, nil); !errors.Is(err, token.ErrInvalidToken) {
 			t.Fatalf("remembered token after its key was withdrawn: %v", err)
+		}
+	})
+}
+
+func TestKeys_Algorithms(t *testing.T) {
+	ctx := context.Background()
+	master := bytes.Repeat([]byte{1}, 32)
+	var skew atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	c := &token.Claims{Issuer: "http://x/t/acme", Subject: "u1", Audience: "authenticated", SessionID: "s1",
+		IssuedAt: time.Now().Unix(), ExpiresAt: time.Now().Add(2 * time.Hour).Unix()}
+	t.Run("LegacyEdDSAKeepsSigning", func(t *testing.T) {
+		// A tenant whose key was made before ES256 was the default keeps
+		// it, and its tokens, until it rotates.
+		ts, _ := openTenant(t)
+		legacy, err := token.NewKeys(token.KeysConfig{MasterKey: master, Algorithm: token.EdDSA, Now: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks, err := legacy.Get(ctx, ts.Tenant.ID, ts)
+		if err != nil || ks.Algorithm() != token.EdDSA {
+			t.Fatalf("legacy key: %v %v", ks, err)
+		}
+		old, _ := ks.Sign(c)
+		keys, _ := token.NewKeys(token.KeysConfig{MasterKey: master, Now: clock}) // ES256 by default
+		cur, err := keys.Get(ctx, ts.Tenant.ID, ts)
+		if err != nil || cur.Algorithm() != token.EdDSA || cur.Kid() != ks.Kid() {
+			t.Fatalf("an ES256 server on an EdDSA tenant: %s %s %v", cur.Algorithm(), cur.Kid(), err)
+		}
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, old, nil); err != nil {
+			t.Fatalf("the legacy token: %v", err)
+		}
+		// Rotation: the next key (ES256) is published, the EdDSA one signs
+		// until it is due, then the new one, and the old token verifies.
+		kid, signsAt, err := keys.Rotate(ctx, ts.Tenant.ID, ts, token.RotateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now, _ := keys.Get(ctx, ts.Tenant.ID, ts); now.Kid() != ks.Kid() || len(now.JWKS().Keys) != 2 {
+			t.Fatalf("right after rotation: signs with %s, JWKS %d keys; want the old key and both published", now.Kid(), len(now.JWKS().Keys))
+		}
+		skew.Store(int64(time.Until(signsAt) + time.Second))
+		keys.Forget(ts.Tenant.ID)
+		now, err := keys.Get(ctx, ts.Tenant.ID, ts)
+		if err != nil || now.Kid() != kid || now.Algorithm() != token.ES256 {
+			t.Fatalf("once due: %s %s %v, want %s ES256", now.Kid(), now.Algorithm(), err, kid)
+		}
+		tok, _ := now.Sign(c)
+		for _, raw := range []string{old, tok} {
+			if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, raw, nil); err != nil {
+				t.Fatalf("verify after the switch: %v", err)
+			}
+		}
+		skew.Store(0)
+	})
+	t.Run("Immediately", func(t *testing.T) {
+		ts, _ := openTenant(t)
+		keys, _ := token.NewKeys(token.KeysConfig{MasterKey: master})
+		first, _ := keys.Get(ctx, ts.Tenant.ID, ts)
+		if first.Algorithm() != token.ES256 {
+			t.Fatalf("a new tenant's key is %s, want ES256", first.Algorithm())
+		}
+		kid, _, err := keys.Rotate(ctx, ts.Tenant.ID, ts, token.RotateOptions{Algorithm: token.RS256, Immediately: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks, _ := keys.Get(ctx, ts.Tenant.ID, ts)
+		if ks.Kid() != kid || ks.Algorithm() != token.RS256 {
+			t.Fatalf("after an immediate rotation: %s %s", ks.Kid(), ks.Algorithm())
+		}
+		if _, _, err := keys.Rotate(ctx, ts.Tenant.ID, ts, token.RotateOptions{Algorithm: "none"}); !errors.Is(err, engine.ErrInvalid) {
+			t.Fatalf("rotation to an unknown algorithm: %v", err)
 		}
 	})
 }

@@ -95,9 +95,10 @@ func (f *authFlags) params() hash.Params {
 	return hash.Params{MemoryKiB: uint32(f.memoryKiB), Time: uint32(f.time), Threads: uint8(f.threads)}
 }
 
-// rotateKey makes a new signing key active for the tenant; the old one
-// verifies and stays in the JWKS until its tokens have expired (the
-// server's --access-token-ttl decides how long that is).
+// rotateKey publishes a new signing key for the tenant (see
+// token.Keys.Rotate); the old one verifies and stays in the JWKS until its
+// tokens have expired (the server's --access-token-ttl decides how long
+// that is).
 // localKeys opens the signing keys with the data directory's master key,
 // for CLI commands that act on shards directly.
 func localKeys(dataDir string) (*token.Keys, error) {
@@ -126,7 +127,7 @@ func ensureKey(a *app.App, dataDir, tenantID string) error {
 	return nil
 }
 
-func rotateKey(a *app.App, dataDir, slug string) error {
+func rotateKey(a *app.App, dataDir, slug string, o token.RotateOptions) error {
 	keys, err := localKeys(dataDir)
 	if err != nil {
 		return err
@@ -137,10 +138,11 @@ func rotateKey(a *app.App, dataDir, slug string) error {
 		return err
 	}
 	defer ts.Release()
-	kid, err := keys.Rotate(ctx, ts.Tenant.ID, ts)
+	kid, signsAt, err := keys.Rotate(ctx, ts.Tenant.ID, ts, o)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("tenant %s: new signing key %s is active; the previous key is published until its tokens expire\n", ts.Tenant.Slug, kid)
+	fmt.Printf("tenant %s: new signing key %s is published and signs from %s; the previous key verifies until its tokens expire\n",
+		ts.Tenant.Slug, kid, signsAt.UTC().Format(time.RFC3339))
 	return nil
 }

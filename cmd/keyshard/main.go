@@ -1,8 +1,10 @@
 // Command keyshard is the Keyshard server and its operator tools.
 //
 //	keyshard serve                       run the HTTP server
-//	keyshard tenant create|approve|suspend|resume|delete|list|show
+//	keyshard tenant create|approve|suspend|resume|delete|list|show|rotate-key
 //	keyshard migrate --all               bring every shard's schema up to date
+//	keyshard export|import|move          take a tenant out, bring one in, move one
+//	keyshard bench                       load generator
 //
 // Every flag can also be set by an environment variable KEYSHARD_<FLAG>,
 // upper-cased with dashes as underscores (--data → KEYSHARD_DATA).
@@ -59,11 +61,12 @@ func usage() {
 
 commands:
   serve     run the HTTP server (default 127.0.0.1:8080, data in ./data)
-  tenant    create|approve|suspend|resume|delete|list|show tenants
+  tenant    create|approve|suspend|resume|delete|list|show|rotate-key tenants
   migrate   --all: bring every tenant shard's schema up to date
   export    SLUG -o FILE [--format sqlite|ndjson] [--include-secrets]
   import    FILE [--slug NEW] [--backend B]: create a tenant from an export
   move      SLUG --to sqlite|postgres|mysql [--to-dir DIR] (--url URL | --offline)
+  bench     load a server (--url) or one it starts in-process: --workload, --concurrency, --rate
 
 Run 'keyshard <command> -h' for a command's flags. Every flag may be set
 by an environment variable: --data is KEYSHARD_DATA, --cache-capacity is

@@ -8,6 +8,7 @@ import (
 	"os"
 	"text/tabwriter"
 
+	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
 )
 
@@ -21,7 +22,10 @@ actions:
   delete SLUG      delete the tenant and its shard
   list             list tenants
   show SLUG        show one tenant as JSON
-  rotate-key SLUG  make a new signing key active (the old one verifies until its tokens expire)
+  rotate-key SLUG [--algorithm ES256|RS256|EdDSA|HS256] [--immediately]
+                   publish a new signing key, which signs 10 minutes later (clients that
+                   cached the JWKS see it first); --immediately signs with it at once
+                   (a leaked key). The old key verifies until its tokens expire
 
 These act on the data directory directly; a running server sees the change
 within a second. Run delete only through the admin API while a server runs.
@@ -40,6 +44,9 @@ func runTenant(args []string) error {
 	slug := fs.String("slug", "", "tenant slug (create)")
 	name := fs.String("name", "", "display name (create; default the slug)")
 	backend := fs.String("backend", "", "backend (create; default sqlite)")
+	var rot token.RotateOptions
+	fs.StringVar(&rot.Algorithm, "algorithm", "", "rotate-key: the new key's algorithm, ES256 (default), RS256, EdDSA or HS256")
+	fs.BoolVar(&rot.Immediately, "immediately", false, "rotate-key: sign with the new key at once, retiring the old one")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
@@ -82,7 +89,7 @@ func runTenant(args []string) error {
 	case "show":
 		t, err = e.Get(ctx, target)
 	case "rotate-key":
-		return rotateKey(a, sf.cfg.DataDir, target)
+		return rotateKey(a, sf.cfg.DataDir, target, rot)
 	case "delete":
 		if err = e.DeleteTenant(ctx, target); err == nil {
 			fmt.Printf("deleted %s\n", target)

@@ -1,8 +1,10 @@
 package api_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAuth_TenantAdmin(t *testing.T) {
@@ -45,8 +47,30 @@ func TestAuth_TenantAdmin(t *testing.T) {
 		if r.Status != 200 || len(r.Body["users"].([]any)) != 1 || r.Header.Get("X-Total-Count") != "2" {
 			t.Fatalf("list: %d %s", r.Status, r.Raw)
 		}
-		if u := r.Body["users"].([]any)[0].(map[string]any); u["email"] != "self@example.com" {
+		// Newest first, as GoTrue lists (admin_list_users.json): page 2 of
+		// 1 holds the older user; the list carries no identities.
+		if u := r.Body["users"].([]any)[0].(map[string]any); u["email"] != "admin.made@example.com" || u["identities"] != nil {
 			t.Fatalf("page 2: %v", u)
+		}
+		if got := r.Header.Get("Link"); got != `</t/acme/admin/users?page=2&per_page=1>; rel="last"` {
+			t.Fatalf("Link of the last page: %q", got)
+		}
+		r = e.call("GET", base+"/admin/users?per_page=1&page=1", key, nil)
+		if got := r.Header.Get("Link"); got != `</t/acme/admin/users?page=2&per_page=1>; rel="next", </t/acme/admin/users?page=2&per_page=1>; rel="last"` ||
+			r.Body["users"].([]any)[0].(map[string]any)["email"] != "self@example.com" {
+			t.Fatalf("page 1: Link %q, %s", got, r.Raw)
+		}
+		for _, q := range []string{"page=-1", "per_page=x", "page=1.5"} {
+			wantAuthError(t, e.call("GET", base+"/admin/users?"+q, key, nil), 400, "validation_failed")
+		}
+		filtered := e.call("GET", base+"/admin/users?filter=ADMIN.m", key, nil)
+		if len(filtered.Body["users"].([]any)) != 1 || filtered.Header.Get("X-Total-Count") != "1" {
+			t.Fatalf("filter: %s", filtered.Raw)
+		}
+		// The metadata the administrator set, as sent (GoTrue adds only
+		// email_verified).
+		if got := filtered.Body["users"].([]any)[0].(map[string]any)["user_metadata"]; fmt.Sprint(got) != "map[email_verified:true team:a]" {
+			t.Fatalf("user_metadata of an admin-made user: %v", got)
 		}
 		r = e.call("PUT", base+"/admin/users/"+id, key, map[string]any{"app_metadata": map[string]any{"roles": []string{"admin"}}, "user_metadata": map[string]any{"team": "b"}})
 		if r.Status != 200 || r.Body["user_metadata"].(map[string]any)["team"] != "b" || r.Body["app_metadata"].(map[string]any)["roles"] == nil {
@@ -71,6 +95,22 @@ func TestAuth_TenantAdmin(t *testing.T) {
 			strings.Join(ev.Payload.Changed, ",") != "user_metadata,app_metadata" || ev.Payload.Traits["user_id"] != id ||
 			ev.Actor == nil || *ev.Actor != "service_role" || ev.ActorID == nil || *ev.ActorID != "00000000-0000-0000-0000-000000000000" {
 			t.Fatalf("audit of the admin update: %+v", evs)
+		}
+		// A ban: the right password answers user_banned, and the user's
+		// sessions end; "none" lifts it.
+		banned := e.login(base, "admin.made@example.com", "password1")
+		r = e.call("PUT", base+"/admin/users/"+id, key, map[string]any{"ban_duration": "1h"})
+		if until, err := time.Parse(time.RFC3339Nano, r.str("banned_until")); r.Status != 200 || err != nil || time.Until(until) < 59*time.Minute {
+			t.Fatalf("ban: %d %s", r.Status, r.Raw)
+		}
+		wantAuthError(t, e.login(base, "admin.made@example.com", "password1"), 400, "user_banned")
+		wantAuthError(t, e.refresh(base, banned.str("refresh_token")), 400, "refresh_token_not_found")
+		wantAuthError(t, e.call("PUT", base+"/admin/users/"+id, key, map[string]any{"ban_duration": "forever"}), 400, "validation_failed")
+		if r := e.call("PUT", base+"/admin/users/"+id, key, map[string]any{"ban_duration": "none"}); r.Status != 200 || r.Body["banned_until"] != nil {
+			t.Fatalf("unban: %d %s", r.Status, r.Raw)
+		}
+		if r := e.login(base, "admin.made@example.com", "password1"); r.Status != 200 {
+			t.Fatalf("login after the ban was lifted: %d %s", r.Status, r.Raw)
 		}
 		if r := e.call("GET", base+"/admin/users/"+id, key, nil); r.Status != 200 || r.str("id") != id {
 			t.Fatalf("get: %d %s", r.Status, r.Raw)
@@ -98,5 +138,24 @@ func TestAuth_TenantAdmin(t *testing.T) {
 			t.Fatalf("newest event %v", evs[0])
 		}
 		sameKeys(t, "audit event", evs[0], "id", "action", "actor_id", "actor_username", "ip_address", "payload", "created_at")
+	})
+	t.Run("SoftDelete", func(t *testing.T) {
+		r := e.call("POST", base+"/admin/users", key, map[string]any{"email": "soft@example.com", "password": "password1", "email_confirm": true})
+		id := r.str("id")
+		live := e.login(base, "soft@example.com", "password1")
+		if r := e.call("DELETE", base+"/admin/users/"+id, key, map[string]any{"should_soft_delete": true}); r.Status != 200 || string(r.Raw) != "{}\n" {
+			t.Fatalf("soft delete: %d %q", r.Status, r.Raw)
+		}
+		// As GoTrue: still there for the administrator, marked deleted,
+		// its address and metadata gone; nothing of it signs in.
+		r = e.call("GET", base+"/admin/users/"+id, key, nil)
+		if r.Status != 200 || r.str("deleted_at") == "" || r.str("email") == "soft@example.com" || fmt.Sprint(r.Body["user_metadata"]) != "map[]" {
+			t.Fatalf("a soft-deleted user: %d %s", r.Status, r.Raw)
+		}
+		wantAuthError(t, e.login(base, "soft@example.com", "password1"), 400, "invalid_credentials")
+		wantAuthError(t, e.call("GET", base+"/user", live.str("access_token"), nil), 403, "user_not_found")
+		wantAuthError(t, e.call("DELETE", base+"/admin/users/"+id, key, nil), 404, "user_not_found")
+		// The address is free again.
+		e.signup(base, "soft@example.com", "password1")
 	})
 }

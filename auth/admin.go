@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
@@ -69,9 +70,15 @@ type Page struct {
 	Page, PerPage int
 }
 
+// Page sizes: the default, and the most one page may hold.
+const (
+	DefaultPerPage = 50
+	MaxPerPage     = 1000
+)
+
 func (p Page) norm() (limit, offset int) {
-	if p.PerPage <= 0 || p.PerPage > 1000 {
-		p.PerPage = 50
+	if p.PerPage <= 0 || p.PerPage > MaxPerPage {
+		p.PerPage = DefaultPerPage
 	}
 	if p.Page <= 0 {
 		p.Page = 1
@@ -79,53 +86,56 @@ func (p Page) norm() (limit, offset int) {
 	return p.PerPage, (p.Page - 1) * p.PerPage
 }
 
-// ListUsers returns a page of users, oldest first, and the total count.
-func (s *Service) ListUsers(ctx context.Context, t Tenant, p Page) ([]*User, int, error) {
+// ListUsers returns a page of users, newest first, without their
+// identities, and how many there are in all, as GoTrue's admin list:
+// soft-deleted users included. filter, when set, keeps the users whose
+// email contains it.
+func (s *Service) ListUsers(ctx context.Context, t Tenant, p Page, filter string) ([]*User, int, error) {
 	limit, offset := p.norm()
+	where, args := ``, []any{}
+	if filter != "" {
+		where, args = ` WHERE u.email LIKE ? ESCAPE '!'`, append(args, "%"+likeEscaper.Replace(strings.ToLower(filter))+"%")
+	}
 	var out []*User
 	var total int
 	err := t.Shard.Read(ctx, func(q engine.Querier) error {
-		if err := q.QueryRow(`SELECT COUNT(*) FROM users WHERE deleted_at IS NULL`).Scan(&total); err != nil {
+		if err := q.QueryRow(`SELECT COUNT(*) FROM users u`+where, args...).Scan(&total); err != nil {
 			return err
 		}
-		rows, err := q.Query(`SELECT id FROM users WHERE deleted_at IS NULL ORDER BY created_at, id LIMIT ? OFFSET ?`, limit, offset)
+		rows, err := q.Query(`SELECT `+userColumns+` FROM users u`+where+` ORDER BY u.created_at DESC, u.id DESC LIMIT ? OFFSET ?`,
+			append(args, limit, offset)...)
 		if err != nil {
 			return err
 		}
-		var ids []string
+		defer rows.Close()
 		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
+			var d userScan
+			if err := rows.Scan(d.userDest()...); err != nil {
 				return err
 			}
-			ids = append(ids, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for _, id := range ids {
-			u, err := userByID(q, id)
+			u, err := d.user()
 			if err != nil {
 				return err
 			}
 			out = append(out, u)
 		}
-		return nil
+		return rows.Err()
 	})
 	return out, total, err
 }
+
+// likeEscaper escapes LIKE's wildcards with '!'.
+var likeEscaper = strings.NewReplacer("!", "!!", "%", "!%", "_", "!_")
 
 func errAdminUserNotFound() *engine.Error {
 	return newError(engine.KindNotFound, CodeUserNotFound, "User not found")
 }
 
-// GetUser returns one user by id.
+// GetUser returns one user by id, a soft-deleted one included.
 func (s *Service) GetUser(ctx context.Context, t Tenant, id string) (*User, error) {
 	var u *User
 	err := t.Shard.Read(ctx, func(q engine.Querier) (err error) {
-		u, err = userByID(q, id)
+		u, err = loadUser(q, id, true)
 		return err
 	})
 	if errors.Is(err, engine.ErrNoRows) {
@@ -141,6 +151,9 @@ type AdminUserRequest struct {
 	EmailConfirm bool
 	UserMetadata map[string]any
 	AppMetadata  map[string]any
+	// BanDuration bans the user for a Go duration ("24h"), or lifts the
+	// ban ("none"), as GoTrue's ban_duration.
+	BanDuration *string
 }
 
 // CreateUser creates a user as the tenant's administrator (no session).
@@ -160,7 +173,7 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 		}
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
-	nu := newUser{email: email, pwHash: pwHash, data: req.UserMetadata, appData: req.AppMetadata, confirmed: req.EmailConfirm}
+	nu := newUser{email: email, pwHash: pwHash, data: req.UserMetadata, appData: req.AppMetadata, confirmed: req.EmailConfirm, admin: true}
 	var u *User
 	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
 		uid, err := nu.insert(tx, now)
@@ -186,36 +199,68 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 // AdminUpdateUser changes a user's email, password, metadata or
 // confirmation as the tenant's administrator, in one write.
 func (s *Service) AdminUpdateUser(ctx context.Context, t Tenant, c Client, id string, req AdminUserRequest) (*User, error) {
+	ch := userChange{
+		UpdateUserRequest: UpdateUserRequest{Email: req.Email, Password: req.Password, Data: req.UserMetadata},
+		appData:           req.AppMetadata, confirmEmail: req.EmailConfirm,
+	}
+	if req.BanDuration != nil {
+		ch.ban = true
+		if *req.BanDuration != "none" {
+			d, err := time.ParseDuration(*req.BanDuration)
+			if err != nil || d <= 0 {
+				return nil, validationf("invalid format for ban duration: %q is not a duration such as \"24h\", or \"none\"", *req.BanDuration)
+			}
+			until := s.now().UTC().Add(d).Truncate(time.Microsecond)
+			ch.bannedUntil = &until
+		}
+	}
 	cur, err := s.GetUser(ctx, t, id)
 	if err != nil {
 		return nil, err
 	}
-	return s.updateUser(ctx, t, c, &Principal{User: cur}, userChange{
-		UpdateUserRequest: UpdateUserRequest{Email: req.Email, Password: req.Password, Data: req.UserMetadata},
-		appData:           req.AppMetadata, confirmEmail: req.EmailConfirm,
-	})
+	if cur.DeletedAt != nil {
+		return nil, errAdminUserNotFound()
+	}
+	return s.updateUser(ctx, t, c, &Principal{User: cur}, ch)
 }
 
-// DeleteUser deletes a user with its identities, sessions and tokens.
-func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string) error {
+// DeleteUser deletes a user with its identities, sessions and tokens; a
+// soft delete (GoTrue's should_soft_delete) keeps the user's row, marked
+// deleted, with its email, metadata and identities' provider ids replaced
+// so that nothing of it signs in or blocks its address, as GoTrue does.
+func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string, soft bool) error {
 	now := s.now().UTC()
 	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
 		var email string
-		if err := tx.QueryRow(`SELECT COALESCE(email, '') FROM users WHERE id = ?`, id).Scan(&email); err != nil {
+		if err := tx.QueryRow(`SELECT COALESCE(email, '') FROM users WHERE id = ? AND deleted_at IS NULL`, id).Scan(&email); err != nil {
 			if errors.Is(err, engine.ErrNoRows) {
 				return errAdminUserNotFound()
 			}
 			return err
 		}
-		for _, q := range []string{
-			`DELETE FROM refresh_tokens WHERE user_id = ?`, `DELETE FROM sessions WHERE user_id = ?`,
-			`DELETE FROM identities WHERE user_id = ?`, `DELETE FROM users WHERE id = ?`,
-		} {
+		if err := endSessions(tx, `user_id = ?`, id); err != nil {
+			return err
+		}
+		ev := &event.Event{Type: event.UserDeleted, Actor: event.Actor{Kind: event.ActorServiceKey}, Target: event.Target{ID: id, Email: email}, IP: c.IP, At: now}
+		if soft {
+			ts := now.UnixMicro()
+			if _, err := tx.Exec(`UPDATE users SET email = ?, phone = NULL, encrypted_password = '', raw_app_meta_data = '{}',
+				raw_user_meta_data = '{}', deleted_at = ?, updated_at = ? WHERE id = ?`, newRefreshToken()+newRefreshToken(), ts, ts, id); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`UPDATE identities SET provider_id = ?, email = NULL, identity_data = '{}', updated_at = ? WHERE user_id = ?`,
+				newRefreshToken()+newRefreshToken(), ts, id); err != nil {
+				return err
+			}
+			ev.Data = map[string]any{"soft": true}
+			return s.record(tx, t, ev)
+		}
+		for _, q := range []string{`DELETE FROM identities WHERE user_id = ?`, `DELETE FROM users WHERE id = ?`} {
 			if _, err := tx.Exec(q, id); err != nil {
 				return err
 			}
 		}
-		return s.record(tx, t, &event.Event{Type: event.UserDeleted, Actor: event.Actor{Kind: event.ActorServiceKey}, Target: event.Target{ID: id, Email: email}, IP: c.IP, At: now})
+		return s.record(tx, t, ev)
 	})
 	return writeError(err, engine.KindUnavailable)
 }

@@ -29,6 +29,7 @@ const (
 	CodeValidationFailed     = "validation_failed"
 	CodeOverRequestRateLimit = "over_request_rate_limit"
 	CodeEmailNotConfirmed    = "email_not_confirmed"
+	CodeUserBanned           = "user_banned"
 	CodeSignupDisabled       = "signup_disabled"
 	CodeUnsupportedGrant     = "unsupported_grant_type"
 	CodeServiceUnavailable   = "service_unavailable"

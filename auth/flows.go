@@ -127,6 +127,11 @@ type newUser struct {
 	email, pwHash       string
 	data, appData       map[string]any
 	confirmed, signedIn bool
+	// admin: made by the administrator, whose user_metadata is kept as
+	// sent, with only email_verified added (as GoTrue does); a signup's
+	// also gets its identity's data (email, email_verified, phone_verified,
+	// sub).
+	admin bool
 }
 
 // insert adds the user and its email identity and returns the user's id.
@@ -136,7 +141,11 @@ func (nu newUser) insert(tx engine.Querier, now time.Time) (string, error) {
 	identity := map[string]any{"email": nu.email, "email_verified": nu.confirmed, "phone_verified": false, "sub": uid}
 	meta := map[string]any{}
 	maps.Copy(meta, nu.data)
-	maps.Copy(meta, identity)
+	if nu.admin {
+		meta["email_verified"] = nu.confirmed
+	} else {
+		maps.Copy(meta, identity)
+	}
 	app := map[string]any{}
 	maps.Copy(app, nu.appData)
 	app["provider"], app["providers"] = "email", []string{"email"}
@@ -241,6 +250,9 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 	}
 	if u.EmailConfirmedAt == nil {
 		return nil, newError(engine.KindInvalid, CodeEmailNotConfirmed, "Email not confirmed")
+	}
+	if u.Banned(s.now()) {
+		return nil, newError(engine.KindInvalid, CodeUserBanned, "User is banned")
 	}
 	s.throttle.Succeed(t.ID, email, c.IP)
 	newHash := ""
@@ -465,11 +477,14 @@ func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Princip
 }
 
 // userChange is an update of a user; the administrator may also change
-// its app metadata and confirm its email.
+// its app metadata, confirm its email and ban it.
 type userChange struct {
 	UpdateUserRequest
 	appData      map[string]any
 	confirmEmail bool
+	// ban: set banned_until to bannedUntil (nil: lift the ban).
+	ban         bool
+	bannedUntil *time.Time
 }
 
 // updateUser applies ch in one write, which records one user.updated
@@ -559,7 +574,7 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			}
 			// As GoTrue: a new password ends every other session, so a stolen
 			// refresh token stops working. Refresh tokens go by cascade.
-			if _, err := tx.Exec(`DELETE FROM sessions WHERE user_id = ? AND id <> ?`, u.ID, keepSession); err != nil {
+			if err := endSessions(tx, `user_id = ? AND id <> ?`, u.ID, keepSession); err != nil {
 				return err
 			}
 			changed = append(changed, "password")
@@ -596,6 +611,19 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			}
 			changed = append(changed, "email_confirmed_at")
 		}
+		if ch.ban {
+			if _, err := tx.Exec(`UPDATE users SET banned_until = ? WHERE id = ?`, timePtrMicros(ch.bannedUntil), u.ID); err != nil {
+				return err
+			}
+			if ch.bannedUntil != nil {
+				// A banned user keeps no session: its refresh tokens stop
+				// working now, its access tokens when they expire.
+				if err := endSessions(tx, `user_id = ?`, u.ID); err != nil {
+					return err
+				}
+			}
+			changed = append(changed, "banned_until")
+		}
 		email := cur.Email
 		if newEmail != "" {
 			email = newEmail
@@ -628,30 +656,24 @@ const (
 // (global, the default) or every other one (others). Their refresh tokens
 // go with them.
 func (s *Service) Logout(ctx context.Context, t Tenant, c Client, p *Principal, scope string) error {
-	var q string
+	var where string
 	args := []any{}
 	switch scope {
 	case "", ScopeGlobal:
-		scope, q = ScopeGlobal, `DELETE FROM sessions WHERE user_id = ?`
+		scope, where = ScopeGlobal, `user_id = ?`
 		args = append(args, p.Claims.Subject)
 	case ScopeLocal:
-		q = `DELETE FROM sessions WHERE id = ?`
+		where = `id = ?`
 		args = append(args, p.Claims.SessionID)
 	case ScopeOthers:
-		q = `DELETE FROM sessions WHERE user_id = ? AND id <> ?`
+		where = `user_id = ? AND id <> ?`
 		args = append(args, p.Claims.Subject, p.Claims.SessionID)
 	default:
 		return validationf("Unsupported logout scope %q", scope)
 	}
 	now := s.now().UTC()
 	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
-		// Delete the tokens explicitly too: portable to backends where
-		// the cascade is not enabled.
-		tq := strings.Replace(q, "DELETE FROM sessions WHERE", "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE", 1) + ")"
-		if _, err := tx.Exec(tq, args...); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(q, args...); err != nil {
+		if err := endSessions(tx, where, args...); err != nil {
 			return err
 		}
 		return s.record(tx, t, &event.Event{Type: event.SessionLoggedOut, Actor: event.User(p.Claims.Subject, p.Claims.Email), IP: c.IP,
@@ -661,6 +683,17 @@ func (s *Service) Logout(ctx context.Context, t Tenant, c Client, p *Principal, 
 		return writeError(err, engine.KindUnavailable)
 	}
 	return nil
+}
+
+// endSessions deletes the sessions matching where (a condition on the
+// sessions table) with their refresh tokens, explicitly: portable to
+// backends where the cascade is not enabled.
+func endSessions(tx engine.Querier, where string, args ...any) error {
+	if _, err := tx.Exec(`DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE `+where+`)`, args...); err != nil {
+		return err
+	}
+	_, err := tx.Exec(`DELETE FROM sessions WHERE `+where, args...)
+	return err
 }
 
 // newPasswordHash checks a new password against the tenant's rules and

@@ -25,11 +25,19 @@ type User struct {
 	LastSeenAt        *time.Time
 	AppMetadata       json.RawMessage // a JSON object, as stored
 	UserMetadata      json.RawMessage // a JSON object, as stored
-	Identities        []Identity
-	IsAnonymous       bool
-	CreatedAt         time.Time
-	UpdatedAt         time.Time
+	// Identities: nil when not read (a list of users), else every one.
+	Identities  []Identity
+	IsAnonymous bool
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	// BannedUntil: the user may not sign in before it (nil: not banned).
+	BannedUntil *time.Time
+	// DeletedAt: set on a user the administrator soft-deleted.
+	DeletedAt *time.Time
 }
+
+// Banned reports whether the user is banned at now.
+func (u *User) Banned(now time.Time) bool { return u.BannedUntil != nil && u.BannedUntil.After(now) }
 
 // Identity is one way a user signs in (provider "email" for now).
 type Identity struct {
@@ -63,7 +71,7 @@ func timePtrMicros(t *time.Time) any {
 // userColumns are the users columns scanUser reads, from table alias u.
 const userColumns = `u.id, u.aud, u.role, COALESCE(u.email, ''), COALESCE(u.phone, ''), u.encrypted_password,
 	u.email_confirmed_at, u.phone_confirmed_at, u.last_sign_in_at, u.last_seen_at,
-	u.raw_app_meta_data, u.raw_user_meta_data, u.is_anonymous, u.created_at, u.updated_at`
+	u.raw_app_meta_data, u.raw_user_meta_data, u.is_anonymous, u.created_at, u.updated_at, u.banned_until, u.deleted_at`
 
 // identityColumns are the identities columns (alias i) that follow
 // userColumns in a query joining a user with its identities.
@@ -77,6 +85,7 @@ type userScan struct {
 	u                  User
 	id                 *string // NULL: no user matched a LEFT JOIN
 	ec, pc, ls, lseen  *int64
+	banned, deleted    *int64
 	app, meta          []byte
 	created, updated   int64
 	iid                *string // NULL: the user has no identity
@@ -89,7 +98,7 @@ type userScan struct {
 func (d *userScan) userDest() []any {
 	u := &d.u
 	return []any{&d.id, &u.Aud, &u.Role, &u.Email, &u.Phone, &u.EncryptedPassword,
-		&d.ec, &d.pc, &d.ls, &d.lseen, &d.app, &d.meta, &u.IsAnonymous, &d.created, &d.updated}
+		&d.ec, &d.pc, &d.ls, &d.lseen, &d.app, &d.meta, &u.IsAnonymous, &d.created, &d.updated, &d.banned, &d.deleted}
 }
 
 func (d *userScan) identityDest() []any {
@@ -105,6 +114,7 @@ func (d *userScan) user() (*User, error) {
 	u := d.u
 	u.ID = *d.id
 	u.EmailConfirmedAt, u.PhoneConfirmedAt, u.LastSignInAt, u.LastSeenAt = micros(d.ec), micros(d.pc), micros(d.ls), micros(d.lseen)
+	u.BannedUntil, u.DeletedAt = micros(d.banned), micros(d.deleted)
 	u.CreatedAt, u.UpdatedAt = time.UnixMicro(d.created).UTC(), time.UnixMicro(d.updated).UTC()
 	var err error
 	if u.AppMetadata, err = storedObject(d.app); err != nil {
@@ -206,9 +216,19 @@ func scanUserRows(rows engine.Rows, prefix ...any) (*User, bool, error) {
 // userByID loads a live user and its identities, in one query (one read
 // transaction); ErrNoRows if absent.
 func userByID(q engine.Querier, id string) (*User, error) {
+	return loadUser(q, id, false)
+}
+
+// loadUser loads a user with its identities; withDeleted also finds a
+// soft-deleted one (the administrator's view).
+func loadUser(q engine.Querier, id string, withDeleted bool) (*User, error) {
+	live := ` AND u.deleted_at IS NULL`
+	if withDeleted {
+		live = ``
+	}
 	rows, err := q.Query(`SELECT `+userColumns+`, `+identityColumns+`
 		FROM users u LEFT JOIN identities i ON i.user_id = u.id
-		WHERE u.id = ? AND u.deleted_at IS NULL ORDER BY i.created_at, i.id`, id)
+		WHERE u.id = ?`+live+` ORDER BY i.created_at, i.id`, id)
 	if err != nil {
 		return nil, err
 	}

@@ -55,6 +55,11 @@ done
 # Tenant authjs-hs signs with an HS256 secret, as Supabase's legacy JWT secret.
 curl -fsS "${auth[@]}" -X POST "$base/admin/tenants/authjs-hs/signing-keys" -d '{"algorithm":"HS256","immediately":true}' >/dev/null
 
+# The tenant administrator's key of tenant a, for auth-js's admin API.
+KEYSHARD_TENANT_A_SERVICE_KEY=$(curl -fsS "${auth[@]}" -X POST "$base/admin/tenants/authjs-a/service-key" |
+	python3 -c 'import json,sys; print(json.load(sys.stdin)["service_key"])')
+export KEYSHARD_TENANT_A_SERVICE_KEY
+
 export KEYSHARD_TENANT_A_URL="$base/t/authjs-a"
 export KEYSHARD_TENANT_B_URL="$base/t/authjs-b"
 export KEYSHARD_TENANT_HS_URL="$base/t/authjs-hs"

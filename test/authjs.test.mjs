@@ -10,6 +10,7 @@ import { AuthClient } from '@supabase/auth-js'
 const A = process.env.KEYSHARD_TENANT_A_URL
 const B = process.env.KEYSHARD_TENANT_B_URL
 const HS = process.env.KEYSHARD_TENANT_HS_URL // a tenant whose key is an HS256 secret
+const A_KEY = process.env.KEYSHARD_TENANT_A_SERVICE_KEY // tenant A's service key (admin API)
 if (!A || !B) {
   throw new Error('set KEYSHARD_TENANT_A_URL and KEYSHARD_TENANT_B_URL to two tenants\' base URLs')
 }
@@ -131,6 +132,36 @@ test('auth-js against keyshard', async (t) => {
     // verifies the tokens it signed until they expire).
     const jwks = await (await fetch(`${HS}/.well-known/jwks.json`)).json()
     assert.ok(!jwks.keys.some((k) => k.kid === data.header.kid || k.kty === 'oct' || k.alg === 'HS256'), JSON.stringify(jwks))
+  })
+
+  await t.test('admin: listUsers pages newest first (Link, X-Total-Count), bans', async () => {
+    const admin = client(A, { headers: { Authorization: `Bearer ${A_KEY}` } }).admin
+    for (const n of [1, 2]) {
+      const { error } = await admin.createUser({ email: `p${n}-${email}`, password, email_confirm: true, user_metadata: { n } })
+      assert.equal(error, null)
+    }
+    const { data, error } = await admin.listUsers({ page: 1, perPage: 1 })
+    assert.equal(error, null)
+    assert.equal(data.users.length, 1)
+    assert.equal(data.users[0].email, `p2-${email}`) // the newest
+    assert.deepEqual(data.users[0].user_metadata, { n: 2, email_verified: true }) // as sent, and email_verified
+    assert.equal(data.nextPage, 2)
+    assert.equal(data.lastPage, 3)
+    assert.equal(data.total, 3)
+    const last = await admin.listUsers({ page: 3, perPage: 1 })
+    assert.equal(last.data.users[0].email, email) // the oldest
+    assert.equal(last.data.nextPage, null)
+    const bad = await admin.listUsers({ page: -1 })
+    assert.equal(bad.error?.code, 'validation_failed')
+    // A ban: the right password answers user_banned.
+    const ban = await admin.updateUserById(data.users[0].id, { ban_duration: '1h' })
+    assert.equal(ban.error, null)
+    assert.ok(ban.data.user.banned_until)
+    const signIn = await client(A).signInWithPassword({ email: `p2-${email}`, password })
+    assert.equal(signIn.error?.code, 'user_banned')
+    const lifted = await admin.updateUserById(data.users[0].id, { ban_duration: 'none' })
+    assert.equal(lifted.error, null)
+    assert.equal((await client(A).signInWithPassword({ email: `p2-${email}`, password })).error, null)
   })
 
   await t.test('a session of tenant A is rejected by tenant B', async () => {

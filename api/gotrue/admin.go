@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/engine"
 )
 
 // registerAdminRoutes registers a tenant's administration API (GoTrue's
@@ -32,20 +33,59 @@ func (a *API) serviceKey(h tenantHandler) tenantHandler {
 	}
 }
 
-func page(r *http.Request) auth.Page {
+// page parses GoTrue's pagination parameters: unsigned integers, or 400
+// validation_failed as GoTrue answers (admin_list_users_bad_page.json).
+func page(r *http.Request) (auth.Page, error) {
 	q := r.URL.Query()
-	p, _ := strconv.Atoi(q.Get("page"))
-	n, _ := strconv.Atoi(q.Get("per_page"))
-	return auth.Page{Page: p, PerPage: n}
+	var p auth.Page
+	for _, f := range []struct {
+		name string
+		v    *int
+	}{{"page", &p.Page}, {"per_page", &p.PerPage}} {
+		s := q.Get(f.name)
+		if s == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(s, 10, 31)
+		if err != nil {
+			return p, engine.NewError(engine.KindInvalid, auth.CodeValidationFailed, "Bad Pagination Parameters: "+err.Error())
+		}
+		*f.v = int(n)
+	}
+	return p, nil
+}
+
+// linkHeader is GoTrue's Link header of a page of n items in all:
+// relative targets, rel="next" while there is one, and rel="last".
+func linkHeader(path string, p auth.Page, n int) string {
+	per := p.PerPage
+	if per <= 0 || per > auth.MaxPerPage {
+		per = auth.DefaultPerPage
+	}
+	cur := max(p.Page, 1)
+	last := max((n+per-1)/per, 1)
+	link := func(pg int, rel string) string {
+		return "<" + path + "?page=" + strconv.Itoa(pg) + "&per_page=" + strconv.Itoa(per) + `>; rel="` + rel + `"`
+	}
+	if cur < last {
+		return link(cur+1, "next") + ", " + link(last, "last")
+	}
+	return link(last, "last")
 }
 
 func (a *API) handleAdminListUsers(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
-	users, total, err := a.auth.ListUsers(r.Context(), t, page(r))
+	p, err := page(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	users, total, err := a.auth.ListUsers(r.Context(), t, p, r.URL.Query().Get("filter"))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	w.Header().Set("X-Total-Count", strconv.Itoa(total))
+	w.Header().Set("Link", linkHeader(r.URL.Path, p, total))
 	api.WriteJSON(w, http.StatusOK, map[string]any{"users": usersView(users), "aud": "authenticated"})
 }
 
@@ -56,11 +96,12 @@ type adminUserBody struct {
 	EmailConfirm bool           `json:"email_confirm"`
 	UserMetadata map[string]any `json:"user_metadata"`
 	AppMetadata  map[string]any `json:"app_metadata"`
+	BanDuration  *string        `json:"ban_duration"`
 }
 
 func (b adminUserBody) request() auth.AdminUserRequest {
 	return auth.AdminUserRequest{Email: b.Email, Password: b.Password, EmailConfirm: b.EmailConfirm,
-		UserMetadata: b.UserMetadata, AppMetadata: b.AppMetadata}
+		UserMetadata: b.UserMetadata, AppMetadata: b.AppMetadata, BanDuration: b.BanDuration}
 }
 
 func (a *API) handleAdminCreateUser(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
@@ -106,8 +147,20 @@ func (a *API) handleAdminUpdateUser(w http.ResponseWriter, r *http.Request, t au
 	api.WriteJSON(w, http.StatusOK, userView(u))
 }
 
+// deleteUserBody is the optional body of DELETE /admin/users/{id}.
+type deleteUserBody struct {
+	ShouldSoftDelete bool `json:"should_soft_delete"`
+}
+
 func (a *API) handleAdminDeleteUser(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
-	if err := a.auth.DeleteUser(r.Context(), t, api.ClientOf(r), userID(r)); err != nil {
+	var b deleteUserBody
+	if r.ContentLength != 0 {
+		if err := api.DecodeJSON(r, &b); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+	}
+	if err := a.auth.DeleteUser(r.Context(), t, api.ClientOf(r), userID(r), b.ShouldSoftDelete); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -115,7 +168,12 @@ func (a *API) handleAdminDeleteUser(w http.ResponseWriter, r *http.Request, t au
 }
 
 func (a *API) handleAdminAudit(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
-	evs, err := a.auth.ListAudit(r.Context(), t, page(r))
+	p, err := page(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	evs, err := a.auth.ListAudit(r.Context(), t, p)
 	if err != nil {
 		a.writeError(w, r, err)
 		return

@@ -24,6 +24,8 @@ type userJSON struct {
 	Identities       []identityJSON  `json:"identities"`
 	CreatedAt        time.Time       `json:"created_at"`
 	UpdatedAt        time.Time       `json:"updated_at"`
+	BannedUntil      *time.Time      `json:"banned_until,omitempty"`
+	DeletedAt        *time.Time      `json:"deleted_at,omitempty"`
 	IsAnonymous      bool            `json:"is_anonymous"`
 }
 
@@ -49,7 +51,10 @@ func userView(u *auth.User) userJSON {
 	if confirmed == nil {
 		confirmed = u.PhoneConfirmedAt
 	}
-	ids := make([]identityJSON, len(u.Identities))
+	var ids []identityJSON // nil (JSON null) when not read, as GoTrue's user lists
+	if u.Identities != nil {
+		ids = make([]identityJSON, len(u.Identities))
+	}
 	for i, id := range u.Identities {
 		ids[i] = identityJSON{IdentityID: id.IdentityID, ProviderID: id.ProviderID, UserID: id.UserID,
 			IdentityData: object(id.IdentityData), Provider: id.Provider, LastSignInAt: id.LastSignInAt,
@@ -60,6 +65,7 @@ func userView(u *auth.User) userJSON {
 		Phone: u.Phone, PhoneConfirmedAt: u.PhoneConfirmedAt, ConfirmedAt: confirmed,
 		LastSignInAt: u.LastSignInAt, AppMetadata: object(u.AppMetadata), UserMetadata: object(u.UserMetadata),
 		Identities: ids, CreatedAt: u.CreatedAt, UpdatedAt: u.UpdatedAt, IsAnonymous: u.IsAnonymous,
+		BannedUntil: u.BannedUntil, DeletedAt: u.DeletedAt,
 	}
 }
 

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -24,7 +25,7 @@ func TestAuth_Config(t *testing.T) {
 			r.Body["password_min_length"] != float64(6) || r.Body["jwt_exp"] != float64(0) || r.Body["cors_allowed_origins"] != "" {
 			t.Fatalf("defaults: %d %s", r.Status, r.Raw)
 		}
-		sameKeys(t, "config", r.Body, "disable_signup", "mailer_autoconfirm", "password_min_length", "password_required_characters",
+		sameKeys(t, "config", r.Body, "disable_signup", "external_anonymous_users_enabled", "mailer_autoconfirm", "password_min_length", "password_required_characters",
 			"jwt_exp", "site_url", "uri_allow_list", "cors_allowed_origins")
 		if r := e.call("GET", cfg, "admin-secret", nil); r.Status != 200 {
 			t.Fatalf("the platform token: %d %s", r.Status, r.Raw)
@@ -190,4 +191,57 @@ func TestAuth_CORS(t *testing.T) {
 			t.Fatalf("response to a listed origin: %v", r.Header)
 		}
 	})
+}
+
+// TestAuth_Anonymous: with the tenant's external_anonymous_users_enabled,
+// POST /signup without an email makes an anonymous user (GoTrue's
+// anon_signup.json), who becomes permanent by adding an email.
+func TestAuth_Anonymous(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	base := e.tenant("acme")
+	key := e.call("POST", e.URL+"/admin/tenants/acme/service-key", "admin-secret", nil).str("service_key")
+	wantAuthError(t, e.call("POST", base+"/signup", "", `{}`), 422, "anonymous_provider_disabled")
+	if r := e.call("PATCH", base+"/admin/config/auth", key, `{"external_anonymous_users_enabled": true}`); r.Status != 200 {
+		t.Fatalf("%d %s", r.Status, r.Raw)
+	}
+	if r := e.call("GET", base+"/settings", "", nil); r.Body["external"].(map[string]any)["anonymous_users"] != true {
+		t.Fatalf("settings: %s", r.Raw)
+	}
+	r := e.call("POST", base+"/signup", "", `{"data":{"cart":3}}`)
+	if r.Status != 200 || r.str("access_token") == "" {
+		t.Fatalf("anonymous signup: %d %s", r.Status, r.Raw)
+	}
+	u := r.Body["user"].(map[string]any)
+	if u["is_anonymous"] != true || u["email"] != "" || len(u["identities"].([]any)) != 0 || fmt.Sprint(u["app_metadata"]) != "map[]" ||
+		fmt.Sprint(u["user_metadata"]) != "map[cart:3]" {
+		t.Fatalf("anonymous user: %v", u)
+	}
+	_, c := claimsOf(t, r.str("access_token"))
+	if c["is_anonymous"] != true || c["amr"].([]any)[0].(map[string]any)["method"] != "anonymous" {
+		t.Fatalf("anonymous claims: %v", c)
+	}
+	at := r.str("access_token")
+	// Refresh keeps the session anonymous.
+	ref := e.refresh(base, r.str("refresh_token"))
+	if _, c := claimsOf(t, ref.str("access_token")); ref.Status != 200 || c["amr"].([]any)[0].(map[string]any)["method"] != "anonymous" {
+		t.Fatalf("refresh of an anonymous session: %d %v", ref.Status, c)
+	}
+	// Adding an email makes it permanent (autoconfirm on), then a password.
+	conv := e.call("PUT", base+"/user", at, map[string]any{"email": "Anon.Convert@example.com"})
+	if conv.Status != 200 || conv.Body["is_anonymous"] != false || conv.str("email") != "anon.convert@example.com" ||
+		conv.str("email_confirmed_at") == "" || len(conv.Body["identities"].([]any)) != 1 || conv.Body["user_metadata"].(map[string]any)["email_verified"] != true {
+		t.Fatalf("conversion: %d %s", conv.Status, conv.Raw)
+	}
+	if r := e.call("PUT", base+"/user", at, map[string]any{"password": "password1"}); r.Status != 200 {
+		t.Fatalf("password: %d %s", r.Status, r.Raw)
+	}
+	if r := e.login(base, "anon.convert@example.com", "password1"); r.Status != 200 {
+		t.Fatalf("login of the converted user: %d %s", r.Status, r.Raw)
+	}
+	// An email taken by another user cannot be claimed.
+	other := e.call("POST", base+"/signup", "", `{}`)
+	wantAuthError(t, e.call("PUT", base+"/user", other.str("access_token"), map[string]any{"email": "anon.convert@example.com"}), 422, "email_exists")
+	// Signups closed: no anonymous ones either.
+	e.call("PATCH", base+"/admin/config/auth", key, `{"disable_signup": true}`)
+	wantAuthError(t, e.call("POST", base+"/signup", "", `{}`), 422, "signup_disabled")
 }

@@ -30,6 +30,7 @@ const (
 	CodeOverRequestRateLimit = "over_request_rate_limit"
 	CodeEmailNotConfirmed    = "email_not_confirmed"
 	CodeUserBanned           = "user_banned"
+	CodeAnonymousDisabled    = "anonymous_provider_disabled"
 	CodeSignupDisabled       = "signup_disabled"
 	CodeUnsupportedGrant     = "unsupported_grant_type"
 	CodeServiceUnavailable   = "service_unavailable"

@@ -48,6 +48,9 @@ type SignupRequest struct {
 // Signup creates a user with an email identity. With auto-confirm on it
 // returns a session, else the unconfirmed user (session nil).
 func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequest) (*Session, *User, error) {
+	if strings.TrimSpace(req.Email) == "" && req.Password == "" {
+		return s.signupAnonymous(ctx, t, c, req.Data)
+	}
 	email := NormalizeEmail(req.Email)
 	if err := validateEmail(email); err != nil {
 		return nil, nil, err
@@ -117,6 +120,56 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 	}
 	if !st.MailerAutoconfirm {
 		return nil, is.user, nil
+	}
+	sess, err := s.session(ctx, t, is)
+	return sess, is.user, err
+}
+
+// signupAnonymous makes an anonymous user with a session, as GoTrue's
+// POST /signup with neither email nor password when the tenant allows
+// anonymous sign-ins (anon_signup.json): no identity, no email, empty
+// app_metadata; the user becomes permanent by adding an email
+// (UpdateUser).
+func (s *Service) signupAnonymous(ctx context.Context, t Tenant, c Client, data map[string]any) (*Session, *User, error) {
+	if err := s.signups.allow(t.ID, c.IP); err != nil {
+		return nil, nil, err
+	}
+	st, err := s.Settings(ctx, t)
+	if err != nil {
+		return nil, nil, err
+	}
+	if st.DisableSignup {
+		return nil, nil, newError(engine.KindRefused, CodeSignupDisabled, "Signups not allowed for this instance")
+	}
+	if !st.AnonymousUsers {
+		return nil, nil, newError(engine.KindRefused, CodeAnonymousDisabled, "Anonymous sign-ins are disabled")
+	}
+	if data == nil {
+		data = map[string]any{}
+	}
+	now := s.now().UTC().Truncate(time.Microsecond)
+	ts := now.UnixMicro()
+	is := &issued{sessionAt: now.Unix(), method: "anonymous"}
+	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
+		uid := newUUID()
+		if _, err := tx.Exec(`INSERT INTO users (id, aud, role, email, encrypted_password, last_sign_in_at,
+			raw_app_meta_data, raw_user_meta_data, is_anonymous, created_at, updated_at)
+			VALUES (?, 'authenticated', 'authenticated', NULL, '', ?, '{}', ?, 1, ?, ?)`, uid, ts, mustJSON(data), ts, ts); err != nil {
+			return err
+		}
+		var err error
+		if is.sessionID, is.refresh, err = createSession(tx, uid, now, c); err != nil {
+			return err
+		}
+		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: event.User(uid, ""), IP: c.IP,
+			Data: map[string]any{"provider": "anonymous"}, At: now}); err != nil {
+			return err
+		}
+		is.user, err = userByID(tx, uid)
+		return err
+	})
+	if err != nil {
+		return nil, nil, writeError(err, engine.KindRateLimited)
 	}
 	sess, err := s.session(ctx, t, is)
 	return sess, is.user, err
@@ -544,7 +597,24 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			}
 		}
 		changed := []string{}
-		if newEmail != "" {
+		if newEmail != "" && cur.IsAnonymous {
+			// An anonymous user becomes permanent: its email, confirmed
+			// (a tenant that auto-confirms), and an email identity, as GoTrue
+			// (anon_update_email.json: app_metadata stays as it was).
+			meta["email_verified"] = true
+			if _, err := tx.Exec(`UPDATE users SET email = ?, email_confirmed_at = ?, is_anonymous = 0 WHERE id = ?`, newEmail, ts, u.ID); err != nil {
+				if errors.Is(err, engine.ErrConflict) {
+					return newError(engine.KindRefused, CodeEmailExists, "A user with this email address has already been registered")
+				}
+				return err
+			}
+			identity := map[string]any{"email": newEmail, "email_verified": true, "phone_verified": false, "sub": u.ID}
+			if _, err := tx.Exec(`INSERT INTO identities (id, user_id, provider, provider_id, identity_data, email, last_sign_in_at, created_at, updated_at)
+				VALUES (?, ?, 'email', ?, ?, ?, ?, ?, ?)`, newUUID(), u.ID, u.ID, mustJSON(identity), newEmail, ts, ts, ts); err != nil {
+				return err
+			}
+			changed = append(changed, "email", "is_anonymous")
+		} else if newEmail != "" {
 			meta["email"] = newEmail
 			if _, err := tx.Exec(`UPDATE users SET email = ? WHERE id = ?`, newEmail, u.ID); err != nil {
 				if errors.Is(err, engine.ErrConflict) {

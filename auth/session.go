@@ -24,7 +24,8 @@ type Session struct {
 type issued struct {
 	user        *User
 	sessionID   string
-	sessionAt   int64 // session creation, unix seconds: the amr timestamp
+	sessionAt   int64  // session creation, unix seconds: the amr timestamp
+	method      string // the amr method: "password" unless set
 	refresh     string
 	failure     *engine.Error // an outcome to answer after the write committed
 	refreshedAt time.Time
@@ -64,7 +65,7 @@ func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, 
 	c := &token.Claims{
 		Issuer: t.Issuer, Subject: u.ID, Audience: u.Aud, ExpiresAt: exp, IssuedAt: now.Unix(),
 		Email: u.Email, Phone: u.Phone, AppMetadata: object(u.AppMetadata), UserMetadata: object(u.UserMetadata),
-		Role: u.Role, AAL: "aal1", AMR: []token.AMR{{Method: "password", Timestamp: is.sessionAt}},
+		Role: u.Role, AAL: "aal1", AMR: []token.AMR{{Method: is.amrMethod(), Timestamp: is.sessionAt}},
 		SessionID: is.sessionID, IsAnonymous: u.IsAnonymous,
 	}
 	at, err := ks.Sign(c)
@@ -73,6 +74,18 @@ func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, 
 	}
 	return &Session{AccessToken: at, ExpiresIn: int64(ttl / time.Second), ExpiresAt: exp,
 		RefreshToken: is.refresh, User: u}, nil
+}
+
+// amrMethod is how the session was opened: an anonymous user's sessions
+// are "anonymous" (GoTrue's amr), the others "password".
+func (is *issued) amrMethod() string {
+	switch {
+	case is.method != "":
+		return is.method
+	case is.user != nil && is.user.IsAnonymous:
+		return "anonymous"
+	}
+	return "password"
 }
 
 // Principal is the caller of an authenticated request.

@@ -37,6 +37,9 @@ type Settings struct {
 	// browser with credentials, comma-separated; empty: any origin,
 	// without credentials (cors_allowed_origins).
 	CORSAllowedOrigins string
+	// AnonymousUsers lets POST /signup without an email make an anonymous
+	// user (external_anonymous_users_enabled).
+	AnonymousUsers bool
 }
 
 // DefaultSettings apply to settings a tenant has not set.
@@ -62,6 +65,10 @@ var settingFields = []setting{
 	{"disable_signup", func(st *Settings) any { return st.DisableSignup },
 		func(_ *Service, st *Settings, raw json.RawMessage) error {
 			return decodeSetting(raw, &st.DisableSignup)
+		}},
+	{"external_anonymous_users_enabled", func(st *Settings) any { return st.AnonymousUsers },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			return decodeSetting(raw, &st.AnonymousUsers)
 		}},
 	{"mailer_autoconfirm", func(st *Settings) any { return st.MailerAutoconfirm },
 		func(_ *Service, st *Settings, raw json.RawMessage) error {

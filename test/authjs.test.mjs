@@ -164,6 +164,31 @@ test('auth-js against keyshard', async (t) => {
     assert.equal((await client(A).signInWithPassword({ email: `p2-${email}`, password })).error, null)
   })
 
+  await t.test('signInAnonymously, then an email and a password make the user permanent', async () => {
+    const anon = client(A)
+    const off = await anon.signInAnonymously()
+    assert.equal(off.error?.code, 'anonymous_provider_disabled')
+    const on = await fetch(`${A}/admin/config/auth`, {
+      method: 'PATCH',
+      headers: { Authorization: `Bearer ${A_KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ external_anonymous_users_enabled: true }),
+    })
+    assert.equal(on.status, 200)
+    const { data, error } = await anon.signInAnonymously({ options: { data: { cart: 2 } } })
+    assert.equal(error, null)
+    assert.equal(data.user.is_anonymous, true)
+    assert.equal(data.user.user_metadata.cart, 2)
+    const claims = await anon.getClaims(data.session.access_token)
+    assert.equal(claims.data.claims.is_anonymous, true)
+    const anonEmail = `anon-${email}`
+    const withEmail = await anon.updateUser({ email: anonEmail })
+    assert.equal(withEmail.error, null)
+    assert.equal(withEmail.data.user.is_anonymous, false)
+    assert.equal(withEmail.data.user.email, anonEmail)
+    assert.equal((await anon.updateUser({ password })).error, null)
+    assert.equal((await client(A).signInWithPassword({ email: anonEmail, password })).error, null)
+  })
+
   await t.test('a session of tenant A is rejected by tenant B', async () => {
     const got = await b.getUser(session.access_token)
     assert.equal(got.data.user, null)

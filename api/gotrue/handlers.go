@@ -143,7 +143,7 @@ func (a *API) handleGetSettings(w http.ResponseWriter, r *http.Request, t auth.T
 		a.writeError(w, r, err)
 		return
 	}
-	external := map[string]bool{"email": true, "phone": false, "anonymous_users": false}
+	external := map[string]bool{"email": true, "phone": false, "anonymous_users": st.AnonymousUsers}
 	for _, p := range externalProviders {
 		external[p] = false
 	}

@@ -75,9 +75,11 @@ func TestAdminTransfer_ExportImport(t *testing.T) {
 	base := e.tenant("acme")
 	e.tenant("other")
 	e.signup(e.URL+"/t/other", "someone@other.test", "password-other")
+	var sessions []authResp
 	for i := 0; i < 3; i++ {
-		e.signup(base, fmt.Sprintf("u%d@acme.test", i), fmt.Sprintf("password-%d", i))
+		sessions = append(sessions, e.signup(base, fmt.Sprintf("u%d@acme.test", i), fmt.Sprintf("password-%d", i)))
 	}
+	sourceKey := e.call("POST", e.URL+"/admin/tenants/acme/service-key", transferAdmin, nil).str("service_key")
 	for _, format := range []string{"sqlite", "ndjson"} {
 		t.Run(format, func(t *testing.T) {
 			r := e.call("GET", e.URL+"/admin/tenants/acme/export?format="+format+"&include_secrets=true", transferAdmin, nil)
@@ -105,6 +107,15 @@ func TestAdminTransfer_ExportImport(t *testing.T) {
 			}
 			if lr := e.login(e.URL+"/t/"+slug, "someone@other.test", "password-other"); lr.Status != 400 {
 				t.Fatalf("a user of another tenant logs in to the import: %d", lr.Status)
+			}
+			// A copy shares no live credential with its source: neither
+			// the source's refresh tokens nor its service key open it.
+			for _, s := range sessions {
+				wantAuthError(t, e.refresh(e.URL+"/t/"+slug, s.str("refresh_token")), 400, "refresh_token_not_found")
+			}
+			wantAuthError(t, e.call("GET", e.URL+"/t/"+slug+"/admin/users", sourceKey, nil), 401, "no_authorization")
+			if n := e.countRows(slug, `SELECT count(*) FROM sessions`); n != 3 { // the logins above
+				t.Fatalf("%d sessions in the copy, want only the 3 opened in it", n)
 			}
 		})
 	}

@@ -134,14 +134,18 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 		}
 	}
 	if id == "" {
-		// Nor does a copy deliver again the events its source had not
-		// delivered yet: they are the source's.
+		// A copy shares no live credential with its source: a refresh
+		// token or the service key of the source opens nothing in it (users
+		// sign in again with their passwords). Nor does it deliver again
+		// the events its source had not delivered yet.
 		if err := stage.Write(ctx, func(tx engine.Querier) error {
-			if _, err := tx.Exec("DELETE FROM outbox"); err != nil {
-				return err
+			for _, q := range []string{`DELETE FROM refresh_tokens`, `DELETE FROM sessions`, `DELETE FROM outbox`, `DELETE FROM signing_keys`,
+				`DELETE FROM settings WHERE "key" = 'service_key_sha256'`} {
+				if _, err := tx.Exec(q); err != nil {
+					return err
+				}
 			}
-			_, err := tx.Exec("DELETE FROM signing_keys")
-			return err
+			return nil
 		}); err != nil {
 			return nil, err
 		}

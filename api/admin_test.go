@@ -366,3 +366,32 @@ func strconvQuote(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
 }
+
+// TestServer_AdminActionsLogged: every admin action logs one line naming
+// it and the tenant, and never a secret.
+func TestServer_AdminActionsLogged(t *testing.T) {
+	s := newServer(t)
+	wantTenant(t, "create", s.admin(t, http.MethodPost, "/admin/tenants", map[string]string{"slug": "logged", "name": "L"}), http.StatusCreated)
+	wantTenant(t, "approve", s.admin(t, http.MethodPost, "/admin/tenants/logged/approve", nil), http.StatusOK)
+	key := s.admin(t, http.MethodPost, "/admin/tenants/logged/service-key", nil)
+	wantTenant(t, "suspend", s.admin(t, http.MethodPost, "/admin/tenants/logged/suspend", nil), http.StatusOK)
+	wantTenant(t, "resume", s.admin(t, http.MethodPost, "/admin/tenants/logged/resume", nil), http.StatusOK)
+	if r := s.admin(t, http.MethodPost, "/admin/tenants/logged/signing-keys", nil); r.Status != http.StatusOK {
+		t.Fatalf("rotate: %d %s", r.Status, r.Body)
+	}
+	if r := s.admin(t, http.MethodDelete, "/admin/tenants/logged", nil); r.Status != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", r.Status, r.Body)
+	}
+	logs := s.log.String()
+	for _, action := range []string{"tenant created", "tenant approved", "service key issued", "tenant suspended", "tenant resumed", "signing key rotated", "tenant deleted"} {
+		if !strings.Contains(logs, `msg="`+action+`" tenant=logged`) {
+			t.Errorf("no log line %q for tenant logged:\n%s", action, logs)
+		}
+	}
+	var k struct {
+		Key string `json:"service_key"`
+	}
+	if err := json.Unmarshal(key.Body, &k); err != nil || k.Key == "" || strings.Contains(logs, k.Key) || strings.Contains(logs, adminToken) {
+		t.Fatalf("a secret in the logs (or no key: %v)", err)
+	}
+}

@@ -94,6 +94,7 @@ func (a *API) handleCreateTenant(w http.ResponseWriter, r *http.Request, _ httpr
 		a.srv.WriteError(w, r, err)
 		return
 	}
+	a.logAction(r, "tenant created", t.Slug, "tenant_id", t.ID, "backend", t.Backend)
 	api.WriteJSON(w, http.StatusCreated, t)
 }
 
@@ -123,6 +124,7 @@ func (a *API) handleDeleteTenant(w http.ResponseWriter, r *http.Request, ps http
 		a.srv.WriteError(w, r, err)
 		return
 	}
+	a.logAction(r, "tenant deleted", ps.ByName("tenant"))
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -137,6 +139,7 @@ func (a *API) handleApproveTenant(w http.ResponseWriter, r *http.Request, ps htt
 	if err := a.ensureSigningKey(r.Context(), t.ID); err != nil {
 		a.srv.Logger.Warn("signing key not created at approval; it will be at first use", "tenant_id", t.ID, "err", err)
 	}
+	a.logAction(r, "tenant approved", t.Slug, "tenant_id", t.ID)
 	api.WriteJSON(w, http.StatusOK, t)
 }
 
@@ -159,6 +162,7 @@ func (a *API) handleSuspendTenant(w http.ResponseWriter, r *http.Request, ps htt
 		a.srv.WriteError(w, r, err)
 		return
 	}
+	a.logAction(r, "tenant suspended", t.Slug, "tenant_id", t.ID)
 	api.WriteJSON(w, http.StatusOK, t)
 }
 
@@ -168,6 +172,7 @@ func (a *API) handleResumeTenant(w http.ResponseWriter, r *http.Request, ps http
 		a.srv.WriteError(w, r, err)
 		return
 	}
+	a.logAction(r, "tenant resumed", t.Slug, "tenant_id", t.ID)
 	api.WriteJSON(w, http.StatusOK, t)
 }
 
@@ -198,12 +203,19 @@ func (a *API) handleRotateKey(w http.ResponseWriter, r *http.Request, ps httprou
 		a.srv.WriteError(w, r, err)
 		return
 	}
-	a.srv.Logger.Info("signing key rotated", "tenant_id", ts.Tenant.ID, "kid", kid, "signs_at", signsAt.UTC())
+	a.logAction(r, "signing key rotated", ts.Tenant.Slug, "tenant_id", ts.Tenant.ID, "kid", kid, "signs_at", signsAt.UTC())
 	alg := req.Algorithm
 	if alg == "" {
 		alg = a.auth.Keys().DefaultAlgorithm()
 	}
 	api.WriteJSON(w, http.StatusOK, map[string]any{"kid": kid, "algorithm": alg, "signs_at": signsAt.UTC(), "tenant": ts.Tenant.Slug})
+}
+
+// logAction logs one line for an admin action: what, on which tenant, from
+// which client, with the request id; never a secret.
+func (a *API) logAction(r *http.Request, action, tenant string, attrs ...any) {
+	attrs = append([]any{"tenant", tenant, "client", api.ClientOf(r).IP}, attrs...)
+	a.srv.Logger.Info(action, attrs...)
 }
 
 // handleIssueServiceKey makes a new service key for the tenant's admin API
@@ -220,6 +232,7 @@ func (a *API) handleIssueServiceKey(w http.ResponseWriter, r *http.Request, ps h
 		a.srv.WriteError(w, r, err)
 		return
 	}
+	a.logAction(r, "service key issued", ts.Tenant.Slug, "tenant_id", ts.Tenant.ID) // never the key
 	w.Header().Set("Cache-Control", "no-store")
 	api.WriteJSON(w, http.StatusOK, map[string]string{"service_key": key})
 }

@@ -83,6 +83,7 @@ func (a *API) handleExportTenant(w http.ResponseWriter, r *http.Request, ps http
 		a.srv.Logger.Warn("export failed mid-stream", "tenant_id", t.ID, "err", err)
 		panic(http.ErrAbortHandler)
 	}
+	a.logAction(r, "tenant exported", t.Slug, "tenant_id", t.ID, "format", o.Format, "include_secrets", o.IncludeSecrets)
 }
 
 func (a *API) handleImportTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
@@ -102,6 +103,9 @@ func (a *API) handleImportTenant(w http.ResponseWriter, r *http.Request, ps http
 		if err := a.ensureSigningKey(r.Context(), res.Tenant.ID); err != nil {
 			a.srv.Logger.Warn("signing key not created at import; it will be at first use", "tenant_id", res.Tenant.ID, "err", err)
 		}
+	}
+	if res.Tenant != nil {
+		a.logAction(r, "tenant imported", res.Tenant.Slug, "tenant_id", res.Tenant.ID, "backend", res.Tenant.Backend, "format", res.Format)
 	}
 	api.WriteJSON(w, http.StatusCreated, res)
 }
@@ -129,6 +133,7 @@ func (a *API) handleMoveTenant(w http.ResponseWriter, r *http.Request, ps httpro
 		a.srv.WriteError(w, r, err)
 		return
 	}
+	a.logAction(r, "tenant moved", res.Tenant.Slug, "tenant_id", res.Tenant.ID, "to", res.To.Backend, "fenced", res.Fenced)
 	api.WriteJSON(w, http.StatusOK, res)
 }
 

@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -77,9 +78,11 @@ KEYSHARD_CACHE_CAPACITY, and so on.
 // storageFlags are the flags shared by every command that opens the engine.
 type storageFlags struct {
 	cfg app.Config
+	fs  *flag.FlagSet
 }
 
 func (f *storageFlags) register(fs *flag.FlagSet) {
+	f.fs = fs
 	fs.StringVar(&f.cfg.DataDir, "data", "./data", "data directory: catalog, shards, admin token")
 	fs.StringVar(&f.cfg.Synchronous, "synchronous", "FULL", "SQLite durability: FULL (an acknowledged write survives power loss) or NORMAL (survives a crash of the process)")
 	fs.DurationVar(&f.cfg.BusyTimeout, "busy-timeout", 3*time.Second, "longest wait for a shard's database lock before answering busy")
@@ -119,6 +122,27 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return err
 }
 
+// openApp opens the engine of a command that acts on a data directory. When
+// none was named (--data, KEYSHARD_DATA) and the default ./data holds no
+// catalog, it refuses rather than create one wherever it was run.
 func openApp(f *storageFlags) (*app.App, error) {
+	if f.cfg.CatalogDSN == "" && !f.dataGiven() {
+		if _, err := os.Stat(filepath.Join(f.cfg.DataDir, "catalog.db")); err != nil {
+			return nil, fmt.Errorf("no Keyshard data directory at %s (it has no catalog.db): give --data DIR (or KEYSHARD_DATA), or run this where keyshard serve keeps its data", f.cfg.DataDir)
+		}
+	}
 	return app.Open(context.Background(), f.cfg)
+}
+
+// dataGiven reports whether the data directory was named on the command
+// line or in the environment.
+func (f *storageFlags) dataGiven() bool {
+	if _, ok := os.LookupEnv("KEYSHARD_DATA"); ok {
+		return true
+	}
+	given := false
+	if f.fs != nil {
+		f.fs.Visit(func(fl *flag.Flag) { given = given || fl.Name == "data" })
+	}
+	return given
 }

@@ -591,3 +591,28 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// TestTenant_NoDataDir: a command that acts on a data directory, run where
+// there is none and without --data, refuses instead of creating ./data.
+func TestTenant_NoDataDir(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{{"tenant", "list"}, {"tenant", "create", "--slug", "acme"}, {"migrate", "--all"}} {
+		r := keyshard(t, dir, nil, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "no Keyshard data directory") {
+			t.Fatalf("%v outside a data directory: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); !os.IsNotExist(err) {
+		t.Fatalf("./data was created: %v", err)
+	}
+	// Named, it is made; and then ./data is found without --data.
+	if r := keyshard(t, dir, nil, "tenant", "create", "--slug", "acme", "--data", "data"); r.code != 0 {
+		t.Fatalf("with --data: exit %d %s", r.code, r.stderr)
+	}
+	if r := keyshard(t, dir, nil, "tenant", "list"); r.code != 0 || !strings.Contains(r.stdout, "acme") {
+		t.Fatalf("in a directory with ./data: exit %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := keyshard(t, dir, []string{"KEYSHARD_DATA=" + filepath.Join(dir, "data")}, "tenant", "list"); r.code != 0 {
+		t.Fatalf("with KEYSHARD_DATA: exit %d %s", r.code, r.stderr)
+	}
+}

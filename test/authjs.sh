@@ -64,7 +64,7 @@ export KEYSHARD_TENANT_A_URL="$base/t/authjs-a"
 export KEYSHARD_TENANT_B_URL="$base/t/authjs-b"
 export KEYSHARD_TENANT_HS_URL="$base/t/authjs-hs"
 status=0
-node --test test/authjs.test.mjs || status=$?
+node --test test/authjs.test.mjs test/browser.test.mjs || status=$?
 drop_tenants # their schemas/databases, on a server backend
 if [[ $status -ne 0 ]]; then
 	echo "--- keyshard serve log" >&2

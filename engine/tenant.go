@@ -42,10 +42,10 @@ type Tenant struct {
 // Placement says where a tenant's shard lives. Epoch changes whenever the
 // placement does, so a stale writer can be fenced.
 type Placement struct {
-	TenantID string
-	Backend  string
-	Location string
-	Epoch    int64
+	TenantID string `json:"tenant_id"`
+	Backend  string `json:"backend"`
+	Location string `json:"location"`
+	Epoch    int64  `json:"epoch"`
 }
 
 // Placement returns where t's shard lives.

@@ -201,6 +201,21 @@ test('auth-js against keyshard', async (t) => {
     assert.equal(signIn.error?.code, 'invalid_credentials')
   })
 
+  await t.test('closed signups: signUp fails with signup_disabled, /settings says so', async () => {
+    const patch = (body) => fetch(`${B}/admin/config/auth`, {
+      method: 'PATCH',
+      headers: { Authorization: `Bearer ${process.env.KEYSHARD_ADMIN_TOKEN}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    })
+    assert.equal((await patch({ disable_signup: true })).status, 200)
+    const { data, error } = await client(B).signUp({ email: `closed-${email}`, password })
+    assert.equal(data.user, null)
+    assert.equal(error?.code, 'signup_disabled')
+    const settings = await (await fetch(`${B}/settings`)).json()
+    assert.equal(settings.disable_signup, true)
+    assert.equal((await patch({ disable_signup: false })).status, 200)
+  })
+
   await t.test('signOut ends the session', async () => {
     const accessToken = session.access_token
     const { error } = await a.signOut()

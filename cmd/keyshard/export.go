@@ -9,8 +9,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/schollz/progressbar/v3"
-
 	"github.com/keyshard/keyshard/app"
 	"github.com/keyshard/keyshard/transfer"
 )
@@ -88,8 +86,7 @@ func runExport(args []string) error {
 		defer f.Close()
 		w = f
 	}
-	bar := progressbar.NewOptions64(-1, progressbar.OptionSetDescription("exporting "+slug),
-		progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowBytes(true), progressbar.OptionSetVisibility(!*quiet && *out != "-"))
+	bar := newBar(-1, "exporting "+slug, "", true, *quiet || *out == "-")
 	h, err := newTransfer(a).Export(context.Background(), slug, io.MultiWriter(w, bar), transfer.ExportOptions{Format: *format, IncludeSecrets: *secrets})
 	_ = bar.Finish()
 	fmt.Fprintln(os.Stderr)

@@ -49,8 +49,7 @@ func runImport(args []string) error {
 		return err
 	}
 	defer a.Close()
-	bar := progressbar.NewOptions64(st.Size(), progressbar.OptionSetDescription("reading "+path),
-		progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowBytes(true), progressbar.OptionSetVisibility(!*quiet))
+	bar := newBar(st.Size(), "reading "+path, "", true, *quiet)
 	r := progressbar.NewReader(f, bar)
 	res, err := newTransfer(a).Import(context.Background(), &r, transfer.ImportOptions{Slug: *slug, Name: *name, Backend: *backend})
 	_ = bar.Finish()

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/schollz/progressbar/v3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/keyshard/keyshard/engine"
@@ -68,8 +67,7 @@ func runMigrate(args []string) error {
 			todo = append(todo, t)
 		}
 	}
-	bar := progressbar.NewOptions(len(todo), progressbar.OptionSetDescription("migrating shards"),
-		progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowCount(), progressbar.OptionSetVisibility(!*quiet))
+	bar := newBar(int64(len(todo)), "migrating shards", "shards", false, *quiet)
 	var mu sync.Mutex
 	var failures []migrateFailure
 	g, gctx := errgroup.WithContext(ctx)

@@ -66,8 +66,7 @@ func runMove(args []string) error {
 		return err
 	}
 	defer a.Close()
-	bar := progressbar.NewOptions64(-1, progressbar.OptionSetDescription("moving "+slug),
-		progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowCount(), progressbar.OptionSetVisibility(!*quiet))
+	bar := newBar(-1, "moving "+slug, "rows", false, *quiet)
 	res, err := newTransfer(a).Move(context.Background(), slug, transfer.MoveOptions{Backend: *to, Location: *dir,
 		Progress: func(p transfer.Progress) { showProgress(bar, p) }})
 	_ = bar.Finish()
@@ -108,8 +107,7 @@ func moveRemote(dataDir, base, slug, to, dir string, quiet bool) error {
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
-	bar := progressbar.NewOptions64(-1, progressbar.OptionSetDescription("moving "+slug),
-		progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowCount(), progressbar.OptionSetVisibility(!quiet))
+	bar := newBar(-1, "moving "+slug, "rows", false, quiet)
 	done := make(chan struct{})
 	polled := make(chan struct{})
 	go func() { // progress, until the move answers

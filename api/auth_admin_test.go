@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyshard/keyshard/engine"
 )
 
 func TestAuth_TenantAdmin(t *testing.T) {
@@ -109,9 +111,21 @@ func TestAuth_TenantAdmin(t *testing.T) {
 		if r := e.call("PUT", base+"/admin/users/"+id, key, map[string]any{"ban_duration": "none"}); r.Status != 200 || r.Body["banned_until"] != nil {
 			t.Fatalf("unban: %d %s", r.Status, r.Raw)
 		}
-		if r := e.login(base, "admin.made@example.com", "password1"); r.Status != 200 {
-			t.Fatalf("login after the ban was lifted: %d %s", r.Status, r.Raw)
+		again := e.login(base, "admin.made@example.com", "password1")
+		if again.Status != 200 {
+			t.Fatalf("login after the ban was lifted: %d %s", again.Status, again.Raw)
 		}
+		// A session that escaped a ban (here: a ban written straight into
+		// the shard, as a restore would bring it) cannot refresh.
+		e.write("acme", func(tx engine.Querier) error {
+			_, err := tx.Exec(`UPDATE users SET banned_until = ? WHERE id = ?`, time.Now().Add(time.Hour).UnixMicro(), id)
+			return err
+		})
+		wantAuthError(t, e.refresh(base, again.str("refresh_token")), 400, "user_banned")
+		e.write("acme", func(tx engine.Querier) error {
+			_, err := tx.Exec(`UPDATE users SET banned_until = NULL WHERE id = ?`, id)
+			return err
+		})
 		if r := e.call("GET", base+"/admin/users/"+id, key, nil); r.Status != 200 || r.str("id") != id {
 			t.Fatalf("get: %d %s", r.Status, r.Raw)
 		}

@@ -724,6 +724,10 @@ func TestAuth_SigningAlgorithms(t *testing.T) {
 			if rot.Status != 200 || kid == "" || rot.str("algorithm") != alg {
 				t.Fatalf("rotation: %d %s", rot.Status, rot.Raw)
 			}
+			// Only an HS256 rotation shows its secret, once, uncached.
+			if (rot.str("secret") != "") != (alg == "HS256") || (alg == "HS256" && rot.Header.Get("Cache-Control") != "no-store") {
+				t.Fatalf("rotation to %s: secret %q, headers %v", alg, rot.str("secret"), rot.Header)
+			}
 			s := e.signup(base, "u@"+slug+".example", "password1")
 			h, _ := claimsOf(t, s.str("access_token"))
 			if h["alg"] != alg || h["kid"] != kid {
@@ -739,6 +743,13 @@ func TestAuth_SigningAlgorithms(t *testing.T) {
 				t.Fatalf("an HS256 secret is published: %s", jwks.Raw)
 			case alg != "HS256" && err != nil:
 				t.Fatalf("verify through the JWKS: %v", err)
+			}
+			if alg == "HS256" { // the tenant's backend verifies with the secret it was shown
+				secret, _ := base64.RawURLEncoding.DecodeString(rot.str("secret"))
+				if _, err := jwt.Parse(s.str("access_token"), func(*jwt.Token) (any, error) { return secret, nil },
+					jwt.WithValidMethods([]string{"HS256"})); err != nil {
+					t.Fatalf("HS256 token with the shown secret: %v", err)
+				}
 			}
 			// The same claims with HS256 in the header, MACed with public
 			// material (the JWKS) as the secret: refused, its key is not HS256.

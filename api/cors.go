@@ -25,12 +25,14 @@ const corsExposeHeaders = "X-Total-Count, Link, X-Supabase-Api-Version, X-Sb-Err
 // an Origin header, as the server's OriginPolicy says (any origin, without
 // credentials, when there is none or it fails).
 func (s *Server) cors(w http.ResponseWriter, r *http.Request, ts *engine.TenantShard) {
+	// Always: a shared cache must not serve an answer without CORS
+	// headers to a browser (the JWKS is cacheable).
+	h := w.Header()
+	h.Add("Vary", "Origin")
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return
 	}
-	h := w.Header()
-	h.Add("Vary", "Origin")
 	allowed, credentials := true, false
 	if ts != nil && s.Origins != nil {
 		var err error

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"os"
 
 	"github.com/keyshard/keyshard/engine"
 )
@@ -30,7 +29,7 @@ func badJSON(msg string) error { return engine.NewError(engine.KindInvalid, "bad
 // not arrive in time (ProblemOf answers them 413 and 408), else nil.
 func bodyError(err error) error {
 	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) || errors.Is(err, os.ErrDeadlineExceeded) {
+	if errors.As(err, &mbe) || errors.Is(err, errBodyTimeout) {
 		return err
 	}
 	return nil

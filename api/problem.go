@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"os"
 	"strconv"
 	"time"
 
@@ -88,8 +87,7 @@ func problemOf(err error) Problem {
 		return Problem{Status: http.StatusServiceUnavailable, Code: "tenant_unavailable", Message: "the tenant's storage is unavailable"}
 	case errors.Is(err, engine.ErrClosed):
 		return Problem{Status: http.StatusServiceUnavailable, Code: "shutting_down", Message: "the server is shutting down"}
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		// A read of the request's body passed Server.BodyTimeout.
+	case errors.Is(err, errBodyTimeout):
 		return Problem{Status: http.StatusRequestTimeout, Code: "request_timeout", Message: "the request body did not arrive in time"}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return Problem{Status: http.StatusServiceUnavailable, Code: "request_timeout", Message: "the request timed out"}

@@ -10,9 +10,12 @@ package api
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -142,23 +145,34 @@ func (s *Server) bodyDeadline(w http.ResponseWriter, r *http.Request, upload boo
 	if err := rc.SetReadDeadline(time.Now().Add(d)); err != nil {
 		return // not a connection with deadlines (a test's recorder)
 	}
+	b := &timedBody{ReadCloser: r.Body, rc: rc}
 	if upload {
-		r.Body = &progressBody{ReadCloser: r.Body, rc: rc, idle: d}
+		b.idle = d
 	}
+	r.Body = b
 }
 
-// progressBody moves the read deadline on after every read that returned
-// data: an upload may take hours, but not stall for longer than idle.
-type progressBody struct {
+// errBodyTimeout marks a read of a request's body that passed the body
+// deadline (ProblemOf answers 408), told apart from the timeouts of the
+// server's own connections (a database's), which are 503s.
+var errBodyTimeout = errors.New("the request body did not arrive in time")
+
+// timedBody marks a read that passed the deadline, and for an upload
+// (idle > 0) moves the deadline on after every read that returned data: an
+// upload may take hours, but not stall for longer than idle.
+type timedBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
 }
 
-func (b *progressBody) Read(p []byte) (int, error) {
+func (b *timedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
+	if n > 0 && b.idle > 0 {
 		_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	}
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w: %w", errBodyTimeout, err)
 	}
 	return n, err
 }

@@ -319,12 +319,19 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 	ts := now.UnixMicro()
 	is := &issued{sessionAt: now.Unix()}
 	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
-		n, err := tx.Exec(`UPDATE users SET last_sign_in_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL`, ts, ts, u.ID)
+		// Checked again in the write: a ban or delete committed while the
+		// password was hashed must not get a session.
+		n, err := tx.Exec(`UPDATE users SET last_sign_in_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL
+			AND (banned_until IS NULL OR banned_until <= ?)`, ts, ts, u.ID, ts)
 		if err != nil {
 			return err
 		}
-		if n == 0 { // deleted since we read it
-			return errInvalidCredentials()
+		if n == 0 {
+			var banned int
+			if err := tx.QueryRow(`SELECT 1 FROM users WHERE id = ? AND deleted_at IS NULL AND banned_until > ?`, u.ID, ts).Scan(&banned); err == nil {
+				return newError(engine.KindInvalid, CodeUserBanned, "User is banned")
+			}
+			return errInvalidCredentials() // deleted since we read it
 		}
 		if newHash != "" {
 			// Only if the password did not change meanwhile.
@@ -482,6 +489,11 @@ func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented str
 	}
 	if err != nil {
 		return nil, err
+	}
+	// A ban ends the user's sessions; a session that escaped it (a ban
+	// restored from an export, one racing a login) is refused here.
+	if is.user.Banned(now) {
+		return nil, newError(engine.KindInvalid, CodeUserBanned, "User is banned")
 	}
 	return s.session(ctx, t, is)
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -57,6 +58,8 @@ type Service struct {
 	events    *event.Recorder
 	signups   *SignupLimiter
 	settings  *lru.Cache[string, cachedSettings] // see CachedSettings
+
+	settingsMu sync.Mutex // orders the check and the add of cacheSettings
 }
 
 // New returns a Service hashing on pool and signing with keys. secret is the

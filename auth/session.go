@@ -57,7 +57,9 @@ func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, 
 	if st, err := s.CachedSettings(ctx, t); err != nil {
 		return nil, err
 	} else if st.JWTExp > 0 {
-		ttl = time.Duration(st.JWTExp) * time.Second
+		// Never past the server's lifetime, which retired keys verify for
+		// (a value stored under a longer --access-token-ttl).
+		ttl = min(time.Duration(st.JWTExp)*time.Second, s.ttl)
 	}
 	now := s.now()
 	exp := now.Add(ttl).Unix()

@@ -256,15 +256,28 @@ func loadSettings(q engine.Querier) (Settings, error) {
 
 // Settings returns the tenant's settings as stored now.
 func (s *Service) Settings(ctx context.Context, t Tenant) (Settings, error) {
+	start := s.now()
 	var st Settings
 	err := t.Shard.Read(ctx, func(q engine.Querier) (err error) {
 		st, err = loadSettings(q)
 		return err
 	})
 	if err == nil {
-		s.settings.Add(t.ID, cachedSettings{st: st, at: s.now()})
+		s.cacheSettings(t.ID, st, start)
 	}
 	return st, err
+}
+
+// cacheSettings remembers st as read at at, unless what is remembered was
+// read later: a read that began before an update committed must not put
+// back what the update replaced.
+func (s *Service) cacheSettings(tenantID string, st Settings, at time.Time) {
+	s.settingsMu.Lock()
+	defer s.settingsMu.Unlock()
+	if cur, ok := s.settings.Peek(tenantID); ok && cur.at.After(at) {
+		return
+	}
+	s.settings.Add(tenantID, cachedSettings{st: st, at: at})
 }
 
 // settingsFresh is how long a tenant's settings are used from memory by
@@ -336,7 +349,7 @@ func (s *Service) UpdateSettings(ctx context.Context, t Tenant, c Client, actor 
 	if err != nil {
 		return Settings{}, writeError(err, engine.KindUnavailable)
 	}
-	s.settings.Add(t.ID, cachedSettings{st: st, at: s.now()})
+	s.cacheSettings(t.ID, st, s.now())
 	return st, nil
 }
 

@@ -97,7 +97,7 @@ func (l *SignupLimiter) allow(tenantID, ip string) error {
 	now := l.now()
 	var addr *rate.Reservation
 	if l.cfg.PerAddress > 0 {
-		addr = l.bucket(l.addrs, tenantID+"\x00"+ip, l.cfg.PerAddress).ReserveN(now, 1)
+		addr = l.bucket(l.addrs, tenantID+"\x00"+addrKey(ip), l.cfg.PerAddress).ReserveN(now, 1)
 		if d := addr.DelayFrom(now); d > 0 {
 			addr.CancelAt(now)
 			signupsLimited.WithLabelValues("address").Inc()

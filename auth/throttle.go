@@ -2,6 +2,7 @@ package auth
 
 import (
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -120,9 +121,26 @@ func NewThrottle(cfg ThrottleConfig, now func() time.Time) (*Throttle, error) {
 	return th, nil
 }
 
-func accountKey(tenantID, email string) string  { return tenantID + "\x00" + email }
-func ipKey(tenantID, ip string) string          { return tenantID + "\x00" + ip }
-func pairKey(tenantID, email, ip string) string { return tenantID + "\x00" + email + "\x00" + ip }
+func accountKey(tenantID, email string) string { return tenantID + "\x00" + email }
+func ipKey(tenantID, ip string) string         { return tenantID + "\x00" + addrKey(ip) }
+func pairKey(tenantID, email, ip string) string {
+	return tenantID + "\x00" + email + "\x00" + addrKey(ip)
+}
+
+// addrKey is the client an address is counted as: an IPv4 address, or an
+// IPv6 address's /64, which one host usually holds whole (counting each
+// address would let it step around every limit).
+func addrKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil || a.Unmap().Is4() {
+		return ip
+	}
+	p, err := a.Prefix(64)
+	if err != nil {
+		return ip
+	}
+	return p.String()
+}
 
 // Allow says whether a login of email from ip may be tried: an error (429
 // over_request_rate_limit, RetryAfter the end of the window) when this

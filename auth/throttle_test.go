@@ -115,3 +115,20 @@ func TestThrottle(t *testing.T) {
 		}
 	})
 }
+
+func TestThrottle_IPv6Prefix(t *testing.T) {
+	th, err := auth.NewThrottle(auth.ThrottleConfig{PairFailures: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One host's /64 is one client: stepping through its addresses does
+	// not escape the limit; another /64 is another client.
+	th.Fail("t1", "a@x.io", "2001:db8:1:2::1")
+	th.Fail("t1", "a@x.io", "2001:db8:1:2:ffff::9")
+	if _, err := th.Allow("t1", "a@x.io", "2001:db8:1:2:abcd::42"); err == nil {
+		t.Fatal("a third address of the same /64 was let through")
+	}
+	if _, err := th.Allow("t1", "a@x.io", "2001:db8:1:3::1"); err != nil {
+		t.Fatalf("another /64: %v", err)
+	}
+}

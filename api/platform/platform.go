@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"net/http"
 	"strings"
 
@@ -208,7 +209,18 @@ func (a *API) handleRotateKey(w http.ResponseWriter, r *http.Request, ps httprou
 	if alg == "" {
 		alg = a.auth.Keys().DefaultAlgorithm()
 	}
-	api.WriteJSON(w, http.StatusOK, map[string]any{"kid": kid, "algorithm": alg, "signs_at": signsAt.UTC(), "tenant": ts.Tenant.Slug})
+	out := map[string]any{"kid": kid, "algorithm": alg, "signs_at": signsAt.UTC(), "tenant": ts.Tenant.Slug}
+	if alg == token.HS256 {
+		// The tenant's backends verify with the secret: shown once, here.
+		secret, err := a.auth.Keys().Secret(r.Context(), ts.Tenant.ID, ts, kid)
+		if err != nil {
+			a.srv.WriteError(w, r, err)
+			return
+		}
+		out["secret"] = base64.RawURLEncoding.EncodeToString(secret)
+		w.Header().Set("Cache-Control", "no-store")
+	}
+	api.WriteJSON(w, http.StatusOK, out)
 }
 
 // logAction logs one line for an admin action: what, on which tenant, from

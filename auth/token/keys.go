@@ -230,8 +230,16 @@ func (k *Keys) read(ctx context.Context, tenantID string, sh engine.Shard) (*Key
 		return nil, err
 	}
 	ks := &KeySet{tenantID: tenantID, loaded: now, verify: map[string]verifier{}, jwks: []JWK{}}
+	signer := k.signer(rows, now)
 	for _, r := range rows {
 		if !ValidAlgorithm(r.alg) {
+			continue
+		}
+		// A key that stopped signing when a next key came due is retired
+		// from then on, though its row says active until a rotation marks
+		// it: past the token lifetime it no longer verifies.
+		if signer != nil && signer.state == keyNext && r.state == keyActive && r.kid != signer.kid &&
+			signer.created+k.ahead.Microseconds() <= now.Add(-k.publish).UnixMicro() {
 			continue
 		}
 		if r.alg == HS256 { // the secret verifies: unsealed even when it no longer signs
@@ -249,7 +257,7 @@ func (k *Keys) read(ctx context.Context, tenantID string, sh engine.Shard) (*Key
 		ks.verify[r.kid] = verifier{alg: r.alg, key: pub}
 		ks.jwks = append(ks.jwks, jwkOf(r.alg, r.kid, pub))
 	}
-	if s := k.signer(rows, now); s != nil {
+	if s := signer; s != nil {
 		priv, err := k.unseal(tenantID, *s)
 		if err != nil {
 			return nil, err
@@ -330,8 +338,9 @@ type RotateOptions struct {
 	// Algorithm of the new key (default: the Keys' algorithm).
 	Algorithm string
 	// Immediately makes the new key sign at once instead of after
-	// PublishAhead, and retires the old one: for a key that leaked. A
-	// client that cached the JWKS refuses new tokens until it reloads it.
+	// PublishAhead, and withdraws every other key at once (its tokens stop
+	// verifying): for a key that leaked. A client that cached the JWKS
+	// refuses new tokens until it reloads it.
 	Immediately bool
 }
 
@@ -353,7 +362,10 @@ func (k *Keys) Rotate(ctx context.Context, tenantID string, sh engine.Shard, o R
 		now := k.now()
 		ts := now.UnixMicro()
 		if o.Immediately {
-			if _, err := tx.Exec(`UPDATE signing_keys SET active = 0, retired_at = ? WHERE active <> 0`, ts); err != nil {
+			// A leaked key must stop verifying now, not a token lifetime
+			// later: retired as of before the publication window.
+			gone := now.Add(-k.publish - time.Second).UnixMicro()
+			if _, err := tx.Exec(`UPDATE signing_keys SET active = 0, retired_at = ? WHERE active <> 0`, gone); err != nil {
 				return err
 			}
 			var err error
@@ -414,6 +426,25 @@ func (k *Keys) EnsureKey(ctx context.Context, tenantID string, sh engine.Shard) 
 // JWKS returns the tenant's public keys: the one that signs, the next one,
 // and those retired less than a token lifetime ago; never an HS256 secret.
 func (ks *KeySet) JWKS() JWKS { return JWKS{Keys: ks.jwks} }
+
+// Secret returns the tenant's HS256 secret with that kid, for the tenant's
+// own backends to verify its tokens with (Supabase's legacy JWT secret).
+func (k *Keys) Secret(ctx context.Context, tenantID string, sh engine.Shard, kid string) ([]byte, error) {
+	rows, err := k.rows(ctx, sh, k.now())
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range rows {
+		if r.kid == kid && r.alg == HS256 {
+			priv, err := k.unseal(tenantID, r)
+			if err != nil {
+				return nil, err
+			}
+			return priv.([]byte), nil
+		}
+	}
+	return nil, fmt.Errorf("no HS256 key %q: %w", kid, ErrNoKey)
+}
 
 // DefaultAlgorithm returns the algorithm of new keys that name none.
 func (k *Keys) DefaultAlgorithm() string { return k.alg }

@@ -241,6 +241,14 @@ func TestKeys_Algorithms(t *testing.T) {
 				t.Fatalf("verify after the switch: %v", err)
 			}
 		}
+		// A token lifetime (1 h) and a minute after the switch, the old key
+		// is retired though no later rotation marked it.
+		skew.Store(int64(time.Until(signsAt) + time.Hour + 2*time.Minute))
+		keys.Forget(ts.Tenant.ID)
+		later, _ := keys.Get(ctx, ts.Tenant.ID, ts)
+		if len(later.JWKS().Keys) != 1 || later.Kid() != kid {
+			t.Fatalf("long after the switch: JWKS %d keys, signer %s", len(later.JWKS().Keys), later.Kid())
+		}
 		skew.Store(0)
 	})
 	t.Run("Immediately", func(t *testing.T) {
@@ -257,6 +265,15 @@ func TestKeys_Algorithms(t *testing.T) {
 		ks, _ := keys.Get(ctx, ts.Tenant.ID, ts)
 		if ks.Kid() != kid || ks.Algorithm() != token.RS256 {
 			t.Fatalf("after an immediate rotation: %s %s", ks.Kid(), ks.Algorithm())
+		}
+		// The withdrawn key (leaked) verifies nothing any more.
+		old, _ := first.Sign(c)
+		keys.Forget(ts.Tenant.ID)
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, old, nil); !errors.Is(err, token.ErrInvalidToken) {
+			t.Fatalf("a token of the key withdrawn at once: %v", err)
+		}
+		if n := len(ks.JWKS().Keys); n != 1 {
+			t.Fatalf("JWKS after an immediate rotation: %d keys, want the new one only", n)
 		}
 		if _, _, err := keys.Rotate(ctx, ts.Tenant.ID, ts, token.RotateOptions{Algorithm: "none"}); !errors.Is(err, engine.ErrInvalid) {
 			t.Fatalf("rotation to an unknown algorithm: %v", err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -144,5 +145,12 @@ func rotateKey(a *app.App, dataDir, slug string, o token.RotateOptions) error {
 	}
 	fmt.Printf("tenant %s: new signing key %s is published and signs from %s; the previous key verifies until its tokens expire\n",
 		ts.Tenant.Slug, kid, signsAt.UTC().Format(time.RFC3339))
+	if o.Algorithm == token.HS256 {
+		secret, err := keys.Secret(ctx, ts.Tenant.ID, ts, kid)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("HS256 secret (base64url), for the tenant's backends; shown once: %s\n", base64.RawURLEncoding.EncodeToString(secret))
+	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/testskip"
 )
 
 // newTransferEnv is an auth environment (as newAuthEnv makes) whose server
@@ -56,6 +57,7 @@ func (e *authEnv) serverBackends() []string {
 			out = append(out, b.name)
 		} else {
 			e.tb.Logf("%s is unset: the hops through %s are skipped", b.env, b.name)
+			testskip.Announce()
 		}
 	}
 	return out

@@ -11,6 +11,7 @@ import (
 
 	"github.com/keyshard/keyshard/app"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/testskip"
 	"github.com/keyshard/keyshard/transfer"
 )
 
@@ -77,6 +78,7 @@ func (e *env) backends() []string {
 		}
 		if os.Getenv(b.env) == "" {
 			e.tb.Logf("backend %s: %s is unset; its pairs are skipped", b.name, b.env)
+			testskip.Announce()
 			continue
 		}
 		out = append(out, b.name)

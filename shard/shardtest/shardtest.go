@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/testskip"
 	"github.com/keyshard/keyshard/migrations"
 	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/sqldb"
@@ -553,6 +554,7 @@ func DSN(t testing.TB, env string) string {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("%s is not set; CI runs every backend suite (.ci/run sets it)", env)
 		}
+		testskip.Announce()
 		t.Skipf("%s not set: skipping the suite of this backend (e.g. %s=%s)", env, env, exampleDSN[env])
 	}
 	return dsn

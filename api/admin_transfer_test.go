@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,7 @@ import (
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/internal/testbackend"
 	"github.com/keyshard/keyshard/internal/testskip"
 )
 
@@ -72,6 +74,21 @@ func (e *authEnv) countRows(slug, query string, args ...any) int64 {
 	return n
 }
 
+// databaseExists reports whether t's shard file (SQLite), schema
+// (PostgreSQL) or database (MySQL) exists.
+func (e *authEnv) databaseExists(t *engine.Tenant) bool {
+	e.tb.Helper()
+	if t.Backend != engine.BackendSQLite {
+		return testbackend.Exists(e.tb, e.App, t)
+	}
+	path, err := e.App.SQLite.Path(t.Placement())
+	if err != nil {
+		e.tb.Fatal(err)
+	}
+	_, err = os.Stat(path)
+	return err == nil
+}
+
 func TestAdminTransfer_ExportImport(t *testing.T) {
 	e := newTransferEnv(t)
 	base := e.tenant("acme")
@@ -95,6 +112,22 @@ func TestAdminTransfer_ExportImport(t *testing.T) {
 			imp := e.call("POST", e.URL+"/admin/tenants/import?slug="+slug, transferAdmin, r.Raw)
 			if imp.Status != http.StatusCreated {
 				t.Fatalf("import: %d %s", imp.Status, imp.Raw)
+			}
+			// An import follows the approval lifecycle: pending, its data
+			// in place, served once approved.
+			var res struct {
+				Tenant struct {
+					Status     string  `json:"status"`
+					ImportedAt *string `json:"imported_at"`
+					ApprovedAt *string `json:"approved_at"`
+				} `json:"tenant"`
+			}
+			if err := json.Unmarshal(imp.Raw, &res); err != nil || res.Tenant.Status != "pending" || res.Tenant.ImportedAt == nil || res.Tenant.ApprovedAt != nil {
+				t.Fatalf("imported tenant: %+v %v, want pending with imported_at", res.Tenant, err)
+			}
+			wantAuthError(t, e.login(e.URL+"/t/"+slug, "u0@acme.test", "password-0"), 403, "tenant_pending")
+			if ap := e.call("POST", e.URL+"/admin/tenants/"+slug+"/approve", transferAdmin, nil); ap.Status != 200 || ap.str("status") != "active" {
+				t.Fatalf("approve the import: %d %s", ap.Status, ap.Raw)
 			}
 			// Users log in with their passwords; tokens carry the new tenant.
 			for i := 0; i < 3; i++ {
@@ -126,14 +159,46 @@ func TestAdminTransfer_ExportImport(t *testing.T) {
 		if r.Status != 200 || strings.Contains(string(r.Raw), "$argon2id$") {
 			t.Fatalf("export without secrets: %d, holds a password hash: %v", r.Status, strings.Contains(string(r.Raw), "$argon2id$"))
 		}
-		imp := e.call("POST", e.URL+"/admin/tenants/import?slug=acme-nosecrets", transferAdmin, r.Raw)
-		if imp.Status != http.StatusCreated {
+		// approve=true: active at once, no approval step.
+		imp := e.call("POST", e.URL+"/admin/tenants/import?slug=acme-nosecrets&approve=true", transferAdmin, r.Raw)
+		if imp.Status != http.StatusCreated || !strings.Contains(string(imp.Raw), `"status":"active"`) {
 			t.Fatalf("import: %d %s", imp.Status, imp.Raw)
 		}
 		// No password: no login, but the tenant signs up new users with a
 		// signing key of its own.
 		wantAuthError(t, e.login(e.URL+"/t/acme-nosecrets", "u0@acme.test", "password-0"), 400, "invalid_credentials")
 		e.signup(e.URL+"/t/acme-nosecrets", "new@acme.test", "password-new")
+	})
+	t.Run("PendingImport", func(t *testing.T) {
+		// On every backend: a pending import holds its data (an export
+		// of it has acme's users), cannot be served, and its database is
+		// dropped when it is deleted instead of approved.
+		r := e.call("GET", e.URL+"/admin/tenants/acme/export?format=sqlite&include_secrets=true", transferAdmin, nil)
+		for _, b := range append([]string{"sqlite"}, e.serverBackends()...) {
+			slug := "pending-" + b
+			imp := e.call("POST", e.URL+"/admin/tenants/import?slug="+slug+"&backend="+b, transferAdmin, r.Raw)
+			if imp.Status != http.StatusCreated || !strings.Contains(string(imp.Raw), `"status":"pending"`) {
+				t.Fatalf("%s: import: %d %s", b, imp.Status, imp.Raw)
+			}
+			tn, err := e.App.Engine.Get(context.Background(), slug)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !e.databaseExists(tn) {
+				t.Fatalf("%s: the pending import has no database", b)
+			}
+			ex := e.call("GET", e.URL+"/admin/tenants/"+slug+"/export?format=ndjson", transferAdmin, nil)
+			if ex.Status != 200 || !strings.Contains(string(ex.Raw), "u2@acme.test") {
+				t.Fatalf("%s: export of the pending import: %d", b, ex.Status)
+			}
+			wantAuthError(t, e.login(e.URL+"/t/"+slug, "u0@acme.test", "password-0"), 403, "tenant_pending")
+			if d := e.call("DELETE", e.URL+"/admin/tenants/"+slug, transferAdmin, nil); d.Status != http.StatusNoContent {
+				t.Fatalf("%s: delete: %d %s", b, d.Status, d.Raw)
+			}
+			if e.databaseExists(tn) {
+				t.Fatalf("%s: the deleted pending import left its database", b)
+			}
+		}
 	})
 	t.Run("Damaged", func(t *testing.T) {
 		r := e.call("GET", e.URL+"/admin/tenants/acme/export?format=ndjson&include_secrets=true", transferAdmin, nil)
@@ -158,6 +223,7 @@ func TestAdminTransfer_ExportImport(t *testing.T) {
 			{"POST", "/admin/tenants/acme/move", map[string]any{"backend": "oracle"}, 400},
 			{"POST", "/admin/tenants/acme/move", map[string]any{"backend": "sqlite"}, 400}, // already there
 			{"POST", "/admin/tenants/import?slug=acme", "{}", 409},
+			{"POST", "/admin/tenants/import?slug=x&approve=maybe", "{}", 400},
 		} {
 			if r := e.call(c.method, e.URL+c.path, transferAdmin, c.body); r.Status != c.status {
 				t.Errorf("%s %s: %d, want %d: %s", c.method, c.path, r.Status, c.status, r.Raw)

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     epoch        INTEGER NOT NULL DEFAULT 1,
     created_at   INTEGER NOT NULL,
     approved_at  INTEGER,
-    updated_at   INTEGER NOT NULL
+    updated_at   INTEGER NOT NULL,
+    imported_at  INTEGER
 )`
 
 // OpenSQLite opens (creating if needed) the catalog file catalog.db in
@@ -72,6 +73,10 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Catalog, error) {
 	}
 	r := &Catalog{db: db, table: "tenants", rebind: func(q string) string { return q }, isUnique: isUniqueSQLite,
 		work: workMarks{table: "tenant_work"}}
+	if err := r.addImportedAt(ctx, "sqlite"); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	if err := r.createWork(ctx, "TEXT", "sqlite"); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -104,14 +109,44 @@ var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 // Close closes the catalog database.
 func (r *Catalog) Close() error { return r.db.Close() }
 
-const columns = `id, slug, name, status, backend, location, epoch, created_at, approved_at, updated_at`
+const columns = `id, slug, name, status, backend, location, epoch, created_at, approved_at, updated_at, imported_at`
+
+// columnExists counts the columns of the catalog table named by the second
+// parameter; the first is the table.
+var columnExists = map[string]string{
+	"sqlite":   `SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`,
+	"postgres": `SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ? AND table_schema = current_schema()`,
+	"mysql":    `SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ? AND table_schema = DATABASE()`,
+}
+
+// addImportedAt adds the imported_at column to a catalog made before it
+// existed. Two processes may open an old catalog at once: the one whose
+// ALTER fails finds the column the other added.
+func (r *Catalog) addImportedAt(ctx context.Context, dialect string) error {
+	has := func() (bool, error) {
+		var n int
+		err := r.db.QueryRowContext(ctx, r.rebind(columnExists[dialect]), r.table, "imported_at").Scan(&n)
+		return n > 0, err
+	}
+	ok, err := has()
+	if err != nil || ok {
+		return err
+	}
+	if _, err := r.db.ExecContext(ctx, `ALTER TABLE `+r.table+` ADD COLUMN imported_at BIGINT`); err != nil {
+		if ok, _ := has(); ok {
+			return nil
+		}
+		return fmt.Errorf("catalog: add imported_at: %w", err)
+	}
+	return nil
+}
 
 func scanTenant(sc interface{ Scan(...any) error }) (*engine.Tenant, error) {
 	var t engine.Tenant
 	var status string
 	var created, updated int64
-	var approved sql.NullInt64
-	if err := sc.Scan(&t.ID, &t.Slug, &t.Name, &status, &t.Backend, &t.Location, &t.Epoch, &created, &approved, &updated); err != nil {
+	var approved, imported sql.NullInt64
+	if err := sc.Scan(&t.ID, &t.Slug, &t.Name, &status, &t.Backend, &t.Location, &t.Epoch, &created, &approved, &updated, &imported); err != nil {
 		return nil, err
 	}
 	t.Status = engine.Status(status)
@@ -120,6 +155,10 @@ func scanTenant(sc interface{ Scan(...any) error }) (*engine.Tenant, error) {
 	if approved.Valid {
 		a := time.UnixMicro(approved.Int64).UTC()
 		t.ApprovedAt = &a
+	}
+	if imported.Valid {
+		i := time.UnixMicro(imported.Int64).UTC()
+		t.ImportedAt = &i
 	}
 	return &t, nil
 }
@@ -212,8 +251,8 @@ func (r *Catalog) Create(ctx context.Context, t *engine.Tenant) error {
 	if t.Epoch == 0 {
 		t.Epoch = 1
 	}
-	_, err := r.db.ExecContext(ctx, r.q(`INSERT INTO tenants (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`),
-		t.ID, t.Slug, t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, now.UnixMicro(), nullTime(t.ApprovedAt), now.UnixMicro())
+	_, err := r.db.ExecContext(ctx, r.q(`INSERT INTO tenants (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`),
+		t.ID, t.Slug, t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, now.UnixMicro(), nullTime(t.ApprovedAt), now.UnixMicro(), nullTime(t.ImportedAt))
 	if err != nil {
 		if r.isUnique(err) {
 			return fmt.Errorf("slug %q is taken: %w", t.Slug, engine.ErrConflict)
@@ -224,13 +263,13 @@ func (r *Catalog) Create(ctx context.Context, t *engine.Tenant) error {
 	return nil
 }
 
-// Update stores t's status, name, placement and approval time, provided
+// Update stores t's status, name, placement, approval and import times, provided
 // the catalog still holds epoch wantEpoch for it (a compare-and-set that
 // fences concurrent placement changes).
 func (r *Catalog) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) error {
 	t.UpdatedAt = r.now()
-	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=? WHERE id=? AND epoch=?`),
-		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), t.ID, wantEpoch)
+	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=?, imported_at=? WHERE id=? AND epoch=?`),
+		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), nullTime(t.ImportedAt), t.ID, wantEpoch)
 	if err != nil {
 		return fmt.Errorf("update tenant: %w", err)
 	}

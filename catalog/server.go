@@ -70,6 +70,10 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 		_ = r.db.Close()
 		return nil, fmt.Errorf("catalog schema: %w: %w", err, engine.ErrUnavailable)
 	}
+	if err := r.addImportedAt(pctx, dialect); err != nil {
+		_ = r.db.Close()
+		return nil, fmt.Errorf("%w: %w", err, engine.ErrUnavailable)
+	}
 	if err := r.createWork(pctx, idType, dialect); err != nil {
 		_ = r.db.Close()
 		return nil, fmt.Errorf("%w: %w", err, engine.ErrUnavailable)
@@ -92,7 +96,8 @@ func serverSchema(id, text, location string) string {
     epoch        BIGINT NOT NULL DEFAULT 1,
     created_at   BIGINT NOT NULL,
     approved_at  BIGINT,
-    updated_at   BIGINT NOT NULL
+    updated_at   BIGINT NOT NULL,
+    imported_at  BIGINT
 )`
 }
 

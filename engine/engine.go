@@ -106,21 +106,35 @@ func (e *Engine) List(ctx context.Context) ([]*Tenant, error) { return e.Catalog
 // ErrWrongStatus is returned for a lifecycle step the tenant's status forbids.
 var ErrWrongStatus = errors.New("tenant status does not allow this")
 
-// ApproveTenant creates and migrates the pending tenant's database, then
-// marks it active.
+// ApproveTenant makes a pending tenant active. A requested tenant gets a
+// new, empty database; an imported one (ImportedAt set) is served with the
+// data its import put in place.
 func (e *Engine) ApproveTenant(ctx context.Context, slugOrID string) (*Tenant, error) {
-	return e.transition(ctx, slugOrID, StatusPending, StatusActive, func(t *Tenant) error {
+	t, err := e.transition(ctx, slugOrID, StatusPending, StatusActive, func(t *Tenant) error {
 		st, ok := e.Backends[t.Backend]
 		if !ok {
 			return fmt.Errorf("backend %q not configured: %w", t.Backend, ErrUnavailable)
 		}
-		if err := st.Create(ctx, t.Placement()); err != nil {
-			return fmt.Errorf("create shard: %w", err)
+		if t.ImportedAt == nil {
+			if err := st.Create(ctx, t.Placement()); err != nil {
+				return fmt.Errorf("create shard: %w", err)
+			}
 		}
 		now := time.Now().UTC()
 		t.ApprovedAt = &now
 		return nil
 	})
+	if err != nil || t.ImportedAt == nil {
+		return t, err
+	}
+	// Events the import brought in and had not delivered wait for the
+	// tenant to be active: they are due now.
+	if marks, ok := e.Catalog.(WorkMarks); ok {
+		if err := marks.MarkWork(ctx, t.ID, time.Now()); err != nil {
+			return t, err
+		}
+	}
+	return t, nil
 }
 
 // SuspendTenant refuses the tenant's requests from now on; its shard is
@@ -189,9 +203,15 @@ func (e *Engine) DeleteTenant(ctx context.Context, slugOrID string) error {
 	// database is destroyed, so no file is recreated.
 	err = e.Shards.Retire(ctx, t.ID, func() error {
 		st, ok := e.Backends[t.Backend]
-		if t.Status == StatusPending || !ok {
+		if !ok {
+			return nil
+		}
+		if t.Status == StatusPending && t.ImportedAt == nil {
 			return nil // nothing was created
 		}
+		// Active, suspended, imported and waiting for approval, or left
+		// importing (by a crash, or an import still running, which then
+		// fails and cleans up after itself).
 		return st.Destroy(ctx, t.Placement())
 	})
 	if err != nil {

@@ -16,6 +16,10 @@ const (
 	StatusPending   Status = "pending"
 	StatusActive    Status = "active"
 	StatusSuspended Status = "suspended"
+	// StatusImporting: an import is filling the tenant's database. It
+	// becomes pending (or active, when the import was approved at once);
+	// one left importing by a crash can only be deleted.
+	StatusImporting Status = "importing"
 )
 
 // Backend names.
@@ -37,6 +41,10 @@ type Tenant struct {
 	CreatedAt  time.Time  `json:"created_at"`
 	ApprovedAt *time.Time `json:"approved_at"`
 	UpdatedAt  time.Time  `json:"updated_at"`
+	// ImportedAt is when an import finished filling the tenant's database.
+	// A pending tenant with it set has its data in place: approval serves
+	// that data instead of creating an empty database.
+	ImportedAt *time.Time `json:"imported_at"`
 }
 
 // Placement says where a tenant's shard lives. Epoch changes whenever the
@@ -139,7 +147,7 @@ func (s Status) Err() error {
 		return nil
 	case StatusSuspended:
 		return ErrTenantSuspended
-	case StatusPending:
+	case StatusPending, StatusImporting:
 		return ErrTenantPending
 	}
 	return fmt.Errorf("tenant status %q: %w", s, ErrUnavailable)

@@ -164,7 +164,8 @@ func (s *Service) Export(ctx context.Context, slugOrID string, w io.Writer, o Ex
 }
 
 // readShard returns a shard to read the tenant from: its pinned shard when
-// active; a suspended tenant's database is opened outside the cache.
+// active; the database of a suspended tenant, or of an imported one waiting
+// for approval, is opened outside the cache.
 func (s *Service) readShard(ctx context.Context, t *engine.Tenant) (engine.Shard, func(), error) {
 	switch t.Status {
 	case engine.StatusActive:
@@ -173,7 +174,10 @@ func (s *Service) readShard(ctx context.Context, t *engine.Tenant) (engine.Shard
 			return nil, nil, err
 		}
 		return ts, ts.Release, nil
-	case engine.StatusSuspended:
+	case engine.StatusSuspended, engine.StatusPending:
+		if t.Status == engine.StatusPending && t.ImportedAt == nil {
+			break // requested, nothing created yet
+		}
 		sh, err := s.Backends.Open(ctx, t.Placement())
 		if err != nil {
 			return nil, nil, err

@@ -26,6 +26,11 @@ type ImportOptions struct {
 	Name string
 	// Backend of the new tenant; default the engine's default backend.
 	Backend string
+	// Approve makes the tenant active as soon as its data is in. Without
+	// it the tenant follows the approval lifecycle like a requested one:
+	// it waits, pending, for engine.ApproveTenant, which serves the
+	// imported data.
+	Approve bool
 	// Progress, when set, is called as rows are copied.
 	Progress func(Progress)
 }
@@ -150,7 +155,7 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 			return nil, err
 		}
 	}
-	t, err := s.createPending(ctx, id, o.Slug, o.Name, o.Backend)
+	t, err := s.createImporting(ctx, id, o.Slug, o.Name, o.Backend)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +164,7 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 		return nil, err
 	}
 	defer s.end(t.ID)
-	if res.Tables, err = s.fill(ctx, t, stage, o.Progress); err != nil {
+	if res.Tables, err = s.fill(ctx, t, stage, o.Approve, o.Progress); err != nil {
 		ctx := context.WithoutCancel(ctx)
 		if derr := s.Engine.Catalog.Delete(ctx, t.ID); derr != nil {
 			err = errors.Join(err, fmt.Errorf("remove the half-imported tenant: %w", derr))
@@ -169,11 +174,12 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 	return res, nil
 }
 
-// createPending records a pending tenant like engine.CreateTenant, with the
-// given id when not empty.
-func (s *Service) createPending(ctx context.Context, id, slug, name, backend string) (*engine.Tenant, error) {
+// createImporting records the tenant an import fills, in status importing
+// (which nothing serves, approves or moves), with the given id when not
+// empty.
+func (s *Service) createImporting(ctx context.Context, id, slug, name, backend string) (*engine.Tenant, error) {
 	if id == "" {
-		return s.Engine.CreateTenant(ctx, slug, name, backend)
+		id = engine.NewTenantID()
 	}
 	if err := engine.ValidateSlug(slug); err != nil {
 		return nil, err
@@ -190,7 +196,7 @@ func (s *Service) createPending(ctx context.Context, id, slug, name, backend str
 	if _, err := s.storage(backend); err != nil {
 		return nil, err
 	}
-	t := &engine.Tenant{ID: id, Slug: slug, Name: name, Status: engine.StatusPending, Backend: backend, Epoch: 1}
+	t := &engine.Tenant{ID: id, Slug: slug, Name: name, Status: engine.StatusImporting, Backend: backend, Epoch: 1}
 	if err := s.Engine.Catalog.Create(ctx, t); err != nil {
 		return nil, err
 	}
@@ -198,8 +204,9 @@ func (s *Service) createPending(ctx context.Context, id, slug, name, backend str
 }
 
 // fill copies the staged rows into the new tenant's database, verifies
-// them, and makes the tenant active. On failure it destroys the database.
-func (s *Service) fill(ctx context.Context, t *engine.Tenant, stage *shard.Shard, progress func(Progress)) (_ map[string]Digest, err error) {
+// them, and makes the tenant pending with its data in place, or active when
+// approve. On failure it destroys the database.
+func (s *Service) fill(ctx context.Context, t *engine.Tenant, stage *shard.Shard, approve bool, progress func(Progress)) (_ map[string]Digest, err error) {
 	st, err := s.storage(t.Backend)
 	if err != nil {
 		return nil, err
@@ -236,15 +243,19 @@ func (s *Service) fill(ctx context.Context, t *engine.Tenant, stage *shard.Shard
 	if err != nil {
 		return nil, err
 	}
-	// Events the source had not delivered are delivered from here: mark
-	// the tenant before it can be served (engine.WorkMarks).
-	if marks, ok := s.Engine.Catalog.(engine.WorkMarks); ok && d["outbox"].Rows > 0 {
-		if err := marks.MarkWork(ctx, t.ID, time.Now()); err != nil {
-			return nil, err
-		}
-	}
 	now := time.Now().UTC()
-	t.Status, t.ApprovedAt = engine.StatusActive, &now
+	t.Status, t.ImportedAt = engine.StatusPending, &now
+	if approve {
+		// Events the source had not delivered are delivered from here:
+		// mark the tenant before it can be served (engine.WorkMarks). A
+		// pending tenant is marked when it is approved.
+		if marks, ok := s.Engine.Catalog.(engine.WorkMarks); ok && d["outbox"].Rows > 0 {
+			if err := marks.MarkWork(ctx, t.ID, time.Now()); err != nil {
+				return nil, err
+			}
+		}
+		t.Status, t.ApprovedAt = engine.StatusActive, &now
+	}
 	if err := s.Engine.Catalog.Update(ctx, t, t.Epoch); err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -97,8 +98,16 @@ func TestService_ExportImport(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if res.Format != format || res.Tenant.Status != engine.StatusActive || res.Tenant.Backend != backend {
+				// The import waits for approval with its data in place;
+				// approval serves that data, it does not start afresh.
+				if res.Format != format || res.Tenant.Status != engine.StatusPending || res.Tenant.ImportedAt == nil || res.Tenant.Backend != backend {
 					t.Fatalf("import result %+v", res)
+				}
+				if _, err := e.App.Engine.Tenant(context.Background(), slug); !errors.Is(err, engine.ErrTenantPending) {
+					t.Fatalf("the pending import is served: %v", err)
+				}
+				if tn, err := e.App.Engine.ApproveTenant(context.Background(), slug); err != nil || tn.Status != engine.StatusActive {
+					t.Fatalf("approve the import: %+v %v", tn, err)
 				}
 				// A copy beside the original gets a new id: the signing
 				// keys, sealed for the original's id, are left out.
@@ -144,7 +153,7 @@ func TestService_ExportImport(t *testing.T) {
 				t.Fatalf("export without secrets lacks the users")
 			}
 			slug := "nosecrets-" + format
-			if _, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{Slug: slug}); err != nil {
+			if _, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{Slug: slug, Approve: true}); err != nil {
 				t.Fatal(err)
 			}
 			got := e.digests(slug)
@@ -176,7 +185,7 @@ func TestService_ExportImport(t *testing.T) {
 					t.Fatalf("export of %s holds rows of acme", slug)
 				}
 				copySlug := "copy-" + slug + "-" + format
-				if _, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{Slug: copySlug, Backend: engine.BackendSQLite}); err != nil {
+				if _, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{Slug: copySlug, Backend: engine.BackendSQLite, Approve: true}); err != nil {
 					t.Fatal(err)
 				}
 				if got := copied(e.digests(copySlug)); !equal(got, wantFrom) {
@@ -194,9 +203,12 @@ func TestService_ExportImport(t *testing.T) {
 			if err := e.App.Engine.DeleteTenant(context.Background(), "other"); err != nil {
 				t.Fatal(err)
 			}
-			res, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{})
+			res, err := e.Svc.Import(context.Background(), bytes.NewReader(b), transfer.ImportOptions{Approve: true})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if res.Tenant.Status != engine.StatusActive || res.Tenant.ApprovedAt == nil {
+				t.Fatalf("approved at import, yet %+v", res.Tenant)
 			}
 			if res.Tenant.ID != other.ID || res.Tenant.Slug != "other" || res.Tenant.Name != other.Name {
 				t.Fatalf("restored %+v, want the id, slug and name of %+v", res.Tenant, other)
@@ -347,7 +359,7 @@ func TestService_Import_Damaged(t *testing.T) {
 	want := e.digests("acme")
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := e.Svc.Import(context.Background(), bytes.NewReader(c.data), transfer.ImportOptions{Slug: "imported"})
+			_, err := e.Svc.Import(context.Background(), bytes.NewReader(c.data), transfer.ImportOptions{Slug: "imported", Approve: true})
 			if err == nil && c.harmless {
 				if got := copied(e.digests("imported")); !equal(got, copied(want)) {
 					t.Fatalf("a damaged file was imported with altered content")
@@ -415,6 +427,10 @@ func TestService_ImportRestore(t *testing.T) {
 			if res.Tenant.ID != before.ID {
 				t.Fatalf("restored under id %s, want %s", res.Tenant.ID, before.ID)
 			}
+			// Pending until approved; approval makes its events due.
+			if _, err := e.App.Engine.ApproveTenant(context.Background(), "gone"); err != nil {
+				t.Fatal(err)
+			}
 			if got := e.digests("gone"); !equal(got, want) {
 				t.Fatalf("restored content differs:\n got %v\nwant %v", got, want)
 			}
@@ -434,4 +450,41 @@ func copied(d map[string]transfer.Digest) map[string]transfer.Digest {
 		d = without(d, t)
 	}
 	return d
+}
+
+// TestService_ImportLeftImporting plays an import that a crash stopped
+// half-way, on every backend: its tenant stays importing, is neither served
+// nor approved, and deleting it drops what the import had written.
+func TestService_ImportLeftImporting(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, backend := range e.backends() {
+		t.Run(backend, func(t *testing.T) {
+			tn := &engine.Tenant{ID: engine.NewTenantID(), Slug: "half-" + backend, Name: "half", Status: engine.StatusImporting, Backend: backend}
+			if err := e.App.Catalog.Create(ctx, tn); err != nil {
+				t.Fatal(err)
+			}
+			st := e.App.Engine.Backends[backend]
+			if err := st.Create(ctx, tn.Placement()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.App.Engine.Tenant(ctx, tn.Slug); !errors.Is(err, engine.ErrTenantPending) {
+				t.Fatalf("an importing tenant is served: %v", err)
+			}
+			if _, err := e.App.Engine.ApproveTenant(ctx, tn.Slug); !errors.Is(err, engine.ErrWrongStatus) {
+				t.Fatalf("an importing tenant was approved: %v", err)
+			}
+			if _, err := e.Svc.Export(ctx, tn.Slug, io.Discard, transfer.ExportOptions{}); !errors.Is(err, engine.ErrWrongStatus) {
+				t.Fatalf("an importing tenant was exported: %v", err)
+			}
+			if err := e.App.Engine.DeleteTenant(ctx, tn.Slug); err != nil {
+				t.Fatal(err)
+			}
+			sh, err := e.App.Backends.Open(ctx, tn.Placement())
+			if err == nil {
+				sh.Close()
+				t.Fatalf("the deleted half-import's database is still there")
+			}
+		})
+	}
 }

@@ -93,19 +93,28 @@ func (a *API) handleImportTenant(w http.ResponseWriter, r *http.Request, ps http
 	}
 	svc := a.transfer
 	q := r.URL.Query()
-	res, err := svc.Import(r.Context(), r.Body, transfer.ImportOptions{Slug: q.Get("slug"), Name: q.Get("name"), Backend: q.Get("backend")})
+	o := transfer.ImportOptions{Slug: q.Get("slug"), Name: q.Get("name"), Backend: q.Get("backend")}
+	switch v := q.Get("approve"); v {
+	case "", "false", "0":
+	case "true", "1":
+		o.Approve = true
+	default:
+		a.srv.WriteError(w, r, engine.Invalidf("approve must be true or false, not %q", v))
+		return
+	}
+	res, err := svc.Import(r.Context(), r.Body, o)
 	if err != nil {
 		a.srv.WriteError(w, r, err)
 		return
 	}
-	if res.Tenant != nil {
+	if res.Tenant != nil && res.Tenant.Status == engine.StatusActive {
 		// An export without secrets has no signing key: make one now.
 		if err := a.ensureSigningKey(r.Context(), res.Tenant.ID); err != nil {
 			a.srv.Logger.Warn("signing key not created at import; it will be at first use", "tenant_id", res.Tenant.ID, "err", err)
 		}
 	}
 	if res.Tenant != nil {
-		a.logAction(r, "tenant imported", res.Tenant.Slug, "tenant_id", res.Tenant.ID, "backend", res.Tenant.Backend, "format", res.Format)
+		a.logAction(r, "tenant imported", res.Tenant.Slug, "tenant_id", res.Tenant.ID, "backend", res.Tenant.Backend, "format", res.Format, "status", res.Tenant.Status)
 	}
 	api.WriteJSON(w, http.StatusCreated, res)
 }

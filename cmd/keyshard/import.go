@@ -9,13 +9,15 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/transfer"
 )
 
-const importUsage = `usage: keyshard import FILE [--slug NEW] [--name NAME] [--backend sqlite|postgres|mysql]
+const importUsage = `usage: keyshard import FILE [--slug NEW] [--name NAME] [--backend sqlite|postgres|mysql] [--approve]
 
-Creates an active tenant from an export (sqlite or ndjson, told apart by
-content). The file is checked whole first (checksums, schema version,
+Creates a tenant from an export (sqlite or ndjson, told apart by content).
+Like a requested tenant it is pending until approved ("keyshard tenant
+approve", which serves the imported data); --approve makes it active at once. The file is checked whole first (checksums, schema version,
 tables); an older schema is migrated up; a damaged or newer file is refused
 and nothing is created. The slug, name and id default to the exported
 tenant's (the id only if no tenant here has it). It acts on the data
@@ -30,6 +32,7 @@ func runImport(args []string) error {
 	slug := fs.String("slug", "", "slug of the new tenant (default: the exported tenant's)")
 	name := fs.String("name", "", "name of the new tenant (default: the exported tenant's)")
 	backend := fs.String("backend", "", "backend of the new tenant (default sqlite)")
+	approve := fs.Bool("approve", false, "make the tenant active at once instead of pending approval")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	path, err := parseOneArg(fs, args)
 	if err != nil {
@@ -51,15 +54,18 @@ func runImport(args []string) error {
 	defer a.Close()
 	bar := newBar(st.Size(), "reading "+path, "", true, *quiet)
 	r := progressbar.NewReader(f, bar)
-	res, err := newTransfer(a).Import(context.Background(), &r, transfer.ImportOptions{Slug: *slug, Name: *name, Backend: *backend})
+	res, err := newTransfer(a).Import(context.Background(), &r, transfer.ImportOptions{Slug: *slug, Name: *name, Backend: *backend, Approve: *approve})
 	_ = bar.Finish()
 	fmt.Fprintln(os.Stderr)
 	if err != nil {
 		return err
 	}
-	// An export without secrets has no signing key: make one now.
-	if err := ensureKey(a, sf.cfg.DataDir, res.Tenant.ID); err != nil {
-		fmt.Fprintln(os.Stderr, "keyshard: warning:", err)
+	// An export without secrets has no signing key: make one now (for a
+	// pending tenant, approval does).
+	if res.Tenant.Status == engine.StatusActive {
+		if err := ensureKey(a, sf.cfg.DataDir, res.Tenant.ID); err != nil {
+			fmt.Fprintln(os.Stderr, "keyshard: warning:", err)
+		}
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")

@@ -65,7 +65,7 @@ commands:
   tenant    create|approve|suspend|resume|delete|list|show|rotate-key tenants
   migrate   --all: bring every tenant shard's schema up to date
   export    SLUG -o FILE [--format sqlite|ndjson] [--include-secrets]
-  import    FILE [--slug NEW] [--backend B]: create a tenant from an export
+  import    FILE [--slug NEW] [--backend B] [--approve]: create a tenant from an export (pending unless --approve)
   move      SLUG --to sqlite|postgres|mysql [--to-dir DIR] (--url URL | --offline)
   bench     load a server (--url) or one it starts in-process: --workload, --concurrency, --rate
 

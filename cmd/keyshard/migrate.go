@@ -63,7 +63,7 @@ func runMigrate(args []string) error {
 	for _, t := range tenants {
 		// Tenants on a server this command was not given (--postgres-dsn,
 		// --mysql-dsn) are migrated when a server opens them.
-		if _, ok := a.Backends[t.Backend]; ok && t.Status != engine.StatusPending {
+		if _, ok := a.Backends[t.Backend]; ok && (t.Status == engine.StatusActive || t.Status == engine.StatusSuspended) {
 			todo = append(todo, t)
 		}
 	}

@@ -16,7 +16,7 @@ const tenantUsage = `usage: keyshard tenant <action> [flags] [slug]
 
 actions:
   create --slug S [--name N] [--backend sqlite]   request a tenant (pending)
-  approve SLUG     create its shard, make it active
+  approve SLUG     create its shard (an imported one has it), make it active
   suspend SLUG     refuse its requests, keep its data
   resume SLUG      make a suspended tenant active again
   delete SLUG      delete the tenant and its shard

@@ -16,19 +16,29 @@ func TestTransfer_Commands(t *testing.T) {
 	tenantJSON(t, "tenant", "create", "--slug", "acme", "--data", data)
 	tenantJSON(t, "tenant", "approve", "acme", "--data", data)
 	out := filepath.Join(t.TempDir(), "acme.ndjson")
+	// ndjson is imported pending and approved; sqlite with --approve.
 	for _, format := range []string{"ndjson", "sqlite"} {
 		ok(t, nil, "export", "acme", "-o", out, "--format", format, "--include-secrets", "--data", data, "--quiet")
 		b, err := os.ReadFile(out)
 		if err != nil || len(b) == 0 {
 			t.Fatalf("export %s: %v, %d bytes", format, err, len(b))
 		}
-		r := ok(t, nil, "import", out, "--slug", "copy-"+format, "--data", data, "--quiet")
+		args, want := []string{"import", out, "--slug", "copy-" + format, "--data", data, "--quiet"}, "pending"
+		if format == "sqlite" {
+			args, want = append(args, "--approve"), "active"
+		}
+		r := ok(t, nil, args...)
 		var res struct {
 			Tenant struct{ Slug, Status string }
 			Format string
 		}
-		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.Tenant.Slug != "copy-"+format || res.Tenant.Status != "active" || res.Format != format {
+		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.Tenant.Slug != "copy-"+format || res.Tenant.Status != want || res.Format != format {
 			t.Fatalf("import %s: %v %s", format, err, r.stdout)
+		}
+		if want == "pending" {
+			if tn := tenantJSON(t, "tenant", "approve", "copy-"+format, "--data", data); tn.Status != "active" {
+				t.Fatalf("approve the import: %+v", tn)
+			}
 		}
 	}
 	if got := listed(t, data); got["copy-ndjson"] != "active" || got["copy-sqlite"] != "active" {

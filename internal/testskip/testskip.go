@@ -7,11 +7,13 @@
 // command's own standard output instead (on Linux, /proc/<parent>/fd/1, when
 // the parent is the go command and that output is a terminal or a pipe),
 // once per go test run whichever test binary skips first: the test binaries
-// of one run share their parent, and a lock file in the temporary directory
-// remembers the run that was told.
+// of one run share their parent, and the first to create the run's marker
+// file (named by the go command's pid and start time) writes the line.
 //
-// A cached run (go test prints "(cached)") runs no test binary and prints no
-// line; -count=1 runs them again.
+// Nothing is written under -json (the output is machine-read) or -v (the
+// skips show already), nor where the write would block. A cached run (go
+// test prints "(cached)") runs no test binary and prints no line; -count=1
+// runs them again.
 package testskip
 
 import (
@@ -63,4 +65,13 @@ func Line(getenv func(string) string) string {
 	}
 	return fmt.Sprintf("keyshard tests: SKIPPED the %s backend suites (%s %s not set; README.md, section Test, shows how to run them)",
 		strings.Join(names, " and "), strings.Join(envs, " and "), verb)
+}
+
+// verboseFlag reports whether arg turns on go test's -json or -v output.
+func verboseFlag(arg string) bool {
+	name, value, hasValue := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+	if !strings.HasPrefix(arg, "-") || (name != "v" && name != "json" && name != "test.v") {
+		return false
+	}
+	return !hasValue || (value != "false" && value != "0")
 }

@@ -2,8 +2,10 @@ package testskip
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +38,9 @@ func TestGoTestNamesSkippedBackends(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs two test binaries")
 	}
+	if runtime.GOOS != "linux" {
+		t.Skip("the line is written on Linux only")
+	}
 	gobin, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no go tool")
@@ -43,7 +48,7 @@ func TestGoTestNamesSkippedBackends(t *testing.T) {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k != "CI" && k != "KEYSHARD_TEST_POSTGRES_DSN" && k != "KEYSHARD_TEST_MYSQL_DSN" {
+		if k != "CI" && k != "KEYSHARD_TEST_POSTGRES_DSN" && k != "KEYSHARD_TEST_MYSQL_DSN" && k != "GOFLAGS" {
 			env = append(env, kv)
 		}
 	}
@@ -62,5 +67,28 @@ func TestGoTestNamesSkippedBackends(t *testing.T) {
 	}
 	if strings.Contains(string(out), "--- SKIP") {
 		t.Fatalf("go test ran verbosely:\n%s", out)
+	}
+	// With -json every line stays a JSON event: the line is not written.
+	cmd = exec.CommandContext(ctx, gobin, "test", "-json", "-count=1", "./shard/postgres/", "./shard/mysql/")
+	cmd.Dir, cmd.Env = "../..", env
+	out, err = cmd.Output()
+	if err != nil {
+		t.Fatalf("go test -json: %v\n%s", err, out)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if !json.Valid([]byte(l)) {
+			t.Fatalf("go test -json printed a line that is not JSON: %q", l)
+		}
+	}
+}
+
+func TestVerboseFlag(t *testing.T) {
+	for arg, want := range map[string]bool{
+		"-v": true, "--v": true, "-v=true": true, "-json": true, "-json=1": true, "-test.v": true,
+		"-v=false": false, "-json=0": false, "-vet=off": false, "-run": false, "./...": false, "v": false,
+	} {
+		if got := verboseFlag(arg); got != want {
+			t.Errorf("verboseFlag(%q) = %v, want %v", arg, got, want)
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/internal/testbackend"
 	"github.com/keyshard/keyshard/internal/testskip"
+	"github.com/keyshard/keyshard/transfer"
 )
 
 // newTransferEnv is an auth environment (as newAuthEnv makes) whose server
@@ -37,7 +38,7 @@ func newTransferEnv(tb testing.TB) *authEnv {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e := &authEnv{tb: tb, App: srv.App, Pool: srv.Pool, Keys: srv.Keys, Auth: srv.Auth}
+	e := &authEnv{tb: tb, App: srv.App, Pool: srv.Pool, Keys: srv.Keys, Auth: srv.Auth, Transfer: srv.Transfer}
 	hs := httptest.NewServer(srv.Handler())
 	e.URL = hs.URL
 	e.http = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -198,6 +199,38 @@ func TestAdminTransfer_ExportImport(t *testing.T) {
 			if e.databaseExists(tn) {
 				t.Fatalf("%s: the deleted pending import left its database", b)
 			}
+		}
+	})
+	t.Run("DeleteWhileImporting", func(t *testing.T) {
+		// The import is held in the middle of its copy: deleting its
+		// tenant is refused until it ends, then allowed.
+		r := e.call("GET", e.URL+"/admin/tenants/acme/export?format=sqlite&include_secrets=true", transferAdmin, nil)
+		held, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.Transfer.Import(context.Background(), bytes.NewReader(r.Raw), transfer.ImportOptions{Slug: "held", Progress: func(transfer.Progress) {
+				once.Do(func() { close(held); <-release })
+			}})
+			done <- err
+		}()
+		select {
+		case <-held:
+		case err := <-done:
+			t.Fatalf("the import ended before it copied a row: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("the import never reported progress")
+		}
+		d := e.call("DELETE", e.URL+"/admin/tenants/held", transferAdmin, nil)
+		close(release)
+		if d.Status != http.StatusConflict || d.str("code") != "conflict" {
+			t.Fatalf("delete during the import: %d %s", d.Status, d.Raw)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("the import failed after the refused delete: %v", err)
+		}
+		if d := e.call("DELETE", e.URL+"/admin/tenants/held", transferAdmin, nil); d.Status != http.StatusNoContent {
+			t.Fatalf("delete after the import: %d %s", d.Status, d.Raw)
 		}
 	})
 	t.Run("Damaged", func(t *testing.T) {

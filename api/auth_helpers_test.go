@@ -18,6 +18,7 @@ import (
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/internal/testbackend"
+	"github.com/keyshard/keyshard/transfer"
 )
 
 // authTestParams are tiny Argon2id parameters: tests run under -race on
@@ -39,14 +40,16 @@ type authEnvOptions struct {
 
 // authEnv is a real server on a loopback listener with the auth API.
 type authEnv struct {
-	tb    testing.TB
-	URL   string
-	App   *app.App
-	Pool  *hash.Pool
-	Auth  *auth.Service
-	Keys  *token.Keys
-	clock atomic.Int64 // nanoseconds added to the service clock
-	http  *http.Client
+	tb   testing.TB
+	URL  string
+	App  *app.App
+	Pool *hash.Pool
+	Auth *auth.Service
+	Keys *token.Keys
+	// Transfer is the server's transfer service (newTransferEnv only).
+	Transfer *transfer.Service
+	clock    atomic.Int64 // nanoseconds added to the service clock
+	http     *http.Client
 	// dataDir holds the SQLite shards (a server backend keeps its
 	// tenants elsewhere).
 	dataDir string

@@ -244,9 +244,10 @@ func (r *Catalog) List(ctx context.Context) ([]*engine.Tenant, error) {
 	return out, rows.Err()
 }
 
-// Create records a new pending tenant.
+// Create records a new tenant. Its created_at, to the microsecond as
+// stored, names this incarnation of the id: see Update.
 func (r *Catalog) Create(ctx context.Context, t *engine.Tenant) error {
-	now := r.now()
+	now := r.now().Truncate(time.Microsecond)
 	t.CreatedAt, t.UpdatedAt = now, now
 	if t.Epoch == 0 {
 		t.Epoch = 1
@@ -265,11 +266,13 @@ func (r *Catalog) Create(ctx context.Context, t *engine.Tenant) error {
 
 // Update stores t's status, name, placement, approval and import times, provided
 // the catalog still holds epoch wantEpoch for it (a compare-and-set that
-// fences concurrent placement changes).
+// fences concurrent placement changes) and t.CreatedAt: a tenant deleted and
+// made again under the same id (a restore) starts at epoch 1 again, and a
+// change meant for the one before must not land on it.
 func (r *Catalog) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) error {
-	t.UpdatedAt = r.now()
-	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=?, imported_at=? WHERE id=? AND epoch=?`),
-		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), nullTime(t.ImportedAt), t.ID, wantEpoch)
+	t.UpdatedAt = r.now().Truncate(time.Microsecond)
+	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=?, imported_at=? WHERE id=? AND epoch=? AND created_at=?`),
+		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), nullTime(t.ImportedAt), t.ID, wantEpoch, t.CreatedAt.UnixMicro())
 	if err != nil {
 		return fmt.Errorf("update tenant: %w", err)
 	}

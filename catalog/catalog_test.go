@@ -225,6 +225,32 @@ func TestCatalog_Update(t *testing.T) {
 			t.Fatalf("stale epoch after a move: err = %v, want ErrConflict", err)
 		}
 	})
+	t.Run("ErrConflictOtherIncarnation", func(t *testing.T) {
+		// Deleted and made again under the same id (a restore): the new
+		// row is at epoch 1 too, and an update meant for the old one,
+		// which has the old created_at, must not land on it.
+		r := mustOpen(t, t.TempDir())
+		old := mustCreate(t, r, "acme")
+		if err := r.Delete(ctx, old.ID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond) // created_at is kept to the microsecond
+		again := &engine.Tenant{ID: old.ID, Slug: "acme", Name: "acme", Status: engine.StatusPending, Backend: engine.BackendSQLite, Epoch: 1}
+		if err := r.Create(ctx, again); err != nil {
+			t.Fatal(err)
+		}
+		stale := *old
+		stale.Status = engine.StatusActive
+		if err := r.Update(ctx, &stale, 1); !errors.Is(err, engine.ErrConflict) {
+			t.Fatalf("update of the deleted incarnation: err = %v, want ErrConflict", err)
+		}
+		if got, _ := r.Resolve(ctx, old.ID); got.Status != engine.StatusPending {
+			t.Fatalf("the new incarnation changed: %+v", got)
+		}
+		if err := r.Update(ctx, again, 1); err != nil {
+			t.Fatalf("update of the current incarnation: %v", err)
+		}
+	})
 	t.Run("ErrConflictUnknown", func(t *testing.T) {
 		r := mustOpen(t, t.TempDir())
 		if err := r.Update(ctx, newTenant("ghost"), 1); !errors.Is(err, engine.ErrConflict) {

@@ -66,7 +66,7 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 	r.db.SetConnMaxIdleTime(5 * time.Minute)
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := r.db.ExecContext(pctx, strings.ReplaceAll(ddl, "tenants", table)); err != nil {
+	if err := r.ddl(pctx, strings.ReplaceAll(ddl, "tenants", table)); err != nil {
 		_ = r.db.Close()
 		return nil, fmt.Errorf("catalog schema: %w: %w", err, engine.ErrUnavailable)
 	}

@@ -103,3 +103,36 @@ func TestOpen_AddsImportedAt(t *testing.T) {
 		t.Fatalf("imported_at after a reopen: %+v %v, want %v", got, err, at)
 	}
 }
+
+// Processes that open a new catalog at once (a server and a tenant command,
+// several servers on one server catalog) all open it.
+func TestOpen_Concurrent(t *testing.T) {
+	dir := t.TempDir()
+	const n = 6
+	errs := make(chan error, n)
+	cats := make(chan *catalog.Catalog, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			r, err := openCatalog(t, dir)
+			errs <- err
+			cats <- r
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("open %d: %v", i, err)
+		}
+	}
+	for i := 0; i < n; i++ {
+		if r := <-cats; r != nil {
+			if i == 0 {
+				if server := os.Getenv("KEYSHARD_TEST_CATALOG"); server != "" && server != "sqlite" {
+					defer r.DropServerTable(context.Background())
+				}
+				defer r.Close()
+			} else {
+				r.Close()
+			}
+		}
+	}
+}

@@ -53,17 +53,38 @@ func (r *Catalog) createWork(ctx context.Context, id, dialect string) error {
 	w := &r.work
 	w.upsertLower, w.upsertSet = upserts(w.table, dialect)
 	stmts := workDDL(w.table, id)
-	if _, err := r.db.ExecContext(ctx, stmts[0]); err != nil {
+	if err := r.ddl(ctx, stmts[0]); err != nil {
 		return fmt.Errorf("catalog work table: %w", err)
 	}
-	var n int
-	_ = r.db.QueryRowContext(ctx, r.rebind(indexExists[dialect]), w.table+"_due_at").Scan(&n)
-	if n == 0 {
-		if _, err := r.db.ExecContext(ctx, stmts[1]); err != nil {
+	hasIndex := func() bool {
+		var n int
+		_ = r.db.QueryRowContext(ctx, r.rebind(indexExists[dialect]), w.table+"_due_at").Scan(&n)
+		return n > 0
+	}
+	if !hasIndex() {
+		// Another process opening the catalog may have made it meanwhile.
+		if _, err := r.db.ExecContext(ctx, stmts[1]); err != nil && !hasIndex() {
 			return fmt.Errorf("catalog work index: %w", err)
 		}
 	}
 	return nil
+}
+
+// ddl runs a CREATE … IF NOT EXISTS statement. Processes opening a new
+// catalog at once may all find the table missing, and PostgreSQL then
+// fails all but one on its own catalog's unique index: run again, the
+// statement finds the table.
+func (r *Catalog) ddl(ctx context.Context, stmt string) error {
+	_, err := r.db.ExecContext(ctx, stmt)
+	for i := 0; err != nil && i < 3; i++ {
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(50<<i) * time.Millisecond):
+		}
+		_, err = r.db.ExecContext(ctx, stmt)
+	}
+	return err
 }
 
 var indexExists = map[string]string{

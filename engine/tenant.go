@@ -56,6 +56,19 @@ type Placement struct {
 	Epoch    int64  `json:"epoch"`
 }
 
+// HasDatabase reports whether t's database exists whole: it was approved
+// (active or suspended), or imported and waits for approval. A requested
+// tenant has none yet; an importing one has part of one.
+func (t *Tenant) HasDatabase() bool {
+	switch t.Status {
+	case StatusActive, StatusSuspended:
+		return true
+	case StatusPending:
+		return t.ImportedAt != nil
+	}
+	return false
+}
+
 // Placement returns where t's shard lives.
 func (t *Tenant) Placement() Placement {
 	return Placement{TenantID: t.ID, Backend: t.Backend, Location: t.Location, Epoch: t.Epoch}

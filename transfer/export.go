@@ -175,7 +175,7 @@ func (s *Service) readShard(ctx context.Context, t *engine.Tenant) (engine.Shard
 		}
 		return ts, ts.Release, nil
 	case engine.StatusSuspended, engine.StatusPending:
-		if t.Status == engine.StatusPending && t.ImportedAt == nil {
+		if !t.HasDatabase() {
 			break // requested, nothing created yet
 		}
 		sh, err := s.Backends.Open(ctx, t.Placement())

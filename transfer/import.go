@@ -155,32 +155,59 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 			return nil, err
 		}
 	}
+	if id == "" {
+		id = engine.NewTenantID()
+	}
+	// Registered before the row exists: a second import of the same id (a
+	// restore) in this process is refused before it touches anything, and
+	// the platform API refuses to delete the tenant while this one runs.
+	if err := s.begin(id, &Progress{Tenant: o.Slug, Phase: "import"}); err != nil {
+		return nil, err
+	}
+	defer s.end(id)
 	t, err := s.createImporting(ctx, id, o.Slug, o.Name, o.Backend)
 	if err != nil {
 		return nil, err
 	}
 	res.Tenant = t
-	if err := s.begin(t.ID, &Progress{Tenant: t.Slug, Phase: "import"}); err != nil {
-		return nil, err
-	}
-	defer s.end(t.ID)
 	if res.Tables, err = s.fill(ctx, t, stage, o.Approve, o.Progress); err != nil {
-		ctx := context.WithoutCancel(ctx)
-		if derr := s.Engine.Catalog.Delete(ctx, t.ID); derr != nil {
-			err = errors.Join(err, fmt.Errorf("remove the half-imported tenant: %w", derr))
+		if aerr := s.abandon(context.WithoutCancel(ctx), t); aerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove the half-imported tenant: %w", aerr))
 		}
 		return nil, err
 	}
 	return res, nil
 }
 
-// createImporting records the tenant an import fills, in status importing
-// (which nothing serves, approves or moves), with the given id when not
-// empty.
-func (s *Service) createImporting(ctx context.Context, id, slug, name, backend string) (*engine.Tenant, error) {
-	if id == "" {
-		id = engine.NewTenantID()
+// abandon removes what a failed import made: its catalog row and its
+// database, unless the row is no longer this import's. The tenant may have
+// been deleted meanwhile (its database is then removed again, harmlessly)
+// or deleted and imported anew under the same id by another process (the
+// new tenant is then left alone; catalog.Update's created_at check already
+// kept this import from changing it).
+func (s *Service) abandon(ctx context.Context, t *engine.Tenant) error {
+	cur, err := s.Engine.Get(ctx, t.ID)
+	switch {
+	case errors.Is(err, engine.ErrTenantNotFound):
+	case err != nil:
+		return err
+	case cur.CreatedAt.UnixMicro() != t.CreatedAt.UnixMicro() || cur.Status != engine.StatusImporting:
+		return nil
+	default:
+		if err := s.Engine.Catalog.Delete(ctx, t.ID); err != nil {
+			return err
+		}
 	}
+	st, err := s.storage(t.Backend)
+	if err != nil {
+		return err
+	}
+	return st.Destroy(ctx, t.Placement())
+}
+
+// createImporting records the tenant an import fills, in status importing
+// (which nothing serves, approves or moves).
+func (s *Service) createImporting(ctx context.Context, id, slug, name, backend string) (*engine.Tenant, error) {
 	if err := engine.ValidateSlug(slug); err != nil {
 		return nil, err
 	}
@@ -205,7 +232,7 @@ func (s *Service) createImporting(ctx context.Context, id, slug, name, backend s
 
 // fill copies the staged rows into the new tenant's database, verifies
 // them, and makes the tenant pending with its data in place, or active when
-// approve. On failure it destroys the database.
+// approve. On failure the caller abandons the tenant.
 func (s *Service) fill(ctx context.Context, t *engine.Tenant, stage *shard.Shard, approve bool, progress func(Progress)) (_ map[string]Digest, err error) {
 	st, err := s.storage(t.Backend)
 	if err != nil {
@@ -216,11 +243,6 @@ func (s *Service) fill(ctx context.Context, t *engine.Tenant, stage *shard.Shard
 	if err := st.Create(ctx, p); err != nil {
 		return nil, fmt.Errorf("create the tenant's database: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			_ = st.Destroy(context.WithoutCancel(ctx), p)
-		}
-	}()
 	dst, err := s.Backends.Open(ctx, p)
 	if err != nil {
 		return nil, err

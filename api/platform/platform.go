@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -121,6 +122,16 @@ func (a *API) handleGetTenant(w http.ResponseWriter, r *http.Request, ps httprou
 }
 
 func (a *API) handleDeleteTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	if a.transfer != nil {
+		// An import or a move still writing the tenant's database would
+		// race the drop (and, for an import, a new import of the same id).
+		if t, err := a.srv.Engine.Get(r.Context(), ps.ByName("tenant")); err == nil {
+			if _, busy := a.transfer.MoveProgress(t.ID); busy {
+				a.srv.WriteError(w, r, fmt.Errorf("an import or a move of this tenant is running; delete it once that has ended: %w", engine.ErrConflict))
+				return
+			}
+		}
+	}
 	if err := a.srv.Engine.DeleteTenant(r.Context(), ps.ByName("tenant")); err != nil {
 		a.srv.WriteError(w, r, err)
 		return

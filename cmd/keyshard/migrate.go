@@ -63,7 +63,7 @@ func runMigrate(args []string) error {
 	for _, t := range tenants {
 		// Tenants on a server this command was not given (--postgres-dsn,
 		// --mysql-dsn) are migrated when a server opens them.
-		if _, ok := a.Backends[t.Backend]; ok && (t.Status == engine.StatusActive || t.Status == engine.StatusSuspended) {
+		if _, ok := a.Backends[t.Backend]; ok && t.HasDatabase() {
 			todo = append(todo, t)
 		}
 	}

@@ -2,6 +2,7 @@ package platform
 
 import (
 	"net/http"
+	"net/url"
 
 	"github.com/julienschmidt/httprouter"
 
@@ -56,12 +57,9 @@ func (a *API) handleExportTenant(w http.ResponseWriter, r *http.Request, ps http
 	if o.Format == "" {
 		o.Format = transfer.FormatSQLite
 	}
-	switch v := q.Get("include_secrets"); v {
-	case "", "false", "0":
-	case "true", "1":
-		o.IncludeSecrets = true
-	default:
-		a.srv.WriteError(w, r, engine.Invalidf("include_secrets must be true or false, not %q", v))
+	var err error
+	if o.IncludeSecrets, err = boolParam(q, "include_secrets"); err != nil {
+		a.srv.WriteError(w, r, err)
 		return
 	}
 	t, err := a.srv.Engine.Get(r.Context(), ps.ByName("tenant"))
@@ -94,12 +92,9 @@ func (a *API) handleImportTenant(w http.ResponseWriter, r *http.Request, ps http
 	svc := a.transfer
 	q := r.URL.Query()
 	o := transfer.ImportOptions{Slug: q.Get("slug"), Name: q.Get("name"), Backend: q.Get("backend")}
-	switch v := q.Get("approve"); v {
-	case "", "false", "0":
-	case "true", "1":
-		o.Approve = true
-	default:
-		a.srv.WriteError(w, r, engine.Invalidf("approve must be true or false, not %q", v))
+	var err error
+	if o.Approve, err = boolParam(q, "approve"); err != nil {
+		a.srv.WriteError(w, r, err)
 		return
 	}
 	res, err := svc.Import(r.Context(), r.Body, o)
@@ -155,4 +150,17 @@ func (a *API) handleMoveProgress(w http.ResponseWriter, r *http.Request, ps http
 	}
 	p, ok := svc.MoveProgress(t.ID)
 	api.WriteJSON(w, http.StatusOK, map[string]any{"moving": ok, "progress": p, "tenant": t})
+}
+
+// boolParam reads the query parameter name: true or 1, false or 0, or
+// absent (false).
+func boolParam(q url.Values, name string) (bool, error) {
+	switch v := q.Get(name); v {
+	case "", "false", "0":
+		return false, nil
+	case "true", "1":
+		return true, nil
+	default:
+		return false, engine.Invalidf("%s must be true or false, not %q", name, v)
+	}
 }

@@ -48,8 +48,8 @@ func Register(srv *api.Server, cfg Config) *API {
 	srv.Handle(http.MethodGet, "/admin/tenants/:tenant", a.admin(a.handleGetTenant))
 	srv.Handle(http.MethodDelete, "/admin/tenants/:tenant", a.admin(a.handleDeleteTenant))
 	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/approve", a.admin(a.handleApproveTenant))
-	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/suspend", a.admin(a.handleSuspendTenant))
-	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/resume", a.admin(a.handleResumeTenant))
+	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/suspend", a.admin(a.lifecycleStep(a.srv.Engine.SuspendTenant, "tenant suspended")))
+	srv.Handle(http.MethodPost, "/admin/tenants/:tenant/resume", a.admin(a.lifecycleStep(a.srv.Engine.ResumeTenant, "tenant resumed")))
 	if a.auth != nil {
 		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/service-key", a.admin(a.handleIssueServiceKey))
 		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/signing-keys", a.admin(a.handleRotateKey))
@@ -168,24 +168,18 @@ func (a *API) ensureSigningKey(ctx context.Context, tenantID string) error {
 	return a.auth.Keys().EnsureKey(ctx, tenantID, ts)
 }
 
-func (a *API) handleSuspendTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-	t, err := a.srv.Engine.SuspendTenant(r.Context(), ps.ByName("tenant"))
-	if err != nil {
-		a.srv.WriteError(w, r, err)
-		return
+// lifecycleStep serves a tenant lifecycle step that answers the tenant:
+// suspend, resume.
+func (a *API) lifecycleStep(step func(context.Context, string) (*engine.Tenant, error), done string) httprouter.Handle {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+		t, err := step(r.Context(), ps.ByName("tenant"))
+		if err != nil {
+			a.srv.WriteError(w, r, err)
+			return
+		}
+		a.logAction(r, done, t.Slug, "tenant_id", t.ID)
+		api.WriteJSON(w, http.StatusOK, t)
 	}
-	a.logAction(r, "tenant suspended", t.Slug, "tenant_id", t.ID)
-	api.WriteJSON(w, http.StatusOK, t)
-}
-
-func (a *API) handleResumeTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-	t, err := a.srv.Engine.ResumeTenant(r.Context(), ps.ByName("tenant"))
-	if err != nil {
-		a.srv.WriteError(w, r, err)
-		return
-	}
-	a.logAction(r, "tenant resumed", t.Slug, "tenant_id", t.ID)
-	api.WriteJSON(w, http.StatusOK, t)
 }
 
 type rotateRequest struct {

@@ -255,7 +255,7 @@ func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string,
 			ev.Data = map[string]any{"soft": true}
 			return s.record(tx, t, ev)
 		}
-		for _, q := range []string{`DELETE FROM identities WHERE user_id = ?`, `DELETE FROM users WHERE id = ?`} {
+		for _, q := range []string{`DELETE FROM identities WHERE user_id = ?`, `DELETE FROM oauth_consents WHERE user_id = ?`, `DELETE FROM users WHERE id = ?`} {
 			if _, err := tx.Exec(q, id); err != nil {
 				return err
 			}

@@ -768,11 +768,14 @@ func (s *Service) Logout(ctx context.Context, t Tenant, c Client, p *Principal, 
 }
 
 // endSessions deletes the sessions matching where (a condition on the
-// sessions table) with their refresh tokens, explicitly: portable to
+// sessions table) with their refresh tokens, OAuth grants and browser
+// cookies, explicitly: portable to
 // backends where the cascade is not enabled.
 func endSessions(tx engine.Querier, where string, args ...any) error {
-	if _, err := tx.Exec(`DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE `+where+`)`, args...); err != nil {
-		return err
+	for _, table := range []string{"refresh_tokens", "oauth_grants", "oauth_browser_sessions"} {
+		if _, err := tx.Exec(`DELETE FROM `+table+` WHERE session_id IN (SELECT id FROM sessions WHERE `+where+`)`, args...); err != nil {
+			return err
+		}
 	}
 	_, err := tx.Exec(`DELETE FROM sessions WHERE `+where, args...)
 	return err

@@ -144,7 +144,9 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 		// sign in again with their passwords). Nor does it deliver again
 		// the events its source had not delivered yet.
 		if err := stage.Write(ctx, func(tx engine.Querier) error {
-			for _, q := range []string{`DELETE FROM refresh_tokens`, `DELETE FROM sessions`, `DELETE FROM outbox`, `DELETE FROM signing_keys`,
+			for _, q := range []string{`DELETE FROM oauth_browser_sessions`, `DELETE FROM oauth_grants`, `DELETE FROM oauth_auth_requests`,
+				`DELETE FROM oauth_device_codes`, `UPDATE oauth_clients SET secret_hash = ''`,
+				`DELETE FROM refresh_tokens`, `DELETE FROM sessions`, `DELETE FROM outbox`, `DELETE FROM signing_keys`,
 				`DELETE FROM settings WHERE "key" = 'service_key_sha256'`} {
 				if _, err := tx.Exec(q); err != nil {
 					return err

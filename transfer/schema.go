@@ -18,7 +18,7 @@ import (
 // SchemaVersion is the shard schema version the table list below describes.
 // A migration that changes a table must change Tables and this constant;
 // TestTables_MatchSchema fails until it does.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // Kind is a column's portable type.
 type Kind byte
@@ -76,6 +76,44 @@ var Tables = []Table{
 		{"id", KindInt, false}, {"token_hash", KindText, false}, {"user_id", KindText, false},
 		{"session_id", KindText, false}, {"parent", KindText, false}, {"revoked", KindInt, false},
 		{"created_at", KindInt, false}, {"updated_at", KindInt, false},
+	}},
+	// OAuth: a client's secret hash is a credential; the browser cookies,
+	// pending authorization requests and device codes are live credentials
+	// (stored hashed) that only a restore carries.
+	{Name: "oauth_clients", KeyLen: 1, Columns: []Column{
+		{"id", KindText, false}, {"name", KindText, false}, {"client_type", KindText, false},
+		{"token_endpoint_auth_method", KindText, false}, {"secret_hash", KindText, true},
+		{"redirect_uris", KindText, false}, {"post_logout_redirect_uris", KindText, false},
+		{"grant_types", KindText, false}, {"scopes", KindText, false}, {"skip_consent", KindInt, false},
+		{"logo_uri", KindText, false}, {"client_uri", KindText, false}, {"registration_type", KindText, false},
+		{"created_at", KindInt, false}, {"updated_at", KindInt, false},
+	}},
+	{Name: "oauth_consents", KeyLen: 2, Columns: []Column{
+		{"user_id", KindText, false}, {"client_id", KindText, false}, {"scopes", KindText, false},
+		{"created_at", KindInt, false}, {"updated_at", KindInt, false},
+	}},
+	{Name: "oauth_grants", KeyLen: 1, Columns: []Column{
+		{"session_id", KindText, false}, {"client_id", KindText, false}, {"scopes", KindText, false},
+		{"auth_time", KindInt, false}, {"amr", KindText, false}, {"created_at", KindInt, false},
+	}},
+	{Name: "oauth_browser_sessions", KeyLen: 1, Secret: true, Columns: []Column{
+		{"token_hash", KindText, false}, {"session_id", KindText, false}, {"expires_at", KindInt, false},
+		{"created_at", KindInt, false},
+	}},
+	{Name: "oauth_auth_requests", KeyLen: 1, Secret: true, Columns: []Column{
+		{"id", KindText, false}, {"client_id", KindText, false}, {"request", KindText, false},
+		{"user_id", KindText, false}, {"auth_time", KindInt, false}, {"amr", KindText, false},
+		{"done", KindInt, false}, {"code_hash", KindText, false}, {"session_id", KindText, false},
+		{"used_at", KindInt, false}, {"expires_at", KindInt, false}, {"created_at", KindInt, false},
+	}},
+	{Name: "oauth_device_codes", KeyLen: 1, Secret: true, Columns: []Column{
+		{"device_code_hash", KindText, false}, {"user_code", KindText, false}, {"client_id", KindText, false},
+		{"scopes", KindText, false}, {"state", KindText, false}, {"user_id", KindText, false},
+		{"auth_time", KindInt, false}, {"amr", KindText, false}, {"interval_s", KindInt, false},
+		{"last_poll_at", KindInt, false}, {"expires_at", KindInt, false}, {"created_at", KindInt, false},
+	}},
+	{Name: "oauth_revoked_tokens", KeyLen: 1, Columns: []Column{
+		{"jti", KindText, false}, {"expires_at", KindInt, false},
 	}},
 	{Name: "audit_log", KeyLen: 1, AutoID: true, Columns: []Column{
 		{"id", KindInt, false}, {"action", KindText, false}, {"actor_id", KindText, false},

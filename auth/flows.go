@@ -237,16 +237,85 @@ type PasswordRequest struct {
 // costs the same hash as a wrong password; failures are audited through
 // the shard's buffer. A hash with outdated parameters is replaced.
 func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordRequest) (*Session, error) {
+	u, newHash, err := s.verifyLogin(ctx, t, c, req)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC().Truncate(time.Microsecond)
+	is := &issued{sessionAt: now.Unix()}
+	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
+		if err := signIn(tx, u, newHash, now); err != nil {
+			return err
+		}
+		var err error
+		if is.sessionID, is.refresh, err = createSession(tx, u.ID, now, c); err != nil {
+			return err
+		}
+		if err := s.recordSignIn(tx, t, c, u, newHash, now, nil); err != nil {
+			return err
+		}
+		is.user, err = userByID(tx, u.ID)
+		return err
+	})
+	if err != nil {
+		return nil, writeError(err, engine.KindRateLimited)
+	}
+	return s.session(ctx, t, is)
+}
+
+// signIn records a sign-in of u in the write that opens its session. It is
+// checked again there: a ban or delete committed while the password was
+// hashed must not get a session. A non-empty newHash replaces an outdated
+// hash, only if the password did not change meanwhile.
+func signIn(tx engine.Querier, u *User, newHash string, now time.Time) error {
+	ts := now.UnixMicro()
+	n, err := tx.Exec(`UPDATE users SET last_sign_in_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL
+		AND (banned_until IS NULL OR banned_until <= ?)`, ts, ts, u.ID, ts)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		var banned int
+		if err := tx.QueryRow(`SELECT 1 FROM users WHERE id = ? AND deleted_at IS NULL AND banned_until > ?`, u.ID, ts).Scan(&banned); err == nil {
+			return newError(engine.KindInvalid, CodeUserBanned, "User is banned")
+		}
+		return errInvalidCredentials() // deleted since we read it
+	}
+	if newHash != "" {
+		if _, err := tx.Exec(`UPDATE users SET encrypted_password = ? WHERE id = ? AND encrypted_password = ?`,
+			newHash, u.ID, u.EncryptedPassword); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recordSignIn records the sign-in event; extra adds to its data.
+func (s *Service) recordSignIn(tx engine.Querier, t Tenant, c Client, u *User, newHash string, now time.Time, extra map[string]any) error {
+	payload := map[string]any{"provider": "email"}
+	if newHash != "" {
+		payload["rehashed"] = true
+	}
+	for k, v := range extra {
+		payload[k] = v
+	}
+	return s.record(tx, t, &event.Event{Type: event.UserSignedIn, Actor: event.User(u.ID, u.Email), IP: c.IP, Data: payload, At: now})
+}
+
+// verifyLogin checks an email and password, with the throttle, the hash
+// pool's admission and the failed-login audit, and returns the user and,
+// when its hash is outdated, a new hash to store.
+func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req PasswordRequest) (*User, string, error) {
 	email := NormalizeEmail(req.Email)
 	if email == "" && req.Phone != "" {
-		return nil, newError(engine.KindInvalid, "phone_provider_disabled", "Phone logins are disabled")
+		return nil, "", newError(engine.KindInvalid, "phone_provider_disabled", "Phone logins are disabled")
 	}
 	if email == "" || req.Password == "" {
-		return nil, validationf("A valid email and password are required")
+		return nil, "", validationf("A valid email and password are required")
 	}
 	wait, err := s.throttle.Allow(t.ID, email, c.IP)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if wait > 0 {
 		// An account guessed from many addresses: every attempt waits,
@@ -256,17 +325,17 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		case <-timer.C:
 		case <-ctx.Done():
 			timer.Stop()
-			return nil, ctx.Err()
+			return nil, "", ctx.Err()
 		}
 	}
 	if len(req.Password) > maxPasswordLen {
 		s.throttle.Fail(t.ID, email, c.IP)
-		return nil, errInvalidCredentials()
+		return nil, "", errInvalidCredentials()
 	}
 	// A saturated pool refuses before the user is read: under a login storm
 	// most requests are refused, and each refusal should cost next to nothing.
 	if err := s.hashes.Admit(); err != nil {
-		return nil, hashError(err)
+		return nil, "", hashError(err)
 	}
 	var u *User
 	err = t.Shard.Read(ctx, func(q engine.Querier) error {
@@ -278,34 +347,34 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if u == nil || u.EncryptedPassword == "" {
 		if err := s.hashes.VerifyDummy(ctx, req.Password); err != nil {
-			return nil, hashError(err)
+			return nil, "", hashError(err)
 		}
 		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, "", email, "unknown_email"); err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		return nil, errInvalidCredentials()
+		return nil, "", errInvalidCredentials()
 	}
 	ok, stale, err := s.hashes.Verify(ctx, u.EncryptedPassword, req.Password)
 	if err != nil {
-		return nil, hashError(err)
+		return nil, "", hashError(err)
 	}
 	if !ok {
 		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, u.ID, email, "wrong_password"); err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		return nil, errInvalidCredentials()
+		return nil, "", errInvalidCredentials()
 	}
 	if u.EmailConfirmedAt == nil {
-		return nil, newError(engine.KindInvalid, CodeEmailNotConfirmed, "Email not confirmed")
+		return nil, "", newError(engine.KindInvalid, CodeEmailNotConfirmed, "Email not confirmed")
 	}
 	if u.Banned(s.now()) {
-		return nil, newError(engine.KindInvalid, CodeUserBanned, "User is banned")
+		return nil, "", newError(engine.KindInvalid, CodeUserBanned, "User is banned")
 	}
 	s.throttle.Succeed(t.ID, email, c.IP)
 	newHash := ""
@@ -315,48 +384,7 @@ func (s *Service) Login(ctx context.Context, t Tenant, c Client, req PasswordReq
 			newHash = h
 		}
 	}
-	now := s.now().UTC().Truncate(time.Microsecond)
-	ts := now.UnixMicro()
-	is := &issued{sessionAt: now.Unix()}
-	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
-		// Checked again in the write: a ban or delete committed while the
-		// password was hashed must not get a session.
-		n, err := tx.Exec(`UPDATE users SET last_sign_in_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL
-			AND (banned_until IS NULL OR banned_until <= ?)`, ts, ts, u.ID, ts)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			var banned int
-			if err := tx.QueryRow(`SELECT 1 FROM users WHERE id = ? AND deleted_at IS NULL AND banned_until > ?`, u.ID, ts).Scan(&banned); err == nil {
-				return newError(engine.KindInvalid, CodeUserBanned, "User is banned")
-			}
-			return errInvalidCredentials() // deleted since we read it
-		}
-		if newHash != "" {
-			// Only if the password did not change meanwhile.
-			if _, err := tx.Exec(`UPDATE users SET encrypted_password = ? WHERE id = ? AND encrypted_password = ?`,
-				newHash, u.ID, u.EncryptedPassword); err != nil {
-				return err
-			}
-		}
-		if is.sessionID, is.refresh, err = createSession(tx, u.ID, now, c); err != nil {
-			return err
-		}
-		payload := map[string]any{"provider": "email"}
-		if newHash != "" {
-			payload["rehashed"] = true
-		}
-		if err := s.record(tx, t, &event.Event{Type: event.UserSignedIn, Actor: event.User(u.ID, email), IP: c.IP, Data: payload, At: now}); err != nil {
-			return err
-		}
-		is.user, err = userByID(tx, u.ID)
-		return err
-	})
-	if err != nil {
-		return nil, writeError(err, engine.KindRateLimited)
-	}
-	return s.session(ctx, t, is)
+	return u, newHash, nil
 }
 
 // auditFailedLogin buffers a login_failed event: a failed login writes
@@ -387,8 +415,41 @@ const maxWalk = 256
 // The check and the rotation run in one write, so concurrent refreshes of
 // one token are ordered by the shard's writer.
 func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented string) (*Session, error) {
+	is, userID, now, err := s.rotate(ctx, t, c, presented, "")
+	if err != nil {
+		return nil, err
+	}
+	// The user is read after the commit, on a reader: the writer is the
+	// shard's one serial resource, and this read was a third of its time
+	// per refresh. Its user row cannot be deleted without its sessions, so a
+	// missing user means it was deleted just now.
+	err = t.Shard.Read(ctx, func(q engine.Querier) error {
+		var err error
+		is.user, err = userByID(q, userID)
+		return err
+	})
+	if errors.Is(err, engine.ErrNoRows) {
+		return nil, errRefreshNotFound()
+	}
+	if err != nil {
+		return nil, err
+	}
+	// A ban ends the user's sessions; a session that escaped it (a ban
+	// restored from an export, one racing a login) is refused here.
+	if is.user.Banned(now) {
+		return nil, newError(engine.KindInvalid, CodeUserBanned, "User is banned")
+	}
+	return s.session(ctx, t, is)
+}
+
+// rotate runs a refresh token's rotation and reuse detection in one write
+// and returns what it issued, or its failure. clientID is the OAuth client
+// whose grant the token must belong to; "" (GoTrue's refresh) refuses the
+// tokens of OAuth grants, so a client's token never becomes an unscoped
+// session.
+func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, clientID string) (*issued, string, time.Time, error) {
 	if !validRefreshToken(presented) {
-		return nil, validationf("Refresh token is not valid")
+		return nil, "", time.Time{}, validationf("Refresh token is not valid")
 	}
 	h := hashToken(presented)
 	is := &issued{}
@@ -409,6 +470,15 @@ func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented str
 		}
 		if err != nil {
 			return err
+		}
+		var grantClient string
+		err = tx.QueryRow(`SELECT client_id FROM oauth_grants WHERE session_id = ?`, sessID).Scan(&grantClient)
+		if err != nil && !errors.Is(err, engine.ErrNoRows) {
+			return err
+		}
+		if grantClient != clientID {
+			is.failure = errRefreshNotFound()
+			return nil
 		}
 		var notAfter *int64
 		err = tx.QueryRow(`SELECT created_at, not_after FROM sessions WHERE id = ?`, sessID).Scan(&sessCreated, &notAfter)
@@ -470,32 +540,12 @@ func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented str
 		return nil
 	})
 	if err != nil {
-		return nil, writeError(err, engine.KindUnavailable)
+		return nil, "", now, writeError(err, engine.KindUnavailable)
 	}
 	if is.failure != nil {
-		return nil, is.failure
+		return nil, "", now, is.failure
 	}
-	// The user is read after the commit, on a reader: the writer is the
-	// shard's one serial resource, and this read was a third of its time
-	// per refresh. Its user row cannot be deleted without its sessions, so a
-	// missing user means it was deleted just now.
-	err = t.Shard.Read(ctx, func(q engine.Querier) error {
-		var err error
-		is.user, err = userByID(q, userID)
-		return err
-	})
-	if errors.Is(err, engine.ErrNoRows) {
-		return nil, errRefreshNotFound()
-	}
-	if err != nil {
-		return nil, err
-	}
-	// A ban ends the user's sessions; a session that escaped it (a ban
-	// restored from an export, one racing a login) is refused here.
-	if is.user.Banned(now) {
-		return nil, newError(engine.KindInvalid, CodeUserBanned, "User is banned")
-	}
-	return s.session(ctx, t, is)
+	return is, userID, now, nil
 }
 
 // activeFrom returns the session's active refresh token when the presented

@@ -35,6 +35,16 @@ var (
 	SessionLoggedOut = Type{"session.revoked", "logout"}
 	ServiceKeyIssued = Type{"service_key.issued", "service_key_issued"}
 	SettingsUpdated  = Type{"settings.updated", "settings_updated"}
+
+	OAuthClientCreated       = Type{"oauth_client.created", "oauth_client_created"}
+	OAuthClientUpdated       = Type{"oauth_client.updated", "oauth_client_updated"}
+	OAuthClientSecretRotated = Type{"oauth_client.secret_rotated", "oauth_client_secret_rotated"}
+	OAuthClientDeleted       = Type{"oauth_client.deleted", "oauth_client_deleted"}
+	OAuthConsentGranted      = Type{"oauth.consent_granted", "oauth_consent_granted"}
+	OAuthTokenIssued         = Type{"oauth.token_issued", "oauth_token_issued"} // a grant began: a code or device code exchanged
+	OAuthGrantRevoked        = Type{"session.revoked", "oauth_grant_revoked"}   // revocation, code reuse, refresh token reuse
+	OAuthDeviceApproved      = Type{"oauth.device_approved", "oauth_device_approved"}
+	OAuthDeviceDenied        = Type{"oauth.device_denied", "oauth_device_denied"}
 )
 
 // ActorKind says who did something.

@@ -26,7 +26,11 @@ func TestAuth_Config(t *testing.T) {
 			t.Fatalf("defaults: %d %s", r.Status, r.Raw)
 		}
 		sameKeys(t, "config", r.Body, "disable_signup", "external_anonymous_users_enabled", "mailer_autoconfirm", "password_min_length", "password_required_characters",
-			"jwt_exp", "site_url", "uri_allow_list", "cors_allowed_origins")
+			"jwt_exp", "site_url", "uri_allow_list", "cors_allowed_origins", "oauth_server_enabled", "oauth_server_allow_dynamic_registration",
+			"branding_display_name", "branding_logo_url", "branding_primary_color")
+		if r.Body["oauth_server_enabled"] != true || r.Body["oauth_server_allow_dynamic_registration"] != false {
+			t.Fatalf("oauth defaults: %s", r.Raw)
+		}
 		if r := e.call("GET", cfg, "admin-secret", nil); r.Status != 200 {
 			t.Fatalf("the platform token: %d %s", r.Status, r.Raw)
 		}

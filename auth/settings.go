@@ -40,10 +40,20 @@ type Settings struct {
 	// AnonymousUsers lets POST /signup without an email make an anonymous
 	// user (external_anonymous_users_enabled).
 	AnonymousUsers bool
+	// OAuthServerEnabled: the tenant serves OAuth 2.0 / OpenID Connect
+	// (oauth_server_enabled, default on).
+	OAuthServerEnabled bool
+	// OAuthDynamicRegistration opens RFC 7591 registration to anyone;
+	// off, it takes the service key as initial access token
+	// (oauth_server_allow_dynamic_registration).
+	OAuthDynamicRegistration bool
+	// Branding of the hosted login, consent and device pages: a display
+	// name, a logo URL (https) and a primary colour (#rrggbb).
+	BrandingName, BrandingLogoURL, BrandingColor string
 }
 
 // DefaultSettings apply to settings a tenant has not set.
-var DefaultSettings = Settings{MailerAutoconfirm: true, PasswordMinLength: 6}
+var DefaultSettings = Settings{MailerAutoconfirm: true, PasswordMinLength: 6, OAuthServerEnabled: true}
 
 // Supabase's values of password_required_characters.
 var requiredCharacterSets = []string{
@@ -151,6 +161,61 @@ var settingFields = []setting{
 			st.CORSAllowedOrigins = strings.Join(out, ",")
 			return nil
 		}},
+	{"oauth_server_enabled", func(st *Settings) any { return st.OAuthServerEnabled },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			return decodeSetting(raw, &st.OAuthServerEnabled)
+		}},
+	{"oauth_server_allow_dynamic_registration", func(st *Settings) any { return st.OAuthDynamicRegistration },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			return decodeSetting(raw, &st.OAuthDynamicRegistration)
+		}},
+	{"branding_display_name", func(st *Settings) any { return st.BrandingName },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.BrandingName); err != nil {
+				return err
+			}
+			if len(st.BrandingName) > 100 {
+				return fmt.Errorf("must be at most 100 characters")
+			}
+			return nil
+		}},
+	{"branding_logo_url", func(st *Settings) any { return st.BrandingLogoURL },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.BrandingLogoURL); err != nil {
+				return err
+			}
+			if st.BrandingLogoURL == "" {
+				return nil
+			}
+			u, err := url.Parse(st.BrandingLogoURL)
+			if err != nil || u.Scheme != "https" || u.Host == "" || len(st.BrandingLogoURL) > 2048 {
+				return fmt.Errorf("must be an absolute https URL")
+			}
+			return nil
+		}},
+	{"branding_primary_color", func(st *Settings) any { return st.BrandingColor },
+		func(_ *Service, st *Settings, raw json.RawMessage) error {
+			if err := decodeSetting(raw, &st.BrandingColor); err != nil {
+				return err
+			}
+			if st.BrandingColor != "" && !validColor(st.BrandingColor) {
+				return fmt.Errorf("must be a colour as #rrggbb")
+			}
+			return nil
+		}},
+}
+
+// validColor accepts #rrggbb.
+func validColor(c string) bool {
+	if len(c) != 7 || c[0] != '#' {
+		return false
+	}
+	for i := 1; i < 7; i++ {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", rune(c[i])) {
+			return false
+		}
+	}
+	return true
 }
 
 // decodeSetting decodes one JSON value, refusing a value of another type.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/api/gotrue"
+	"github.com/keyshard/keyshard/api/oidc"
 	"github.com/keyshard/keyshard/api/platform"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
@@ -185,7 +186,10 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	}
 	s.conns, s.log = cfg.Conns, log
 	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
-	gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, AdminToken: s.AdminToken})
+	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, AdminToken: s.AdminToken})
+	if _, err := oidc.Register(s.API, s.Auth, gt, oidc.Options{Secret: master}); err != nil {
+		return nil, fmt.Errorf("oauth provider: %w", err)
+	}
 	now := cfg.Events.Now
 	if now == nil {
 		now = cfg.Now // the clock the flows stamp events with

@@ -627,3 +627,22 @@ func (s *Service) GrantOAuthConsent(ctx context.Context, t Tenant, c Client, use
 	})
 	return writeError(err, engine.KindUnavailable)
 }
+
+// AccessTokenTTL is the lifetime of the tenant's access tokens: its
+// jwt_exp, never past the server's.
+func (s *Service) AccessTokenTTL(ctx context.Context, t Tenant) time.Duration {
+	if st, err := s.CachedSettings(ctx, t); err == nil && st.JWTExp > 0 {
+		return min(time.Duration(st.JWTExp)*time.Second, s.ttl)
+	}
+	return s.ttl
+}
+
+// MaxAccessTokenTTL is the server's access token lifetime, which no
+// tenant's exceeds.
+func (s *Service) MaxAccessTokenTTL() time.Duration { return s.ttl }
+
+// MetadataMap decodes a user's metadata object.
+func MetadataMap(raw json.RawMessage) (map[string]any, error) { return objectMap(raw) }
+
+// Now is the service's clock.
+func (s *Service) Now() time.Time { return s.now() }

@@ -1,8 +1,6 @@
 package gotrue
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 
@@ -24,19 +22,13 @@ func (a *API) registerConfigRoutes() {
 // configAdmin wraps h with a check for the tenant's service key or the
 // platform admin token, and hands h the actor that presented it.
 func (a *API) configAdmin(h func(w http.ResponseWriter, r *http.Request, t auth.Tenant, actor event.Actor)) tenantHandler {
-	want := sha256.Sum256([]byte(a.adminToken))
 	return func(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
-		tok := api.Bearer(r)
-		got := sha256.Sum256([]byte(tok))
-		if a.adminToken != "" && tok != "" && subtle.ConstantTimeCompare(got[:], want[:]) == 1 {
-			h(w, r, t, event.Actor{Kind: event.ActorPlatform})
-			return
-		}
-		if err := a.auth.CheckServiceKey(r.Context(), t, tok); err != nil {
+		actor, err := a.AdminActor(r, t)
+		if err != nil {
 			a.writeError(w, r, err)
 			return
 		}
-		h(w, r, t, event.Actor{Kind: event.ActorServiceKey})
+		h(w, r, t, actor)
 	}
 }
 

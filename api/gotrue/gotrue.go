@@ -6,6 +6,7 @@ package gotrue
 
 import (
 	"context"
+	"crypto/sha256"
 	"net/http"
 	"net/url"
 	"strings"
@@ -27,6 +28,9 @@ type API struct {
 	auth       *auth.Service
 	publicURL  string
 	adminToken string
+	// adminTokenSum is the platform admin token's SHA-256, compared in
+	// constant time.
+	adminTokenSum [32]byte
 }
 
 // Options configure the API.
@@ -41,7 +45,7 @@ type Options struct {
 
 // Register adds the GoTrue routes of every tenant to srv.
 func Register(srv *api.Server, svc *auth.Service, o Options) *API {
-	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, adminToken: o.AdminToken}
+	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, adminToken: o.AdminToken, adminTokenSum: sha256.Sum256([]byte(o.AdminToken))}
 	srv.Handle(http.MethodPost, "/t/:tenant/signup", a.withTenant(a.handleSignup))
 	srv.Handle(http.MethodPost, "/t/:tenant/token", a.withTenant(a.handleToken))
 	srv.Handle(http.MethodGet, "/t/:tenant/user", a.withTenant(a.handleGetUser))
@@ -51,6 +55,7 @@ func Register(srv *api.Server, svc *auth.Service, o Options) *API {
 	srv.Handle(http.MethodGet, "/t/:tenant/.well-known/jwks.json", a.withTenant(a.handleJWKS))
 	a.registerAdminRoutes()
 	a.registerConfigRoutes()
+	a.registerOAuthClientRoutes()
 	return a
 }
 

@@ -465,3 +465,15 @@ func newKid() string {
 
 // ErrNoKey: the token names a key the tenant does not have.
 var ErrNoKey = errors.New("signing key not found")
+
+// SigningKey returns the key that signs now: its kid, algorithm and
+// private key (*ecdsa.PrivateKey, *rsa.PrivateKey, ed25519.PrivateKey, or
+// an HS256 secret), for a signer other than Sign (the OAuth provider's).
+func (ks *KeySet) SigningKey() (kid, alg string, key any) { return ks.kid, ks.alg, ks.private }
+
+// VerifyKey returns the key that verifies the tokens signed by kid, and
+// its algorithm.
+func (ks *KeySet) VerifyKey(kid string) (alg string, key any, ok bool) {
+	v, ok := ks.verify[kid]
+	return v.alg, v.key, ok
+}

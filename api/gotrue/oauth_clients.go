@@ -174,7 +174,9 @@ func (a *API) handleRotateOAuthClient(w http.ResponseWriter, r *http.Request, t 
 
 // AuthTenant describes the pinned tenant to the auth flows, as the GoTrue
 // routes do (its issuer is the tenant's base URL).
-func (a *API) AuthTenant(r *http.Request, ts *engine.TenantShard) auth.Tenant { return a.authTenant(r, ts) }
+func (a *API) AuthTenant(r *http.Request, ts *engine.TenantShard) auth.Tenant {
+	return a.authTenant(r, ts)
+}
 
 // AdminActor checks the tenant's service key or the platform admin token
 // on r and says whose it is.

@@ -104,7 +104,7 @@ func Register(srv *api.Server, svc *auth.Service, gt *gotrue.API, o Options) (*P
 	}
 	var err error
 	p.op, err = op.NewProvider(cfg, storage{p}, issuer,
-		op.WithAllowInsecure(), // the issuer is the server's public URL, http on loopback in tests
+		op.WithAllowInsecure(),  // the issuer is the server's public URL, http on loopback in tests
 		op.WithCORSOptions(nil), // the tenant's CORS policy applies, set by api.Server.Tenant
 		op.WithCustomAuthEndpoint(op.NewEndpoint(pathAuthorize)),
 		op.WithCustomTokenEndpoint(op.NewEndpoint(pathToken)),

@@ -543,18 +543,18 @@ func (s storage) GetDeviceAuthorizatonState(ctx context.Context, clientID, devic
 // authRequest is an auth.OAuthRequest as op sees it.
 type authRequest struct{ *auth.OAuthRequest }
 
-func (r authRequest) GetID() string            { return r.ID }
-func (r authRequest) GetACR() string           { return "" }
-func (r authRequest) GetAMR() []string         { return r.AMR }
-func (r authRequest) GetAudience() []string    { return []string{r.ClientID} }
-func (r authRequest) GetAuthTime() time.Time   { return r.AuthTime }
-func (r authRequest) GetClientID() string      { return r.ClientID }
-func (r authRequest) GetNonce() string         { return r.Nonce }
-func (r authRequest) GetRedirectURI() string   { return r.RedirectURI }
-func (r authRequest) GetScopes() []string      { return r.Scopes }
-func (r authRequest) GetState() string         { return r.State }
-func (r authRequest) GetSubject() string       { return r.UserID }
-func (r authRequest) Done() bool               { return r.OAuthRequest.Done }
+func (r authRequest) GetID() string          { return r.ID }
+func (r authRequest) GetACR() string         { return "" }
+func (r authRequest) GetAMR() []string       { return r.AMR }
+func (r authRequest) GetAudience() []string  { return []string{r.ClientID} }
+func (r authRequest) GetAuthTime() time.Time { return r.AuthTime }
+func (r authRequest) GetClientID() string    { return r.ClientID }
+func (r authRequest) GetNonce() string       { return r.Nonce }
+func (r authRequest) GetRedirectURI() string { return r.RedirectURI }
+func (r authRequest) GetScopes() []string    { return r.Scopes }
+func (r authRequest) GetState() string       { return r.State }
+func (r authRequest) GetSubject() string     { return r.UserID }
+func (r authRequest) Done() bool             { return r.OAuthRequest.Done }
 func (r authRequest) GetResponseType() oidc.ResponseType {
 	return oidc.ResponseType(r.ResponseType)
 }
@@ -574,12 +574,12 @@ type refreshRequest struct {
 	scopes []string
 }
 
-func (r *refreshRequest) GetAMR() []string                { return r.g.AMR }
-func (r *refreshRequest) GetAudience() []string           { return []string{r.g.ClientID} }
-func (r *refreshRequest) GetAuthTime() time.Time          { return r.g.AuthTime }
-func (r *refreshRequest) GetClientID() string             { return r.g.ClientID }
-func (r *refreshRequest) GetScopes() []string             { return r.scopes }
-func (r *refreshRequest) GetSubject() string              { return r.g.UserID }
+func (r *refreshRequest) GetAMR() []string                 { return r.g.AMR }
+func (r *refreshRequest) GetAudience() []string            { return []string{r.g.ClientID} }
+func (r *refreshRequest) GetAuthTime() time.Time           { return r.g.AuthTime }
+func (r *refreshRequest) GetClientID() string              { return r.g.ClientID }
+func (r *refreshRequest) GetScopes() []string              { return r.scopes }
+func (r *refreshRequest) GetSubject() string               { return r.g.UserID }
 func (r *refreshRequest) SetCurrentScopes(scopes []string) { r.scopes = scopes }
 
 // clientRequest is a client credentials grant.
@@ -616,7 +616,9 @@ func (c client) AuthMethod() oidc.AuthMethod {
 	}
 	return oidc.AuthMethodBasic
 }
-func (c client) ResponseTypes() []oidc.ResponseType { return []oidc.ResponseType{oidc.ResponseTypeCode} }
+func (c client) ResponseTypes() []oidc.ResponseType {
+	return []oidc.ResponseType{oidc.ResponseTypeCode}
+}
 func (c client) GrantTypes() []oidc.GrantType {
 	out := make([]oidc.GrantType, len(c.c.GrantTypes))
 	for i, g := range c.c.GrantTypes {
@@ -624,13 +626,13 @@ func (c client) GrantTypes() []oidc.GrantType {
 	}
 	return out
 }
-func (c client) LoginURL(id string) string             { return c.base + "/oauth/login?id=" + id }
-func (c client) AccessTokenType() op.AccessTokenType    { return op.AccessTokenTypeJWT }
-func (c client) IDTokenLifetime() time.Duration         { return time.Hour }
-func (c client) DevMode() bool                          { return false }
-func (c client) IsScopeAllowed(scope string) bool       { return c.c.ScopeAllowed(scope) }
-func (c client) IDTokenUserinfoClaimsAssertion() bool   { return true }
-func (c client) ClockSkew() time.Duration               { return 0 }
+func (c client) LoginURL(id string) string            { return c.base + "/oauth/login?id=" + id }
+func (c client) AccessTokenType() op.AccessTokenType  { return op.AccessTokenTypeJWT }
+func (c client) IDTokenLifetime() time.Duration       { return time.Hour }
+func (c client) DevMode() bool                        { return false }
+func (c client) IsScopeAllowed(scope string) bool     { return c.c.ScopeAllowed(scope) }
+func (c client) IDTokenUserinfoClaimsAssertion() bool { return true }
+func (c client) ClockSkew() time.Duration             { return 0 }
 func (c client) RestrictAdditionalIdTokenScopes() func([]string) []string {
 	return func(s []string) []string { return s }
 }
@@ -646,8 +648,8 @@ type signingKey struct {
 }
 
 func (k signingKey) SignatureAlgorithm() jose.SignatureAlgorithm { return k.alg }
-func (k signingKey) Key() any                                     { return k.key }
-func (k signingKey) ID() string                                   { return k.kid }
+func (k signingKey) Key() any                                    { return k.key }
+func (k signingKey) ID() string                                  { return k.kid }
 
 // keySet verifies the tokens op is shown (access tokens at userinfo,
 // introspection and revocation; id_token_hint) with the tenant's keys.

@@ -31,6 +31,8 @@ func runServe(args []string) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// The OAuth library logs its refusals through the default logger.
+	slog.SetDefault(log)
 	cfg, err := af.serverConfig(sf.cfg, log)
 	if err != nil {
 		return err

@@ -9,7 +9,7 @@ import (
 )
 
 // Workloads lists the workload names Run accepts.
-var Workloads = []string{"signup", "login", "refresh", "user", "update", "mixed", "tenants", "storm"}
+var Workloads = []string{"signup", "login", "refresh", "user", "update", "mixed", "tenants", "storm", "client_credentials", "authorization_code"}
 
 // RunConfig says which workload to run and how.
 type RunConfig struct {
@@ -54,6 +54,9 @@ func (b *Bench) Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	if cfg.Workload == "storm" {
 		return b.runStorm(ctx, cfg)
 	}
+	if NeedsOAuth(cfg.Workload) && b.Fixture.clients == nil {
+		return nil, fmt.Errorf("workload %s needs a fixture set up with OAuth clients", cfg.Workload)
+	}
 	l := cfg.Load.withDefaults()
 	res := b.newResult(cfg.Workload, l)
 	nt := b.Fixture.BaseTenants()
@@ -78,10 +81,12 @@ func (b *Bench) Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	}
 	res.Tenants = nt
 	rec := newRecorder()
-	ex := &executor{t: b.Target, f: b.Fixture, rec: rec, spread: nt}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	ex := &executor{t: b.Target, f: b.Fixture, rec: rec, spread: nt, stop: stop}
 	w := startMetricsWatch(ctx, b.Target, cfg.MetricsEvery)
 	rt := startRuntimeWatch()
-	_, elapsed := run(ctx, l, newPicker, ex.exec, ex.drop)
+	_, elapsed := run(runCtx, l, newPicker, ex.exec, ex.drop)
 	res.Runtime = rt.finish()
 	res.Server = w.finish(ctx)
 	res.fill(rec, elapsed)

@@ -393,3 +393,41 @@ func TestParseMix(t *testing.T) {
 		t.Errorf("default mix %s", got)
 	}
 }
+
+// TestBench_OAuthWorkloads: client_credentials and authorization_code run
+// against a real server; every exchange of a minted code succeeds once,
+// and the run stops when the codes are used up.
+func TestBench_OAuthWorkloads(t *testing.T) {
+	ctx := context.Background()
+	srv, err := bench.StartServer(ctx, bench.ServerConfig{Server: app.ServerConfig{
+		Storage: app.Config{DataDir: t.TempDir(), Synchronous: "NORMAL"},
+		Hash:    hash.Config{Params: tinyHash, Workers: 2},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	tg := &bench.Target{URL: srv.URL, AdminToken: srv.AdminToken, HTTP: bench.NewHTTPClient(16, 30*time.Second)}
+	fx, err := bench.Setup(ctx, tg, bench.SetupConfig{Tenants: 2, Users: 2, OAuth: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bench.Bench{Target: tg, Fixture: fx, HashRate: 100}
+	res, err := b.Run(ctx, bench.RunConfig{Workload: "client_credentials", Load: bench.Load{Concurrency: 4, Requests: 200, Duration: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCount["200"] != 200 {
+		t.Fatalf("client_credentials: %v", res.StatusCount)
+	}
+	if err := fx.MintCodes(ctx, tg, 40, 4); err != nil {
+		t.Fatal(err)
+	}
+	res, err = b.Run(ctx, bench.RunConfig{Workload: "authorization_code", Load: bench.Load{Concurrency: 4, Duration: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCount["200"] != 40 || len(res.StatusCount) > 2 {
+		t.Fatalf("authorization_code: %v", res.StatusCount)
+	}
+}

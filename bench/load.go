@@ -163,6 +163,8 @@ type executor struct {
 	spread int
 	// updates numbers the metadata written by OpUpdate.
 	updates atomic.Int64
+	// stop ends the run early (the authorization codes ran out).
+	stop func()
 }
 
 type credentials struct {
@@ -213,6 +215,15 @@ func (e *executor) exec(runCtx context.Context, c call, due time.Time) time.Dura
 		at, _ := e.f.any(c.tenant).tokens()
 		body, _ := json.Marshal(map[string]any{"data": map[string]any{"bench_seq": e.updates.Add(1)}})
 		status, retry, err = e.t.call(ctx, "PUT", base+"/user", at, body, nil)
+	case OpClientCredentials, OpAuthorizationCode:
+		var ok bool
+		if status, retry, err, ok = e.execOAuth(ctx, c); !ok {
+			if e.stop != nil {
+				e.stop()
+			}
+			s.skip(StatusNoSession)
+			return 0
+		}
 	}
 	if runCtx.Err() != nil && err != nil {
 		// The run was cancelled; the request did not fail on its own.

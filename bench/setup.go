@@ -30,6 +30,9 @@ type SetupConfig struct {
 	Concurrency int
 	// Progress receives a progress bar; nil shows none.
 	Progress io.Writer
+	// OAuth registers an OAuth client in every base tenant and signs a
+	// browser in to its hosted pages (the OAuth workloads).
+	OAuth bool
 }
 
 // Fixture is what Setup created: tenants, users and one session per user
@@ -45,6 +48,7 @@ type Fixture struct {
 	mu       sync.Mutex   // guards idle and the sessions' busy flags
 	sessions [][]*session // by tenant, fixed after Setup
 	idle     [][]*session // by tenant: sessions no refresh is using
+	clients  []*oauthClient // by base tenant (SetupConfig.OAuth)
 }
 
 // session is one virtual client's session chain.
@@ -233,6 +237,11 @@ func Setup(ctx context.Context, t *Target, cfg SetupConfig) (*Fixture, error) {
 	}
 	for i := range f.sessions {
 		f.idle[i] = append([]*session(nil), f.sessions[i]...)
+	}
+	if cfg.OAuth {
+		if err := f.setupOAuth(ctx, t, cfg.Concurrency); err != nil {
+			return nil, err
+		}
 	}
 	if bar != nil {
 		_ = bar.Finish()

@@ -58,6 +58,7 @@ type benchFlags struct {
 	postgresDSN         string
 	mysqlDSN            string
 	cleanup             bool
+	codes               int
 }
 
 func (f *benchFlags) register(fs *flag.FlagSet) {
@@ -101,6 +102,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.readers, "readers", 2, "in-process server: read connections per shard")
 	fs.StringVar(&f.postgresDSN, "postgres-dsn", "", "in-process server: PostgreSQL server for --backend postgres")
 	fs.StringVar(&f.mysqlDSN, "mysql-dsn", "", "in-process server: MySQL/MariaDB server for --backend mysql")
+	fs.IntVar(&f.codes, "codes", 20000, "authorization_code: codes minted (through the hosted pages, with a signed-in browser) before each run; a run that uses them all skips the rest as no_session")
 	fs.BoolVar(&f.cleanup, "cleanup", true, "delete the tenants setup created when the runs are done (with their schemas or databases on a server backend)")
 }
 
@@ -199,8 +201,12 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 	if f.quiet {
 		progress = nil
 	}
+	oauth := false
+	for _, w := range workloads {
+		oauth = oauth || bench.NeedsOAuth(w)
+	}
 	fx, err := bench.Setup(ctx, target, bench.SetupConfig{Tenants: f.tenants, Users: f.users, BaseTenants: f.baseTenants, OtherUsers: f.tenantUsers, Backend: f.backend,
-		Concurrency: f.setupConcurrency, Progress: progress})
+		Concurrency: f.setupConcurrency, Progress: progress, OAuth: oauth})
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
@@ -235,6 +241,16 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 		cfg := bench.RunConfig{
 			Workload: w, Mix: mix, ZipfS: f.zipfS, StormFactor: f.stormFactor, StormRate: f.stormRate,
 			Load: bench.Load{Rate: f.rate, Concurrency: f.concurrency, Duration: f.duration, Requests: f.requests, RetryAfter: f.retryAfter},
+		}
+		if w == string(bench.OpAuthorizationCode) {
+			n := f.codes
+			if f.requests > 0 {
+				n = int(min(int64(n), f.requests))
+			}
+			fmt.Fprintf(stderr, "minting %d authorization codes…\n", n)
+			if err := fx.MintCodes(ctx, target, n, f.setupConcurrency); err != nil {
+				return fmt.Errorf("mint codes: %w", err)
+			}
 		}
 		var res *bench.Result
 		if f.sweep && w != "storm" {

@@ -45,9 +45,9 @@ type Fixture struct {
 	runID    string
 	signups  atomic.Int64 // emails handed out by the signup operation
 
-	mu       sync.Mutex   // guards idle and the sessions' busy flags
-	sessions [][]*session // by tenant, fixed after Setup
-	idle     [][]*session // by tenant: sessions no refresh is using
+	mu       sync.Mutex     // guards idle and the sessions' busy flags
+	sessions [][]*session   // by tenant, fixed after Setup
+	idle     [][]*session   // by tenant: sessions no refresh is using
 	clients  []*oauthClient // by base tenant (SetupConfig.OAuth)
 }
 

@@ -63,8 +63,12 @@ export KEYSHARD_TENANT_A_SERVICE_KEY
 export KEYSHARD_TENANT_A_URL="$base/t/authjs-a"
 export KEYSHARD_TENANT_B_URL="$base/t/authjs-b"
 export KEYSHARD_TENANT_HS_URL="$base/t/authjs-hs"
+# The OAuth browser test saves a screenshot of each hosted page here.
+export KEYSHARD_SCREENSHOTS="${KEYSHARD_SCREENSHOTS:-$root/test/screenshots}"
 status=0
-node --test test/authjs.test.mjs test/browser.test.mjs || status=$?
+node --test test/authjs.test.mjs test/browser.test.mjs test/oauth-browser.test.mjs || status=$?
+echo "screenshots of the hosted OAuth pages: $KEYSHARD_SCREENSHOTS"
+ls "$KEYSHARD_SCREENSHOTS" 2>/dev/null || true
 drop_tenants # their schemas/databases, on a server backend
 if [[ $status -ne 0 ]]; then
 	echo "--- keyshard serve log" >&2

@@ -316,3 +316,66 @@ func TestOAuth_BrowserCases(t *testing.T) {
 		t.Fatalf("after logout the browser is still signed in: %d %s", pg.Status, pg.Location)
 	}
 }
+
+// TestOAuth_Transfer: a tenant's clients and grants go with it when it
+// moves between disks and backends; a copy keeps the clients but no live
+// credential (their secrets must be rotated, grants are gone).
+func TestOAuth_Transfer(t *testing.T) {
+	e := newTransferEnv(t)
+	s := newOAuthSetup(t, e, "acme", nil)
+	ctx := context.Background()
+	b := newBrowser(t)
+	v := oauth2.GenerateVerifier()
+	cb, _ := s.authorize(t, b, oauth2.S256ChallengeOption(v))
+	tok, err := s.cfg.Exchange(ctx, cb.Query().Get("code"), oauth2.VerifierOption(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := clientcredentials.Config{ClientID: s.cfg.ClientID, ClientSecret: s.cfg.ClientSecret, TokenURL: s.cfg.Endpoint.TokenURL}
+	hops := []map[string]any{{"backend": "sqlite", "location": t.TempDir()}}
+	for _, be := range e.serverBackends() {
+		hops = append(hops, map[string]any{"backend": be, "location": ""})
+	}
+	hops = append(hops, map[string]any{"backend": "sqlite", "location": ""})
+	rt := tok.RefreshToken
+	for i, h := range hops {
+		if r := e.call("POST", e.URL+"/admin/tenants/acme/move", transferAdmin, h); r.Status != 200 {
+			t.Fatalf("move %d: %d %s", i, r.Status, r.Raw)
+		}
+		if _, err := cc.Token(ctx); err != nil {
+			t.Fatalf("client credentials after move %d (%v): %v", i, h, err)
+		}
+		next, err := s.cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
+		if err != nil {
+			t.Fatalf("refresh after move %d (%v): %v", i, h, err)
+		}
+		rt = next.RefreshToken
+	}
+	ex := e.call("GET", e.URL+"/admin/tenants/acme/export?format=sqlite&include_secrets=true", transferAdmin, nil)
+	if ex.Status != 200 {
+		t.Fatalf("export: %d", ex.Status)
+	}
+	if imp := e.call("POST", e.URL+"/admin/tenants/import?slug=acme-copy&approve=true", transferAdmin, ex.Raw); imp.Status != 201 && imp.Status != 200 {
+		t.Fatalf("import: %d %s", imp.Status, imp.Raw)
+	}
+	copyBase := e.URL + "/t/acme-copy"
+	cp := cc
+	cp.TokenURL = copyBase + "/oauth/token"
+	if _, err := cp.Token(ctx); oauthErrorCode(err) != "invalid_client" {
+		t.Fatalf("the source's client secret opened the copy: %v", err)
+	}
+	cpCfg := s.cfg
+	cpCfg.Endpoint.TokenURL = cp.TokenURL
+	if _, err := cpCfg.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token(); err == nil {
+		t.Fatal("the source's refresh token opened the copy")
+	}
+	key := e.serviceKey("acme-copy")
+	rot := e.call("POST", copyBase+"/admin/oauth/clients/"+s.cfg.ClientID+"/regenerate_secret", key, nil)
+	if rot.Status != 200 {
+		t.Fatalf("rotate in the copy: %d %s", rot.Status, rot.Raw)
+	}
+	cp.ClientSecret = rot.str("client_secret")
+	if _, err := cp.Token(ctx); err != nil {
+		t.Fatalf("the copy's client after rotation: %v", err)
+	}
+}

@@ -59,6 +59,15 @@ func TestOAuth_CodeFlow(t *testing.T) {
 		t.Fatalf("introspect: %s", r.Raw)
 	}
 
+	// A client's tokens are not GoTrue sessions: they neither read nor
+	// change the user through /user, nor refresh into an unscoped session.
+	if r := e.call("GET", s.base+"/user", tok.AccessToken, nil); r.Status != 403 {
+		t.Fatalf("an OAuth access token at GoTrue's /user: %d %s", r.Status, r.Raw)
+	}
+	if r := e.refresh(s.base, tok.RefreshToken); r.Status != 400 || r.Body["error_code"] != "refresh_token_not_found" {
+		t.Fatalf("an OAuth refresh token at GoTrue's /token: %d %s", r.Status, r.Raw)
+	}
+
 	// Refresh rotates; the old token within the grace interval still
 	// answers, after it revokes the grant.
 	if tok.RefreshToken == "" {

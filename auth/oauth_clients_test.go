@@ -39,7 +39,9 @@ func TestOAuthClientRequest_Apply(t *testing.T) {
 		want func(*OAuthClient) bool
 	}{
 		{"confidential defaults", OAuthClientRequest{Name: str("A"), RedirectURIs: list("https://a.example/cb")}, true,
-			func(c *OAuthClient) bool { return c.AuthMethod == AuthSecretBasic && len(c.Scopes) == 4 && len(c.GrantTypes) == 2 }},
+			func(c *OAuthClient) bool {
+				return c.AuthMethod == AuthSecretBasic && len(c.Scopes) == 4 && len(c.GrantTypes) == 2
+			}},
 		{"public is none", OAuthClientRequest{Name: str("A"), Type: str(ClientPublic), RedirectURIs: list("http://127.0.0.1/cb")}, true,
 			func(c *OAuthClient) bool { return c.AuthMethod == AuthNone }},
 		{"no name", OAuthClientRequest{RedirectURIs: list("https://a.example/cb")}, false, nil},

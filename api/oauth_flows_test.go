@@ -37,9 +37,16 @@ func TestOAuth_ClientCredentials(t *testing.T) {
 	if r := s.introspect(tok.AccessToken); r.Body["active"] != true || r.Body["client_id"] != s.cfg.ClientID {
 		t.Fatalf("introspect: %s", r.Raw)
 	}
-	// A client's token has no user: userinfo refuses it.
+	// A client's token has no user: userinfo refuses it, as RFC 6750 says.
 	if _, err := s.provider.UserInfo(ctx, oauth2.StaticTokenSource(tok)); err == nil {
 		t.Fatal("userinfo answered a client credentials token")
+	}
+	ui := e.call("GET", s.base+"/oauth/userinfo", tok.AccessToken, nil)
+	if ui.Status != 401 || ui.Body["error"] != "invalid_token" || !strings.Contains(ui.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+		t.Fatalf("userinfo refusal: %d %s %v", ui.Status, ui.Raw, ui.Header)
+	}
+	if ui := e.call("GET", s.base+"/oauth/userinfo", "", nil); ui.Status != 401 || !strings.HasPrefix(ui.Header.Get("WWW-Authenticate"), "Bearer") {
+		t.Fatalf("userinfo without a token: %d %s %v", ui.Status, ui.Raw, ui.Header)
 	}
 	// RFC 7009: revoked, it is inactive.
 	if r := s.form("/oauth/revoke", url.Values{"token": {tok.AccessToken}}, s.cfg.ClientID, s.cfg.ClientSecret); r.Status != 200 {

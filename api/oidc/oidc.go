@@ -259,6 +259,11 @@ func (p *Provider) serve(w http.ResponseWriter, r *http.Request, ps httprouter.P
 	case "token", "introspect", "revoke":
 		p.op.ServeHTTP(&challenge{ResponseWriter: w}, r2)
 		return
+	case "userinfo":
+		bc := &bearerChallenge{ResponseWriter: w, token: api.Bearer(r) != "" || r.Method == http.MethodPost}
+		p.op.ServeHTTP(bc, r2)
+		bc.finish()
+		return
 	}
 	p.op.ServeHTTP(w, r2)
 }
@@ -280,4 +285,46 @@ func (c *challenge) WriteHeader(code int) {
 		c.Header().Set("WWW-Authenticate", `Basic realm="oauth"`)
 	}
 	c.ResponseWriter.WriteHeader(code)
+}
+
+// bearerChallenge answers userinfo's refusals as RFC 6750 §3 says: a
+// WWW-Authenticate: Bearer challenge (with error="invalid_token" when a
+// token was presented) and the error as JSON, where op writes plain text.
+type bearerChallenge struct {
+	http.ResponseWriter
+	token     bool
+	intercept bool
+	status    int
+	body      strings.Builder
+}
+
+func (b *bearerChallenge) WriteHeader(code int) {
+	if code == http.StatusUnauthorized || code == http.StatusForbidden {
+		b.intercept, b.status = true, code
+		return
+	}
+	b.ResponseWriter.WriteHeader(code)
+}
+
+func (b *bearerChallenge) Write(p []byte) (int, error) {
+	if b.intercept {
+		return b.body.Write(p)
+	}
+	return b.ResponseWriter.Write(p)
+}
+
+func (b *bearerChallenge) finish() {
+	if !b.intercept {
+		return
+	}
+	h := b.ResponseWriter.Header()
+	h.Del("X-Content-Type-Options")
+	desc := strings.TrimSpace(b.body.String())
+	if !b.token {
+		h.Set("WWW-Authenticate", `Bearer realm="oauth"`)
+		api.WriteJSON(b.ResponseWriter, http.StatusUnauthorized, map[string]string{"error": "invalid_request", "error_description": "a bearer access token is required"})
+		return
+	}
+	h.Set("WWW-Authenticate", `Bearer realm="oauth", error="invalid_token", error_description="`+strings.ReplaceAll(desc, `"`, "'")+`"`)
+	api.WriteJSON(b.ResponseWriter, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": desc})
 }

@@ -76,6 +76,9 @@ const (
 	MaxPerPage     = 1000
 )
 
+// Bounds returns the page's limit and offset.
+func (p Page) Bounds() (limit, offset int) { return p.norm() }
+
 func (p Page) norm() (limit, offset int) {
 	if p.PerPage <= 0 || p.PerPage > MaxPerPage {
 		p.PerPage = DefaultPerPage

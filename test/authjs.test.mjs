@@ -164,6 +164,41 @@ test('auth-js against keyshard', async (t) => {
     assert.equal((await client(A).signInWithPassword({ email: `p2-${email}`, password })).error, null)
   })
 
+  await t.test('admin.oauth: create, list (paged), get, update, regenerate the secret, delete', async () => {
+    const oauth = client(A, { headers: { Authorization: `Bearer ${A_KEY}` } }).admin.oauth
+    const made = []
+    for (const n of [1, 2]) {
+      const { data, error } = await oauth.createClient({ client_name: `App ${n}`, redirect_uris: [`https://app${n}.example/cb`], scope: 'openid email' })
+      assert.equal(error, null)
+      assert.equal(data.client_type, 'confidential')
+      assert.equal(data.registration_type, 'manual')
+      assert.equal(data.token_endpoint_auth_method, 'client_secret_basic')
+      assert.deepEqual(data.grant_types, ['authorization_code', 'refresh_token'])
+      assert.deepEqual(data.response_types, ['code'])
+      assert.equal(data.scope, 'openid email')
+      assert.ok(data.client_secret)
+      made.push(data)
+    }
+    const page = await oauth.listClients({ page: 1, perPage: 1 })
+    assert.equal(page.error, null)
+    assert.equal(page.data.clients.length, 1)
+    assert.ok(page.data.total >= 2)
+    assert.equal(page.data.nextPage, 2)
+    const got = await oauth.getClient(made[0].client_id)
+    assert.equal(got.data.client_name, 'App 1')
+    assert.equal(got.data.client_secret, undefined, 'a secret is shown once')
+    const upd = await oauth.updateClient(made[0].client_id, { client_name: 'App One', redirect_uris: ['https://one.example/cb'] })
+    assert.equal(upd.error, null)
+    assert.deepEqual(upd.data.redirect_uris, ['https://one.example/cb'])
+    const bad = await oauth.updateClient(made[0].client_id, { redirect_uris: ['http://not-loopback.example/cb'] })
+    assert.equal(bad.error?.code, 'validation_failed')
+    const rot = await oauth.regenerateClientSecret(made[0].client_id)
+    assert.ok(rot.data.client_secret && rot.data.client_secret !== made[0].client_secret)
+    for (const c of made) assert.equal((await oauth.deleteClient(c.client_id)).error, null)
+    const gone = await oauth.getClient(made[1].client_id)
+    assert.equal(gone.error?.status, 404)
+  })
+
   await t.test('signInAnonymously, then an email and a password make the user permanent', async () => {
     const anon = client(A)
     const off = await anon.signInAnonymously()

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,17 +99,28 @@ func decodeClientBody(r *http.Request) (auth.OAuthClientRequest, error) {
 	return b.Request()
 }
 
+// handleListOAuthClients answers a page of the clients, oldest first,
+// paginated as GoTrue's user list (X-Total-Count, Link), which auth-js's
+// admin.oauth.listClients reads.
 func (a *API) handleListOAuthClients(w http.ResponseWriter, r *http.Request, t auth.Tenant, _ event.Actor) {
+	p, err := page(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	cs, err := a.auth.OAuthClients(r.Context(), t)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	out := make([]map[string]any, 0, len(cs))
-	for _, c := range cs {
-		out = append(out, OAuthClientJSON(c, ""))
+	limit, offset := p.Bounds()
+	out := make([]map[string]any, 0, limit)
+	for i := offset; i < len(cs) && i < offset+limit; i++ {
+		out = append(out, OAuthClientJSON(cs[i], ""))
 	}
-	api.WriteJSON(w, http.StatusOK, map[string]any{"clients": out})
+	w.Header().Set("X-Total-Count", strconv.Itoa(len(cs)))
+	w.Header().Set("Link", linkHeader(r.URL.Path, p, len(cs)))
+	api.WriteJSON(w, http.StatusOK, map[string]any{"clients": out, "aud": "authenticated"})
 }
 
 func (a *API) handleCreateOAuthClient(w http.ResponseWriter, r *http.Request, t auth.Tenant, _ event.Actor) {

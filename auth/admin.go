@@ -255,6 +255,9 @@ func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string,
 				newRefreshToken()+newRefreshToken(), ts, id); err != nil {
 				return err
 			}
+			if _, err := tx.Exec(`DELETE FROM oauth_consents WHERE user_id = ?`, id); err != nil {
+				return err
+			}
 			ev.Data = map[string]any{"soft": true}
 			return s.record(tx, t, ev)
 		}

@@ -2,6 +2,8 @@ package api_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"strings"
@@ -386,3 +388,174 @@ func TestOAuth_Transfer(t *testing.T) {
 		t.Fatalf("the copy's client after rotation: %v", err)
 	}
 }
+
+// TestOAuth_Hardening holds what a security review of the provider found,
+// each as a case that failed before its fix.
+func TestOAuth_Hardening(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	s := newOAuthSetup(t, e, "acme", nil)
+	ctx := context.Background()
+	b := newBrowser(t)
+	code := func() (string, string) {
+		v := oauth2.GenerateVerifier()
+		cb, _ := s.authorize(t, b, oauth2.S256ChallengeOption(v))
+		return cb.Query().Get("code"), v
+	}
+
+	t.Run("NoCallbackByRequestID", func(t *testing.T) {
+		// The code is in the answer to the browser that signed in; no URL
+		// hands it to whoever knows the request id.
+		pg := newBrowser(t).do("GET", s.base+"/oauth/authorize/callback?id=00000000-0000-4000-8000-000000000000", nil)
+		if pg.Status != 404 {
+			t.Fatalf("callback route: %d %s", pg.Status, pg.Body)
+		}
+	})
+
+	t.Run("AccessTokenIsNoGoTrueSession", func(t *testing.T) {
+		c, v := code()
+		tok, err := s.cfg.Exchange(ctx, c, oauth2.VerifierOption(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := strings.Split(tok.AccessToken, ".")
+		payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		var claims map[string]any
+		_ = json.Unmarshal(payload, &claims)
+		if _, ok := claims["role"]; ok {
+			t.Fatalf("an OAuth access token carries role: %s", payload)
+		}
+		if _, ok := claims["session_id"]; ok {
+			t.Fatalf("an OAuth access token carries session_id: %s", payload)
+		}
+	})
+
+	t.Run("ParentOutsideGraceIsReuse", func(t *testing.T) {
+		c, v := code()
+		tok, err := s.cfg.Exchange(ctx, c, oauth2.VerifierOption(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		next, err := s.cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: tok.RefreshToken}).Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.advance(time.Hour)
+		if _, err := s.cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: tok.RefreshToken}).Token(); oauthErrorCode(err) != "invalid_grant" {
+			t.Fatalf("the active token's parent an hour later: %v", err)
+		}
+		if _, err := s.cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: next.RefreshToken}).Token(); oauthErrorCode(err) != "invalid_grant" {
+			t.Fatalf("the grant survived the reuse: %v", err)
+		}
+	})
+
+	t.Run("NarrowedRefreshNarrowsUserinfo", func(t *testing.T) {
+		c, v := code()
+		tok, err := s.cfg.Exchange(ctx, c, oauth2.VerifierOption(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := s.form("/oauth/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok.RefreshToken}, "scope": {"openid"}},
+			s.cfg.ClientID, s.cfg.ClientSecret)
+		if r.Status != 200 {
+			t.Fatalf("narrowed refresh: %d %s", r.Status, r.Raw)
+		}
+		ui := e.call("GET", s.base+"/oauth/userinfo", r.str("access_token"), nil)
+		if ui.Status != 200 || ui.Body["email"] != nil {
+			t.Fatalf("userinfo of a token narrowed to openid: %d %s", ui.Status, ui.Raw)
+		}
+		if in := s.introspect(r.str("access_token")); in.Body["scope"] != "openid" {
+			t.Fatalf("introspection of a narrowed token: %s", in.Raw)
+		}
+	})
+
+	t.Run("UsedCodeWithoutTheClientRevokesNothing", func(t *testing.T) {
+		c, v := code()
+		tok, err := s.cfg.Exchange(ctx, c, oauth2.VerifierOption(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Someone who found the used code, without the secret or verifier.
+		r := s.form("/oauth/token", url.Values{"grant_type": {"authorization_code"}, "code": {c}, "redirect_uri": {testRedirect}, "client_id": {s.cfg.ClientID}}, "", "")
+		if r.Status/100 != 4 {
+			t.Fatalf("replay without credentials: %d %s", r.Status, r.Raw)
+		}
+		if in := s.introspect(tok.AccessToken); in.Body["active"] != true {
+			t.Fatalf("a replay without the client's secret revoked the grant: %s", in.Raw)
+		}
+	})
+
+	t.Run("DynamicClientIntrospectsOnlyItsOwn", func(t *testing.T) {
+		c, v := code()
+		tok, err := s.cfg.Exchange(ctx, c, oauth2.VerifierOption(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := e.call("POST", s.base+"/oauth/register", s.key, map[string]any{"client_name": "Other", "grant_types": []string{"client_credentials"}})
+		if reg.Status != 201 {
+			t.Fatalf("register: %d %s", reg.Status, reg.Raw)
+		}
+		in := s.form("/oauth/introspect", url.Values{"token": {tok.AccessToken}}, reg.str("client_id"), reg.str("client_secret"))
+		if in.Body["active"] != false {
+			t.Fatalf("a dynamic client introspected another client's token: %s", in.Raw)
+		}
+	})
+
+	t.Run("SecretPostEverywhere", func(t *testing.T) {
+		id, secret := e.oauthClient(s.base, s.key, map[string]any{"client_name": "Post", "token_endpoint_auth_method": "client_secret_post",
+			"redirect_uris": []string{testRedirect}, "grant_types": []string{"client_credentials", GrantDevice}})
+		tr := s.form("/oauth/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {id}, "client_secret": {secret}}, "", "")
+		if tr.Status != 200 {
+			t.Fatalf("client_credentials with post: %d %s", tr.Status, tr.Raw)
+		}
+		in := s.form("/oauth/introspect", url.Values{"token": {tr.str("access_token")}, "client_id": {id}, "client_secret": {secret}}, "", "")
+		if in.Status != 200 || in.Body["active"] != true {
+			t.Fatalf("introspection with post: %d %s", in.Status, in.Raw)
+		}
+		da := s.form("/oauth/device_authorization", url.Values{"client_id": {id}, "client_secret": {secret}}, "", "")
+		if da.Status != 200 {
+			t.Fatalf("device authorization with post: %d %s", da.Status, da.Raw)
+		}
+		poll := s.form("/oauth/token", url.Values{"grant_type": {GrantDevice}, "device_code": {da.str("device_code")}, "client_id": {id}, "client_secret": {secret}}, "", "")
+		if poll.Body["error"] != "authorization_pending" {
+			t.Fatalf("device poll with post: %d %s", poll.Status, poll.Raw)
+		}
+		// Without the secret the device code opens nothing.
+		poll = s.form("/oauth/token", url.Values{"grant_type": {GrantDevice}, "device_code": {da.str("device_code")}, "client_id": {id}}, "", "")
+		if poll.Body["error"] != "invalid_client" {
+			t.Fatalf("device poll without the secret: %d %s", poll.Status, poll.Raw)
+		}
+	})
+
+	t.Run("ApprovedDeviceCodeExpires", func(t *testing.T) {
+		da := s.form("/oauth/device_authorization", url.Values{"scope": {"openid"}}, s.cfg.ClientID, s.cfg.ClientSecret)
+		pg := b.until(e.URL, b.do("GET", da.str("verification_uri_complete"), nil))
+		if !strings.Contains(pg.Body, da.str("user_code")) {
+			t.Fatalf("verification_uri_complete does not fill the code in: %s", pg.Body)
+		}
+		pg = b.submit(s.base, pg, map[string]string{"user_code": da.str("user_code")})
+		pg = b.submit(s.base, pg, map[string]string{"decision": "allow"})
+		if pg.Status != 200 {
+			t.Fatalf("approve: %d %s", pg.Status, pg.Body[strings.Index(pg.Body, "<h1>"):])
+		}
+		e.advance(11 * time.Minute)
+		poll := s.form("/oauth/token", url.Values{"grant_type": {GrantDevice}, "device_code": {da.str("device_code")}}, s.cfg.ClientID, s.cfg.ClientSecret)
+		if poll.Body["error"] != "expired_token" {
+			t.Fatalf("an approved device code 11 minutes later: %d %s", poll.Status, poll.Raw)
+		}
+	})
+
+	t.Run("TokenEndpointTakesPOSTOnly", func(t *testing.T) {
+		q := url.Values{"grant_type": {"client_credentials"}, "client_id": {s.cfg.ClientID}, "client_secret": {s.cfg.ClientSecret}}
+		r := e.call("GET", s.base+"/oauth/token?"+q.Encode(), "", nil)
+		if r.Status != 405 {
+			t.Fatalf("GET /oauth/token: %d %s", r.Status, r.Raw)
+		}
+		// Credentials in the query of a POST are not read either.
+		r = s.form("/oauth/token?"+q.Encode(), url.Values{"grant_type": {"client_credentials"}}, "", "")
+		if r.Status == 200 {
+			t.Fatalf("credentials in the query string were used: %s", r.Raw)
+		}
+	})
+}
+
+const GrantDevice = "urn:ietf:params:oauth:grant-type:device_code"

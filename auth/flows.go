@@ -516,7 +516,7 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 			}
 			is.refresh = child
 		} else {
-			active, ok, err := s.activeFrom(tx, t.ID, sessID, presented, h, ts-updated < s.grace.Microseconds())
+			active, ok, err := s.activeFrom(tx, t.ID, sessID, presented, h, ts-updated < s.grace.Microseconds(), clientID != "")
 			if err != nil {
 				return err
 			}
@@ -552,7 +552,11 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 // revoked token may still reach it: it is the active token's parent, or it
 // was revoked within the grace interval (inGrace). The active token is
 // recomputed by deriving forward from the presented one.
-func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h string, inGrace bool) (string, bool, error) {
+//
+// strict (an OAuth grant) accepts the parent only within the grace
+// interval too: a thief replaying a token one step behind its client must
+// not be answered forever (RFC 9700 §4.14.2).
+func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h string, inGrace, strict bool) (string, bool, error) {
 	var activeHash string
 	var parent *string
 	err := tx.QueryRow(`SELECT token_hash, parent FROM refresh_tokens WHERE session_id = ? AND revoked = 0 ORDER BY id DESC LIMIT 1`, sessID).
@@ -563,7 +567,7 @@ func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h s
 	if err != nil {
 		return "", false, err
 	}
-	isParent := parent != nil && *parent == h
+	isParent := parent != nil && *parent == h && !strict
 	if !isParent && !inGrace {
 		return "", false, nil
 	}

@@ -180,13 +180,14 @@ func (s *Service) SaveOAuthCode(ctx context.Context, t Tenant, id, code string) 
 	return writeError(err, engine.KindUnavailable)
 }
 
-// OAuthRequestByCode returns the completed request a code was issued for.
-// A code presented again after its exchange fails, and the grant its first
-// exchange issued is revoked (RFC 6749 §4.1.2): whoever holds the code now
-// may not be who exchanged it.
-func (s *Service) OAuthRequestByCode(ctx context.Context, t Tenant, c Client, code string) (*OAuthRequest, error) {
+// OAuthRequestByCode returns the completed request a code was issued for,
+// and whether the code was exchanged already. A used code is not refused
+// here: the caller authenticates the client and checks PKCE first, then
+// calls RevokeCodeGrant (RFC 6749 §4.1.2: the grant its first exchange
+// issued is revoked), so that a stolen used code alone revokes nothing.
+func (s *Service) OAuthRequestByCode(ctx context.Context, t Tenant, code string) (*OAuthRequest, bool, error) {
 	if code == "" || len(code) > 512 {
-		return nil, errInvalidGrant("invalid code")
+		return nil, false, errInvalidGrant("invalid code")
 	}
 	h := hashToken(code)
 	var r *OAuthRequest
@@ -197,21 +198,27 @@ func (s *Service) OAuthRequestByCode(ctx context.Context, t Tenant, c Client, co
 		return err
 	})
 	if errors.Is(err, engine.ErrNoRows) {
-		return nil, errInvalidGrant("invalid code")
+		return nil, false, errInvalidGrant("invalid code")
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if used != nil {
-		if err := s.revokeCodeGrant(ctx, t, c, r.ID); err != nil {
-			return nil, err
-		}
-		return nil, errInvalidGrant("code already used; the tokens it issued are revoked")
+		return r, true, nil
 	}
 	if !r.Expires.After(s.now()) || !r.Done {
-		return nil, errInvalidGrant("code expired")
+		return nil, false, errInvalidGrant("code expired")
 	}
-	return r, nil
+	return r, false, nil
+}
+
+// RevokeCodeGrant ends the grant that the exchange of request id's code
+// opened, and answers the replay's refusal.
+func (s *Service) RevokeCodeGrant(ctx context.Context, t Tenant, c Client, id string) error {
+	if err := s.revokeCodeGrant(ctx, t, c, id); err != nil {
+		return err
+	}
+	return errInvalidGrant("code already used; the tokens it issued are revoked")
 }
 
 // revokeCodeGrant ends the grant issued for the request id.
@@ -280,11 +287,20 @@ func (s *Service) IssueOAuthGrant(ctx context.Context, t Tenant, c Client, g Gra
 				return err
 			}
 			if n == 0 {
-				failure = errInvalidGrant("code already used")
+				// Two exchanges of one code at once: the first to commit
+				// won; this one revokes what it issued, as a replay does.
+				var sess string
+				if err := tx.QueryRow(`SELECT COALESCE(session_id, '') FROM oauth_auth_requests WHERE id = ?`, g.RequestID).Scan(&sess); err == nil && sess != "" {
+					if err := s.revokeGrant(tx, t, c, sess, g.ClientID, "authorization_code_reuse", now); err != nil {
+						return err
+					}
+				}
+				failure = errInvalidGrant("code already used; the tokens it issued are revoked")
 				return nil
 			}
 		case g.DeviceCode != "":
-			n, err := tx.Exec(`UPDATE oauth_device_codes SET state = 'used' WHERE device_code_hash = ? AND state = 'approved'`, hashToken(g.DeviceCode))
+			n, err := tx.Exec(`UPDATE oauth_device_codes SET state = 'used' WHERE device_code_hash = ? AND state = 'approved' AND expires_at > ?`,
+				hashToken(g.DeviceCode), ts)
 			if err != nil {
 				return err
 			}

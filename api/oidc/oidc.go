@@ -17,6 +17,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -235,11 +236,22 @@ func (p *Provider) serve(w http.ResponseWriter, r *http.Request, ps httprouter.P
 		if !p.endSessionConfirmed(w, r) {
 			return
 		}
+	case "authorize/callback":
+		// op's callback would hand the code to whoever calls it with the
+		// request id; the hosted pages answer with the code themselves.
+		p.writeError(w, r, engine.NewError(engine.KindNotFound, "not_found", "no such route"))
+		return
 	}
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = "/oauth/" + path
 	r2.URL.RawPath = ""
 	w.Header().Set("Cache-Control", "no-store")
+	switch path {
+	case "token", "introspect", "revoke", "device_authorization":
+		if !p.clientRequest(w, r2) {
+			return
+		}
+	}
 	switch path {
 	case "device_authorization":
 		rt := reqOf(r.Context())
@@ -327,4 +339,48 @@ func (b *bearerChallenge) finish() {
 	}
 	h.Set("WWW-Authenticate", `Bearer realm="oauth", error="invalid_token", error_description="`+strings.ReplaceAll(desc, `"`, "'")+`"`)
 	api.WriteJSON(b.ResponseWriter, http.StatusUnauthorized, map[string]string{"error": "invalid_token", "error_description": desc})
+}
+
+// clientRequest prepares a request a client sends with its credentials
+// (token, introspection, revocation, device authorization): POST only,
+// nothing from the query string (RFC 6749 §3.2: credentials and codes do
+// not belong in URLs), and client_secret_post moved into the Basic header,
+// which is where op authenticates clients at every endpoint.
+//
+// The device authorization endpoint takes a confidential client's bare
+// client_id, as op does and as golang.org/x/oauth2's DeviceAuth sends it:
+// a device code of a confidential client is redeemed only with its secret
+// (the poll authenticates), so starting one without it yields nothing.
+func (p *Provider) clientRequest(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		api.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "invalid_request", "error_description": "this endpoint takes POST"})
+		return false
+	}
+	r.URL.RawQuery = ""
+	if err := r.ParseForm(); err != nil {
+		api.WriteJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "the form could not be read"})
+		return false
+	}
+	id, secret, basic := r.BasicAuth()
+	if !basic {
+		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+		if secret != "" {
+			r.SetBasicAuth(url.QueryEscape(id), url.QueryEscape(secret))
+			r.PostForm.Del("client_secret")
+			r.Form.Del("client_secret")
+		}
+	}
+	// At the token endpoint a confidential client authenticates before op
+	// looks at anything: op reads a device code's state (a poll, which
+	// moves its interval) before it checks the client.
+	if strings.HasSuffix(r.URL.Path, "/token") && secret == "" && id != "" {
+		rt := reqOf(r.Context())
+		if c, err := p.auth.OAuthClient(r.Context(), rt.t, id); err == nil && c.Type == auth.ClientConfidential {
+			w.Header().Set("WWW-Authenticate", `Basic realm="oauth"`)
+			api.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_client", "error_description": "client authentication failed"})
+			return false
+		}
+	}
+	return true
 }

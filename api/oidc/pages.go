@@ -269,7 +269,7 @@ func (p *Provider) handleLogin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if ar != nil && hasPrompt(ar, oidc.PromptNone) {
-			op.AuthRequestError(w, r, authRequest{ar}, oidc.ErrLoginRequired(), p.op)
+			op.AuthRequestError(w, r, authRequest{OAuthRequest: ar}, oidc.ErrLoginRequired(), p.op)
 			return
 		}
 		if ar == nil && bs != nil {
@@ -337,7 +337,7 @@ func (p *Provider) afterLogin(w http.ResponseWriter, r *http.Request, ar *auth.O
 		}
 	}
 	if hasPrompt(ar, oidc.PromptNone) {
-		op.AuthRequestError(w, r, authRequest{ar}, &oidc.Error{ErrorType: "consent_required", Description: "the user has not consented to this client"}, p.op)
+		op.AuthRequestError(w, r, authRequest{OAuthRequest: ar}, &oidc.Error{ErrorType: "consent_required", Description: "the user has not consented to this client"}, p.op)
 		return
 	}
 	http.Redirect(w, r, rt.base+"/oauth/consent?id="+ar.ID, http.StatusSeeOther)
@@ -356,15 +356,22 @@ func covers(have, want []string) bool {
 	return true
 }
 
-// complete records the user on the request and sends the browser to op's
-// callback, which issues the code.
+// complete records the user on the request and answers the browser that
+// did it with the redirect to the client, code included: op's
+// authorization response, issued here and not behind a callback URL that
+// anyone knowing the request id could call first.
 func (p *Provider) complete(w http.ResponseWriter, r *http.Request, ar *auth.OAuthRequest, bs *auth.BrowserSession) {
 	rt := reqOf(r.Context())
 	if err := p.auth.CompleteOAuthRequest(r.Context(), rt.t, ar.ID, bs.User.ID, bs.AuthTime, bs.AMR); err != nil {
 		p.errorPage(w, r, err)
 		return
 	}
-	http.Redirect(w, r, rt.base+"/oauth/authorize/callback?id="+ar.ID, http.StatusSeeOther)
+	done, err := p.auth.OAuthRequest(r.Context(), rt.t, ar.ID)
+	if err != nil {
+		p.errorPage(w, r, err)
+		return
+	}
+	op.AuthResponse(authRequest{OAuthRequest: done}, p.op, w, r)
 }
 
 func (p *Provider) handleConsent(w http.ResponseWriter, r *http.Request) {
@@ -404,7 +411,7 @@ func (p *Provider) handleConsent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.PostFormValue("decision") != "allow" {
-		op.AuthRequestError(w, r, authRequest{ar}, oidc.ErrAccessDenied().WithDescription("the user denied the request"), p.op)
+		op.AuthRequestError(w, r, authRequest{OAuthRequest: ar}, oidc.ErrAccessDenied().WithDescription("the user denied the request"), p.op)
 		return
 	}
 	if err := p.auth.GrantOAuthConsent(r.Context(), rt.t, rt.client, bs.User.ID, c.ID, ar.Scopes); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,14 +34,45 @@ var (
 	_ op.CanTerminateSessionFromRequest = storage{}
 )
 
-// Access token ids (jti) say what the token belongs to: "g.<session>.<r>"
-// a user's grant, "c.<client>.<r>" a client credentials grant. Refresh
-// tokens are revoked by "r.<session>".
+// Access token ids (jti) say what the token belongs to:
+// "g.<session>.<scopes>.<r>" a user's grant, with the scopes this token
+// carries as a mask of auth.KnownScopes (a refresh may narrow them);
+// "c.<client>.<r>" a client credentials grant. Refresh tokens are revoked
+// by "r.<session>".
 const (
 	jtiGrant  = "g."
 	jtiClient = "c."
 	refreshID = "r."
 )
+
+// grantJTI is the id of an access token of a user's grant.
+func grantJTI(sess string, scopes []string) string {
+	mask := 0
+	for i, k := range auth.KnownScopes {
+		if slices.Contains(scopes, k) {
+			mask |= 1 << i
+		}
+	}
+	return jtiGrant + sess + "." + strconv.Itoa(mask) + "." + randomID()
+}
+
+// tokenScopes are the scopes of a grant's access token: its mask, within
+// what the grant holds.
+func tokenScopes(jti string, granted []string) []string {
+	rest, _ := strings.CutPrefix(jti, jtiGrant)
+	parts := strings.SplitN(rest, ".", 3)
+	mask := 0
+	if len(parts) == 3 {
+		mask, _ = strconv.Atoi(parts[1])
+	}
+	var out []string
+	for i, k := range auth.KnownScopes {
+		if mask&(1<<i) != 0 && slices.Contains(granted, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
 
 func randomID() string {
 	var b [12]byte
@@ -105,7 +137,7 @@ func (s storage) CreateAuthRequest(ctx context.Context, ar *oidc.AuthRequest, _ 
 	if err := s.p.auth.CreateOAuthRequest(ctx, rt.t, r); err != nil {
 		return nil, oauthErr(err)
 	}
-	return authRequest{r}, nil
+	return authRequest{OAuthRequest: r}, nil
 }
 
 func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest, error) {
@@ -113,16 +145,18 @@ func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest
 	if err != nil {
 		return nil, oauthErr(err)
 	}
-	return authRequest{r}, nil
+	return authRequest{OAuthRequest: r}, nil
 }
 
+// AuthRequestByCode answers a used code too, marked replayed: op checks
+// the client and PKCE before it asks for tokens, and only then is the
+// replay refused and the grant of the first exchange revoked (openGrant).
 func (s storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
-	rt := reqOf(ctx)
-	r, err := s.p.auth.OAuthRequestByCode(ctx, rt.t, rt.client, code)
+	r, used, err := s.p.auth.OAuthRequestByCode(ctx, reqOf(ctx).t, code)
 	if err != nil {
 		return nil, oauthErr(err)
 	}
-	return authRequest{r}, nil
+	return authRequest{OAuthRequest: r, replayed: used}, nil
 }
 
 func (s storage) SaveAuthCode(ctx context.Context, id, code string) error {
@@ -141,7 +175,7 @@ func (s storage) accessTTL(ctx context.Context, t auth.Tenant) time.Duration {
 
 func (s storage) CreateAccessToken(ctx context.Context, tr op.TokenRequest) (string, time.Time, error) {
 	rt := reqOf(ctx)
-	exp := time.Now().Add(s.accessTTL(ctx, rt.t))
+	exp := s.p.auth.Now().Add(s.accessTTL(ctx, rt.t))
 	switch r := tr.(type) {
 	case clientRequest:
 		return jtiClient + r.clientID + "." + randomID(), exp, nil
@@ -150,7 +184,7 @@ func (s storage) CreateAccessToken(ctx context.Context, tr op.TokenRequest) (str
 		if err != nil {
 			return "", time.Time{}, err
 		}
-		return jtiGrant + sess + "." + randomID(), exp, nil
+		return grantJTI(sess, tr.GetScopes()), exp, nil
 	}
 	return "", time.Time{}, oidc.ErrUnsupportedGrantType()
 }
@@ -162,6 +196,9 @@ func (s storage) openGrant(ctx context.Context, tr op.TokenRequest, refresh bool
 	g := auth.GrantRequest{Refresh: refresh}
 	switch r := tr.(type) {
 	case authRequest:
+		if r.replayed {
+			return "", "", oauthErr(s.p.auth.RevokeCodeGrant(ctx, rt.t, rt.client, r.ID))
+		}
 		g.ClientID, g.UserID, g.Scopes, g.AuthTime, g.AMR, g.RequestID = r.ClientID, r.UserID, r.Scopes, r.AuthTime, r.AMR, r.ID
 	case *op.DeviceAuthorizationState:
 		if rt.deviceCode == "" {
@@ -179,7 +216,7 @@ func (s storage) openGrant(ctx context.Context, tr op.TokenRequest, refresh bool
 
 func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, tr op.TokenRequest, current string) (string, string, time.Time, error) {
 	rt := reqOf(ctx)
-	exp := time.Now().Add(s.accessTTL(ctx, rt.t))
+	exp := s.p.auth.Now().Add(s.accessTTL(ctx, rt.t))
 	switch r := tr.(type) {
 	case *refreshRequest:
 		next, err := s.p.auth.RotateOAuthRefresh(ctx, rt.t, rt.client, r.g.ClientID, current)
@@ -187,13 +224,13 @@ func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, tr op.TokenRe
 			return "", "", time.Time{}, oauthErr(err)
 		}
 		rt.sessionID = r.g.SessionID
-		return jtiGrant + r.g.SessionID + "." + randomID(), next, exp, nil
+		return grantJTI(r.g.SessionID, r.GetScopes()), next, exp, nil
 	case authRequest, *op.DeviceAuthorizationState:
 		sess, refresh, err := s.openGrant(ctx, tr, true)
 		if err != nil {
 			return "", "", time.Time{}, err
 		}
-		return jtiGrant + sess + "." + randomID(), refresh, exp, nil
+		return grantJTI(sess, tr.GetScopes()), refresh, exp, nil
 	}
 	return "", "", time.Time{}, oidc.ErrUnsupportedGrantType()
 }
@@ -425,16 +462,26 @@ func (s storage) SetUserinfoFromToken(ctx context.Context, info *oidc.UserInfo, 
 	if g == nil {
 		return errors.New("a client's own token has no user")
 	}
-	if !slices.Contains(g.Scopes, auth.ScopeOpenID) {
+	scopes := tokenScopes(tokenID, g.Scopes)
+	if !slices.Contains(scopes, auth.ScopeOpenID) {
 		return errors.New("the token was not granted openid")
 	}
-	return s.SetUserinfoFromScopes(ctx, info, g.UserID, g.ClientID, g.Scopes)
+	return s.SetUserinfoFromScopes(ctx, info, g.UserID, g.ClientID, scopes)
 }
 
-func (s storage) SetIntrospectionFromToken(ctx context.Context, resp *oidc.IntrospectionResponse, tokenID, subject, _ string) error {
+// SetIntrospectionFromToken answers a token's client, or a client an
+// administrator registered (a resource server); a dynamically registered
+// client learns only about its own tokens.
+func (s storage) SetIntrospectionFromToken(ctx context.Context, resp *oidc.IntrospectionResponse, tokenID, subject, caller string) error {
 	g, owner, err := s.liveGrant(ctx, tokenID, subject)
 	if err != nil {
 		return err
+	}
+	if caller != owner {
+		c, err := s.p.auth.OAuthClient(ctx, reqOf(ctx).t, caller)
+		if err != nil || c.RegistrationType != "manual" {
+			return errors.New("a dynamically registered client introspects only its own tokens")
+		}
 	}
 	resp.ClientID, resp.Subject, resp.TokenType = owner, subject, oidc.BearerToken
 	resp.Audience = []string{owner}
@@ -443,7 +490,7 @@ func (s storage) SetIntrospectionFromToken(ctx context.Context, resp *oidc.Intro
 	if g == nil {
 		return nil
 	}
-	resp.Scope = g.Scopes
+	resp.Scope = tokenScopes(tokenID, g.Scopes)
 	u, err := s.p.auth.UserByID(ctx, reqOf(ctx).t, g.UserID)
 	if err != nil {
 		return err
@@ -456,18 +503,12 @@ func (s storage) GetPrivateClaimsFromScopes(context.Context, string, string, []s
 	return nil, nil
 }
 
-// GetPrivateClaimsFromRequest adds to an access token its scope, and for a
-// user's token the role and session GoTrue's tokens carry.
-func (s storage) GetPrivateClaimsFromRequest(ctx context.Context, tr op.TokenRequest, _ []string) (map[string]any, error) {
-	claims := map[string]any{"scope": strings.Join(tr.GetScopes(), " ")}
-	if _, ok := tr.(clientRequest); ok {
-		return claims, nil
-	}
-	claims["role"] = "authenticated"
-	if sess := reqOf(ctx).sessionID; sess != "" {
-		claims["session_id"] = sess
-	}
-	return claims, nil
+// GetPrivateClaimsFromRequest adds to an access token its scope. It
+// carries neither GoTrue's role nor a session_id: a client's token must
+// not pass for the user's own session at GoTrue's routes or at a resource
+// server that trusts role (GoTrue's verification requires session_id).
+func (s storage) GetPrivateClaimsFromRequest(_ context.Context, tr op.TokenRequest, _ []string) (map[string]any, error) {
+	return map[string]any{"scope": strings.Join(tr.GetScopes(), " ")}, nil
 }
 
 func (s storage) GetKeyByIDAndClientID(context.Context, string, string) (*jose.JSONWebKey, error) {
@@ -501,7 +542,11 @@ func (s storage) ClientCredentialsTokenRequest(ctx context.Context, id string, s
 	return clientRequest{clientID: id, scopes: scopes}, nil
 }
 
-func (s storage) StoreDeviceAuthorization(ctx context.Context, clientID, deviceCode, userCode string, expires time.Time, scopes []string) error {
+// StoreDeviceAuthorization stores a device authorization; it expires by
+// the service's clock, which every later check uses (op's expires is by
+// its own).
+func (s storage) StoreDeviceAuthorization(ctx context.Context, clientID, deviceCode, userCode string, _ time.Time, scopes []string) error {
+	expires := s.p.auth.Now().Add(auth.DeviceCodeTTL)
 	rt := reqOf(ctx)
 	c, err := s.p.auth.OAuthClient(ctx, rt.t, clientID)
 	if err != nil {
@@ -525,8 +570,11 @@ func (s storage) GetDeviceAuthorizatonState(ctx context.Context, clientID, devic
 	}
 	st := &op.DeviceAuthorizationState{ClientID: d.ClientID, Scopes: d.Scopes, Expires: d.Expires,
 		Subject: d.UserID, AMR: d.AMR, AuthTime: d.AuthTime}
-	if !d.Expires.After(s.p.auth.Now()) {
-		st.Expires = time.Time{} // op compares with its own clock; the service's says expired
+	if !d.Expires.After(s.p.auth.Now()) && d.State != "denied" {
+		// op compares with its own clock; the service's says expired, and
+		// an approval that came too late does not count.
+		st.Expires, st.Done = time.Time{}, false
+		return st, nil
 	}
 	switch d.State {
 	case "approved":
@@ -540,8 +588,12 @@ func (s storage) GetDeviceAuthorizatonState(ctx context.Context, clientID, devic
 	return st, nil
 }
 
-// authRequest is an auth.OAuthRequest as op sees it.
-type authRequest struct{ *auth.OAuthRequest }
+// authRequest is an auth.OAuthRequest as op sees it; replayed: its code
+// was exchanged before.
+type authRequest struct {
+	*auth.OAuthRequest
+	replayed bool
+}
 
 func (r authRequest) GetID() string          { return r.ID }
 func (r authRequest) GetACR() string         { return "" }

@@ -37,7 +37,7 @@ func TestAuth_Config(t *testing.T) {
 		wantAuthError(t, e.call("GET", cfg, "", nil), 401, "no_authorization")
 		wantAuthError(t, e.call("GET", cfg, "ks_svc_wrong", nil), 401, "no_authorization")
 		s := e.signup(base, "member@example.com", "password1")
-		wantAuthError(t, e.call("GET", cfg, s.str("access_token"), nil), 401, "no_authorization")
+		wantAuthError(t, e.call("GET", cfg, s.str("access_token"), nil), 403, "not_admin")
 	})
 	t.Run("ErrValidation", func(t *testing.T) {
 		for _, c := range []struct {

@@ -161,6 +161,9 @@ type AdminUserRequest struct {
 
 // CreateUser creates a user as the tenant's administrator (no session).
 func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminUserRequest) (*User, error) {
+	if err := checkRoleChange(c, req.AppMetadata); err != nil {
+		return nil, err
+	}
 	if req.Email == nil {
 		return nil, validationf("An email address is required")
 	}
@@ -183,7 +186,7 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 		if err != nil {
 			return err
 		}
-		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: event.Actor{Kind: event.ActorServiceKey}, Target: event.Target{ID: uid, Email: email},
+		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: c.admin(), Target: event.Target{ID: uid, Email: email},
 			IP: c.IP, Data: map[string]any{"provider": "email", "via": "admin"}, At: now}); err != nil {
 			return err
 		}
@@ -202,6 +205,9 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 // AdminUpdateUser changes a user's email, password, metadata or
 // confirmation as the tenant's administrator, in one write.
 func (s *Service) AdminUpdateUser(ctx context.Context, t Tenant, c Client, id string, req AdminUserRequest) (*User, error) {
+	if err := checkRoleChange(c, req.AppMetadata); err != nil {
+		return nil, err
+	}
 	ch := userChange{
 		UpdateUserRequest: UpdateUserRequest{Email: req.Email, Password: req.Password, Data: req.UserMetadata},
 		appData:           req.AppMetadata, confirmEmail: req.EmailConfirm,
@@ -244,7 +250,7 @@ func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string,
 		if err := endSessions(tx, `user_id = ?`, id); err != nil {
 			return err
 		}
-		ev := &event.Event{Type: event.UserDeleted, Actor: event.Actor{Kind: event.ActorServiceKey}, Target: event.Target{ID: id, Email: email}, IP: c.IP, At: now}
+		ev := &event.Event{Type: event.UserDeleted, Actor: c.admin(), Target: event.Target{ID: id, Email: email}, IP: c.IP, At: now}
 		if soft {
 			ts := now.UnixMicro()
 			if _, err := tx.Exec(`UPDATE users SET email = ?, phone = NULL, encrypted_password = '', raw_app_meta_data = '{}',

@@ -101,6 +101,10 @@ type Tenant struct {
 type Client struct {
 	IP        string
 	UserAgent string
+	// Actor and ActorRole: who acts through the tenant's admin API (zero:
+	// the service key), and that user's role in the tenant.
+	Actor     event.Actor
+	ActorRole string
 }
 
 // Refresh tokens are 32 characters of base62 (about 190 bits).

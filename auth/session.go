@@ -68,7 +68,7 @@ func (s *Service) session(ctx context.Context, t Tenant, is *issued) (*Session, 
 		Issuer: t.Issuer, Subject: u.ID, Audience: u.Aud, ExpiresAt: exp, IssuedAt: now.Unix(),
 		Email: u.Email, Phone: u.Phone, AppMetadata: object(u.AppMetadata), UserMetadata: object(u.UserMetadata),
 		Role: u.Role, AAL: "aal1", AMR: []token.AMR{{Method: is.amrMethod(), Timestamp: is.sessionAt}},
-		SessionID: is.sessionID, IsAnonymous: u.IsAnonymous,
+		SessionID: is.sessionID, IsAnonymous: u.IsAnonymous, OrgRole: OrgRole(u),
 	}
 	at, err := ks.Sign(c)
 	if err != nil {

@@ -9,28 +9,24 @@ import (
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
 )
 
 // registerAdminRoutes registers a tenant's administration API (GoTrue's
 // /admin), used with the tenant's service key.
 func (a *API) registerAdminRoutes() {
-	a.srv.Handle(http.MethodGet, "/t/:tenant/admin/users", a.withTenant(a.serviceKey(a.handleAdminListUsers)))
-	a.srv.Handle(http.MethodPost, "/t/:tenant/admin/users", a.withTenant(a.serviceKey(a.handleAdminCreateUser)))
-	a.srv.Handle(http.MethodGet, "/t/:tenant/admin/users/:id", a.withTenant(a.serviceKey(a.handleAdminGetUser)))
-	a.srv.Handle(http.MethodPut, "/t/:tenant/admin/users/:id", a.withTenant(a.serviceKey(a.handleAdminUpdateUser)))
-	a.srv.Handle(http.MethodDelete, "/t/:tenant/admin/users/:id", a.withTenant(a.serviceKey(a.handleAdminDeleteUser)))
-	a.srv.Handle(http.MethodGet, "/t/:tenant/admin/audit", a.withTenant(a.serviceKey(a.handleAdminAudit)))
+	a.srv.Handle(http.MethodGet, "/t/:tenant/admin/users", a.withTenant(a.admin(a.handleAdminListUsers)))
+	a.srv.Handle(http.MethodPost, "/t/:tenant/admin/users", a.withTenant(a.admin(a.handleAdminCreateUser)))
+	a.srv.Handle(http.MethodGet, "/t/:tenant/admin/users/:id", a.withTenant(a.admin(a.handleAdminGetUser)))
+	a.srv.Handle(http.MethodPut, "/t/:tenant/admin/users/:id", a.withTenant(a.admin(a.handleAdminUpdateUser)))
+	a.srv.Handle(http.MethodDelete, "/t/:tenant/admin/users/:id", a.withTenant(a.admin(a.handleAdminDeleteUser)))
+	a.srv.Handle(http.MethodGet, "/t/:tenant/admin/audit", a.withTenant(a.admin(a.handleAdminAudit)))
 }
 
-// serviceKey wraps h with the tenant service key check.
-func (a *API) serviceKey(h tenantHandler) tenantHandler {
-	return func(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
-		if err := a.auth.CheckServiceKey(r.Context(), t, api.Bearer(r)); err != nil {
-			a.writeError(w, r, err)
-			return
-		}
-		h(w, r, t)
-	}
+// admin wraps h with the admin API's check (AdminActor), without the
+// platform admin token: a tenant's users are its own.
+func (a *API) admin(h tenantHandler) tenantHandler {
+	return a.adminCheck(false, func(w http.ResponseWriter, r *http.Request, t auth.Tenant, _ event.Actor) { h(w, r, t) })
 }
 
 // page parses GoTrue's pagination parameters: unsigned integers, or 400
@@ -110,7 +106,7 @@ func (a *API) handleAdminCreateUser(w http.ResponseWriter, r *http.Request, t au
 		a.writeError(w, r, err)
 		return
 	}
-	u, err := a.auth.CreateUser(r.Context(), t, api.ClientOf(r), b.request())
+	u, err := a.auth.CreateUser(r.Context(), t, clientOf(r), b.request())
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -139,7 +135,7 @@ func (a *API) handleAdminUpdateUser(w http.ResponseWriter, r *http.Request, t au
 		a.writeError(w, r, err)
 		return
 	}
-	u, err := a.auth.AdminUpdateUser(r.Context(), t, api.ClientOf(r), userID(r), b.request())
+	u, err := a.auth.AdminUpdateUser(r.Context(), t, clientOf(r), userID(r), b.request())
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -160,7 +156,7 @@ func (a *API) handleAdminDeleteUser(w http.ResponseWriter, r *http.Request, t au
 			return
 		}
 	}
-	if err := a.auth.DeleteUser(r.Context(), t, api.ClientOf(r), userID(r), b.ShouldSoftDelete); err != nil {
+	if err := a.auth.DeleteUser(r.Context(), t, clientOf(r), userID(r), b.ShouldSoftDelete); err != nil {
 		a.writeError(w, r, err)
 		return
 	}

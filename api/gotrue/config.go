@@ -1,6 +1,7 @@
 package gotrue
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 
@@ -22,12 +23,19 @@ func (a *API) registerConfigRoutes() {
 // configAdmin wraps h with a check for the tenant's service key or the
 // platform admin token, and hands h the actor that presented it.
 func (a *API) configAdmin(h func(w http.ResponseWriter, r *http.Request, t auth.Tenant, actor event.Actor)) tenantHandler {
+	return a.adminCheck(true, h)
+}
+
+// adminCheck wraps h with the admin API's check; platform: the platform
+// admin token is accepted too.
+func (a *API) adminCheck(platform bool, h func(w http.ResponseWriter, r *http.Request, t auth.Tenant, actor event.Actor)) tenantHandler {
 	return func(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
-		actor, err := a.AdminActor(r, t)
+		actor, role, err := a.adminActor(r, t, platform)
 		if err != nil {
 			a.writeError(w, r, err)
 			return
 		}
+		r = r.WithContext(context.WithValue(r.Context(), adminKey{}, adminCaller{actor: actor, role: role}))
 		h(w, r, t, actor)
 	}
 }
@@ -51,7 +59,7 @@ func (a *API) handlePatchConfig(w http.ResponseWriter, r *http.Request, t auth.T
 		a.writeError(w, r, engine.NewError(engine.KindInvalid, auth.CodeValidationFailed, "The body must be a JSON object of auth config fields"))
 		return
 	}
-	st, err := a.auth.UpdateSettings(r.Context(), t, api.ClientOf(r), actor, patch)
+	st, err := a.auth.UpdateSettings(r.Context(), t, clientOf(r), actor, patch)
 	if err != nil {
 		a.writeError(w, r, err)
 		return

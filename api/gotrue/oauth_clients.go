@@ -129,7 +129,7 @@ func (a *API) handleCreateOAuthClient(w http.ResponseWriter, r *http.Request, t 
 		a.writeError(w, r, err)
 		return
 	}
-	c, secret, err := a.auth.CreateOAuthClient(r.Context(), t, api.ClientOf(r), req, false)
+	c, secret, err := a.auth.CreateOAuthClient(r.Context(), t, clientOf(r), req, false)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -158,7 +158,7 @@ func (a *API) handleUpdateOAuthClient(w http.ResponseWriter, r *http.Request, t 
 		a.writeError(w, r, err)
 		return
 	}
-	c, err := a.auth.UpdateOAuthClient(r.Context(), t, api.ClientOf(r), clientID(r), req)
+	c, err := a.auth.UpdateOAuthClient(r.Context(), t, clientOf(r), clientID(r), req)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -167,7 +167,7 @@ func (a *API) handleUpdateOAuthClient(w http.ResponseWriter, r *http.Request, t 
 }
 
 func (a *API) handleDeleteOAuthClient(w http.ResponseWriter, r *http.Request, t auth.Tenant, _ event.Actor) {
-	if err := a.auth.DeleteOAuthClient(r.Context(), t, api.ClientOf(r), clientID(r)); err != nil {
+	if err := a.auth.DeleteOAuthClient(r.Context(), t, clientOf(r), clientID(r)); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -175,7 +175,7 @@ func (a *API) handleDeleteOAuthClient(w http.ResponseWriter, r *http.Request, t 
 }
 
 func (a *API) handleRotateOAuthClient(w http.ResponseWriter, r *http.Request, t auth.Tenant, _ event.Actor) {
-	c, secret, err := a.auth.RotateOAuthClientSecret(r.Context(), t, api.ClientOf(r), clientID(r))
+	c, secret, err := a.auth.RotateOAuthClientSecret(r.Context(), t, clientOf(r), clientID(r))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -190,16 +190,55 @@ func (a *API) AuthTenant(r *http.Request, ts *engine.TenantShard) auth.Tenant {
 	return a.authTenant(r, ts)
 }
 
-// AdminActor checks the tenant's service key or the platform admin token
-// on r and says whose it is.
-func (a *API) AdminActor(r *http.Request, t auth.Tenant) (event.Actor, error) {
+// AdminActor checks who may use the tenant's admin API: the platform
+// admin token, the tenant's service key, or the access token of a user who
+// is an owner or an admin of the tenant (checked against the user's row
+// now, so a role taken away counts at once); a member's token is 403
+// not_admin. It says who acts, and the acting user's role.
+func (a *API) AdminActor(r *http.Request, t auth.Tenant) (event.Actor, string, error) {
+	return a.adminActor(r, t, true)
+}
+
+// adminActor is AdminActor; platform says whether the platform admin
+// token is accepted (not on the routes of a tenant's users: the platform
+// operator does not read a tenant's users).
+func (a *API) adminActor(r *http.Request, t auth.Tenant, platform bool) (event.Actor, string, error) {
 	tok := api.Bearer(r)
 	got := sha256.Sum256([]byte(tok))
-	if a.adminToken != "" && tok != "" && subtle.ConstantTimeCompare(got[:], a.adminTokenSum[:]) == 1 {
-		return event.Actor{Kind: event.ActorPlatform}, nil
+	if platform && a.adminToken != "" && tok != "" && subtle.ConstantTimeCompare(got[:], a.adminTokenSum[:]) == 1 {
+		return event.Actor{Kind: event.ActorPlatform}, "", nil
+	}
+	if strings.Count(tok, ".") == 2 { // a JWT: a user's access token
+		p, err := a.auth.Authenticate(r.Context(), t, tok, true)
+		if err != nil {
+			return event.Actor{}, "", err
+		}
+		role := auth.OrgRole(p.User)
+		if !auth.IsOrgAdmin(role) {
+			return event.Actor{}, "", engine.NewError(engine.KindForbidden, auth.CodeNotAdmin, "User not allowed")
+		}
+		return event.User(p.User.ID, p.User.Email), role, nil
 	}
 	if err := a.auth.CheckServiceKey(r.Context(), t, tok); err != nil {
-		return event.Actor{}, err
+		return event.Actor{}, "", err
 	}
-	return event.Actor{Kind: event.ActorServiceKey}, nil
+	return event.Actor{Kind: event.ActorServiceKey}, "", nil
+}
+
+// adminKey carries the admin API's caller in a request's context.
+type adminKey struct{}
+
+type adminCaller struct {
+	actor event.Actor
+	role  string
+}
+
+// clientOf describes a request of the admin API to the flows: where it
+// came from and who acts.
+func clientOf(r *http.Request) auth.Client {
+	c := api.ClientOf(r)
+	if ac, ok := r.Context().Value(adminKey{}).(adminCaller); ok && ac.actor.Kind == event.ActorUser {
+		c.Actor, c.ActorRole = ac.actor, ac.role
+	}
+	return c
 }

@@ -25,7 +25,7 @@ func (p *Provider) handleRegister(w http.ResponseWriter, r *http.Request) {
 	}
 	admin := false
 	if api.Bearer(r) != "" || !rt.st.OAuthDynamicRegistration {
-		if _, err := p.gotrue.AdminActor(r, rt.t); err != nil {
+		if _, _, err := p.gotrue.AdminActor(r, rt.t); err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 			p.regError(w, r, http.StatusUnauthorized, "invalid_token",
 				"registration needs the tenant's service key as initial access token")

@@ -19,6 +19,7 @@ import (
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
 	"github.com/keyshard/keyshard/transfer"
 )
 
@@ -53,6 +54,7 @@ func Register(srv *api.Server, cfg Config) *API {
 	if a.auth != nil {
 		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/service-key", a.admin(a.handleIssueServiceKey))
 		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/signing-keys", a.admin(a.handleRotateKey))
+		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/owner", a.admin(a.handleNameOwner))
 	}
 	a.registerTransferRoutes()
 	return a
@@ -252,4 +254,32 @@ func (a *API) handleIssueServiceKey(w http.ResponseWriter, r *http.Request, ps h
 	a.logAction(r, "service key issued", ts.Tenant.Slug, "tenant_id", ts.Tenant.ID) // never the key
 	w.Header().Set("Cache-Control", "no-store")
 	api.WriteJSON(w, http.StatusOK, map[string]string{"service_key": key})
+}
+
+// handleNameOwner makes a user of the tenant, named by email, its owner
+// (app_metadata.org_role): the platform admin names a tenant's first
+// owner, who then manages the tenant with its own access token.
+func (a *API) handleNameOwner(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	var body struct {
+		Email string `json:"email"`
+	}
+	if err := api.DecodeJSON(r, &body); err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	ts, err := a.srv.Engine.Tenant(r.Context(), ps.ByName("tenant"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	defer ts.Release()
+	c := api.ClientOf(r)
+	c.Actor = event.Actor{Kind: event.ActorPlatform}
+	u, err := a.auth.SetOrgRole(r.Context(), auth.Tenant{ID: ts.Tenant.ID, Shard: ts}, c, body.Email, auth.RoleOwner)
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	a.logAction(r, "tenant owner named", ts.Tenant.Slug, "tenant_id", ts.Tenant.ID, "user_id", u.ID)
+	api.WriteJSON(w, http.StatusOK, map[string]string{"user_id": u.ID, "email": u.Email, "org_role": auth.RoleOwner})
 }

@@ -34,6 +34,8 @@ type Claims struct {
 	AMR          []AMR           `json:"amr"`
 	SessionID    string          `json:"session_id"`
 	IsAnonymous  bool            `json:"is_anonymous"`
+	// OrgRole is the user's role in the tenant (owner, admin, member).
+	OrgRole string `json:"org_role,omitempty"`
 }
 
 var _ jwt.Claims = (*Claims)(nil)

@@ -36,7 +36,8 @@ type delivery struct {
 	at     time.Time
 }
 
-func (s *sink) Deliver(ctx context.Context, tenantID string, m event.Message) error {
+func (s *sink) Deliver(ctx context.Context, t *engine.TenantShard, m event.Message) error {
+	tenantID := t.Tenant.ID
 	if s.block {
 		<-ctx.Done()
 		return ctx.Err()

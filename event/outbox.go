@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyshard/keyshard/engine"
@@ -22,11 +24,27 @@ type Message struct {
 }
 
 // Sink delivers one topic's messages (webhook calls, mails). Deliver is
-// called outside any shard write and may take its time within ctx; an
-// error schedules the message again, later. Safe for concurrent use.
+// called outside any shard write, with the tenant's shard pinned, and may
+// take its time within ctx; an error schedules the message again, later,
+// unless it is a Drop. Safe for concurrent use.
+//
+// A sink is found by its topic, or by the topic's part before a colon:
+// the sink "webhook" delivers the topics "webhook:<endpoint>".
 type Sink interface {
-	Deliver(ctx context.Context, tenantID string, m Message) error
+	Deliver(ctx context.Context, t *engine.TenantShard, m Message) error
 }
+
+// Backoffer is a sink with its own retry schedule: the delay before the
+// attempt after the given number of failed ones.
+type Backoffer interface {
+	Backoff(attempts int) time.Duration
+}
+
+// Drop is a delivery that failed for good: the message is removed.
+type Drop struct{ Err error }
+
+func (d *Drop) Error() string { return "dropped: " + d.Err.Error() }
+func (d *Drop) Unwrap() error { return d.Err }
 
 // Outbox delivers a tenant's outbox rows to the sinks of their topics: an
 // engine.Job. Each turn reads the due rows (at most Batch) on a reader,
@@ -46,6 +64,21 @@ type Outbox struct {
 	// Timeout bounds one delivery (default 30 s); past it the delivery
 	// counts as failed.
 	Timeout time.Duration
+	// Parallel is how many of a turn's rows are delivered at once
+	// (default 8): one slow receiver does not hold the others back.
+	Parallel int
+}
+
+// sink returns the sink of a topic.
+func (o *Outbox) sink(topic string) (Sink, bool) {
+	if s, ok := o.Sinks[topic]; ok {
+		return s, true
+	}
+	if prefix, _, ok := strings.Cut(topic, ":"); ok {
+		s, ok := o.Sinks[prefix]
+		return s, ok
+	}
+	return nil, false
 }
 
 var _ engine.Job = (*Outbox)(nil)
@@ -107,25 +140,47 @@ func (o *Outbox) Run(ctx context.Context, t *engine.TenantShard) error {
 		err   string
 	}
 	failed := map[int64]outcome{}
+	var mu sync.Mutex
 	var firstErr error
+	parallel := o.Parallel
+	if parallel <= 0 {
+		parallel = 8
+	}
+	slots := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
 	for _, m := range due {
 		if ctx.Err() != nil {
 			break // not tried: left as it was
 		}
-		sink, ok := o.Sinks[m.Topic]
+		sink, ok := o.sink(m.Topic)
 		if !ok {
 			failed[m.ID] = outcome{noSinkDelay, "no sink delivers topic " + m.Topic}
 			continue
 		}
-		if err := o.deliver(ctx, sink, t.Tenant.ID, m); err != nil {
-			failed[m.ID] = outcome{o.backoff(m.Attempts), err.Error()}
-			if firstErr == nil {
-				firstErr = fmt.Errorf("deliver %s %s: %w", m.Topic, m.EventID, err)
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			err := o.deliver(ctx, sink, t, m)
+			mu.Lock()
+			defer mu.Unlock()
+			var drop *Drop
+			switch {
+			case err == nil, errors.As(err, &drop):
+				failed[m.ID] = outcome{-1, ""}
+			default:
+				delay := o.backoff(m.Attempts)
+				if b, ok := sink.(Backoffer); ok {
+					delay = b.Backoff(m.Attempts)
+				}
+				failed[m.ID] = outcome{delay, err.Error()}
+				if firstErr == nil {
+					firstErr = fmt.Errorf("deliver %s %s: %w", m.Topic, m.EventID, err)
+				}
 			}
-			continue
-		}
-		failed[m.ID] = outcome{-1, ""}
+		}()
 	}
+	wg.Wait()
 	done := o.now()
 	err = t.Write(context.WithoutCancel(ctx), func(tx engine.Querier) error {
 		for id, oc := range failed {
@@ -149,14 +204,14 @@ func (o *Outbox) Run(ctx context.Context, t *engine.TenantShard) error {
 	return errors.Join(err, firstErr)
 }
 
-func (o *Outbox) deliver(ctx context.Context, s Sink, tenantID string, m Message) error {
+func (o *Outbox) deliver(ctx context.Context, s Sink, t *engine.TenantShard, m Message) error {
 	timeout := o.Timeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return s.Deliver(ctx, tenantID, m)
+	return s.Deliver(ctx, t, m)
 }
 
 // Next implements engine.Job: the due time of the tenant's earliest row.

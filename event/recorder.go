@@ -14,8 +14,10 @@ import (
 // use; called inside a shard's writer, so it must answer from memory.
 type Subscriptions interface {
 	// Topics returns the topics subscribed to events named name in the
-	// tenant, none when no sink wants them.
-	Topics(tenantID, name string) []string
+	// tenant, none when no sink wants them. tx is the write's transaction,
+	// for a subscription kept in the tenant's shard (read once, then
+	// cached).
+	Topics(tx engine.Querier, tenantID, name string) ([]string, error)
 }
 
 // Static subscribes topics to event names in every tenant: event name →
@@ -23,7 +25,26 @@ type Subscriptions interface {
 type Static map[string][]string
 
 // Topics implements Subscriptions.
-func (s Static) Topics(_, name string) []string { return s[name] }
+func (s Static) Topics(_ engine.Querier, _, name string) ([]string, error) { return s[name], nil }
+
+// All is the topics of every one of its subscriptions.
+type All []Subscriptions
+
+// Topics implements Subscriptions.
+func (a All) Topics(tx engine.Querier, tenantID, name string) ([]string, error) {
+	var out []string
+	for _, s := range a {
+		if s == nil {
+			continue
+		}
+		t, err := s.Topics(tx, tenantID, name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t...)
+	}
+	return out, nil
+}
 
 // Recorder writes events inside the writes that cause them. Safe for
 // concurrent use.
@@ -59,23 +80,60 @@ func (r *Recorder) Record(tx engine.Querier, tenantID string, ev *Event) error {
 	if r == nil || r.subs == nil {
 		return nil
 	}
-	topics := r.subs.Topics(tenantID, ev.Type.Name)
+	topics, err := r.subs.Topics(tx, tenantID, ev.Type.Name)
+	if err != nil {
+		return err
+	}
+	return r.enqueue(tx, tenantID, ev, newID(), topics)
+}
+
+// RecordTo writes ev's audit row and its outbox rows for the given topics
+// only, whoever subscribes (a webhook endpoint's test event). id, when
+// not empty, is the event's id (a replay keeps the id it was first
+// delivered with, the receiver's idempotency key).
+func (r *Recorder) RecordTo(tx engine.Querier, tenantID string, ev *Event, id string, topics []string) error {
+	if err := audit(tx, ev, ev.At.UnixMicro()); err != nil {
+		return err
+	}
+	if r == nil || r.marks == nil {
+		return fmt.Errorf("event recorder: no work marks for the outbox")
+	}
+	if id == "" {
+		id = newID()
+	}
+	return r.enqueue(tx, tenantID, ev, id, topics)
+}
+
+// Enqueue writes outbox rows of an already recorded event again, with its
+// original payload (a replay): no audit row.
+func (r *Recorder) Enqueue(tx engine.Querier, tenantID, eventID, eventType string, payload []byte, at time.Time, topics []string) error {
+	if r == nil || r.marks == nil {
+		return fmt.Errorf("event recorder: no work marks for the outbox")
+	}
+	return r.insert(tx, tenantID, eventID, eventType, payload, at, topics)
+}
+
+func (r *Recorder) enqueue(tx engine.Querier, tenantID string, ev *Event, id string, topics []string) error {
 	if len(topics) == 0 {
 		return nil
 	}
-	id := newID()
 	payload, err := json.Marshal(envelope(id, tenantID, ev))
 	if err != nil {
 		return fmt.Errorf("event %s: %w", ev.Type.Name, err)
 	}
+	return r.insert(tx, tenantID, id, ev.Type.Name, payload, ev.At, topics)
+}
+
+func (r *Recorder) insert(tx engine.Querier, tenantID, id, typ string, payload []byte, when time.Time, topics []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), markTimeout)
 	defer cancel()
-	if err := r.marks.MarkWork(ctx, tenantID, ev.At); err != nil {
+	if err := r.marks.MarkWork(ctx, tenantID, when); err != nil {
 		return err
 	}
+	at := when.UnixMicro()
 	for _, topic := range topics {
 		if _, err := tx.Exec(`INSERT INTO outbox (event_id, topic, event_type, payload, attempts, next_at, created_at)
-			VALUES (?, ?, ?, ?, 0, ?, ?)`, id, topic, ev.Type.Name, string(payload), at, at); err != nil {
+			VALUES (?, ?, ?, ?, 0, ?, ?)`, id, topic, typ, string(payload), at, at); err != nil {
 			return err
 		}
 	}

@@ -36,6 +36,7 @@ type authEnvOptions struct {
 	deferLimit  int               // per-shard deferred-record buffer (app.Config.DeferLimit)
 	bodyTimeout time.Duration     // app.ServerConfig.BodyTimeout
 	signups     auth.SignupLimits // app.ServerConfig.Signups
+	events      app.EventsConfig  // app.ServerConfig.Events
 }
 
 // authEnv is a real server on a loopback listener with the auth API.
@@ -48,8 +49,10 @@ type authEnv struct {
 	Keys *token.Keys
 	// Transfer is the server's transfer service (newTransferEnv only).
 	Transfer *transfer.Service
-	clock    atomic.Int64 // nanoseconds added to the service clock
-	http     *http.Client
+	// Server is the whole server (newAuthEnv only).
+	Server *app.Server
+	clock  atomic.Int64 // nanoseconds added to the service clock
+	http   *http.Client
 	// dataDir holds the SQLite shards (a server backend keeps its
 	// tenants elsewhere).
 	dataDir string
@@ -70,9 +73,9 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 		Storage:   app.Config{DataDir: dataDir, Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit},
 		Hash:      hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background},
 		MasterKey: bytes.Repeat([]byte{7}, token.MasterKeySize), AdminToken: "admin-secret",
-		AccessTokenTTL: time.Hour, Now: now, BodyTimeout: o.bodyTimeout, Signups: o.signups,
+		AccessTokenTTL: time.Hour, Now: now, BodyTimeout: o.bodyTimeout, Signups: o.signups, Events: o.events,
 	})
-	e.App, e.Pool, e.Keys, e.Auth = srv.App, srv.Pool, srv.Keys, srv.Auth
+	e.App, e.Pool, e.Keys, e.Auth, e.Server = srv.App, srv.Pool, srv.Keys, srv.Auth, srv
 	hs := httptest.NewServer(srv.Handler())
 	e.URL = hs.URL
 	e.http = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}

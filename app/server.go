@@ -19,6 +19,7 @@ import (
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/event"
 	"github.com/keyshard/keyshard/transfer"
+	"github.com/keyshard/keyshard/webhook"
 )
 
 // ServerConfig is everything `keyshard serve` runs with. Zero fields take
@@ -85,6 +86,21 @@ type EventsConfig struct {
 	// exponential with jitter, and ServerConfig.Now).
 	Backoff func(attempts int) time.Duration
 	Now     func() time.Time
+	// Webhooks configures the webhook sink (its clock is Now).
+	Webhooks WebhooksConfig
+}
+
+// WebhooksConfig configures webhook delivery.
+type WebhooksConfig struct {
+	// AllowPrivate lets endpoints and deliveries reach loopback, private,
+	// link-local and metadata addresses (serve --outbound-allow-private).
+	AllowPrivate bool
+	// Timeout of one delivery (default 10 s); MaxConnsPerHost to one
+	// receiver (default 8).
+	Timeout         time.Duration
+	MaxConnsPerHost int
+	// Schedule overrides the retry schedule (tests).
+	Schedule []time.Duration
 }
 
 // Server is everything `keyshard serve` runs, assembled once: the storage
@@ -102,6 +118,8 @@ type Server struct {
 	API        *api.Server
 	// Work delivers every tenant's outbox in the background.
 	Work *engine.Worker
+	// Webhooks manages the tenants' webhook endpoints.
+	Webhooks *webhook.Service
 
 	conns api.ConnLimits
 	log   *slog.Logger
@@ -168,9 +186,21 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	events, err := event.NewRecorder(cfg.Events.Subscriptions, a.Catalog)
+	now := cfg.Events.Now
+	if now == nil {
+		now = cfg.Now // the clock the flows stamp events with
+	}
+	hooks := &webhook.Subscriptions{Now: now}
+	events, err := event.NewRecorder(event.All{cfg.Events.Subscriptions, hooks}, a.Catalog)
 	if err != nil {
 		return nil, err
+	}
+	s.Webhooks = &webhook.Service{Events: events, Subs: hooks, Now: now, AllowPrivate: cfg.Events.Webhooks.AllowPrivate}
+	sinks := map[string]event.Sink{"webhook": webhook.NewSink(webhook.SinkConfig{Events: events, Subs: hooks, Now: now,
+		AllowPrivate: cfg.Events.Webhooks.AllowPrivate, Timeout: cfg.Events.Webhooks.Timeout,
+		MaxConnsPerHost: cfg.Events.Webhooks.MaxConnsPerHost, Schedule: cfg.Events.Webhooks.Schedule})}
+	for topic, sink := range cfg.Events.Sinks {
+		sinks[topic] = sink
 	}
 	s.Auth = auth.New(s.Pool, s.Keys, master, auth.Config{AccessTokenTTL: ttl, LoginThrottle: throttle, Now: cfg.Now, Events: events, Signups: signups})
 	s.Transfer = &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: cfg.TransferTempDir, FenceWait: cfg.FenceWait}
@@ -186,16 +216,12 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	}
 	s.conns, s.log = cfg.Conns, log
 	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
-	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, AdminToken: s.AdminToken})
+	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, AdminToken: s.AdminToken, Webhooks: s.Webhooks})
 	if _, err := oidc.Register(s.API, s.Auth, gt, oidc.Options{Secret: master}); err != nil {
 		return nil, fmt.Errorf("oauth provider: %w", err)
 	}
-	now := cfg.Events.Now
-	if now == nil {
-		now = cfg.Now // the clock the flows stamp events with
-	}
 	s.Work = &engine.Worker{Engine: a.Engine, Marks: a.Catalog, Workers: cfg.Events.Workers, Interval: cfg.Events.Interval, Now: now,
-		Jobs: []engine.Job{&event.Outbox{Sinks: cfg.Events.Sinks, Backoff: cfg.Events.Backoff, Now: now}},
+		Jobs: []engine.Job{&event.Outbox{Sinks: sinks, Backoff: cfg.Events.Backoff, Now: now}},
 		OnError: func(tenantID string, err error) {
 			log.Warn("background work failed; retried later", "tenant_id", tenantID, "err", err)
 		}}

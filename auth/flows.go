@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -771,6 +772,15 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		}
 		if err := s.record(tx, t, ev); err != nil {
 			return err
+		}
+		if slices.Contains(changed, "password") {
+			pw := &event.Event{Type: event.PasswordChanged, Actor: ev.Actor, Target: ev.Target, IP: c.IP, Data: map[string]any{}, At: now}
+			if admin {
+				pw.Data["by"] = "admin"
+			}
+			if err := s.record(tx, t, pw); err != nil {
+				return err
+			}
 		}
 		out, err = userByID(tx, u.ID)
 		return err

@@ -45,6 +45,14 @@ var (
 	OAuthGrantRevoked        = Type{"session.revoked", "oauth_grant_revoked"}   // revocation, code reuse, refresh token reuse
 	OAuthDeviceApproved      = Type{"oauth.device_approved", "oauth_device_approved"}
 	OAuthDeviceDenied        = Type{"oauth.device_denied", "oauth_device_denied"}
+
+	PasswordChanged      = Type{"password.changed", "user_updated_password"}
+	WebhookCreated       = Type{"webhook.created", "webhook_created"}
+	WebhookUpdated       = Type{"webhook.updated", "webhook_updated"}
+	WebhookDeleted       = Type{"webhook.deleted", "webhook_deleted"}
+	WebhookSecretRotated = Type{"webhook.secret_rotated", "webhook_secret_rotated"}
+	WebhookTest          = Type{"webhook.test", "webhook_test"}
+	WebhookDisabled      = Type{"webhook.disabled", "webhook_disabled"} // deliveries kept failing: an admin must look
 )
 
 // ActorKind says who did something.

@@ -18,7 +18,7 @@ import (
 // SchemaVersion is the shard schema version the table list below describes.
 // A migration that changes a table must change Tables and this constant;
 // TestTables_MatchSchema fails until it does.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // Kind is a column's portable type.
 type Kind byte
@@ -114,6 +114,18 @@ var Tables = []Table{
 	}},
 	{Name: "oauth_revoked_tokens", KeyLen: 1, Columns: []Column{
 		{"jti", KindText, false}, {"expires_at", KindInt, false},
+	}},
+	// A webhook endpoint's signing secrets are credentials; its delivery
+	// log carries payloads (user emails), kept like the audit log.
+	{Name: "webhook_endpoints", KeyLen: 1, Columns: []Column{
+		{"id", KindText, false}, {"url", KindText, false}, {"events", KindText, false}, {"enabled", KindInt, false},
+		{"secret", KindText, true}, {"previous_secret", KindText, true}, {"previous_until", KindInt, false},
+		{"disabled_reason", KindText, false}, {"created_at", KindInt, false}, {"updated_at", KindInt, false},
+	}},
+	{Name: "webhook_deliveries", KeyLen: 1, AutoID: true, Columns: []Column{
+		{"id", KindInt, false}, {"endpoint_id", KindText, false}, {"event_id", KindText, false}, {"event_type", KindText, false},
+		{"attempt", KindInt, false}, {"status", KindInt, false}, {"latency_ms", KindInt, false}, {"error", KindText, false},
+		{"payload", KindText, false}, {"created_at", KindInt, false},
 	}},
 	{Name: "audit_log", KeyLen: 1, AutoID: true, Columns: []Column{
 		{"id", KindInt, false}, {"action", KindText, false}, {"actor_id", KindText, false},

@@ -16,6 +16,7 @@ import (
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/webhook"
 )
 
 // APIVersionHeader is sent by auth-js; when a request carries it, errors
@@ -31,6 +32,7 @@ type API struct {
 	// adminTokenSum is the platform admin token's SHA-256, compared in
 	// constant time.
 	adminTokenSum [32]byte
+	webhooks      *webhook.Service
 }
 
 // Options configure the API.
@@ -41,11 +43,13 @@ type Options struct {
 	// AdminToken, the platform admin token, may also change a tenant's
 	// auth config.
 	AdminToken string
+	// Webhooks serves the tenants' webhook endpoints (nil: no routes).
+	Webhooks *webhook.Service
 }
 
 // Register adds the GoTrue routes of every tenant to srv.
 func Register(srv *api.Server, svc *auth.Service, o Options) *API {
-	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, adminToken: o.AdminToken, adminTokenSum: sha256.Sum256([]byte(o.AdminToken))}
+	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, adminToken: o.AdminToken, adminTokenSum: sha256.Sum256([]byte(o.AdminToken)), webhooks: o.Webhooks}
 	srv.Handle(http.MethodPost, "/t/:tenant/signup", a.withTenant(a.handleSignup))
 	srv.Handle(http.MethodPost, "/t/:tenant/token", a.withTenant(a.handleToken))
 	srv.Handle(http.MethodGet, "/t/:tenant/user", a.withTenant(a.handleGetUser))
@@ -56,6 +60,7 @@ func Register(srv *api.Server, svc *auth.Service, o Options) *API {
 	a.registerAdminRoutes()
 	a.registerConfigRoutes()
 	a.registerOAuthClientRoutes()
+	a.registerWebhookRoutes()
 	return a
 }
 

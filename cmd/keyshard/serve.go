@@ -27,6 +27,7 @@ func runServe(args []string) error {
 	fs.IntVar(&conns.Total, "max-conns", 8192, "most HTTP connections open at once; past it new ones get 503 and are closed (0: no cap)")
 	fs.IntVar(&conns.PerAddr, "max-conns-per-client", 1024, "most HTTP connections open at once from one client address (0: no cap; behind a reverse proxy every client has its address)")
 	bodyTimeout := fs.Duration("body-timeout", api.DefaultBodyTimeout, "longest time a request body may take to arrive (an upload: the longest stall); past it the request gets 408")
+	outboundPrivate := fs.Bool("outbound-allow-private", false, "let webhook endpoints be on loopback, private, link-local and metadata addresses (refused by default, checked after DNS resolution)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -38,6 +39,7 @@ func runServe(args []string) error {
 		return err
 	}
 	cfg.Conns, cfg.BodyTimeout = conns, *bodyTimeout
+	cfg.Events.Webhooks.AllowPrivate = *outboundPrivate
 	srv, err := app.OpenServer(context.Background(), cfg)
 	if err != nil {
 		return err

@@ -67,6 +67,11 @@ type Worker struct {
 	// receiver holds neither a worker nor a pinned shard for long
 	// (default 2 min).
 	TurnTimeout time.Duration
+	// Quantum is how long a turn keeps running a tenant's jobs while they
+	// have work due at once (a backlog) and no other tenant waits for a
+	// worker; then the tenant waits for the next round, so one tenant's
+	// backlog cannot starve the others (default 1 s).
+	Quantum time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// OnError is told of a failed turn (default: ignored); the tenant stays
@@ -78,6 +83,7 @@ type Worker struct {
 
 	mu       sync.Mutex // guards the fields below
 	inFlight map[string]bool
+	waiting  int // tenants the round is handing out, that no worker took yet
 	rounds   int64
 	turns    int64
 }
@@ -95,6 +101,9 @@ func (w *Worker) Start() {
 	}
 	if w.TurnTimeout <= 0 {
 		w.TurnTimeout = 2 * time.Minute
+	}
+	if w.Quantum <= 0 {
+		w.Quantum = time.Second
 	}
 	if w.Now == nil {
 		w.Now = time.Now
@@ -158,10 +167,17 @@ func (w *Worker) round(ctx context.Context, todo chan<- string) {
 		if busy {
 			continue
 		}
+		w.mu.Lock()
+		w.waiting++
+		w.mu.Unlock()
 		select {
 		case todo <- id:
+			w.mu.Lock()
+			w.waiting--
+			w.mu.Unlock()
 		case <-ctx.Done():
 			w.mu.Lock()
+			w.waiting--
 			delete(w.inFlight, id)
 			w.mu.Unlock()
 			return
@@ -201,9 +217,17 @@ func (w *Worker) turn(ctx context.Context, id string) {
 		return
 	}
 	defer ts.Release()
-	for _, j := range w.Jobs {
-		if err := j.Run(ctx, ts); err != nil {
-			w.OnError(id, err)
+	quantum := time.Now().Add(w.Quantum)
+	for {
+		failed := false
+		for _, j := range w.Jobs {
+			if err := j.Run(ctx, ts); err != nil {
+				w.OnError(id, err)
+				failed = true
+			}
+		}
+		if failed || ctx.Err() != nil || !time.Now().Before(quantum) || w.othersWaiting() || !w.dueNow(ctx, ts) {
+			break
 		}
 	}
 	err = ts.Write(ctx, func(tx Querier) error {
@@ -227,6 +251,34 @@ func (w *Worker) turn(ctx context.Context, id string) {
 	if err != nil && ctx.Err() == nil {
 		w.OnError(id, fmt.Errorf("reschedule background work: %w", err))
 	}
+}
+
+// othersWaiting reports whether another tenant waits for a worker: a
+// backlog then yields after one run.
+func (w *Worker) othersWaiting() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.waiting > 0
+}
+
+// dueNow reports whether a job of the tenant has work due already (a
+// backlog larger than one run takes).
+func (w *Worker) dueNow(ctx context.Context, ts *TenantShard) bool {
+	now := w.Now()
+	due := false
+	err := ts.Read(ctx, func(q Querier) error {
+		for _, j := range w.Jobs {
+			next, ok, err := j.Next(q)
+			if err != nil {
+				return err
+			}
+			if ok && !next.After(now) {
+				due = true
+			}
+		}
+		return nil
+	})
+	return err == nil && due
 }
 
 // WorkerStats counts a worker's rounds (reads of the marks) and turns

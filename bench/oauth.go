@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -263,4 +264,27 @@ func (e *executor) execOAuth(ctx context.Context, c call) (status int, retry tim
 		status, retry, err = e.t.tokenForm(ctx, base+"/oauth/token", cl.id, cl.secret, form.Encode())
 	}
 	return status, retry, err, true
+}
+
+// Blackhole listens on a loopback port, accepts connections and never
+// answers them (a webhook receiver that hangs); Close ends it.
+func Blackhole() (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		var held []net.Conn
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, h := range held {
+					_ = h.Close()
+				}
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	return ln, nil
 }

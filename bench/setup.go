@@ -33,6 +33,9 @@ type SetupConfig struct {
 	// OAuth registers an OAuth client in every base tenant and signs a
 	// browser in to its hosted pages (the OAuth workloads).
 	OAuth bool
+	// WebhookURL, when set, gives every base tenant a webhook endpoint for
+	// all events at that URL, before the users sign up.
+	WebhookURL string
 }
 
 // Fixture is what Setup created: tenants, users and one session per user
@@ -196,6 +199,7 @@ func Setup(ctx context.Context, t *Target, cfg SetupConfig) (*Fixture, error) {
 		}
 	}
 	// Tenants first, then users: a tenant's signups need it active.
+	base := cfg.BaseTenants
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(cfg.Concurrency)
 	for i, slug := range f.Slugs {
@@ -209,6 +213,12 @@ func Setup(ctx context.Context, t *Target, cfg SetupConfig) (*Fixture, error) {
 			}
 			if err := t.mustCall(gctx, "POST", "/admin/tenants/"+slug+"/approve", t.AdminToken, nil, http.StatusOK, nil); err != nil {
 				return fmt.Errorf("approve tenant: %w", err)
+			}
+			if cfg.WebhookURL != "" && i < base {
+				if err := t.mustCall(gctx, "POST", "/t/"+slug+"/admin/webhooks", t.AdminToken, map[string]any{"url": cfg.WebhookURL},
+					http.StatusCreated, nil); err != nil {
+					return fmt.Errorf("webhook endpoint: %w", err)
+				}
 			}
 			step()
 			return nil

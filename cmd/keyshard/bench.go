@@ -59,6 +59,7 @@ type benchFlags struct {
 	mysqlDSN            string
 	cleanup             bool
 	codes               int
+	webhookBlackhole    bool
 }
 
 func (f *benchFlags) register(fs *flag.FlagSet) {
@@ -103,6 +104,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.postgresDSN, "postgres-dsn", "", "in-process server: PostgreSQL server for --backend postgres")
 	fs.StringVar(&f.mysqlDSN, "mysql-dsn", "", "in-process server: MySQL/MariaDB server for --backend mysql")
 	fs.IntVar(&f.codes, "codes", 20000, "authorization_code: codes minted (through the hosted pages, with a signed-in browser) before each run; a run that uses them all skips the rest as no_session")
+	fs.BoolVar(&f.webhookBlackhole, "webhook-blackhole", false, "give every base tenant a webhook endpoint for all events on a loopback receiver that accepts connections and never answers (in-process server: outbound private addresses allowed), to measure the auth path beside stuck deliveries")
 	fs.BoolVar(&f.cleanup, "cleanup", true, "delete the tenants setup created when the runs are done (with their schemas or databases on a server backend)")
 }
 
@@ -173,6 +175,7 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 		if err != nil {
 			return err
 		}
+		sc.Events.Webhooks.AllowPrivate = f.webhookBlackhole
 		srv, err := bench.StartServer(ctx, bench.ServerConfig{Server: sc, Pprof: f.pprof})
 		if err != nil {
 			return fmt.Errorf("start in-process server: %w", err)
@@ -205,8 +208,18 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 	for _, w := range workloads {
 		oauth = oauth || bench.NeedsOAuth(w)
 	}
+	webhookURL := ""
+	if f.webhookBlackhole {
+		hole, err := bench.Blackhole()
+		if err != nil {
+			return err
+		}
+		defer hole.Close()
+		webhookURL = "http://" + hole.Addr().String() + "/hook"
+		fmt.Fprintf(stderr, "webhook endpoints post to %s, which never answers\n", webhookURL)
+	}
 	fx, err := bench.Setup(ctx, target, bench.SetupConfig{Tenants: f.tenants, Users: f.users, BaseTenants: f.baseTenants, OtherUsers: f.tenantUsers, Backend: f.backend,
-		Concurrency: f.setupConcurrency, Progress: progress, OAuth: oauth})
+		Concurrency: f.setupConcurrency, Progress: progress, OAuth: oauth, WebhookURL: webhookURL})
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}

@@ -246,6 +246,20 @@ func TestWebhooks_Deliver(t *testing.T) {
 	if !strings.Contains(replayed.body, "bob@acme.test") {
 		t.Fatalf("the replay sent something else: %s", replayed.body)
 	}
+	// A time range: every distinct event delivered since the start.
+	rp = e.call("POST", base+"/admin/webhooks/"+id+"/replay", key, map[string]any{"since": time.Now().Add(-time.Hour).Format(time.RFC3339)})
+	distinct := map[string]bool{}
+	rc.mu.Lock()
+	for _, g := range rc.got[:before] {
+		distinct[g.id] = true
+	}
+	rc.mu.Unlock()
+	if rp.Status != 202 || rp.Body["replayed"] != float64(len(distinct)) {
+		t.Fatalf("replay of a range: %d %s, want %d events", rp.Status, rp.Raw, len(distinct))
+	}
+	if r := e.call("POST", base+"/admin/webhooks/"+id+"/replay", key, map[string]any{}); r.Status != 400 {
+		t.Fatalf("replay of nothing: %d %s", r.Status, r.Raw)
+	}
 }
 
 // TestWebhooks_Admin: filters, validation, disabling after the last
@@ -357,3 +371,75 @@ func TestWebhooks_PrivateAddressesRefused(t *testing.T) {
 }
 
 var _ = context.Background
+
+// TestWebhooks_Schedule: with the service clock moved by hand, a failing
+// receiver is retried when the schedule says (5 s, then 5 min, ±10 %),
+// not before; a receiver that hangs past the timeout counts as a failure;
+// the log shows every attempt and delivery resumes when it recovers.
+func TestWebhooks_Schedule(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{events: app.EventsConfig{Interval: 20 * time.Millisecond,
+		Webhooks: app.WebhooksConfig{AllowPrivate: true, Timeout: 500 * time.Millisecond}}})
+	base := e.tenant("acme")
+	key := e.serviceKey("acme")
+	var mu sync.Mutex
+	calls := 0
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		switch n {
+		case 1:
+			http.Error(w, "down", http.StatusInternalServerError)
+		case 2:
+			time.Sleep(time.Second) // past the 500 ms timeout
+		default:
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	defer rc.Close()
+	ep := e.call("POST", base+"/admin/webhooks", key, map[string]any{"url": rc.URL, "events": []string{"user.created"}})
+	if ep.Status != 201 {
+		t.Fatal(ep.Status)
+	}
+	attempts := func() []any {
+		l := e.call("GET", base+"/admin/webhooks/"+ep.str("id")+"/deliveries", key, nil)
+		ds, _ := l.Body["deliveries"].([]any)
+		return ds
+	}
+	waitAttempts := func(n int) []any {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if ds := attempts(); len(ds) >= n {
+				return ds
+			}
+		}
+		t.Fatalf("attempt %d did not happen", n)
+		return nil
+	}
+	quiet := func(n int) {
+		t.Helper()
+		time.Sleep(300 * time.Millisecond) // 15 rounds of the worker
+		if ds := attempts(); len(ds) != n {
+			t.Fatalf("%d attempts where the schedule allows %d", len(ds), n)
+		}
+	}
+	e.signup(base, "ada@acme.test", "password1")
+	ds := waitAttempts(1)
+	if ds[0].(map[string]any)["status"] != float64(500) {
+		t.Fatalf("first attempt: %v", ds[0])
+	}
+	quiet(1)
+	e.advance(6 * time.Second) // past 5 s + 10 %
+	ds = waitAttempts(2)
+	if d := ds[0].(map[string]any); d["status"] != nil || d["error"] == nil {
+		t.Fatalf("a hung receiver: %v", d)
+	}
+	e.advance(4 * time.Minute) // short of 5 min − 10 %
+	quiet(2)
+	e.advance(2 * time.Minute)
+	ds = waitAttempts(3)
+	if d := ds[0].(map[string]any); d["status"] != float64(204) || d["attempt"] != float64(3) {
+		t.Fatalf("the third attempt: %v", d)
+	}
+}

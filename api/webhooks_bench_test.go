@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -28,7 +30,11 @@ import (
 //	go test -run '^$' -bench WebhookDelivery -benchtime 1x ./api/
 func BenchmarkWebhookDelivery(b *testing.B) {
 	const events = 10_000
-	for _, tenants := range []int{1, 100, 10_000} {
+	counts := []int{1, 100, 10_000}
+	if n, err := strconv.Atoi(os.Getenv("KEYSHARD_BENCH_TENANTS")); err == nil && n > 0 && events%n == 0 {
+		counts = []int{n}
+	}
+	for _, tenants := range counts {
 		b.Run(fmt.Sprintf("tenants=%d", tenants), func(b *testing.B) {
 			for range b.N {
 				benchDelivery(b, tenants, events)
@@ -39,7 +45,8 @@ func BenchmarkWebhookDelivery(b *testing.B) {
 
 func benchDelivery(b *testing.B, tenants, events int) {
 	b.StopTimer()
-	e := newAuthEnv(b, authEnvOptions{sync: "NORMAL", events: app.EventsConfig{Webhooks: app.WebhooksConfig{AllowPrivate: true}}})
+	workers, _ := strconv.Atoi(os.Getenv("KEYSHARD_BENCH_WORKERS")) // 0: the server's default
+	e := newAuthEnv(b, authEnvOptions{sync: "NORMAL", events: app.EventsConfig{Workers: workers, Webhooks: app.WebhooksConfig{AllowPrivate: true}}})
 	var mu sync.Mutex
 	lag := hdrhistogram.New(1, 600_000, 3) // ms
 	var first, last time.Time

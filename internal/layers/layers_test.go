@@ -75,19 +75,22 @@ func TestLayers(t *testing.T) {
 					}
 				}
 			}
-			// webhook sends outbound HTTP beside the flows: it imports
-			// nothing above api, and nothing below api imports it.
-			if under(pkg, "webhook") && ours {
-				for _, a := range above {
-					if under(local, a) {
-						t.Errorf("webhook imports %s: it sits beside the flows, below the edge", local)
+			// webhook and mail send outbound (HTTP, SMTP) beside the
+			// flows: they import nothing above api, and nothing below api
+			// imports them.
+			for _, out := range []string{"webhook", "mail"} {
+				if under(pkg, out) && ours {
+					for _, a := range above {
+						if under(local, a) {
+							t.Errorf("%s imports %s: it sits beside the flows, below the edge", pkg, local)
+						}
 					}
 				}
-			}
-			if ours && under(local, "webhook") {
-				for _, b := range below {
-					if under(pkg, b) {
-						t.Errorf("%s imports webhook: the flows record events; the outbox job delivers them", pkg)
+				if ours && under(local, out) {
+					for _, b := range below {
+						if under(pkg, b) {
+							t.Errorf("%s imports %s: the flows record events; the outbox job delivers them", pkg, out)
+						}
 					}
 				}
 			}

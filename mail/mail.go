@@ -1,0 +1,139 @@
+// Package mail sends a tenant's mails over SMTP from the outbox: a mail
+// is an outbox row of topic "mail", written in the transaction of the
+// change that needs it (a token it carries), and Sink sends it from the
+// outbox job, outside the shard's writer, with the outbox's retries.
+//
+// Composing and sending (MIME, encodings, STARTTLS or implicit TLS, AUTH
+// PLAIN/LOGIN) is github.com/wneessen/go-mail: a maintained library with
+// its own SMTP client, where net/smtp is frozen and has no implicit TLS
+// or context support.
+package mail
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+
+	gomail "github.com/wneessen/go-mail"
+
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/event"
+)
+
+// Topic is the outbox topic of mails.
+const Topic = "mail"
+
+// Config is an SMTP server to send through.
+type Config struct {
+	// URL is smtp://user:pass@host:port (STARTTLS when the server offers
+	// it; port 587 by default) or smtps://… (implicit TLS, port 465);
+	// ?auth=login picks AUTH LOGIN over PLAIN; ?tls=required refuses a
+	// server without STARTTLS.
+	URL string
+	// From is the sender address ("Name <addr>" or "addr").
+	From string
+	// Timeout bounds one send (default 30 s).
+	Timeout time.Duration
+}
+
+// Message is one mail.
+type Message struct {
+	To      string `json:"to"`
+	Subject string `json:"subject"`
+	Text    string `json:"text"`
+	HTML    string `json:"html,omitempty"`
+	From    string `json:"from,omitempty"` // overrides the sender's From
+}
+
+// Sender sends mails through one SMTP server. Safe for concurrent use.
+type Sender struct {
+	opts []gomail.Option
+	host string
+	from string
+}
+
+// New parses cfg.
+func New(cfg Config) (*Sender, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "smtp" && u.Scheme != "smtps") || u.Hostname() == "" {
+		return nil, fmt.Errorf("mail: the SMTP URL must be smtp://[user:pass@]host[:port] or smtps://…")
+	}
+	if cfg.From == "" {
+		return nil, errors.New("mail: a sender address (From) is required")
+	}
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	port := 587
+	opts := []gomail.Option{gomail.WithTimeout(timeout)}
+	if u.Scheme == "smtps" {
+		port = 465
+		opts = append(opts, gomail.WithSSL())
+	} else if u.Query().Get("tls") == "required" {
+		opts = append(opts, gomail.WithTLSPolicy(gomail.TLSMandatory))
+	} else {
+		opts = append(opts, gomail.WithTLSPolicy(gomail.TLSOpportunistic))
+	}
+	if p := u.Port(); p != "" {
+		if port, err = strconv.Atoi(p); err != nil {
+			return nil, fmt.Errorf("mail: bad port %q", p)
+		}
+	}
+	opts = append(opts, gomail.WithPort(port))
+	if u.User != nil {
+		pass, _ := u.User.Password()
+		auth := gomail.SMTPAuthPlain
+		if u.Query().Get("auth") == "login" {
+			auth = gomail.SMTPAuthLogin
+		}
+		opts = append(opts, gomail.WithSMTPAuth(auth), gomail.WithUsername(u.User.Username()), gomail.WithPassword(pass))
+	}
+	return &Sender{opts: opts, host: u.Hostname(), from: cfg.From}, nil
+}
+
+// Send sends one mail: a text body, and an HTML alternative when given.
+func (s *Sender) Send(ctx context.Context, m Message) error {
+	msg := gomail.NewMsg()
+	from := s.from
+	if m.From != "" {
+		from = m.From
+	}
+	if err := msg.From(from); err != nil {
+		return fmt.Errorf("mail: sender %q: %w", from, err)
+	}
+	if err := msg.To(m.To); err != nil {
+		return &event.Drop{Err: fmt.Errorf("mail: recipient: %w", err)}
+	}
+	msg.Subject(m.Subject)
+	msg.SetBodyString(gomail.TypeTextPlain, m.Text)
+	if m.HTML != "" {
+		msg.AddAlternativeString(gomail.TypeTextHTML, m.HTML)
+	}
+	c, err := gomail.NewClient(s.host, s.opts...)
+	if err != nil {
+		return err
+	}
+	return c.DialAndSendWithContext(ctx, msg)
+}
+
+// Sink sends the outbox's mail rows: an event.Sink for Topic. The event's
+// data is a Message.
+type Sink struct{ Sender *Sender }
+
+var _ event.Sink = Sink{}
+
+// Deliver implements event.Sink.
+func (s Sink) Deliver(ctx context.Context, _ *engine.TenantShard, m event.Message) error {
+	var env struct {
+		Data Message `json:"data"`
+	}
+	if err := json.Unmarshal(m.Payload, &env); err != nil || env.Data.To == "" {
+		return &event.Drop{Err: fmt.Errorf("mail: outbox row %d is not a mail", m.ID)}
+	}
+	return s.Sender.Send(ctx, env.Data)
+}

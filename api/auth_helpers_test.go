@@ -37,6 +37,7 @@ type authEnvOptions struct {
 	bodyTimeout time.Duration     // app.ServerConfig.BodyTimeout
 	signups     auth.SignupLimits // app.ServerConfig.Signups
 	events      app.EventsConfig  // app.ServerConfig.Events
+	cache       int               // app.Config.CacheCapacity (0: the default)
 }
 
 // authEnv is a real server on a loopback listener with the auth API.
@@ -70,7 +71,7 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 	e := &authEnv{tb: tb, dataDir: dataDir}
 	now := func() time.Time { return time.Now().Add(time.Duration(e.clock.Load())) }
 	srv := testbackend.OpenServer(tb, app.ServerConfig{
-		Storage:   app.Config{DataDir: dataDir, Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit},
+		Storage:   app.Config{DataDir: dataDir, Synchronous: o.sync, QueueSize: o.queue, DeferLimit: o.deferLimit, CacheCapacity: o.cache},
 		Hash:      hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background},
 		MasterKey: bytes.Repeat([]byte{7}, token.MasterKeySize), AdminToken: "admin-secret",
 		AccessTokenTTL: time.Hour, Now: now, BodyTimeout: o.bodyTimeout, Signups: o.signups, Events: o.events,

@@ -46,7 +46,8 @@ func BenchmarkWebhookDelivery(b *testing.B) {
 func benchDelivery(b *testing.B, tenants, events int) {
 	b.StopTimer()
 	workers, _ := strconv.Atoi(os.Getenv("KEYSHARD_BENCH_WORKERS")) // 0: the server's default
-	e := newAuthEnv(b, authEnvOptions{sync: "NORMAL", events: app.EventsConfig{Workers: workers, Webhooks: app.WebhooksConfig{AllowPrivate: true}}})
+	cache, _ := strconv.Atoi(os.Getenv("KEYSHARD_BENCH_CACHE"))     // 0: the default capacity
+	e := newAuthEnv(b, authEnvOptions{sync: "NORMAL", cache: cache, events: app.EventsConfig{Workers: workers, Webhooks: app.WebhooksConfig{AllowPrivate: true}}})
 	var mu sync.Mutex
 	lag := hdrhistogram.New(1, 600_000, 3) // ms
 	var first, last time.Time

@@ -186,7 +186,7 @@ func (s *Service) CreateUser(ctx context.Context, t Tenant, c Client, req AdminU
 		if err != nil {
 			return err
 		}
-		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: c.admin(), Target: event.Target{ID: uid, Email: email},
+		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: c.AdminActor(), Target: event.Target{ID: uid, Email: email},
 			IP: c.IP, Data: map[string]any{"provider": "email", "via": "admin"}, At: now}); err != nil {
 			return err
 		}
@@ -250,7 +250,7 @@ func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string,
 		if err := endSessions(tx, `user_id = ?`, id); err != nil {
 			return err
 		}
-		ev := &event.Event{Type: event.UserDeleted, Actor: c.admin(), Target: event.Target{ID: id, Email: email}, IP: c.IP, At: now}
+		ev := &event.Event{Type: event.UserDeleted, Actor: c.AdminActor(), Target: event.Target{ID: id, Email: email}, IP: c.IP, At: now}
 		if soft {
 			ts := now.UnixMicro()
 			if _, err := tx.Exec(`UPDATE users SET email = ?, phone = NULL, encrypted_password = '', raw_app_meta_data = '{}',

@@ -767,7 +767,7 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		}
 		ev := &event.Event{Type: event.UserUpdated, Actor: event.User(u.ID, email), IP: c.IP, Data: map[string]any{"changed": changed}, At: now}
 		if admin {
-			ev.Actor, ev.Target = c.admin(), event.Target{ID: u.ID, Email: email}
+			ev.Actor, ev.Target = c.AdminActor(), event.Target{ID: u.ID, Email: email}
 			ev.Data["by"] = "admin"
 		}
 		if err := s.record(tx, t, ev); err != nil {

@@ -373,7 +373,7 @@ func (s *Service) CreateOAuthClient(ctx context.Context, t Tenant, cl Client, re
 			c.RegistrationType, ts, ts); err != nil {
 			return err
 		}
-		return s.record(tx, t, &event.Event{Type: event.OAuthClientCreated, Actor: cl.admin(),
+		return s.record(tx, t, &event.Event{Type: event.OAuthClientCreated, Actor: cl.AdminActor(),
 			IP: cl.IP, Data: map[string]any{"client_id": c.ID, "client_name": c.Name, "registration_type": c.RegistrationType}, At: now})
 	})
 	if err != nil {
@@ -415,7 +415,7 @@ func (s *Service) UpdateOAuthClient(ctx context.Context, t Tenant, cl Client, id
 			mustJSON(c.Scopes), c.SkipConsent, nullString(c.LogoURI), nullString(c.ClientURI), ts, id); err != nil {
 			return err
 		}
-		return s.record(tx, t, &event.Event{Type: event.OAuthClientUpdated, Actor: cl.admin(),
+		return s.record(tx, t, &event.Event{Type: event.OAuthClientUpdated, Actor: cl.AdminActor(),
 			IP: cl.IP, Data: map[string]any{"client_id": c.ID}, At: now})
 	})
 	if err != nil {
@@ -445,7 +445,7 @@ func (s *Service) RotateOAuthClientSecret(ctx context.Context, t Tenant, cl Clie
 		if _, err := tx.Exec(`UPDATE oauth_clients SET secret_hash = ?, updated_at = ? WHERE id = ?`, c.secretHash, now.UnixMicro(), id); err != nil {
 			return err
 		}
-		return s.record(tx, t, &event.Event{Type: event.OAuthClientSecretRotated, Actor: cl.admin(),
+		return s.record(tx, t, &event.Event{Type: event.OAuthClientSecretRotated, Actor: cl.AdminActor(),
 			IP: cl.IP, Data: map[string]any{"client_id": c.ID}, At: now})
 	})
 	if err != nil {
@@ -478,7 +478,7 @@ func (s *Service) DeleteOAuthClient(ctx context.Context, t Tenant, cl Client, id
 				return err
 			}
 		}
-		return s.record(tx, t, &event.Event{Type: event.OAuthClientDeleted, Actor: cl.admin(),
+		return s.record(tx, t, &event.Event{Type: event.OAuthClientDeleted, Actor: cl.AdminActor(),
 			IP: cl.IP, Data: map[string]any{"client_id": id}, At: now})
 	})
 	return writeError(err, engine.KindUnavailable)

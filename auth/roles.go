@@ -65,9 +65,9 @@ func checkRoleChange(c Client, appData map[string]any) error {
 	return nil
 }
 
-// admin is the actor of an administrative action: the admin user acting
+// AdminActor is the actor of an administrative action: the admin user acting
 // with its token, else the service key.
-func (c Client) admin() event.Actor {
+func (c Client) AdminActor() event.Actor {
 	if c.Actor.Kind != "" {
 		return c.Actor
 	}
@@ -100,7 +100,7 @@ func (s *Service) SetOrgRole(ctx context.Context, t Tenant, c Client, email, rol
 		if _, err := tx.Exec(`UPDATE users SET raw_app_meta_data = ?, updated_at = ? WHERE id = ?`, mustJSON(app), ts, cur.ID); err != nil {
 			return err
 		}
-		if err := s.record(tx, t, &event.Event{Type: event.UserUpdated, Actor: c.admin(), Target: event.Target{ID: cur.ID, Email: cur.Email},
+		if err := s.record(tx, t, &event.Event{Type: event.UserUpdated, Actor: c.AdminActor(), Target: event.Target{ID: cur.ID, Email: cur.Email},
 			IP: c.IP, Data: map[string]any{"org_role": role}, At: now}); err != nil {
 			return err
 		}

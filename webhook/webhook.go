@@ -174,11 +174,7 @@ type EndpointRequest struct {
 }
 
 func (s *Service) record(tx engine.Querier, t auth.Tenant, c auth.Client, typ event.Type, data map[string]any) error {
-	actor := c.Actor
-	if actor.Kind == "" {
-		actor = event.Actor{Kind: event.ActorServiceKey}
-	}
-	return s.Events.Record(tx, t.ID, &event.Event{Type: typ, Actor: actor, IP: c.IP, Data: data, At: s.now().UTC()})
+	return s.Events.Record(tx, t.ID, &event.Event{Type: typ, Actor: c.AdminActor(), IP: c.IP, Data: data, At: s.now().UTC()})
 }
 
 // Create adds an endpoint; its secret is returned once.
@@ -378,12 +374,8 @@ func (s *Service) Test(ctx context.Context, t auth.Tenant, c auth.Client, id str
 		if _, err := endpointByID(tx, id); err != nil {
 			return err
 		}
-		actor := c.Actor
-		if actor.Kind == "" {
-			actor = event.Actor{Kind: event.ActorServiceKey}
-		}
-		eventID = "evt_test_" + strings.TrimPrefix(newID(""), "")
-		return s.Events.RecordTo(tx, t.ID, &event.Event{Type: event.WebhookTest, Actor: actor, IP: c.IP,
+		eventID = "evt_test_" + newID("")
+		return s.Events.RecordTo(tx, t.ID, &event.Event{Type: event.WebhookTest, Actor: c.AdminActor(), IP: c.IP,
 			Data: map[string]any{"webhook_id": id}, At: s.now().UTC()}, eventID, []string{TopicPrefix + id})
 	})
 	return eventID, err

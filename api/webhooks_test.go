@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -375,8 +374,6 @@ func TestWebhooks_PrivateAddressesRefused(t *testing.T) {
 	l := e.call("GET", base+"/admin/webhooks/"+r.str("id")+"/deliveries", key, nil)
 	t.Fatalf("no refused delivery in the log: %s", l.Raw)
 }
-
-var _ = context.Background
 
 // TestWebhooks_Schedule: with the service clock moved by hand, a failing
 // receiver is retried when the schedule says (5 s, then 5 min, ±10 %),

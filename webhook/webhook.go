@@ -321,14 +321,11 @@ func (s *Service) Delete(ctx context.Context, t auth.Tenant, c auth.Client, id s
 		if n == 0 {
 			return errNotFound()
 		}
-		for _, q := range []string{`DELETE FROM outbox WHERE topic = ?`, `DELETE FROM webhook_deliveries WHERE endpoint_id = ?`} {
-			arg := id
-			if strings.HasPrefix(q, "DELETE FROM outbox") {
-				arg = TopicPrefix + id
-			}
-			if _, err := tx.Exec(q, arg); err != nil {
-				return err
-			}
+		if _, err := tx.Exec(`DELETE FROM outbox WHERE topic = ?`, TopicPrefix+id); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(`DELETE FROM webhook_deliveries WHERE endpoint_id = ?`, id); err != nil {
+			return err
 		}
 		return s.record(tx, t, c, event.WebhookDeleted, map[string]any{"webhook_id": id})
 	})

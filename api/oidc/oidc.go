@@ -138,9 +138,10 @@ type request struct {
 	base   string // /t/{slug}
 	st     auth.Settings
 
-	browser    *auth.BrowserSession // the signed-in browser, when the handler looked
-	deviceCode string               // the device code a poll found approved
-	sessionID  string               // the grant session a token is issued for
+	browser    *auth.BrowserSession         // the signed-in browser, when the handler looked
+	deviceCode string                       // the device code a poll found approved
+	clients    map[string]*auth.OAuthClient // read this request (storage.client)
+	sessionID  string                       // the grant session a token is issued for
 	loggedOut  bool
 }
 
@@ -375,8 +376,7 @@ func (p *Provider) clientRequest(w http.ResponseWriter, r *http.Request) bool {
 	// looks at anything: op reads a device code's state (a poll, which
 	// moves its interval) before it checks the client.
 	if strings.HasSuffix(r.URL.Path, "/token") && secret == "" && id != "" {
-		rt := reqOf(r.Context())
-		if c, err := p.auth.OAuthClient(r.Context(), rt.t, id); err == nil && c.Type == auth.ClientConfidential {
+		if c, err := (storage{p}).client(r.Context(), id); err == nil && c.Type == auth.ClientConfidential {
 			w.Header().Set("WWW-Authenticate", `Basic realm="oauth"`)
 			api.WriteJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_client", "error_description": "client authentication failed"})
 			return false

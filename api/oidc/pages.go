@@ -22,7 +22,6 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
 
-	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/engine"
 )
@@ -614,5 +613,3 @@ func (g *guessLimiter) fail(key string) {
 	}
 	e.n++
 }
-
-var _ = api.WriteJSON

@@ -18,7 +18,6 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
-	"github.com/keyshard/keyshard/engine"
 )
 
 // storage adapts the auth flows to zitadel/oidc's op.Storage. Every call
@@ -74,6 +73,25 @@ func tokenScopes(jti string, granted []string) []string {
 	return out
 }
 
+// client returns a client of the request's tenant, read once per request:
+// op asks for the same client several times in one exchange (by id, then
+// to check its secret).
+func (s storage) client(ctx context.Context, id string) (*auth.OAuthClient, error) {
+	rt := reqOf(ctx)
+	if c, ok := rt.clients[id]; ok {
+		return c, nil
+	}
+	c, err := s.p.auth.OAuthClient(ctx, rt.t, id)
+	if err != nil {
+		return nil, err
+	}
+	if rt.clients == nil {
+		rt.clients = map[string]*auth.OAuthClient{}
+	}
+	rt.clients[id] = c
+	return c, nil
+}
+
 func randomID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
@@ -113,7 +131,7 @@ func oauthErr(err error) error {
 // S256 only, required for a public client.
 func (s storage) CreateAuthRequest(ctx context.Context, ar *oidc.AuthRequest, _ string) (op.AuthRequest, error) {
 	rt := reqOf(ctx)
-	c, err := s.p.auth.OAuthClient(ctx, rt.t, ar.ClientID)
+	c, err := s.client(ctx, ar.ClientID)
 	if err != nil {
 		return nil, oauthErr(err)
 	}
@@ -365,7 +383,7 @@ func (s storage) KeySet(context.Context) ([]op.Key, error) { return nil, nil }
 
 func (s storage) GetClientByClientID(ctx context.Context, id string) (op.Client, error) {
 	rt := reqOf(ctx)
-	c, err := s.p.auth.OAuthClient(ctx, rt.t, id)
+	c, err := s.client(ctx, id)
 	if err != nil {
 		return nil, oauthErr(err)
 	}
@@ -373,7 +391,7 @@ func (s storage) GetClientByClientID(ctx context.Context, id string) (op.Client,
 }
 
 func (s storage) AuthorizeClientIDSecret(ctx context.Context, id, secret string) error {
-	c, err := s.p.auth.OAuthClient(ctx, reqOf(ctx).t, id)
+	c, err := s.client(ctx, id)
 	if err != nil {
 		return oidc.ErrInvalidClient().WithDescription("client authentication failed")
 	}
@@ -435,7 +453,7 @@ func (s storage) liveGrant(ctx context.Context, tokenID, subject string) (*auth.
 		if c != subject {
 			return nil, "", errors.New("token subject mismatch")
 		}
-		if _, err := s.p.auth.OAuthClient(ctx, rt.t, c); err != nil {
+		if _, err := s.client(ctx, c); err != nil {
 			return nil, "", errors.New("client gone")
 		}
 		return nil, c, nil
@@ -478,7 +496,7 @@ func (s storage) SetIntrospectionFromToken(ctx context.Context, resp *oidc.Intro
 		return err
 	}
 	if caller != owner {
-		c, err := s.p.auth.OAuthClient(ctx, reqOf(ctx).t, caller)
+		c, err := s.client(ctx, caller)
 		if err != nil || c.RegistrationType != "manual" {
 			return errors.New("a dynamically registered client introspects only its own tokens")
 		}
@@ -525,7 +543,7 @@ func (s storage) Health(context.Context) error { return nil }
 // client_credentials grant: one SHA-256 and a constant-time compare.
 func (s storage) ClientCredentials(ctx context.Context, id, secret string) (op.Client, error) {
 	rt := reqOf(ctx)
-	c, err := s.p.auth.OAuthClient(ctx, rt.t, id)
+	c, err := s.client(ctx, id)
 	if err != nil || !c.CheckSecret(secret) {
 		return nil, oidc.ErrInvalidClient().WithDescription("client authentication failed")
 	}
@@ -548,7 +566,7 @@ func (s storage) ClientCredentialsTokenRequest(ctx context.Context, id string, s
 func (s storage) StoreDeviceAuthorization(ctx context.Context, clientID, deviceCode, userCode string, _ time.Time, scopes []string) error {
 	expires := s.p.auth.Now().Add(auth.DeviceCodeTTL)
 	rt := reqOf(ctx)
-	c, err := s.p.auth.OAuthClient(ctx, rt.t, clientID)
+	c, err := s.client(ctx, clientID)
 	if err != nil {
 		return oauthErr(err)
 	}
@@ -723,5 +741,3 @@ func (k keySet) VerifySignature(ctx context.Context, jws *jose.JSONWebSignature)
 	}
 	return jws.Verify(key)
 }
-
-var _ = engine.ErrNoRows

@@ -18,7 +18,7 @@ import (
 // SchemaVersion is the shard schema version the table list below describes.
 // A migration that changes a table must change Tables and this constant;
 // TestTables_MatchSchema fails until it does.
-const SchemaVersion = 4
+const SchemaVersion = 5
 
 // Kind is a column's portable type.
 type Kind byte
@@ -61,6 +61,9 @@ var Tables = []Table{
 		{"raw_app_meta_data", KindText, false}, {"raw_user_meta_data", KindText, false},
 		{"banned_until", KindInt, false}, {"is_anonymous", KindInt, false},
 		{"created_at", KindInt, false}, {"updated_at", KindInt, false}, {"deleted_at", KindInt, false},
+		{"confirmation_sent_at", KindInt, false}, {"recovery_sent_at", KindInt, false}, {"invited_at", KindInt, false},
+		{"email_change", KindText, false}, {"email_change_sent_at", KindInt, false},
+		{"email_change_confirm_status", KindInt, false}, {"reauthentication_sent_at", KindInt, false},
 	}},
 	{Name: "identities", KeyLen: 1, Columns: []Column{
 		{"id", KindText, false}, {"user_id", KindText, false}, {"provider", KindText, false},
@@ -76,6 +79,19 @@ var Tables = []Table{
 		{"id", KindInt, false}, {"token_hash", KindText, false}, {"user_id", KindText, false},
 		{"session_id", KindText, false}, {"parent", KindText, false}, {"revoked", KindInt, false},
 		{"created_at", KindInt, false}, {"updated_at", KindInt, false},
+	}},
+	// Mailed one-time tokens and PKCE flow states are live credentials
+	// (stored hashed) that only a restore carries.
+	{Name: "one_time_tokens", KeyLen: 1, Secret: true, Columns: []Column{
+		{"id", KindText, false}, {"user_id", KindText, false}, {"kind", KindText, false},
+		{"token_hash", KindText, false}, {"relates_to", KindText, false}, {"flow_state_id", KindText, false},
+		{"created_at", KindInt, false}, {"expires_at", KindInt, false},
+	}},
+	{Name: "flow_states", KeyLen: 1, Secret: true, Columns: []Column{
+		{"id", KindText, false}, {"user_id", KindText, false}, {"code_challenge", KindText, false},
+		{"code_challenge_method", KindText, false}, {"authentication_method", KindText, false},
+		{"auth_code_hash", KindText, false}, {"auth_code_issued_at", KindInt, false},
+		{"created_at", KindInt, false}, {"expires_at", KindInt, false},
 	}},
 	// OAuth: a client's secret hash is a credential; the browser cookies,
 	// pending authorization requests and device codes are live credentials
@@ -149,7 +165,7 @@ var Tables = []Table{
 }
 
 // secretSettings are settings rows exported only with include-secrets.
-var secretSettings = map[string]bool{"service_key_sha256": true}
+var secretSettings = map[string]bool{"service_key_sha256": true, "smtp_pass": true}
 
 // TableByName returns the table called name.
 func TableByName(name string) (*Table, bool) {

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/keyshard/keyshard/api"
@@ -18,6 +20,7 @@ import (
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/event"
+	"github.com/keyshard/keyshard/mail"
 	"github.com/keyshard/keyshard/transfer"
 	"github.com/keyshard/keyshard/webhook"
 )
@@ -60,6 +63,8 @@ type ServerConfig struct {
 
 	// Events say which events go to the outbox and who delivers them.
 	Events EventsConfig
+	// Mail is the server's SMTP server for tenants' mails.
+	Mail MailConfig
 
 	// Conns caps the connections Listen's listener keeps open.
 	Conns api.ConnLimits
@@ -88,6 +93,13 @@ type EventsConfig struct {
 	Now     func() time.Time
 	// Webhooks configures the webhook sink (its clock is Now).
 	Webhooks WebhooksConfig
+}
+
+// MailConfig is the server's SMTP server (serve --smtp-url, --smtp-from).
+// A tenant with its own smtp_host sends through that instead, reached only
+// at public addresses unless Events.Webhooks.AllowPrivate.
+type MailConfig struct {
+	URL, From string
 }
 
 // WebhooksConfig configures webhook delivery.
@@ -199,6 +211,9 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	sinks := map[string]event.Sink{"webhook": webhook.NewSink(webhook.SinkConfig{Events: events, Subs: hooks, Now: now,
 		AllowPrivate: cfg.Events.Webhooks.AllowPrivate, Timeout: cfg.Events.Webhooks.Timeout,
 		MaxConnsPerHost: cfg.Events.Webhooks.MaxConnsPerHost, Schedule: cfg.Events.Webhooks.Schedule})}
+	if sinks[auth.MailTopic], err = s.mailSink(cfg); err != nil {
+		return nil, err
+	}
 	for topic, sink := range cfg.Events.Sinks {
 		sinks[topic] = sink
 	}
@@ -227,6 +242,50 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		}}
 	s.Work.Start()
 	return s, nil
+}
+
+// mailSink sends the outbox's mails: through the tenant's own SMTP server
+// when its auth config names one, else the server's.
+func (s *Server) mailSink(cfg ServerConfig) (mail.Sink, error) {
+	var sink mail.Sink
+	if cfg.Mail.URL != "" {
+		from := cfg.Mail.From
+		if from == "" {
+			from = "noreply@localhost"
+		}
+		sender, err := mail.New(mail.Config{URL: cfg.Mail.URL, From: from})
+		if err != nil {
+			return sink, err
+		}
+		sink.Sender = sender
+	}
+	allowPrivate := cfg.Events.Webhooks.AllowPrivate
+	sink.Tenant = func(ctx context.Context, ts *engine.TenantShard) (*mail.Sender, error) {
+		st, err := s.Auth.CachedSettings(ctx, auth.Tenant{ID: ts.Tenant.ID, Shard: ts})
+		if err != nil || st.SMTPHost == "" {
+			return nil, err
+		}
+		port := st.SMTPPort
+		if port == 0 {
+			port = 587
+		}
+		u := url.URL{Scheme: "smtp", Host: net.JoinHostPort(st.SMTPHost, strconv.Itoa(port))}
+		if port == 465 {
+			u.Scheme = "smtps"
+		}
+		if st.SMTPUser != "" {
+			u.User = url.UserPassword(st.SMTPUser, st.SMTPPass)
+		}
+		from := cfg.Mail.From
+		if st.SMTPAdminEmail != "" {
+			from = st.SMTPAdminEmail
+		}
+		if from == "" {
+			from = "noreply@localhost"
+		}
+		return mail.New(mail.Config{URL: u.String(), From: from, Guard: !allowPrivate})
+	}
+	return sink, nil
 }
 
 // Listen listens on addr with the configured connection caps, and logs

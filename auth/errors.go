@@ -34,6 +34,15 @@ const (
 	CodeSignupDisabled       = "signup_disabled"
 	CodeUnsupportedGrant     = "unsupported_grant_type"
 	CodeServiceUnavailable   = "service_unavailable"
+
+	CodeOverEmailSendRateLimit = "over_email_send_rate_limit"
+	CodeOTPExpired             = "otp_expired"
+	CodeFlowStateNotFound      = "flow_state_not_found"
+	CodeFlowStateExpired       = "flow_state_expired"
+	CodeBadCodeVerifier        = "bad_code_verifier"
+	CodeReauthNeeded           = "reauthentication_needed"
+	CodeReauthNotValid         = "reauthentication_not_valid"
+	CodeEmailAddressInvalid    = "email_address_invalid"
 )
 
 var (

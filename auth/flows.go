@@ -44,6 +44,10 @@ type SignupRequest struct {
 	Email    string
 	Password string
 	Data     map[string]any
+	// RedirectTo and the PKCE challenge shape the confirmation mail's
+	// link, when the tenant does not auto-confirm.
+	RedirectTo                         string
+	CodeChallenge, CodeChallengeMethod string
 }
 
 // Signup creates a user with an email identity. With auto-confirm on it
@@ -59,12 +63,16 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 	if req.Password == "" {
 		return nil, nil, validationf("Signup requires a valid password")
 	}
+	pc, err := parseChallenge(req.CodeChallenge, req.CodeChallengeMethod)
+	if err != nil {
+		return nil, nil, err
+	}
 	if err := s.signups.allow(t.ID, c.IP); err != nil {
 		return nil, nil, err
 	}
 	var st Settings
 	exists := false
-	err := t.Shard.Read(ctx, func(q engine.Querier) error {
+	err = t.Shard.Read(ctx, func(q engine.Querier) error {
 		var err error
 		if st, err = loadSettings(q); err != nil {
 			return err
@@ -89,6 +97,11 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 	if exists { // no hash spent on a signup that cannot succeed
 		return nil, nil, errUserExists()
 	}
+	if !st.MailerAutoconfirm {
+		if err := s.mails.allow(t.ID, st, "signup", email); err != nil {
+			return nil, nil, err
+		}
+	}
 	pwHash, err := s.hashes.Hash(ctx, req.Password)
 	if err != nil {
 		return nil, nil, hashError(err)
@@ -108,6 +121,15 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 		}
 		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: event.User(uid, email), IP: c.IP,
 			Data: map[string]any{"provider": "email"}, At: now}); err != nil {
+			return err
+		}
+		if is.user, err = userByID(tx, uid); err != nil || st.MailerAutoconfirm {
+			return err
+		}
+		if err := s.sendConfirmation(tx, t, st, is.user, pc, req.RedirectTo, now); err != nil {
+			return err
+		}
+		if err := s.recordRequest(tx, t, c, event.UserConfirmationRequested, is.user, email, now, nil); err != nil {
 			return err
 		}
 		is.user, err = userByID(tx, uid)
@@ -186,6 +208,8 @@ type newUser struct {
 	// also gets its identity's data (email, email_verified, phone_verified,
 	// sub).
 	admin bool
+	// plainMeta: user_metadata is data as sent (an invitation's, GoTrue).
+	plainMeta bool
 }
 
 // insert adds the user and its email identity and returns the user's id.
@@ -195,9 +219,11 @@ func (nu newUser) insert(tx engine.Querier, now time.Time) (string, error) {
 	identity := map[string]any{"email": nu.email, "email_verified": nu.confirmed, "phone_verified": false, "sub": uid}
 	meta := map[string]any{}
 	maps.Copy(meta, nu.data)
-	if nu.admin {
+	switch {
+	case nu.plainMeta:
+	case nu.admin:
 		meta["email_verified"] = nu.confirmed
-	} else {
+	default:
 		maps.Copy(meta, identity)
 	}
 	app := map[string]any{}
@@ -588,10 +614,16 @@ type UpdateUserRequest struct {
 	Email    *string
 	Password *string
 	Data     map[string]any
+	// Nonce is the code GET /reauthenticate mailed, for a password change.
+	Nonce string
+	// RedirectTo is where the email change's links go.
+	RedirectTo string
 }
 
-// UpdateUser changes the caller's email (applied at once: no mail is sent
-// yet), password and metadata (keys set to null are removed).
+// UpdateUser changes the caller's email, password and metadata (keys set
+// to null are removed). A new email is applied at once when the tenant
+// auto-confirms; else it waits for the links mailed to the new address
+// (and to the current one: secure email change).
 func (s *Service) UpdateUser(ctx context.Context, t Tenant, c Client, p *Principal, req UpdateUserRequest) (*User, error) {
 	return s.updateUser(ctx, t, c, p, userChange{UpdateUserRequest: req})
 }
@@ -616,7 +648,11 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 	if !admin {
 		keepSession = p.Claims.SessionID
 	}
-	var newEmail, pwHash string
+	var newEmail, pendingEmail, pwHash string
+	st, err := s.Settings(ctx, t)
+	if err != nil {
+		return nil, err
+	}
 	if req.Email != nil {
 		e := NormalizeEmail(*req.Email)
 		if e != u.Email {
@@ -624,14 +660,12 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 				return nil, err
 			}
 			newEmail = e
-			// Without a mailer an address cannot be confirmed: only a tenant
-			// that auto-confirms may take a new email as it comes.
-			st, err := s.Settings(ctx, t)
-			if err != nil {
-				return nil, err
-			}
 			if !st.MailerAutoconfirm && !admin {
-				return nil, newError(engine.KindRefused, "email_address_not_authorized", "Email changes need a confirmation mailer, which this tenant does not have")
+				// Applied when the mailed links are followed.
+				pendingEmail, newEmail = e, ""
+				if err := s.mails.allow(t.ID, st, "email_change", e); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
@@ -644,13 +678,32 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 	now := s.now().UTC().Truncate(time.Microsecond)
 	ts := now.UnixMicro()
 	var out *User
-	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
+	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
 		cur, err := userByID(tx, u.ID)
 		if errors.Is(err, engine.ErrNoRows) {
 			return newError(engine.KindNotFound, CodeUserNotFound, "User not found")
 		}
 		if err != nil {
 			return err
+		}
+		if pwHash != "" && !admin {
+			if err := checkNonce(tx, st, p, req.Nonce, now); err != nil {
+				return err
+			}
+		}
+		if pendingEmail != "" {
+			var taken int
+			if err := tx.QueryRow(`SELECT 1 FROM users WHERE email = ?`, pendingEmail).Scan(&taken); err == nil {
+				return newError(engine.KindRefused, CodeEmailExists, "A user with this email address has already been registered")
+			} else if !errors.Is(err, engine.ErrNoRows) {
+				return err
+			}
+			if err := s.sendEmailChange(tx, t, st, cur, pendingEmail, req.RedirectTo, now); err != nil {
+				return err
+			}
+			if err := s.recordRequest(tx, t, c, event.UserEmailChangeRequested, cur, cur.Email, now, nil); err != nil {
+				return err
+			}
 		}
 		meta, err := objectMap(cur.UserMetadata)
 		if err != nil {

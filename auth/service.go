@@ -58,6 +58,7 @@ type Service struct {
 	events    *event.Recorder
 	signups   *SignupLimiter
 	settings  *lru.Cache[string, cachedSettings] // see CachedSettings
+	mails     *mailLimiter
 
 	settingsMu sync.Mutex // orders the check and the add of cacheSettings
 }
@@ -80,7 +81,8 @@ func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service 
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("keyshard refresh token derivation v1"))
 	return &Service{hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
-		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups, settings: newSettingsCache()}
+		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups, settings: newSettingsCache(),
+		mails: newMailLimiter(cfg.Now)}
 }
 
 // Keys returns the signing key manager.

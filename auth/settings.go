@@ -50,10 +50,31 @@ type Settings struct {
 	// Branding of the hosted login, consent and device pages: a display
 	// name, a logo URL (https) and a primary colour (#rrggbb).
 	BrandingName, BrandingLogoURL, BrandingColor string
+
+	// Mail (mailsettings.go): the lifetime of mailed links and codes in
+	// seconds (mailer_otp_exp); whether an email change is confirmed by
+	// both addresses (mailer_secure_email_change_enabled); whether a
+	// password change needs a mailed nonce
+	// (security_update_password_require_reauthentication).
+	MailerOTPExp           int
+	SecureEmailChange      bool
+	PasswordRequiresReauth bool
+	// The tenant's own SMTP server and sender (smtp_host, smtp_port,
+	// smtp_user, smtp_pass, smtp_admin_email, smtp_sender_name); no host:
+	// the server's.
+	SMTPHost, SMTPUser, SMTPPass, SMTPAdminEmail, SMTPSenderName string
+	SMTPPort                                                     int
+	// SMTPMaxFrequency: seconds between two mails of a kind to one address
+	// (smtp_max_frequency); RateLimitEmailSent: mails per hour of the
+	// tenant (rate_limit_email_sent).
+	SMTPMaxFrequency, RateLimitEmailSent int
+	// MailTemplates per MailKind.
+	MailTemplates [numMailKinds]MailTemplate
 }
 
 // DefaultSettings apply to settings a tenant has not set.
-var DefaultSettings = Settings{MailerAutoconfirm: true, PasswordMinLength: 6, OAuthServerEnabled: true}
+var DefaultSettings = Settings{MailerAutoconfirm: true, PasswordMinLength: 6, OAuthServerEnabled: true,
+	MailerOTPExp: 3600, SecureEmailChange: true, SMTPMaxFrequency: 60, RateLimitEmailSent: 30}
 
 // Supabase's values of password_required_characters.
 var requiredCharacterSets = []string{
@@ -394,6 +415,9 @@ func (s *Service) UpdateSettings(ctx context.Context, t Tenant, c Client, actor 
 	var st Settings
 	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
 		for _, name := range names {
+			if name == "smtp_pass" && string(patch[name]) == `"`+secretMask+`"` {
+				continue // the mask GET shows: the stored password stays
+			}
 			f, _ := settingField(name)
 			_ = f.set(s, &probe, patch[name]) // checked above
 			value, _ := json.Marshal(f.get(&probe))

@@ -34,6 +34,13 @@ type User struct {
 	BannedUntil *time.Time
 	// DeletedAt: set on a user the administrator soft-deleted.
 	DeletedAt *time.Time
+	// The mail state, as GoTrue names it: when each kind of mail was
+	// last sent, and a pending email change (NewEmail, confirmed by the
+	// current address already when EmailChangeConfirmed).
+	InvitedAt, ConfirmationSentAt, RecoverySentAt *time.Time
+	EmailChangeSentAt, ReauthenticationSentAt     *time.Time
+	NewEmail                                      string
+	EmailChangeConfirmed                          bool
 }
 
 // Banned reports whether the user is banned at now.
@@ -71,7 +78,9 @@ func timePtrMicros(t *time.Time) any {
 // userColumns are the users columns scanUser reads, from table alias u.
 const userColumns = `u.id, u.aud, u.role, COALESCE(u.email, ''), COALESCE(u.phone, ''), u.encrypted_password,
 	u.email_confirmed_at, u.phone_confirmed_at, u.last_sign_in_at, u.last_seen_at,
-	u.raw_app_meta_data, u.raw_user_meta_data, u.is_anonymous, u.created_at, u.updated_at, u.banned_until, u.deleted_at`
+	u.raw_app_meta_data, u.raw_user_meta_data, u.is_anonymous, u.created_at, u.updated_at, u.banned_until, u.deleted_at,
+	u.invited_at, u.confirmation_sent_at, u.recovery_sent_at, u.email_change_sent_at, u.reauthentication_sent_at,
+	COALESCE(u.email_change, ''), u.email_change_confirm_status`
 
 // identityColumns are the identities columns (alias i) that follow
 // userColumns in a query joining a user with its identities.
@@ -86,6 +95,7 @@ type userScan struct {
 	id                 *string // NULL: no user matched a LEFT JOIN
 	ec, pc, ls, lseen  *int64
 	banned, deleted    *int64
+	mailSent           [5]*int64 // invited, confirmation, recovery, email change, reauthentication
 	app, meta          []byte
 	created, updated   int64
 	iid                *string // NULL: the user has no identity
@@ -98,7 +108,8 @@ type userScan struct {
 func (d *userScan) userDest() []any {
 	u := &d.u
 	return []any{&d.id, &u.Aud, &u.Role, &u.Email, &u.Phone, &u.EncryptedPassword,
-		&d.ec, &d.pc, &d.ls, &d.lseen, &d.app, &d.meta, &u.IsAnonymous, &d.created, &d.updated, &d.banned, &d.deleted}
+		&d.ec, &d.pc, &d.ls, &d.lseen, &d.app, &d.meta, &u.IsAnonymous, &d.created, &d.updated, &d.banned, &d.deleted,
+		&d.mailSent[0], &d.mailSent[1], &d.mailSent[2], &d.mailSent[3], &d.mailSent[4], &u.NewEmail, &u.EmailChangeConfirmed}
 }
 
 func (d *userScan) identityDest() []any {
@@ -115,6 +126,8 @@ func (d *userScan) user() (*User, error) {
 	u.ID = *d.id
 	u.EmailConfirmedAt, u.PhoneConfirmedAt, u.LastSignInAt, u.LastSeenAt = micros(d.ec), micros(d.pc), micros(d.ls), micros(d.lseen)
 	u.BannedUntil, u.DeletedAt = micros(d.banned), micros(d.deleted)
+	u.InvitedAt, u.ConfirmationSentAt, u.RecoverySentAt = micros(d.mailSent[0]), micros(d.mailSent[1]), micros(d.mailSent[2])
+	u.EmailChangeSentAt, u.ReauthenticationSentAt = micros(d.mailSent[3]), micros(d.mailSent[4])
 	u.CreatedAt, u.UpdatedAt = time.UnixMicro(d.created).UTC(), time.UnixMicro(d.updated).UTC()
 	var err error
 	if u.AppMetadata, err = storedObject(d.app); err != nil {

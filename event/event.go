@@ -46,13 +46,23 @@ var (
 	OAuthDeviceApproved      = Type{"oauth.device_approved", "oauth_device_approved"}
 	OAuthDeviceDenied        = Type{"oauth.device_denied", "oauth_device_denied"}
 
-	PasswordChanged      = Type{"password.changed", "user_updated_password"}
-	WebhookCreated       = Type{"webhook.created", "webhook_created"}
-	WebhookUpdated       = Type{"webhook.updated", "webhook_updated"}
-	WebhookDeleted       = Type{"webhook.deleted", "webhook_deleted"}
-	WebhookSecretRotated = Type{"webhook.secret_rotated", "webhook_secret_rotated"}
-	WebhookTest          = Type{"webhook.test", "webhook_test"}
-	WebhookDisabled      = Type{"webhook.disabled", "webhook_disabled"} // deliveries kept failing: an admin must look
+	PasswordChanged = Type{"password.changed", "user_updated_password"}
+
+	// Mailed links and codes: requested (the address may have no account:
+	// Data["unknown_address"]), and what following one did.
+	UserConfirmationRequested = Type{"user.confirmation_requested", "user_confirmation_requested"}
+	UserRecoveryRequested     = Type{"user.recovery_requested", "user_recovery_requested"}
+	UserMagicLinkRequested    = Type{"user.magiclink_requested", "magiclink_requested"}
+	UserInvited               = Type{"user.invited", "user_invited"}
+	UserEmailChangeRequested  = Type{"user.email_change_requested", "user_email_change_requested"}
+	UserReauthRequested       = Type{"user.reauthenticate_requested", "user_reauthenticate_requested"}
+	UserEmailConfirmed        = Type{"user.email_confirmed", "user_confirmed"}
+	WebhookCreated            = Type{"webhook.created", "webhook_created"}
+	WebhookUpdated            = Type{"webhook.updated", "webhook_updated"}
+	WebhookDeleted            = Type{"webhook.deleted", "webhook_deleted"}
+	WebhookSecretRotated      = Type{"webhook.secret_rotated", "webhook_secret_rotated"}
+	WebhookTest               = Type{"webhook.test", "webhook_test"}
+	WebhookDisabled           = Type{"webhook.disabled", "webhook_disabled"} // deliveries kept failing: an admin must look
 )
 
 // ActorKind says who did something.

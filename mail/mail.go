@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/event"
+	"github.com/keyshard/keyshard/internal/netguard"
 )
 
 // Topic is the outbox topic of mails.
@@ -38,6 +40,10 @@ type Config struct {
 	From string
 	// Timeout bounds one send (default 30 s).
 	Timeout time.Duration
+	// Guard refuses to connect to a loopback, private or link-local
+	// address (a tenant's own server, unless serve
+	// --outbound-allow-private); the operator's server is trusted.
+	Guard bool
 }
 
 // Message is one mail.
@@ -85,6 +91,10 @@ func New(cfg Config) (*Sender, error) {
 		}
 	}
 	opts = append(opts, gomail.WithPort(port))
+	if cfg.Guard {
+		d := &net.Dialer{Timeout: 10 * time.Second, Control: netguard.Control}
+		opts = append(opts, gomail.WithDialContextFunc(d.DialContext))
+	}
 	if u.User != nil {
 		pass, _ := u.User.Password()
 		auth := gomail.SMTPAuthPlain
@@ -123,17 +133,40 @@ func (s *Sender) Send(ctx context.Context, m Message) error {
 
 // Sink sends the outbox's mail rows: an event.Sink for Topic. The event's
 // data is a Message.
-type Sink struct{ Sender *Sender }
+type Sink struct {
+	// Sender is the server's SMTP server (nil: none).
+	Sender *Sender
+	// Tenant returns a tenant's own server, nil for the server's (nil
+	// func: every tenant uses the server's).
+	Tenant func(ctx context.Context, t *engine.TenantShard) (*Sender, error)
+}
+
+// ErrNoServer: neither the server nor the tenant has an SMTP server; the
+// mail waits in the outbox, retried, until one is set.
+var ErrNoServer = errors.New("mail: no SMTP server: set serve --smtp-url or the tenant's smtp_host")
 
 var _ event.Sink = Sink{}
 
 // Deliver implements event.Sink.
-func (s Sink) Deliver(ctx context.Context, _ *engine.TenantShard, m event.Message) error {
+func (s Sink) Deliver(ctx context.Context, t *engine.TenantShard, m event.Message) error {
 	var env struct {
 		Data Message `json:"data"`
 	}
 	if err := json.Unmarshal(m.Payload, &env); err != nil || env.Data.To == "" {
 		return &event.Drop{Err: fmt.Errorf("mail: outbox row %d is not a mail", m.ID)}
 	}
-	return s.Sender.Send(ctx, env.Data)
+	sender := s.Sender
+	if s.Tenant != nil {
+		ts, err := s.Tenant(ctx, t)
+		if err != nil {
+			return err
+		}
+		if ts != nil {
+			sender = ts
+		}
+	}
+	if sender == nil {
+		return ErrNoServer
+	}
+	return sender.Send(ctx, env.Data)
 }

@@ -11,13 +11,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/event"
+	"github.com/keyshard/keyshard/internal/netguard"
 )
 
 // Schedule is the delay before each retry after a failed attempt: ten
@@ -60,7 +60,7 @@ var _ event.Sink = (*Sink)(nil)
 var _ event.Backoffer = (*Sink)(nil)
 
 // ErrPrivateAddress refuses a connection to an address that is not public.
-var ErrPrivateAddress = errors.New("webhook: the receiver's address is loopback, private, link-local or otherwise not public")
+var ErrPrivateAddress = netguard.ErrPrivateAddress
 
 // NewSink returns a sink. Its HTTP client follows no redirect, uses no
 // proxy, and checks every address it connects to after DNS resolution.
@@ -76,16 +76,7 @@ func NewSink(cfg SinkConfig) *Sink {
 	}
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	if !cfg.AllowPrivate {
-		d.Control = func(_, address string, _ syscall.RawConn) error {
-			host, _, err := net.SplitHostPort(address)
-			if err != nil {
-				return err
-			}
-			if ip := net.ParseIP(host); ip == nil || !publicIP(ip) {
-				return ErrPrivateAddress
-			}
-			return nil
-		}
+		d.Control = netguard.Control
 	}
 	tr := &http.Transport{
 		Proxy:                 nil,
@@ -98,34 +89,6 @@ func NewSink(cfg SinkConfig) *Sink {
 	}
 	return &Sink{cfg: cfg, client: &http.Client{Transport: tr, Timeout: cfg.Timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
-}
-
-var notPublic = func() []*net.IPNet {
-	var out []*net.IPNet
-	for _, c := range []string{"0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "198.18.0.0/15", "240.0.0.0/4", "64:ff9b::/96", "2001:db8::/32"} {
-		_, n, _ := net.ParseCIDR(c)
-		out = append(out, n)
-	}
-	return out
-}()
-
-// publicIP reports whether ip is a public unicast address: not loopback,
-// private (RFC 1918, ULA), link-local (169.254/16 holds cloud metadata),
-// unspecified, multicast, CGNAT or reserved.
-func publicIP(ip net.IP) bool {
-	if v4 := ip.To4(); v4 != nil {
-		ip = v4
-	}
-	if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() ||
-		ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
-		return false
-	}
-	for _, n := range notPublic {
-		if n.Contains(ip) {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *Sink) now() time.Time {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyshard/keyshard/event"
+	"github.com/keyshard/keyshard/internal/netguard"
 )
 
 func TestPublicIP(t *testing.T) {
@@ -19,8 +20,8 @@ func TestPublicIP(t *testing.T) {
 		"100.64.0.1": false, "0.0.0.0": false, "::1": false, "fe80::1": false, "fd00::1": false, "::ffff:127.0.0.1": false,
 		"224.0.0.1": false, "::": false,
 	} {
-		if got := publicIP(net.ParseIP(ip)); got != want {
-			t.Errorf("publicIP(%s) = %v, want %v", ip, got, want)
+		if got := netguard.PublicIP(net.ParseIP(ip)); got != want {
+			t.Errorf("PublicIP(%s) = %v, want %v", ip, got, want)
 		}
 	}
 }

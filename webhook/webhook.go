@@ -25,6 +25,7 @@ import (
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/event"
+	"github.com/keyshard/keyshard/internal/netguard"
 )
 
 // TopicPrefix is the outbox topic prefix of webhook endpoints.
@@ -36,7 +37,7 @@ var Events = []string{
 	event.UserCreated.Name, event.UserUpdated.Name, event.UserDeleted.Name, event.UserSignedIn.Name,
 	event.SessionRevoked.Name, event.PasswordChanged.Name, event.SettingsUpdated.Name, event.WebhookTest.Name,
 	event.OAuthClientCreated.Name, event.OAuthClientUpdated.Name, event.OAuthClientDeleted.Name,
-	event.OAuthTokenIssued.Name, event.WebhookDisabled.Name,
+	event.OAuthTokenIssued.Name, event.WebhookDisabled.Name, event.UserInvited.Name, event.UserEmailConfirmed.Name,
 }
 
 // Endpoint is a tenant's webhook endpoint.
@@ -109,7 +110,7 @@ func (s *Service) checkURL(raw string) error {
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || u.Fragment != "" || len(raw) > 2048 {
 		return invalid("url must be an absolute http or https URL without credentials or fragment")
 	}
-	if ip := net.ParseIP(u.Hostname()); ip != nil && !s.AllowPrivate && !publicIP(ip) {
+	if ip := net.ParseIP(u.Hostname()); ip != nil && !s.AllowPrivate && !netguard.PublicIP(ip) {
 		return invalid("url points to a private, loopback or link-local address")
 	}
 	if strings.EqualFold(u.Hostname(), "localhost") && !s.AllowPrivate {

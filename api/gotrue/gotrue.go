@@ -61,6 +61,7 @@ func Register(srv *api.Server, svc *auth.Service, o Options) *API {
 	a.registerConfigRoutes()
 	a.registerOAuthClientRoutes()
 	a.registerWebhookRoutes()
+	a.registerMailRoutes()
 	return a
 }
 

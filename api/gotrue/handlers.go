@@ -14,9 +14,11 @@ import (
 
 // signupBody is the body of POST /signup.
 type signupBody struct {
-	Email    string         `json:"email"`
-	Password string         `json:"password"`
-	Data     map[string]any `json:"data"`
+	Email               string         `json:"email"`
+	Password            string         `json:"password"`
+	Data                map[string]any `json:"data"`
+	CodeChallenge       string         `json:"code_challenge"`
+	CodeChallengeMethod string         `json:"code_challenge_method"`
 }
 
 func (a *API) handleSignup(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
@@ -25,7 +27,8 @@ func (a *API) handleSignup(w http.ResponseWriter, r *http.Request, t auth.Tenant
 		a.writeError(w, r, err)
 		return
 	}
-	sess, u, err := a.auth.Signup(r.Context(), t, api.ClientOf(r), auth.SignupRequest{Email: b.Email, Password: b.Password, Data: b.Data})
+	sess, u, err := a.auth.Signup(r.Context(), t, api.ClientOf(r), auth.SignupRequest{Email: b.Email, Password: b.Password, Data: b.Data,
+		RedirectTo: r.URL.Query().Get("redirect_to"), CodeChallenge: b.CodeChallenge, CodeChallengeMethod: b.CodeChallengeMethod})
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -45,17 +48,20 @@ func noStore(w http.ResponseWriter) {
 	w.Header().Set("Pragma", "no-cache")
 }
 
-// tokenBody is the body of POST /token, for the password and refresh grants.
+// tokenBody is the body of POST /token, for the password, refresh and
+// pkce grants.
 type tokenBody struct {
 	Email        string `json:"email"`
 	Phone        string `json:"phone"`
 	Password     string `json:"password"`
 	RefreshToken string `json:"refresh_token"`
+	AuthCode     string `json:"auth_code"`
+	CodeVerifier string `json:"code_verifier"`
 }
 
 func (a *API) handleToken(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
 	grant := r.URL.Query().Get("grant_type")
-	if grant != "password" && grant != "refresh_token" {
+	if grant != "password" && grant != "refresh_token" && grant != "pkce" {
 		a.writeError(w, r, engine.NewError(engine.KindInvalid, auth.CodeUnsupportedGrant, "unsupported_grant_type"))
 		return
 	}
@@ -66,9 +72,12 @@ func (a *API) handleToken(w http.ResponseWriter, r *http.Request, t auth.Tenant)
 	}
 	var sess *auth.Session
 	var err error
-	if grant == "password" {
+	switch grant {
+	case "password":
 		sess, err = a.auth.Login(r.Context(), t, api.ClientOf(r), auth.PasswordRequest{Email: b.Email, Phone: b.Phone, Password: b.Password})
-	} else {
+	case "pkce":
+		sess, err = a.auth.ExchangePKCE(r.Context(), t, api.ClientOf(r), b.AuthCode, b.CodeVerifier)
+	default:
 		sess, err = a.auth.Refresh(r.Context(), t, api.ClientOf(r), b.RefreshToken)
 	}
 	if err != nil {
@@ -98,6 +107,7 @@ type updateUserBody struct {
 	Email    *string        `json:"email"`
 	Password *string        `json:"password"`
 	Data     map[string]any `json:"data"`
+	Nonce    string         `json:"nonce"`
 }
 
 func (a *API) handleUpdateUser(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
@@ -111,7 +121,8 @@ func (a *API) handleUpdateUser(w http.ResponseWriter, r *http.Request, t auth.Te
 		a.writeError(w, r, err)
 		return
 	}
-	u, err := a.auth.UpdateUser(r.Context(), t, api.ClientOf(r), p, auth.UpdateUserRequest{Email: b.Email, Password: b.Password, Data: b.Data})
+	u, err := a.auth.UpdateUser(r.Context(), t, api.ClientOf(r), p, auth.UpdateUserRequest{Email: b.Email, Password: b.Password, Data: b.Data,
+		Nonce: b.Nonce, RedirectTo: r.URL.Query().Get("redirect_to")})
 	if err != nil {
 		a.writeError(w, r, err)
 		return

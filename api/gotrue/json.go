@@ -15,9 +15,15 @@ type userJSON struct {
 	Role             string          `json:"role"`
 	Email            string          `json:"email"`
 	EmailConfirmedAt *time.Time      `json:"email_confirmed_at,omitempty"`
+	InvitedAt        *time.Time      `json:"invited_at,omitempty"`
 	Phone            string          `json:"phone"`
 	PhoneConfirmedAt *time.Time      `json:"phone_confirmed_at,omitempty"`
+	ConfirmationSent *time.Time      `json:"confirmation_sent_at,omitempty"`
 	ConfirmedAt      *time.Time      `json:"confirmed_at,omitempty"`
+	RecoverySentAt   *time.Time      `json:"recovery_sent_at,omitempty"`
+	NewEmail         string          `json:"new_email,omitempty"`
+	EmailChangeSent  *time.Time      `json:"email_change_sent_at,omitempty"`
+	ReauthSentAt     *time.Time      `json:"reauthentication_sent_at,omitempty"`
 	LastSignInAt     *time.Time      `json:"last_sign_in_at,omitempty"`
 	AppMetadata      json.RawMessage `json:"app_metadata"`
 	UserMetadata     json.RawMessage `json:"user_metadata"`
@@ -66,6 +72,8 @@ func userView(u *auth.User) userJSON {
 		LastSignInAt: u.LastSignInAt, AppMetadata: object(u.AppMetadata), UserMetadata: object(u.UserMetadata),
 		Identities: ids, CreatedAt: u.CreatedAt, UpdatedAt: u.UpdatedAt, IsAnonymous: u.IsAnonymous,
 		BannedUntil: u.BannedUntil, DeletedAt: u.DeletedAt,
+		InvitedAt: u.InvitedAt, ConfirmationSent: u.ConfirmationSentAt, RecoverySentAt: u.RecoverySentAt,
+		NewEmail: u.NewEmail, EmailChangeSent: u.EmailChangeSentAt, ReauthSentAt: u.ReauthenticationSentAt,
 	}
 }
 

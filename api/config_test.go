@@ -27,7 +27,19 @@ func TestAuth_Config(t *testing.T) {
 		}
 		sameKeys(t, "config", r.Body, "disable_signup", "external_anonymous_users_enabled", "mailer_autoconfirm", "password_min_length", "password_required_characters",
 			"jwt_exp", "site_url", "uri_allow_list", "cors_allowed_origins", "oauth_server_enabled", "oauth_server_allow_dynamic_registration",
-			"branding_display_name", "branding_logo_url", "branding_primary_color")
+			"branding_display_name", "branding_logo_url", "branding_primary_color",
+			"mailer_otp_exp", "mailer_secure_email_change_enabled", "security_update_password_require_reauthentication",
+			"smtp_max_frequency", "rate_limit_email_sent", "smtp_host", "smtp_port", "smtp_user", "smtp_pass", "smtp_admin_email", "smtp_sender_name",
+			"mailer_subjects_confirmation", "mailer_templates_confirmation_content", "mailer_templates_confirmation_text",
+			"mailer_subjects_recovery", "mailer_templates_recovery_content", "mailer_templates_recovery_text",
+			"mailer_subjects_magic_link", "mailer_templates_magic_link_content", "mailer_templates_magic_link_text",
+			"mailer_subjects_invite", "mailer_templates_invite_content", "mailer_templates_invite_text",
+			"mailer_subjects_email_change", "mailer_templates_email_change_content", "mailer_templates_email_change_text",
+			"mailer_subjects_reauthentication", "mailer_templates_reauthentication_content", "mailer_templates_reauthentication_text")
+		if r.Body["mailer_otp_exp"] != float64(3600) || r.Body["smtp_max_frequency"] != float64(60) || r.Body["rate_limit_email_sent"] != float64(30) ||
+			r.Body["mailer_secure_email_change_enabled"] != true || r.Body["smtp_pass"] != "" || r.Body["smtp_port"] != "" {
+			t.Fatalf("mail defaults: %s", r.Raw)
+		}
 		if r.Body["oauth_server_enabled"] != true || r.Body["oauth_server_allow_dynamic_registration"] != false {
 			t.Fatalf("oauth defaults: %s", r.Raw)
 		}

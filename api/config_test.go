@@ -29,6 +29,7 @@ func TestAuth_Config(t *testing.T) {
 			"jwt_exp", "site_url", "uri_allow_list", "cors_allowed_origins", "oauth_server_enabled", "oauth_server_allow_dynamic_registration",
 			"branding_display_name", "branding_logo_url", "branding_primary_color",
 			"mailer_otp_exp", "mailer_secure_email_change_enabled", "security_update_password_require_reauthentication",
+			"external_email_linking_enabled", "security_manual_linking_enabled",
 			"smtp_max_frequency", "rate_limit_email_sent", "smtp_host", "smtp_port", "smtp_user", "smtp_pass", "smtp_admin_email", "smtp_sender_name",
 			"mailer_subjects_confirmation", "mailer_templates_confirmation_content", "mailer_templates_confirmation_text",
 			"mailer_subjects_recovery", "mailer_templates_recovery_content", "mailer_templates_recovery_text",

@@ -22,6 +22,7 @@ import (
 	"github.com/keyshard/keyshard/event"
 	"github.com/keyshard/keyshard/mail"
 	"github.com/keyshard/keyshard/transfer"
+	"github.com/keyshard/keyshard/upstream"
 	"github.com/keyshard/keyshard/webhook"
 )
 
@@ -231,7 +232,8 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	}
 	s.conns, s.log = cfg.Conns, log
 	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
-	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, AdminToken: s.AdminToken, Webhooks: s.Webhooks})
+	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, AdminToken: s.AdminToken, Webhooks: s.Webhooks,
+		Upstream: upstream.New(cfg.Events.Webhooks.AllowPrivate), AllowPrivate: cfg.Events.Webhooks.AllowPrivate})
 	if _, err := oidc.Register(s.API, s.Auth, gt, oidc.Options{Secret: master}); err != nil {
 		return nil, fmt.Errorf("oauth provider: %w", err)
 	}

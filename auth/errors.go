@@ -43,6 +43,16 @@ const (
 	CodeReauthNeeded           = "reauthentication_needed"
 	CodeReauthNotValid         = "reauthentication_not_valid"
 	CodeEmailAddressInvalid    = "email_address_invalid"
+
+	CodeProviderNotFound      = "provider_not_found"
+	CodeProviderDisabled      = "provider_disabled"
+	CodeBadOAuthState         = "bad_oauth_state"
+	CodeBadOAuthCallback      = "bad_oauth_callback"
+	CodeIdentityAlreadyExists = "identity_already_exists"
+	CodeIdentityNotFound      = "identity_not_found"
+	CodeSingleIdentity        = "single_identity_not_deletable"
+	CodeManualLinkingDisabled = "manual_linking_disabled"
+	CodeBadIDToken            = "bad_id_token"
 )
 
 var (

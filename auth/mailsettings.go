@@ -213,6 +213,8 @@ func mailSettingFields() []setting {
 		intSetting("mailer_otp_exp", func(st *Settings) *int { return &st.MailerOTPExp }, 60, 86400),
 		boolSetting("mailer_secure_email_change_enabled", func(st *Settings) *bool { return &st.SecureEmailChange }),
 		boolSetting("security_update_password_require_reauthentication", func(st *Settings) *bool { return &st.PasswordRequiresReauth }),
+		boolSetting("external_email_linking_enabled", func(st *Settings) *bool { return &st.EmailLinking }),
+		boolSetting("security_manual_linking_enabled", func(st *Settings) *bool { return &st.ManualLinking }),
 		intSetting("smtp_max_frequency", func(st *Settings) *int { return &st.SMTPMaxFrequency }, 0, 86400),
 		intSetting("rate_limit_email_sent", func(st *Settings) *int { return &st.RateLimitEmailSent }, 0, 1_000_000),
 		{"smtp_host", func(st *Settings) any { return st.SMTPHost },

@@ -54,6 +54,8 @@ type Service struct {
 	now    func() time.Time
 	// deriveKey makes a child refresh token from its parent (see derive).
 	deriveKey []byte
+	// stateKey signs the states of logins through upstream providers.
+	stateKey []byte
 	throttle  *Throttle
 	events    *event.Recorder
 	signups   *SignupLimiter
@@ -80,7 +82,9 @@ func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service 
 	}
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("keyshard refresh token derivation v1"))
-	return &Service{hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
+	sk := hmac.New(sha256.New, secret)
+	sk.Write([]byte("keyshard upstream login state v1"))
+	return &Service{stateKey: sk.Sum(nil), hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
 		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups, settings: newSettingsCache(),
 		mails: newMailLimiter(cfg.Now)}
 }

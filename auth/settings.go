@@ -70,6 +70,13 @@ type Settings struct {
 	SMTPMaxFrequency, RateLimitEmailSent int
 	// MailTemplates per MailKind.
 	MailTemplates [numMailKinds]MailTemplate
+
+	// Upstream providers: a first login through one joins the user of the
+	// same address when the provider verified it
+	// (external_email_linking_enabled, default off); a signed-in user may
+	// link providers (security_manual_linking_enabled, Supabase's, default
+	// off).
+	EmailLinking, ManualLinking bool
 }
 
 // DefaultSettings apply to settings a tenant has not set.

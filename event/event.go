@@ -57,12 +57,19 @@ var (
 	UserEmailChangeRequested  = Type{"user.email_change_requested", "user_email_change_requested"}
 	UserReauthRequested       = Type{"user.reauthenticate_requested", "user_reauthenticate_requested"}
 	UserEmailConfirmed        = Type{"user.email_confirmed", "user_confirmed"}
-	WebhookCreated            = Type{"webhook.created", "webhook_created"}
-	WebhookUpdated            = Type{"webhook.updated", "webhook_updated"}
-	WebhookDeleted            = Type{"webhook.deleted", "webhook_deleted"}
-	WebhookSecretRotated      = Type{"webhook.secret_rotated", "webhook_secret_rotated"}
-	WebhookTest               = Type{"webhook.test", "webhook_test"}
-	WebhookDisabled           = Type{"webhook.disabled", "webhook_disabled"} // deliveries kept failing: an admin must look
+
+	// Upstream identity providers and identities.
+	ProviderCreated      = Type{"identity_provider.created", "identity_provider_created"}
+	ProviderUpdated      = Type{"identity_provider.updated", "identity_provider_updated"}
+	ProviderDeleted      = Type{"identity_provider.deleted", "identity_provider_deleted"}
+	IdentityLinked       = Type{"identity.linked", "identity_linked"}
+	IdentityUnlinked     = Type{"identity.unlinked", "identity_unlinked"}
+	WebhookCreated       = Type{"webhook.created", "webhook_created"}
+	WebhookUpdated       = Type{"webhook.updated", "webhook_updated"}
+	WebhookDeleted       = Type{"webhook.deleted", "webhook_deleted"}
+	WebhookSecretRotated = Type{"webhook.secret_rotated", "webhook_secret_rotated"}
+	WebhookTest          = Type{"webhook.test", "webhook_test"}
+	WebhookDisabled      = Type{"webhook.disabled", "webhook_disabled"} // deliveries kept failing: an admin must look
 )
 
 // ActorKind says who did something.

@@ -146,7 +146,8 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 		if err := stage.Write(ctx, func(tx engine.Querier) error {
 			for _, q := range []string{`DELETE FROM oauth_browser_sessions`, `DELETE FROM oauth_grants`, `DELETE FROM oauth_auth_requests`,
 				`DELETE FROM oauth_device_codes`, `UPDATE oauth_clients SET secret_hash = ''`,
-				`DELETE FROM one_time_tokens`, `DELETE FROM flow_states`,
+				`DELETE FROM one_time_tokens`, `DELETE FROM flow_states`, `DELETE FROM upstream_states`,
+				`UPDATE identity_providers SET client_secret = NULL, enabled = 0`,
 				`UPDATE webhook_endpoints SET enabled = 0, disabled_reason = 'imported as a copy: check the URL, then enable'`,
 				`DELETE FROM refresh_tokens`, `DELETE FROM sessions`, `DELETE FROM outbox`, `DELETE FROM signing_keys`,
 				`DELETE FROM settings WHERE "key" = 'service_key_sha256'`} {

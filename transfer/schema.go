@@ -18,7 +18,7 @@ import (
 // SchemaVersion is the shard schema version the table list below describes.
 // A migration that changes a table must change Tables and this constant;
 // TestTables_MatchSchema fails until it does.
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // Kind is a column's portable type.
 type Kind byte
@@ -92,6 +92,19 @@ var Tables = []Table{
 		{"code_challenge_method", KindText, false}, {"authentication_method", KindText, false},
 		{"auth_code_hash", KindText, false}, {"auth_code_issued_at", KindInt, false},
 		{"created_at", KindInt, false}, {"expires_at", KindInt, false},
+	}},
+	// Upstream identity providers: the client secret is sealed under the
+	// master key for this tenant; login states in flight are live.
+	{Name: "identity_providers", KeyLen: 1, Columns: []Column{
+		{"id", KindText, false}, {"kind", KindText, false}, {"issuer", KindText, false}, {"client_id", KindText, false},
+		{"client_secret", KindBlob, true}, {"scopes", KindText, false}, {"authorization_url", KindText, false},
+		{"token_url", KindText, false}, {"userinfo_url", KindText, false}, {"mapping", KindText, false},
+		{"enabled", KindInt, false}, {"created_at", KindInt, false}, {"updated_at", KindInt, false},
+	}},
+	{Name: "upstream_states", KeyLen: 1, Secret: true, Columns: []Column{
+		{"id_hash", KindText, false}, {"provider_id", KindText, false}, {"redirect_to", KindText, false},
+		{"code_verifier", KindText, false}, {"nonce", KindText, false}, {"flow_state_id", KindText, false},
+		{"link_user_id", KindText, false}, {"expires_at", KindInt, false}, {"created_at", KindInt, false},
 	}},
 	// OAuth: a client's secret hash is a credential; the browser cookies,
 	// pending authorization requests and device codes are live credentials

@@ -16,6 +16,7 @@ import (
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/upstream"
 	"github.com/keyshard/keyshard/webhook"
 )
 
@@ -33,6 +34,8 @@ type API struct {
 	// constant time.
 	adminTokenSum [32]byte
 	webhooks      *webhook.Service
+	upstream      *upstream.Client
+	allowPrivate  bool
 }
 
 // Options configure the API.
@@ -45,11 +48,16 @@ type Options struct {
 	AdminToken string
 	// Webhooks serves the tenants' webhook endpoints (nil: no routes).
 	Webhooks *webhook.Service
+	// Upstream logs users in through tenants' identity providers (nil: no
+	// routes); AllowPrivate lets providers be on private addresses.
+	Upstream     *upstream.Client
+	AllowPrivate bool
 }
 
 // Register adds the GoTrue routes of every tenant to srv.
 func Register(srv *api.Server, svc *auth.Service, o Options) *API {
-	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, adminToken: o.AdminToken, adminTokenSum: sha256.Sum256([]byte(o.AdminToken)), webhooks: o.Webhooks}
+	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, adminToken: o.AdminToken, adminTokenSum: sha256.Sum256([]byte(o.AdminToken)), webhooks: o.Webhooks,
+		upstream: o.Upstream, allowPrivate: o.AllowPrivate}
 	srv.Handle(http.MethodPost, "/t/:tenant/signup", a.withTenant(a.handleSignup))
 	srv.Handle(http.MethodPost, "/t/:tenant/token", a.withTenant(a.handleToken))
 	srv.Handle(http.MethodGet, "/t/:tenant/user", a.withTenant(a.handleGetUser))
@@ -62,6 +70,7 @@ func Register(srv *api.Server, svc *auth.Service, o Options) *API {
 	a.registerOAuthClientRoutes()
 	a.registerWebhookRoutes()
 	a.registerMailRoutes()
+	a.registerExternalRoutes()
 	return a
 }
 

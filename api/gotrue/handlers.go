@@ -57,11 +57,12 @@ type tokenBody struct {
 	RefreshToken string `json:"refresh_token"`
 	AuthCode     string `json:"auth_code"`
 	CodeVerifier string `json:"code_verifier"`
+	idTokenBody
 }
 
 func (a *API) handleToken(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
 	grant := r.URL.Query().Get("grant_type")
-	if grant != "password" && grant != "refresh_token" && grant != "pkce" {
+	if grant != "password" && grant != "refresh_token" && grant != "pkce" && grant != "id_token" {
 		a.writeError(w, r, engine.NewError(engine.KindInvalid, auth.CodeUnsupportedGrant, "unsupported_grant_type"))
 		return
 	}
@@ -77,6 +78,8 @@ func (a *API) handleToken(w http.ResponseWriter, r *http.Request, t auth.Tenant)
 		sess, err = a.auth.Login(r.Context(), t, api.ClientOf(r), auth.PasswordRequest{Email: b.Email, Phone: b.Phone, Password: b.Password})
 	case "pkce":
 		sess, err = a.auth.ExchangePKCE(r.Context(), t, api.ClientOf(r), b.AuthCode, b.CodeVerifier)
+	case "id_token":
+		sess, err = a.idTokenGrant(r, t, b.idTokenBody)
 	default:
 		sess, err = a.auth.Refresh(r.Context(), t, api.ClientOf(r), b.RefreshToken)
 	}
@@ -157,6 +160,15 @@ func (a *API) handleGetSettings(w http.ResponseWriter, r *http.Request, t auth.T
 	external := map[string]bool{"email": true, "phone": false, "anonymous_users": st.AnonymousUsers}
 	for _, p := range externalProviders {
 		external[p] = false
+	}
+	// The tenant's own providers, enabled or not, by the id /authorize takes.
+	ps, err := a.auth.ListProviders(r.Context(), t)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	for _, p := range ps {
+		external[p.ID] = p.Enabled
 	}
 	api.WriteJSON(w, http.StatusOK, map[string]any{
 		"external":            external,

@@ -4,7 +4,6 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 
 	"github.com/keyshard/keyshard/api"
@@ -209,11 +208,8 @@ func (a *API) handleVerifyLink(w http.ResponseWriter, r *http.Request, t auth.Te
 	case v.Session == nil:
 		http.Redirect(w, r, withFragment(v.RedirectTo, url.Values{"message": {v.Message}, "sb": {""}}), http.StatusSeeOther)
 	default:
-		s := v.Session
 		noStore(w)
-		http.Redirect(w, r, withFragment(v.RedirectTo, url.Values{"access_token": {s.AccessToken}, "token_type": {"bearer"},
-			"expires_in": {strconv.FormatInt(s.ExpiresIn, 10)}, "expires_at": {strconv.FormatInt(s.ExpiresAt, 10)},
-			"refresh_token": {s.RefreshToken}, "type": {v.Type}, "sb": {""}}), http.StatusSeeOther)
+		http.Redirect(w, r, withFragment(v.RedirectTo, sessionFragment(v.Session, v.Type)), http.StatusSeeOther)
 	}
 }
 

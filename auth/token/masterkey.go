@@ -119,3 +119,14 @@ func (s *sealer) open(sealed []byte, tenantID, kid string) ([]byte, error) {
 	}
 	return plain, nil
 }
+
+// SealSecret encrypts a tenant's secret (an upstream provider's client
+// secret) under the master key, bound to the tenant and the secret's name.
+func (k *Keys) SealSecret(tenantID, name string, plain []byte) []byte {
+	return k.sealer.seal(plain, tenantID, "secret:"+name)
+}
+
+// OpenSecret decrypts what SealSecret sealed for the same tenant and name.
+func (k *Keys) OpenSecret(tenantID, name string, sealed []byte) ([]byte, error) {
+	return k.sealer.open(sealed, tenantID, "secret:"+name)
+}

@@ -75,10 +75,10 @@ func TestLayers(t *testing.T) {
 					}
 				}
 			}
-			// webhook and mail send outbound (HTTP, SMTP) beside the
-			// flows: they import nothing above api, and nothing below api
-			// imports them.
-			for _, out := range []string{"webhook", "mail"} {
+			// webhook, mail and upstream send outbound (HTTP, SMTP,
+			// OAuth) beside the flows: they import nothing above api, and
+			// nothing below api imports them.
+			for _, out := range []string{"webhook", "mail", "upstream"} {
 				if under(pkg, out) && ours {
 					for _, a := range above {
 						if under(local, a) {

@@ -445,3 +445,84 @@ func TestUpstream_ProviderAdmin(t *testing.T) {
 		t.Fatalf("after delete: %d %s", r.Status, r.Raw)
 	}
 }
+
+// TestUpstream_KeyshardTenantAsProvider: tenant "app" logs its users in
+// through tenant "idp" of the same server, a real OpenID provider: its
+// hosted login and consent pages, its code flow, its ID tokens.
+func TestUpstream_KeyshardTenantAsProvider(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{events: app.EventsConfig{Webhooks: app.WebhooksConfig{AllowPrivate: true}}})
+	appBase := e.URL + "/t/app"
+	idp := newOAuthSetup(t, e, "idp", map[string]any{"client_name": "App", "redirect_uris": []string{appBase + "/callback"},
+		"grant_types": []string{"authorization_code", "refresh_token"}})
+	e.tenant("app")
+	key := e.serviceKey("app")
+	if r := e.call("PATCH", appBase+"/admin/config/auth", key, map[string]any{"site_url": "http://localhost:3000",
+		"uri_allow_list": "http://localhost:3000/**"}); r.Status != 200 {
+		t.Fatalf("config: %d %s", r.Status, r.Raw)
+	}
+	if r := e.call("POST", appBase+"/admin/custom-providers", key, map[string]any{"id": "idp", "issuer": idp.base,
+		"client_id": idp.cfg.ClientID, "client_secret": idp.cfg.ClientSecret, "scopes": []string{"openid", "email", "profile"}}); r.Status != 201 {
+		t.Fatalf("provider: %d %s", r.Status, r.Raw)
+	}
+	verifier := strings.Repeat("k", 64)
+	b := newBrowser(t)
+	q := url.Values{"provider": {"idp"}, "redirect_to": {"http://localhost:3000/welcome"}, "code_challenge": {s256(verifier)}, "code_challenge_method": {"s256"}}
+	pg := b.until(e.URL, b.do("GET", appBase+"/authorize?"+q.Encode(), nil))
+	if strings.Contains(pg.Body, `name="password"`) {
+		pg = b.until(e.URL, b.submit(idp.base, pg, map[string]string{"email": idp.email, "password": idp.password}))
+	}
+	if strings.Contains(pg.Body, `value="allow"`) {
+		pg = b.until(e.URL, b.submit(idp.base, pg, map[string]string{"decision": "allow"}))
+	}
+	loc, err := url.Parse(pg.Location)
+	if err != nil || !strings.HasPrefix(pg.Location, "http://localhost:3000/welcome?code=") {
+		t.Fatalf("the round trip did not come back with a code: %d %s %s", pg.Status, pg.Location, pg.Body)
+	}
+	s := e.call("POST", appBase+"/token?grant_type=pkce", "", map[string]any{"auth_code": loc.Query().Get("code"), "code_verifier": verifier})
+	if s.Status != 200 {
+		t.Fatalf("exchange: %d %s", s.Status, s.Raw)
+	}
+	me := e.call("GET", appBase+"/user", s.str("access_token"), nil)
+	ids, _ := me.Body["identities"].([]any)
+	if me.str("email") != idp.email || len(ids) != 1 || ids[0].(map[string]any)["provider"] != "idp" {
+		t.Fatalf("user: %s", me.Raw)
+	}
+	// The app's token is worthless at the provider tenant, and the other way.
+	if r := e.call("GET", idp.base+"/user", s.str("access_token"), nil); r.Status != 403 {
+		t.Fatalf("app token at idp: %d %s", r.Status, r.Raw)
+	}
+}
+
+// TestUpstream_PresetFromConfig: a preset turned on in the auth config by
+// Supabase's names becomes a provider; its secret reads back masked.
+func TestUpstream_PresetFromConfig(t *testing.T) {
+	u := newUpstreamEnv(t)
+	r := u.call("PATCH", u.base+"/admin/config/auth", u.key, map[string]any{"external_github_enabled": true,
+		"external_github_client_id": "gh-client", "external_github_secret": "gh-secret"})
+	if r.Status != 200 || r.Body["external_github_enabled"] != true || r.Body["external_github_secret"] != "********" || strings.Contains(string(r.Raw), "gh-secret") {
+		t.Fatalf("config: %d %s", r.Status, r.Raw)
+	}
+	// Sending the mask back keeps the secret; an ill-typed field changes nothing.
+	if r := u.call("PATCH", u.base+"/admin/config/auth", u.key, map[string]any{"external_github_secret": "********", "external_github_client_id": "gh-2"}); r.Status != 200 {
+		t.Fatalf("mask back: %d %s", r.Status, r.Raw)
+	}
+	if r := u.call("PATCH", u.base+"/admin/config/auth", u.key, map[string]any{"external_github_enabled": "yes", "site_url": "http://other.test"}); r.Status != 400 {
+		t.Fatalf("ill-typed: %d %s", r.Status, r.Raw)
+	}
+	p := u.call("GET", u.base+"/admin/custom-providers/github", u.key, nil)
+	if p.Status != 200 || p.str("type") != "github" || p.str("client_id") != "gh-2" || p.Body["client_secret_set"] != true {
+		t.Fatalf("provider: %d %s", p.Status, p.Raw)
+	}
+	if st := u.call("GET", u.base+"/settings", "", nil); !strings.Contains(string(st.Raw), `"github":true`) {
+		t.Fatalf("settings: %s", st.Raw)
+	}
+	a := newBrowser(t).do("GET", u.base+"/authorize?provider=github&redirect_to=http://localhost:3000/welcome", nil)
+	au, _ := url.Parse(a.Location)
+	if a.Status != 302 || !strings.HasPrefix(a.Location, "https://github.com/login/oauth/authorize?") || au.Query().Get("client_id") != "gh-2" ||
+		au.Query().Get("redirect_uri") != u.base+"/callback" || au.Query().Get("code_challenge") == "" {
+		t.Fatalf("authorize: %d %s", a.Status, a.Location)
+	}
+	if c := u.call("GET", u.base+"/admin/config/auth", u.key, nil); c.Body["site_url"] != "http://localhost:3000" {
+		t.Fatalf("the refused patch changed site_url: %s", c.Raw)
+	}
+}

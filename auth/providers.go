@@ -278,17 +278,38 @@ func (s *Service) GetProvider(ctx context.Context, t Tenant, id string) (*Identi
 
 // SaveProvider creates (id not taken) or changes (update) a provider.
 func (s *Service) SaveProvider(ctx context.Context, t Tenant, c Client, id string, req ProviderRequest, update bool) (*IdentityProvider, error) {
-	var p *IdentityProvider
+	var cur *IdentityProvider
 	if update {
-		cur, err := s.GetProvider(ctx, t, id)
-		if err != nil {
+		var err error
+		if cur, err = s.GetProvider(ctx, t, id); err != nil {
 			return nil, err
 		}
-		if req.ID != nil && *req.ID != id {
-			return nil, validationf("id cannot change")
+	}
+	p, sealed, err := s.prepareProvider(t, cur, id, req)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC().Truncate(time.Microsecond)
+	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
+		return s.writeProvider(tx, t, c, p, sealed, update, now)
+	})
+	if err != nil {
+		return nil, writeError(err, engine.KindUnavailable)
+	}
+	p.ClientSecret = ""
+	return p, nil
+}
+
+// prepareProvider applies req to cur (nil: a new provider id) and seals
+// its secret.
+func (s *Service) prepareProvider(t Tenant, cur *IdentityProvider, id string, req ProviderRequest) (*IdentityProvider, []byte, error) {
+	var p *IdentityProvider
+	if cur != nil {
+		if req.ID != nil && *req.ID != cur.ID {
+			return nil, nil, validationf("id cannot change")
 		}
 		if req.Kind != nil && *req.Kind != cur.Kind {
-			return nil, validationf("type cannot change")
+			return nil, nil, validationf("type cannot change")
 		}
 		p = cur
 	} else {
@@ -296,10 +317,10 @@ func (s *Service) SaveProvider(ctx context.Context, t Tenant, c Client, id strin
 			id = *req.ID
 		}
 		if !providerIDRe.MatchString(id) {
-			return nil, validationf("id must be 1 to 40 of [a-z0-9_-], starting with a letter or digit")
+			return nil, nil, validationf("id must be 1 to 40 of [a-z0-9_-], starting with a letter or digit")
 		}
 		if id == "email" || id == "phone" || id == "anonymous" {
-			return nil, validationf("id %q is reserved", id)
+			return nil, nil, validationf("id %q is reserved", id)
 		}
 		p = &IdentityProvider{ID: id, Enabled: true}
 		if req.Kind == nil {
@@ -310,7 +331,7 @@ func (s *Service) SaveProvider(ctx context.Context, t Tenant, c Client, id strin
 		}
 	}
 	if err := req.apply(p); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var sealed []byte
 	if p.ClientSecret != "" {
@@ -319,38 +340,133 @@ func (s *Service) SaveProvider(ctx context.Context, t Tenant, c Client, id strin
 	if p.Mapping == nil {
 		p.Mapping = map[string]string{}
 	}
-	now := s.now().UTC().Truncate(time.Microsecond)
+	return p, sealed, nil
+}
+
+// writeProvider stores p in tx with its event.
+func (s *Service) writeProvider(tx engine.Querier, t Tenant, c Client, p *IdentityProvider, sealed []byte, update bool, now time.Time) error {
 	ts := now.UnixMicro()
-	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
-		typ := event.ProviderCreated
-		if update {
-			typ = event.ProviderUpdated
-			if _, err := tx.Exec(`UPDATE identity_providers SET issuer = ?, client_id = ?, client_secret = ?, scopes = ?, authorization_url = ?,
-				token_url = ?, userinfo_url = ?, mapping = ?, enabled = ?, updated_at = ? WHERE id = ?`,
-				p.Issuer, p.ClientID, sealed, mustJSON(p.Scopes), p.AuthorizationURL, p.TokenURL, p.UserinfoURL, mustJSON(p.Mapping),
-				p.Enabled, ts, p.ID); err != nil {
-				return err
+	typ := event.ProviderCreated
+	if update {
+		typ = event.ProviderUpdated
+		if _, err := tx.Exec(`UPDATE identity_providers SET issuer = ?, client_id = ?, client_secret = ?, scopes = ?, authorization_url = ?,
+			token_url = ?, userinfo_url = ?, mapping = ?, enabled = ?, updated_at = ? WHERE id = ?`,
+			p.Issuer, p.ClientID, sealed, mustJSON(p.Scopes), p.AuthorizationURL, p.TokenURL, p.UserinfoURL, mustJSON(p.Mapping),
+			p.Enabled, ts, p.ID); err != nil {
+			return err
+		}
+	} else {
+		p.CreatedAt = now
+		if _, err := tx.Exec(`INSERT INTO identity_providers (`+providerColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			p.ID, p.Kind, p.Issuer, p.ClientID, sealed, mustJSON(p.Scopes), p.AuthorizationURL, p.TokenURL, p.UserinfoURL,
+			mustJSON(p.Mapping), p.Enabled, ts, ts); err != nil {
+			if errors.Is(err, engine.ErrConflict) {
+				return newError(engine.KindConflict, "provider_exists", "A provider with this id exists")
 			}
-		} else {
-			p.CreatedAt = now
-			if _, err := tx.Exec(`INSERT INTO identity_providers (`+providerColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-				p.ID, p.Kind, p.Issuer, p.ClientID, sealed, mustJSON(p.Scopes), p.AuthorizationURL, p.TokenURL, p.UserinfoURL,
-				mustJSON(p.Mapping), p.Enabled, ts, ts); err != nil {
-				if errors.Is(err, engine.ErrConflict) {
-					return newError(engine.KindConflict, "provider_exists", "A provider with this id exists")
+			return err
+		}
+	}
+	p.UpdatedAt = now
+	return s.record(tx, t, &event.Event{Type: typ, Actor: c.AdminActor(), IP: c.IP,
+		Data: map[string]any{"provider": p.ID, "type": p.Kind}, At: now})
+}
+
+// Presets in the auth config, by Supabase's names:
+// external_<preset>_enabled, _client_id, _secret, and _url (the tenant
+// URL of azure and gitlab). They are the provider rows of the presets'
+// ids; the secret reads back masked.
+
+// presetField splits an external_<preset>_<field> name.
+func presetField(name string) (preset, field string, ok bool) {
+	rest, found := strings.CutPrefix(name, "external_")
+	if !found {
+		return "", "", false
+	}
+	for p := range Presets {
+		if f, ok := strings.CutPrefix(rest, p+"_"); ok && (f == "enabled" || f == "client_id" || f == "secret" || f == "url") {
+			return p, f, true
+		}
+	}
+	return "", "", false
+}
+
+// presetRequests turns the preset fields of a config patch into provider
+// requests, and removes them from the patch.
+func presetRequests(patch map[string]json.RawMessage) (map[string]*ProviderRequest, error) {
+	out := map[string]*ProviderRequest{}
+	for name, raw := range patch {
+		preset, field, ok := presetField(name)
+		if !ok {
+			continue
+		}
+		delete(patch, name)
+		req := out[preset]
+		if req == nil {
+			req = &ProviderRequest{}
+			out[preset] = req
+		}
+		var err error
+		switch field {
+		case "enabled":
+			var b bool
+			err = decodeSetting(raw, &b)
+			req.Enabled = &b
+		case "client_id":
+			var v string
+			err = decodeSetting(raw, &v)
+			req.ClientID = &v
+		case "secret":
+			var v string
+			if err = decodeSetting(raw, &v); err == nil && v != secretMask {
+				req.ClientSecret = &v
+			}
+		case "url":
+			var v string
+			if err = decodeSetting(raw, &v); err == nil && v != "" {
+				issuer := strings.TrimRight(v, "/")
+				if preset == "azure" {
+					issuer += "/v2.0"
 				}
-				return err
+				req.Issuer = &issuer
 			}
 		}
-		p.UpdatedAt = now
-		return s.record(tx, t, &event.Event{Type: typ, Actor: c.AdminActor(), IP: c.IP,
-			Data: map[string]any{"provider": p.ID, "type": p.Kind}, At: now})
-	})
-	if err != nil {
-		return nil, writeError(err, engine.KindUnavailable)
+		if err != nil {
+			return nil, validationf("Auth config field %q %v", name, err)
+		}
 	}
-	p.ClientSecret = ""
-	return p, nil
+	return out, nil
+}
+
+// PresetSettings are the presets' fields of the auth config.
+func (s *Service) PresetSettings(ctx context.Context, t Tenant) (map[string]any, error) {
+	ps, err := s.ListProviders(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]any{}
+	for name := range Presets {
+		out["external_"+name+"_enabled"], out["external_"+name+"_client_id"], out["external_"+name+"_secret"] = false, "", ""
+		if name == "azure" || name == "gitlab" {
+			out["external_"+name+"_url"] = ""
+		}
+	}
+	for _, p := range ps {
+		if _, ok := Presets[p.ID]; !ok || p.Kind != p.ID {
+			continue
+		}
+		out["external_"+p.ID+"_enabled"], out["external_"+p.ID+"_client_id"] = p.Enabled, p.ClientID
+		if p.HasSecret {
+			out["external_"+p.ID+"_secret"] = secretMask
+		}
+		if p.ID == "azure" || p.ID == "gitlab" {
+			u := strings.TrimSuffix(p.Issuer, "/v2.0")
+			if u == strings.TrimSuffix(Presets[p.ID].Issuer, "/v2.0") {
+				u = ""
+			}
+			out["external_"+p.ID+"_url"] = u
+		}
+	}
+	return out, nil
 }
 
 // DeleteProvider removes a provider; its users keep their identities

@@ -56,11 +56,11 @@ type Service struct {
 	deriveKey []byte
 	// stateKey signs the states of logins through upstream providers.
 	stateKey []byte
-	throttle  *Throttle
-	events    *event.Recorder
-	signups   *SignupLimiter
-	settings  *lru.Cache[string, cachedSettings] // see CachedSettings
-	mails     *mailLimiter
+	throttle *Throttle
+	events   *event.Recorder
+	signups  *SignupLimiter
+	settings *lru.Cache[string, cachedSettings] // see CachedSettings
+	mails    *mailLimiter
 
 	settingsMu sync.Mutex // orders the check and the add of cacheSettings
 }

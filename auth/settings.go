@@ -3,8 +3,11 @@ package auth
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -403,6 +406,32 @@ func newSettingsCache() *lru.Cache[string, cachedSettings] {
 // range is a validation_failed naming the field. The change is one write
 // with its settings.updated event, which actor caused.
 func (s *Service) UpdateSettings(ctx context.Context, t Tenant, c Client, actor event.Actor, patch map[string]json.RawMessage) (Settings, error) {
+	patch = maps.Clone(patch)
+	presets, err := presetRequests(patch)
+	if err != nil {
+		return Settings{}, err
+	}
+	type presetChange struct {
+		p      *IdentityProvider
+		sealed []byte
+		update bool
+	}
+	var changes []presetChange
+	for _, id := range slices.Sorted(maps.Keys(presets)) {
+		cur, err := s.GetProvider(ctx, t, id)
+		var ae *engine.Error
+		if errors.As(err, &ae) && ae.Code == CodeProviderNotFound {
+			cur, err = nil, nil
+		}
+		if err != nil {
+			return Settings{}, err
+		}
+		p, sealed, err := s.prepareProvider(t, cur, id, *presets[id])
+		if err != nil {
+			return Settings{}, validationf("external_%s: %s", id, strings.TrimPrefix(err.Error(), "validation_failed: "))
+		}
+		changes = append(changes, presetChange{p, sealed, cur != nil})
+	}
 	names := make([]string, 0, len(patch))
 	for name := range patch {
 		names = append(names, name)
@@ -418,9 +447,14 @@ func (s *Service) UpdateSettings(ctx context.Context, t Tenant, c Client, actor 
 			return Settings{}, validationf("Auth config field %q %v", name, err)
 		}
 	}
-	now := s.now().UTC()
+	now := s.now().UTC().Truncate(time.Microsecond)
 	var st Settings
-	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
+	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
+		for _, ch := range changes {
+			if err := s.writeProvider(tx, t, c, ch.p, ch.sealed, ch.update, now); err != nil {
+				return err
+			}
+		}
 		for _, name := range names {
 			if name == "smtp_pass" && string(patch[name]) == `"`+secretMask+`"` {
 				continue // the mask GET shows: the stored password stays

@@ -46,7 +46,22 @@ func (a *API) handleGetConfig(w http.ResponseWriter, r *http.Request, t auth.Ten
 		a.writeError(w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, st.Map())
+	a.writeConfig(w, r, t, st)
+}
+
+// writeConfig answers the auth config: the settings and the presets'
+// provider fields.
+func (a *API) writeConfig(w http.ResponseWriter, r *http.Request, t auth.Tenant, st auth.Settings) {
+	m := st.Map()
+	presets, err := a.auth.PresetSettings(r.Context(), t)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	for k, v := range presets {
+		m[k] = v
+	}
+	api.WriteJSON(w, http.StatusOK, m)
 }
 
 func (a *API) handlePatchConfig(w http.ResponseWriter, r *http.Request, t auth.Tenant, actor event.Actor) {
@@ -64,5 +79,5 @@ func (a *API) handlePatchConfig(w http.ResponseWriter, r *http.Request, t auth.T
 		a.writeError(w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, st.Map())
+	a.writeConfig(w, r, t, st)
 }

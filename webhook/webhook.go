@@ -38,6 +38,7 @@ var Events = []string{
 	event.SessionRevoked.Name, event.PasswordChanged.Name, event.SettingsUpdated.Name, event.WebhookTest.Name,
 	event.OAuthClientCreated.Name, event.OAuthClientUpdated.Name, event.OAuthClientDeleted.Name,
 	event.OAuthTokenIssued.Name, event.WebhookDisabled.Name, event.UserInvited.Name, event.UserEmailConfirmed.Name,
+	event.IdentityLinked.Name, event.IdentityUnlinked.Name,
 }
 
 // Endpoint is a tenant's webhook endpoint.

@@ -207,7 +207,7 @@ func TestUpstream_PKCE(t *testing.T) {
 	if r.Status != http.StatusFound || code == "" || loc.Fragment != "" {
 		t.Fatalf("callback: %d %s", r.Status, r.Location)
 	}
-	if x := u.call("POST", u.base+"/token?grant_type=pkce", "", map[string]any{"auth_code": code, "code_verifier": "wrong" + verifier}); x.Status != 403 {
+	if x := u.call("POST", u.base+"/token?grant_type=pkce", "", map[string]any{"auth_code": code, "code_verifier": "wrong" + verifier}); x.Status != 400 || x.str("error_code") != "bad_code_verifier" {
 		t.Fatalf("wrong verifier: %d %s", x.Status, x.Raw)
 	}
 	// The wrong verifier spent the code.

@@ -616,8 +616,10 @@ type UpdateUserRequest struct {
 	Data     map[string]any
 	// Nonce is the code GET /reauthenticate mailed, for a password change.
 	Nonce string
-	// RedirectTo is where the email change's links go.
-	RedirectTo string
+	// RedirectTo is where the email change's links go; with a PKCE
+	// challenge they end in ?code= (auth-js flowType pkce).
+	RedirectTo                         string
+	CodeChallenge, CodeChallengeMethod string
 }
 
 // UpdateUser changes the caller's email, password and metadata (keys set
@@ -653,6 +655,10 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 	if err != nil {
 		return nil, err
 	}
+	pc, err := parseChallenge(req.CodeChallenge, req.CodeChallengeMethod)
+	if err != nil {
+		return nil, err
+	}
 	if req.Email != nil {
 		e := NormalizeEmail(*req.Email)
 		if e != u.Email {
@@ -670,6 +676,16 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		}
 	}
 	if req.Password != nil {
+		if !admin && u.EncryptedPassword != "" {
+			// As GoTrue: a new password must differ from the current one.
+			same, _, err := s.hashes.Verify(ctx, u.EncryptedPassword, *req.Password)
+			if err != nil {
+				return nil, hashError(err)
+			}
+			if same {
+				return nil, newError(engine.KindRefused, "same_password", "New password should be different from the old password.")
+			}
+		}
 		var err error
 		if pwHash, err = s.newPasswordHash(ctx, t, *req.Password); err != nil {
 			return nil, err
@@ -698,7 +714,7 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			} else if !errors.Is(err, engine.ErrNoRows) {
 				return err
 			}
-			if err := s.sendEmailChange(tx, t, st, cur, pendingEmail, req.RedirectTo, now); err != nil {
+			if err := s.sendEmailChange(tx, t, st, cur, pendingEmail, pc, req.RedirectTo, now); err != nil {
 				return err
 			}
 			if err := s.recordRequest(tx, t, c, event.UserEmailChangeRequested, cur, cur.Email, now, nil); err != nil {

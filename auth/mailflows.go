@@ -205,7 +205,7 @@ func (s *Service) Resend(ctx context.Context, t Tenant, c Client, typ string, re
 			}
 			return s.recordRequest(tx, t, c, event.UserConfirmationRequested, u, email, now, nil)
 		case typ == "email_change" && u.NewEmail != "":
-			if err := s.sendEmailChange(tx, t, st, u, u.NewEmail, req.RedirectTo, now); err != nil {
+			if err := s.sendEmailChange(tx, t, st, u, u.NewEmail, pc, req.RedirectTo, now); err != nil {
 				return err
 			}
 			return s.recordRequest(tx, t, c, event.UserEmailChangeRequested, u, email, now, nil)
@@ -222,12 +222,12 @@ func (s *Service) Resend(ctx context.Context, t Tenant, c Client, typ string, re
 // sendEmailChange mails the confirmations of u's change to newEmail: to
 // the new address, and to the current one when the tenant asks both
 // (secure email change, the default).
-func (s *Service) sendEmailChange(tx engine.Querier, t Tenant, st Settings, u *User, newEmail, redirectTo string, now time.Time) error {
-	if err := s.sendTokenMail(tx, t, st, u, MailEmailChange, tokEmailChangeNew, "email_change", newEmail, newEmail, nil, redirectTo, now); err != nil {
+func (s *Service) sendEmailChange(tx engine.Querier, t Tenant, st Settings, u *User, newEmail string, pc *pkceChallenge, redirectTo string, now time.Time) error {
+	if err := s.sendTokenMail(tx, t, st, u, MailEmailChange, tokEmailChangeNew, "email_change", newEmail, newEmail, pc, redirectTo, now); err != nil {
 		return err
 	}
 	if st.SecureEmailChange && u.Email != "" {
-		if err := s.sendTokenMail(tx, t, st, u, MailEmailChange, tokEmailChangeCurrent, "email_change", u.Email, newEmail, nil, redirectTo, now); err != nil {
+		if err := s.sendTokenMail(tx, t, st, u, MailEmailChange, tokEmailChangeCurrent, "email_change", u.Email, newEmail, pc, redirectTo, now); err != nil {
 			return err
 		}
 	} else if _, err := tx.Exec(`DELETE FROM one_time_tokens WHERE user_id = ? AND kind = ?`, u.ID, tokEmailChangeCurrent); err != nil {
@@ -485,6 +485,26 @@ func (s *Service) GenerateLink(ctx context.Context, t Tenant, c Client, req Gene
 			}
 			kind = tokInvite
 		case "magiclink", "recovery":
+			if u == nil && req.Type == "magiclink" {
+				// As GoTrue: a magic link for a new address makes the user
+				// and is its signup link.
+				uid, err := newUser{email: email, data: req.Data}.insert(tx, now)
+				if err != nil {
+					return err
+				}
+				if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: c.AdminActor(), Target: event.Target{ID: uid, Email: email},
+					IP: c.IP, Data: map[string]any{"provider": "email", "by": "generate_link"}, At: now}); err != nil {
+					return err
+				}
+				if u, err = userByID(tx, uid); err != nil {
+					return err
+				}
+				kind, typ, out.VerificationType = tokSignup, "signup", "signup"
+				if _, err := tx.Exec(`UPDATE users SET confirmation_sent_at = ? WHERE id = ?`, ts, u.ID); err != nil {
+					return err
+				}
+				break
+			}
 			if u == nil {
 				return newError(engine.KindNotFound, CodeUserNotFound, "User with this email not found")
 			}
@@ -833,11 +853,11 @@ func (s *Service) ExchangePKCE(ctx context.Context, t Tenant, c Client, authCode
 			return err
 		}
 		if userID == nil || issuedAt == nil || now.Sub(time.UnixMicro(*issuedAt)) > authCodeTTL {
-			failure = newError(engine.KindRefused, CodeFlowStateExpired, "PKCE flow state has expired")
+			failure = newError(engine.KindRefused, CodeFlowStateExpired, "invalid flow state, flow state has expired")
 			return nil
 		}
 		if !checkVerifier(method, challenge, verifier) {
-			failure = newError(engine.KindForbidden, CodeBadCodeVerifier, "code challenge does not match previously saved code verifier")
+			failure = newError(engine.KindInvalid, CodeBadCodeVerifier, "code challenge does not match previously saved code verifier")
 			return nil
 		}
 		u, err := userByID(tx, *userID)

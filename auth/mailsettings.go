@@ -154,8 +154,12 @@ func (st *Settings) render(k MailKind, to string, d MailData) (renderedMail, err
 // maxTemplate bounds a template's size, and what it renders to.
 const maxTemplate = 64 << 10
 
+// execText and execHTML run a template on d. A field MailData lacks fails
+// (checked when a template is saved); a metadata key (.Data.x) the user
+// lacks renders as Go's default, not an error: metadata differ from user
+// to user, and a failing render would fail the request that mails.
 func execText(src string, d MailData) (string, error) {
-	t, err := texttemplate.New("").Option("missingkey=error").Parse(src)
+	t, err := texttemplate.New("").Parse(src)
 	if err != nil {
 		return "", err
 	}
@@ -165,7 +169,7 @@ func execText(src string, d MailData) (string, error) {
 }
 
 func execHTML(src string, d MailData) (string, error) {
-	t, err := htmltemplate.New("").Option("missingkey=error").Parse(src)
+	t, err := htmltemplate.New("").Parse(src)
 	if err != nil {
 		return "", err
 	}

@@ -461,7 +461,12 @@ func (s *Service) UpdateSettings(ctx context.Context, t Tenant, c Client, actor 
 			}
 			f, _ := settingField(name)
 			_ = f.set(s, &probe, patch[name]) // checked above
-			value, _ := json.Marshal(f.get(&probe))
+			var value []byte
+			if name == "smtp_pass" { // its get shows the mask
+				value, _ = json.Marshal(probe.SMTPPass)
+			} else {
+				value, _ = json.Marshal(f.get(&probe))
+			}
 			if _, err := tx.Exec(`DELETE FROM settings WHERE "key" = ?`, name); err != nil {
 				return err
 			}

@@ -111,6 +111,9 @@ type updateUserBody struct {
 	Password *string        `json:"password"`
 	Data     map[string]any `json:"data"`
 	Nonce    string         `json:"nonce"`
+	// CodeChallenge, CodeChallengeMethod: an email change's PKCE.
+	CodeChallenge       string `json:"code_challenge"`
+	CodeChallengeMethod string `json:"code_challenge_method"`
 }
 
 func (a *API) handleUpdateUser(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
@@ -125,7 +128,7 @@ func (a *API) handleUpdateUser(w http.ResponseWriter, r *http.Request, t auth.Te
 		return
 	}
 	u, err := a.auth.UpdateUser(r.Context(), t, api.ClientOf(r), p, auth.UpdateUserRequest{Email: b.Email, Password: b.Password, Data: b.Data,
-		Nonce: b.Nonce, RedirectTo: r.URL.Query().Get("redirect_to")})
+		Nonce: b.Nonce, RedirectTo: r.URL.Query().Get("redirect_to"), CodeChallenge: b.CodeChallenge, CodeChallengeMethod: b.CodeChallengeMethod})
 	if err != nil {
 		a.writeError(w, r, err)
 		return

@@ -27,7 +27,7 @@ func runServe(args []string) error {
 	fs.IntVar(&conns.Total, "max-conns", 8192, "most HTTP connections open at once; past it new ones get 503 and are closed (0: no cap)")
 	fs.IntVar(&conns.PerAddr, "max-conns-per-client", 1024, "most HTTP connections open at once from one client address (0: no cap; behind a reverse proxy every client has its address)")
 	bodyTimeout := fs.Duration("body-timeout", api.DefaultBodyTimeout, "longest time a request body may take to arrive (an upload: the longest stall); past it the request gets 408")
-	outboundPrivate := fs.Bool("outbound-allow-private", false, "let webhook endpoints and tenants' own SMTP servers be on loopback, private, link-local and metadata addresses (refused by default, checked after DNS resolution)")
+	outboundPrivate := fs.Bool("outbound-allow-private", false, "let webhook endpoints, tenants' own SMTP servers and identity providers be on loopback, private, link-local and metadata addresses (refused by default, checked after DNS resolution)")
 	smtpURL := fs.String("smtp-url", "", "the server's SMTP server for tenants' mails: smtp://user:pass@host:port (STARTTLS when offered; ?tls=required insists, ?auth=login for AUTH LOGIN) or smtps://… (implicit TLS); empty: only tenants with their own smtp_host send mail")
 	smtpFrom := fs.String("smtp-from", "", "the sender of mails through --smtp-url (\"Name <addr>\" or addr); a tenant's smtp_admin_email and smtp_sender_name override it")
 	if err := parse(fs, args); err != nil {

@@ -1,0 +1,48 @@
+package api_test
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestMail_GoTrueParity: what GoTrue does and auth-js relies on, found by
+// the auth-js tests: a PKCE email change, generate_link magiclink for a
+// new address, a new password equal to the current one.
+func TestMail_GoTrueParity(t *testing.T) {
+	t.Run("pkce email change", func(t *testing.T) {
+		e := newMailEnv(t, map[string]any{"mailer_secure_email_change_enabled": false})
+		e.user("old@example.com", "correct horse 1", nil)
+		at := e.session("old@example.com", "correct horse 1").str("access_token")
+		verifier, code := e.pkceLink(t, "new@example.com", 1, "email_change", func(ch string) authResp {
+			return e.call("PUT", e.base+"/user?redirect_to=http://localhost:3000/welcome", at, map[string]any{"email": "new@example.com",
+				"code_challenge": ch, "code_challenge_method": "s256"})
+		})
+		s := e.exchange(e.base, code, verifier)
+		if s.Status != 200 {
+			t.Fatalf("exchange: %d %s", s.Status, s.Raw)
+		}
+		if u := e.call("GET", e.base+"/user", s.str("access_token"), nil); u.str("email") != "new@example.com" {
+			t.Fatalf("user after the change: %s", u.Raw)
+		}
+	})
+	t.Run("generate_link magiclink for a new address", func(t *testing.T) {
+		e := newMailEnv(t, nil)
+		r := e.call("POST", e.base+"/admin/generate_link", e.key, map[string]any{"type": "magiclink", "email": "fresh@example.com"})
+		if r.Status != 200 || r.str("verification_type") != "signup" || !strings.Contains(r.str("action_link"), "type=signup") || r.str("email_confirmed_at") != "" {
+			t.Fatalf("generate_link: %d %s", r.Status, r.Raw)
+		}
+		v := e.call("POST", e.base+"/verify", "", map[string]any{"type": "signup", "email": "fresh@example.com", "token": r.str("email_otp")})
+		if v.Status != 200 || v.str("access_token") == "" {
+			t.Fatalf("verify: %d %s", v.Status, v.Raw)
+		}
+	})
+	t.Run("same password", func(t *testing.T) {
+		e := newMailEnv(t, nil)
+		e.user("same@example.com", "correct horse 1", nil)
+		at := e.session("same@example.com", "correct horse 1").str("access_token")
+		wantAuthError(t, e.call("PUT", e.base+"/user", at, map[string]any{"password": "correct horse 1"}), 422, "same_password")
+		if r := e.call("PUT", e.base+"/user", at, map[string]any{"password": "correct horse 2"}); r.Status != 200 {
+			t.Fatalf("a new password: %d %s", r.Status, r.Raw)
+		}
+	})
+}

@@ -103,7 +103,7 @@ func (s *Service) sendTokenMail(tx engine.Querier, t Tenant, st Settings, u *Use
 		return err
 	}
 	redirect := st.redirectFor(redirectTo)
-	return s.enqueueMail(tx, t, st, mailOut{kind: mk, to: address, tok: tok, link: actionLink(t, tok, typ, redirect),
+	return s.enqueueMail(tx, t, st, mailOut{kind: mk, tokKind: kind, to: address, tok: tok, link: actionLink(t, tok, typ, redirect),
 		redirect: redirect, newEmail: newEmail, user: u}, now)
 }
 
@@ -336,7 +336,7 @@ func (s *Service) Reauthenticate(ctx context.Context, t Tenant, c Client, p *Pri
 		if err != nil {
 			return err
 		}
-		if err := s.enqueueMail(tx, t, st, mailOut{kind: MailReauthentication, to: u.Email, tok: tok, user: u}, now); err != nil {
+		if err := s.enqueueMail(tx, t, st, mailOut{kind: MailReauthentication, tokKind: tokReauth, to: u.Email, tok: tok, user: u}, now); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(`UPDATE users SET reauthentication_sent_at = ? WHERE id = ?`, now.UnixMicro(), u.ID); err != nil {

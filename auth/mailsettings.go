@@ -115,6 +115,11 @@ type renderedMail struct {
 	Text    string `json:"text"`
 	HTML    string `json:"html,omitempty"`
 	From    string `json:"from,omitempty"`
+	// Token is the stored hash of the one-time token the mail carries:
+	// the sink drops a mail whose token was replaced, used or has expired
+	// by the time it would be sent (the outbox sends in parallel, so a
+	// newer mail may otherwise arrive before an older, dead one).
+	Token string `json:"token,omitempty"`
 }
 
 // render fills the tenant's template of kind k (or the default) with d.

@@ -218,13 +218,29 @@ func (st Settings) redirectAllowed(u string) bool {
 		if entry == u {
 			return true
 		}
-		if strings.Contains(entry, "*") {
+		if strings.Contains(entry, "*") && globHostMatches(entry, p.Host) {
 			if ok, err := doublestar.Match(entry, u); err == nil && ok {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// globHostMatches reports whether the host part of an allow-list glob
+// matches host by itself: matched against the whole URL, the * of
+// https://*.example.org/** would also take the end of another host and a
+// ? or # (https://evil.net?.example.org/), which leaves evil.net the host
+// the link's tokens go to. An entry that is not scheme://host… is matched
+// as a whole only.
+func globHostMatches(entry, host string) bool {
+	_, rest, ok := strings.Cut(entry, "://")
+	if !ok {
+		return true
+	}
+	pattern, _, _ := strings.Cut(rest, "/")
+	ok, err := doublestar.Match(pattern, host)
+	return err == nil && ok
 }
 
 // redirectFor returns where a link sends the user: requested when
@@ -253,6 +269,7 @@ func actionLink(t Tenant, tok mailToken, typ, redirect string) string {
 // carries.
 type mailOut struct {
 	kind     MailKind
+	tokKind  string // the token's kind (one_time_tokens.kind)
 	to       string
 	tok      mailToken
 	link     string
@@ -276,6 +293,9 @@ func (s *Service) enqueueMail(tx engine.Querier, t Tenant, st Settings, m mailOu
 	msg, err := st.render(m.kind, m.to, d)
 	if err != nil {
 		return fmt.Errorf("mail template %s: %w", m.kind, err)
+	}
+	if m.tokKind != "" {
+		msg.Token = storedTokenHash(m.tokKind, m.tok.TokenHash)
 	}
 	payload, err := json.Marshal(map[string]any{"data": msg})
 	if err != nil {

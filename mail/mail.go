@@ -53,6 +53,10 @@ type Message struct {
 	Text    string `json:"text"`
 	HTML    string `json:"html,omitempty"`
 	From    string `json:"from,omitempty"` // overrides the sender's From
+	// Token, when set, is the stored hash of the one-time token the mail
+	// carries (one_time_tokens.token_hash): a mail whose token no longer
+	// exists or has expired is dropped, not sent.
+	Token string `json:"token,omitempty"`
 }
 
 // Sender sends mails through one SMTP server. Safe for concurrent use.
@@ -155,6 +159,15 @@ func (s Sink) Deliver(ctx context.Context, t *engine.TenantShard, m event.Messag
 	if err := json.Unmarshal(m.Payload, &env); err != nil || env.Data.To == "" {
 		return &event.Drop{Err: fmt.Errorf("mail: outbox row %d is not a mail", m.ID)}
 	}
+	if env.Data.Token != "" {
+		live, err := tokenLive(ctx, t, env.Data.Token)
+		if err != nil {
+			return err
+		}
+		if !live {
+			return &event.Drop{Err: fmt.Errorf("mail: outbox row %d carries a token replaced, used or expired since", m.ID)}
+		}
+	}
 	sender := s.Sender
 	if s.Tenant != nil {
 		ts, err := s.Tenant(ctx, t)
@@ -169,4 +182,20 @@ func (s Sink) Deliver(ctx context.Context, t *engine.TenantShard, m event.Messag
 		return ErrNoServer
 	}
 	return sender.Send(ctx, env.Data)
+}
+
+// tokenLive reports whether the one-time token of a mail can still be
+// used: a newer one of its kind replaces it, using it deletes it.
+func tokenLive(ctx context.Context, t *engine.TenantShard, hash string) (bool, error) {
+	live := false
+	err := t.Read(ctx, func(q engine.Querier) error {
+		var exp int64
+		err := q.QueryRow(`SELECT expires_at FROM one_time_tokens WHERE token_hash = ?`, hash).Scan(&exp)
+		if errors.Is(err, engine.ErrNoRows) {
+			return nil
+		}
+		live = err == nil && exp > time.Now().UnixMicro()
+		return err
+	})
+	return live, err
 }

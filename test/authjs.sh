@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs the @supabase/auth-js client test against a live `keyshard serve`
-# with two tenants. Called by .ci/run; runnable by hand from any directory.
+# Runs the @supabase/auth-js client tests against a live `keyshard serve`
+# with two tenants (the email tests make their own, and receive the mails on
+# a loopback SMTP server; the upstream login tests make their own, and log in
+# through an OpenID provider on loopback). Called by .ci/run; runnable by hand
+# from any directory.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,13 +22,23 @@ cd "$root"
 go build -o "$work/keyshard" ./cmd/keyshard
 (cd test && npm ci --no-audit --no-fund --loglevel=error)
 
-# A free loopback port.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Free loopback ports: HTTP, and SMTP for the mails. test/email.test.mjs
+# listens on the SMTP port itself (smtp-server) as soon as it loads; the
+# server only connects there when a tenant's mail leaves the outbox.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+smtp_port=$(free_port)
+while [[ "$smtp_port" == "$port" ]]; do smtp_port=$(free_port); done
+export KEYSHARD_TEST_SMTP_PORT=$smtp_port
 data="$work/data"
 export KEYSHARD_ADMIN_TOKEN=authjs-test-admin-token
 export KEYSHARD_MASTER_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 # Small Argon2 parameters: this test checks compatibility, not cost.
+# --outbound-allow-private: test/upstream.test.mjs's OpenID provider is on
+# loopback, which the server refuses otherwise.
 "$work/keyshard" serve --data "$data" --addr "127.0.0.1:$port" --argon2-memory-kib 1024 --argon2-time 1 \
+	--outbound-allow-private \
+	--smtp-url "smtp://127.0.0.1:$smtp_port" --smtp-from "Keyshard Test <noreply@keyshard.test>" \
 	>"$work/serve.log" 2>&1 &
 pid=$!
 
@@ -39,6 +52,8 @@ auth=(-H "Authorization: Bearer $KEYSHARD_ADMIN_TOKEN" -H "Content-Type: applica
 # AUTHJS_BACKENDS places tenant a and tenant b (default: both on SQLite), e.g.
 # AUTHJS_BACKENDS="postgres mysql" with KEYSHARD_POSTGRES_DSN and KEYSHARD_MYSQL_DSN set.
 read -r backend_a backend_b <<<"${AUTHJS_BACKENDS:-sqlite sqlite}"
+# test/email.test.mjs and test/upstream.test.mjs make their own tenants, one on each.
+export KEYSHARD_BASE_URL="$base" KEYSHARD_BACKEND_A="$backend_a" KEYSHARD_BACKEND_B="$backend_b"
 created=()
 drop_tenants() {
 	for slug in "${created[@]}"; do
@@ -66,7 +81,7 @@ export KEYSHARD_TENANT_HS_URL="$base/t/authjs-hs"
 # The OAuth browser test saves a screenshot of each hosted page here.
 export KEYSHARD_SCREENSHOTS="${KEYSHARD_SCREENSHOTS:-$root/test/screenshots}"
 status=0
-node --test test/authjs.test.mjs test/browser.test.mjs test/oauth-browser.test.mjs || status=$?
+node --test test/authjs.test.mjs test/email.test.mjs test/upstream.test.mjs test/browser.test.mjs test/oauth-browser.test.mjs || status=$?
 echo "screenshots of the hosted OAuth pages: $KEYSHARD_SCREENSHOTS"
 ls "$KEYSHARD_SCREENSHOTS" 2>/dev/null || true
 drop_tenants # their schemas/databases, on a server backend

@@ -46,3 +46,21 @@ func TestMail_GoTrueParity(t *testing.T) {
 		}
 	})
 }
+
+// TestMail_RefreshKeepsAMR: a session opened with a mailed code keeps its
+// amr method (otp) and sign-in time across refreshes.
+func TestMail_RefreshKeepsAMR(t *testing.T) {
+	e := newMailEnv(t, map[string]any{"mailer_autoconfirm": true})
+	e.user("amr@example.com", "correct horse 1", nil)
+	if r := e.call("POST", e.base+"/otp", "", map[string]any{"email": "amr@example.com"}); r.Status != 200 {
+		t.Fatalf("otp: %d %s", r.Status, r.Raw)
+	}
+	code := e.mb.nth("amr@example.com", 1).Code(t)
+	s := e.call("POST", e.base+"/verify", "", map[string]any{"type": "email", "email": "amr@example.com", "token": code})
+	m1, ts1 := amrMethod(t, s.str("access_token"))
+	r := e.refresh(e.base, s.str("refresh_token"))
+	m2, ts2 := amrMethod(t, r.str("access_token"))
+	if m1 != "otp" || m2 != "otp" || ts1 != ts2 {
+		t.Fatalf("amr before %s@%d, after the refresh %s@%d", m1, ts1, m2, ts2)
+	}
+}

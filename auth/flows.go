@@ -508,7 +508,8 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 			return nil
 		}
 		var notAfter *int64
-		err = tx.QueryRow(`SELECT created_at, not_after FROM sessions WHERE id = ?`, sessID).Scan(&sessCreated, &notAfter)
+		var amr *string
+		err = tx.QueryRow(`SELECT created_at, not_after, amr FROM sessions WHERE id = ?`, sessID).Scan(&sessCreated, &notAfter, &amr)
 		if errors.Is(err, engine.ErrNoRows) {
 			is.failure = errRefreshNotFound()
 			return nil
@@ -525,6 +526,9 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 			return nil
 		}
 		is.sessionID, is.sessionAt = sessID, time.UnixMicro(sessCreated).Unix()
+		if amr != nil {
+			is.method = *amr
+		}
 		if !revoked {
 			child := s.derive(t.ID, presented)
 			if _, err := tx.Exec(`UPDATE refresh_tokens SET revoked = 1, updated_at = ? WHERE id = ?`, ts, id); err != nil {

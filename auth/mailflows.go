@@ -678,6 +678,9 @@ func (s *Service) Verify(ctx context.Context, t Tenant, c Client, req VerifyRequ
 		if is.sessionID, is.refresh, err = createSession(tx, u.ID, now, c); err != nil {
 			return err
 		}
+		if err := setSessionMethod(tx, is.sessionID, is.method); err != nil {
+			return err
+		}
 		if err := s.recordSignIn(tx, t, c, u, "", now, map[string]any{"method": "otp", "type": f.kind}); err != nil {
 			return err
 		}
@@ -873,6 +876,9 @@ func (s *Service) ExchangePKCE(ctx context.Context, t Tenant, c Client, authCode
 		}
 		is.method = authMethod
 		if is.sessionID, is.refresh, err = createSession(tx, u.ID, now, c); err != nil {
+			return err
+		}
+		if err := setSessionMethod(tx, is.sessionID, is.method); err != nil {
 			return err
 		}
 		if err := s.recordSignIn(tx, t, c, u, "", now, map[string]any{"method": "pkce", "type": authMethod}); err != nil {

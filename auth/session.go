@@ -31,6 +31,13 @@ type issued struct {
 	refreshedAt time.Time
 }
 
+// setSessionMethod records how a session was opened when not by
+// password (otp, oauth, magiclink, …): its refreshed tokens keep that amr.
+func setSessionMethod(tx engine.Querier, id, method string) error {
+	_, err := tx.Exec(`UPDATE sessions SET amr = ? WHERE id = ?`, method, id)
+	return err
+}
+
 // createSession inserts a session and its first refresh token.
 func createSession(tx engine.Querier, userID string, now time.Time, c Client) (id, refresh string, err error) {
 	id = newUUID()

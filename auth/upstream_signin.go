@@ -154,6 +154,9 @@ func (s *Service) ExternalSignIn(ctx context.Context, t Tenant, c Client, id Ups
 		if is.sessionID, is.refresh, err = createSession(tx, uid, now, c); err != nil {
 			return err
 		}
+		if err := setSessionMethod(tx, is.sessionID, is.method); err != nil {
+			return err
+		}
 		if err := s.record(tx, t, &event.Event{Type: event.UserSignedIn, Actor: event.User(uid, u.Email), IP: c.IP,
 			Data: map[string]any{"provider": id.Provider}, At: now}); err != nil {
 			return err

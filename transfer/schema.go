@@ -74,6 +74,7 @@ var Tables = []Table{
 		{"id", KindText, false}, {"user_id", KindText, false}, {"aal", KindText, false},
 		{"user_agent", KindText, false}, {"ip", KindText, false}, {"not_after", KindInt, false},
 		{"refreshed_at", KindInt, false}, {"created_at", KindInt, false}, {"updated_at", KindInt, false},
+		{"amr", KindText, false},
 	}},
 	{Name: "refresh_tokens", KeyLen: 1, Secret: true, AutoID: true, Columns: []Column{
 		{"id", KindInt, false}, {"token_hash", KindText, false}, {"user_id", KindText, false},

@@ -27,3 +27,5 @@ CREATE TABLE IF NOT EXISTS upstream_states (
     expires_at      BIGINT NOT NULL,
     created_at      BIGINT NOT NULL
 ) ENGINE=InnoDB;
+
+ALTER TABLE sessions ADD COLUMN amr VARCHAR(32);

@@ -27,3 +27,5 @@ CREATE TABLE upstream_states (
     expires_at      BIGINT NOT NULL,
     created_at      BIGINT NOT NULL
 );
+
+ALTER TABLE sessions ADD COLUMN amr TEXT;

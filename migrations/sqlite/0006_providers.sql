@@ -30,3 +30,7 @@ CREATE TABLE upstream_states (
     expires_at      INTEGER NOT NULL,
     created_at      INTEGER NOT NULL
 );
+
+-- How a session was opened (its amr method) when not by password: a
+-- refresh keeps it.
+ALTER TABLE sessions ADD COLUMN amr TEXT;

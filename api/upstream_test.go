@@ -60,6 +60,16 @@ func newFakeIdP(t *testing.T) *fakeIdP {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": "at", "token_type": "Bearer", "expires_in": 3600, "id_token": f.sign(t, claims)})
 	})
+	mux.HandleFunc("/userinfo", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer at" {
+			http.Error(w, "no token", http.StatusUnauthorized)
+			return
+		}
+		f.mu.Lock()
+		claims := f.next
+		f.mu.Unlock()
+		_ = json.NewEncoder(w).Encode(claims)
+	})
 	f.srv = httptest.NewServer(mux)
 	t.Cleanup(f.srv.Close)
 	return f
@@ -524,5 +534,39 @@ func TestUpstream_PresetFromConfig(t *testing.T) {
 	}
 	if c := u.call("GET", u.base+"/admin/config/auth", u.key, nil); c.Body["site_url"] != "http://localhost:3000" {
 		t.Fatalf("the refused patch changed site_url: %s", c.Raw)
+	}
+}
+
+// TestUpstream_OAuth2WithMapping: a plain OAuth 2.0 provider (no ID
+// token): who signed in comes from its userinfo, through the mapping.
+func TestUpstream_OAuth2WithMapping(t *testing.T) {
+	u := newUpstreamEnv(t)
+	f := u.idp.srv.URL
+	if r := u.call("POST", u.base+"/admin/custom-providers", u.key, map[string]any{"id": "forge", "type": "oauth2", "client_id": "c2",
+		"client_secret": "s2", "authorization_url": f + "/authorize", "token_url": f + "/token", "userinfo_url": f + "/userinfo",
+		"scopes": []string{"read:user"}, "mapping": map[string]string{"sub": "id", "email": "mail", "name": "display"}}); r.Status != 201 {
+		t.Fatalf("create: %d %s", r.Status, r.Raw)
+	}
+	b := newBrowser(t)
+	r := b.do("GET", u.base+"/authorize?provider=forge&redirect_to=http://localhost:3000/welcome", nil)
+	au, _ := url.Parse(r.Location)
+	if r.Status != 302 || au.Query().Get("nonce") != "" || au.Query().Get("scope") != "read:user" {
+		t.Fatalf("authorize: %d %s", r.Status, r.Location)
+	}
+	u.idp.mu.Lock()
+	u.idp.next = map[string]any{"id": 4242, "mail": "Forge@Corp.test", "display": "Forge User"}
+	u.idp.mu.Unlock()
+	cb := b.do("GET", u.base+"/callback?"+url.Values{"state": {au.Query().Get("state")}, "code": {"c"}}.Encode(), nil)
+	tok := fragment(t, cb.Location).Get("access_token")
+	me := u.call("GET", u.base+"/user", tok, nil)
+	ids, _ := me.Body["identities"].([]any)
+	if me.Status != 200 || me.str("email") != "forge@corp.test" || me.str("email_confirmed_at") != "" || len(ids) != 1 {
+		t.Fatalf("user: %d %s", me.Status, me.Raw)
+	}
+	if id := ids[0].(map[string]any); id["id"] != "4242" || id["provider"] != "forge" {
+		t.Fatalf("identity: %v", id)
+	}
+	if meta, _ := me.Body["user_metadata"].(map[string]any); meta["name"] != "Forge User" {
+		t.Fatalf("metadata: %v", me.Body["user_metadata"])
 	}
 }

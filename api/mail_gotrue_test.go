@@ -64,3 +64,36 @@ func TestMail_RefreshKeepsAMR(t *testing.T) {
 		t.Fatalf("amr before %s@%d, after the refresh %s@%d", m1, ts1, m2, ts2)
 	}
 }
+
+// TestMail_NonceGuessesLimited: wrong reauthentication nonces count as
+// failed logins of the account: past the limit the address gets 429,
+// even with the right nonce.
+func TestMail_NonceGuessesLimited(t *testing.T) {
+	e := newMailEnv(t, nil)
+	e.user("guess@example.com", "correct horse 1", nil)
+	at := e.session("guess@example.com", "correct horse 1").str("access_token")
+	if r := e.call("GET", e.base+"/reauthenticate", at, nil); r.Status != 200 {
+		t.Fatalf("reauthenticate: %d %s", r.Status, r.Raw)
+	}
+	code := e.mb.nth("guess@example.com", 1).Code(t)
+	wrong := "000000"
+	if code == wrong {
+		wrong = "111111"
+	}
+	limited := false
+	for i := 0; i < 20 && !limited; i++ {
+		r := e.call("PUT", e.base+"/user", at, map[string]any{"password": "new password 1", "nonce": wrong})
+		switch {
+		case r.Status == 429:
+			limited = true
+		case r.Status != 422:
+			t.Fatalf("guess %d: %d %s", i, r.Status, r.Raw)
+		}
+	}
+	if !limited {
+		t.Fatal("20 wrong nonces and no 429")
+	}
+	if r := e.call("PUT", e.base+"/user", at, map[string]any{"password": "new password 1", "nonce": code}); r.Status != 429 {
+		t.Fatalf("the right nonce while limited: %d %s", r.Status, r.Raw)
+	}
+}

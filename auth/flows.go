@@ -695,6 +695,24 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			return nil, err
 		}
 	}
+	// A reauthentication nonce is 6 digits: its guesses are limited like
+	// passwords' (the account's failures, from this address and from all).
+	nonceChecked := pwHash != "" && !admin && req.Nonce != "" && u.Email != ""
+	if nonceChecked {
+		wait, err := s.throttle.Allow(t.ID, u.Email, c.IP)
+		if err != nil {
+			return nil, err
+		}
+		if wait > 0 {
+			timer := time.NewTimer(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
+				return nil, ctx.Err()
+			}
+		}
+	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	ts := now.UnixMicro()
 	var out *User
@@ -858,6 +876,14 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		out, err = userByID(tx, u.ID)
 		return err
 	})
+	if nonceChecked {
+		var ae *engine.Error
+		if errors.As(err, &ae) && ae.Code == CodeReauthNotValid {
+			s.throttle.Fail(t.ID, u.Email, c.IP)
+		} else if err == nil {
+			s.throttle.Succeed(t.ID, u.Email, c.IP)
+		}
+	}
 	if err != nil {
 		return nil, writeError(err, engine.KindRateLimited)
 	}

@@ -67,7 +67,22 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Catalog, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := db.ExecContext(ctx, schema); err != nil {
+	// A connection's journal_mode(wal) pragma answers "database is
+	// locked" at once, without the busy timeout, while another process
+	// creates the file: several processes opening a new catalog together
+	// retry for a few seconds.
+	for attempt := 0; ; attempt++ {
+		_, err = db.ExecContext(ctx, schema)
+		if err == nil || attempt >= 60 || !strings.Contains(err.Error(), "database is locked") {
+			break
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("catalog schema: %w", err)
 	}

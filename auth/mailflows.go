@@ -373,7 +373,7 @@ func checkNonce(tx engine.Querier, st Settings, p *Principal, nonce string, now 
 	if p.User.Email == "" {
 		return invalid
 	}
-	f, err := findToken(tx, []string{tokReauth}, gotrueTokenHash(p.User.Email, strings.TrimSpace(nonce)))
+	f, err := findCode(tx, []string{tokReauth}, p.User.Email, strings.TrimSpace(nonce))
 	if err != nil {
 		return err
 	}
@@ -592,6 +592,7 @@ func (s *Service) Verify(ctx context.Context, t Tenant, c Client, req VerifyRequ
 	}
 	th := strings.TrimPrefix(strings.TrimSpace(req.TokenHash), pkcePrefix)
 	email := NormalizeEmail(req.Email)
+	code := strings.TrimSpace(req.Token)
 	if th == "" {
 		if req.Token == "" {
 			return nil, validationf("Verify requires a token or a token hash")
@@ -613,7 +614,6 @@ func (s *Service) Verify(ctx context.Context, t Tenant, c Client, req VerifyRequ
 				return nil, ctx.Err()
 			}
 		}
-		th = gotrueTokenHash(email, strings.TrimSpace(req.Token))
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	out := &Verified{Type: req.Type, RedirectTo: st.redirectFor(req.RedirectTo)}
@@ -621,7 +621,13 @@ func (s *Service) Verify(ctx context.Context, t Tenant, c Client, req VerifyRequ
 	var failure *engine.Error
 	err = t.Shard.Write(ctx, func(tx engine.Querier) error {
 		*is, failure, out.AuthCode, out.Message = issued{sessionAt: now.Unix(), method: "otp"}, nil, "", ""
-		f, err := findToken(tx, kinds, th)
+		var f *foundToken
+		var err error
+		if th != "" {
+			f, err = findToken(tx, kinds, th)
+		} else {
+			f, err = findCode(tx, kinds, email, code)
+		}
 		if err != nil {
 			return err
 		}

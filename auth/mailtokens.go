@@ -20,12 +20,16 @@ import (
 	"github.com/keyshard/keyshard/event"
 )
 
-// One-time tokens: what a mailed link or code proves. GoTrue's scheme,
-// kept so that its clients and templates work: a 6-digit code, and a
-// token hash hex(SHA-224(address + code)) that the link carries (and
-// verifyOtp({token_hash}) sends). Keyshard stores neither: a row holds
-// SHA-256 of the kind and the token hash, so the database alone opens no
-// link. A newer token of a kind replaces the user's older one; a token is
+// One-time tokens: what a mailed link or code proves. Each has two
+// secrets, as GoTrue's mails carry: a link token (56 hex characters, the
+// template's {{ .TokenHash }}, what verifyOtp({token_hash}) sends) and a
+// 6-digit code. GoTrue derives the link token from the code
+// (hex(SHA-224(address + code))), which lets anyone who knows the address
+// walk the 10^6 codes through the link, unthrottled; Keyshard's link
+// token is random. The row holds SHA-256 of each (with the kind; the
+// code's with the address too), so a copy of the database opens nothing;
+// the code is looked up only with its address, under the login throttle.
+// A newer token of a kind replaces the user's older one; a token is
 // deleted when used.
 
 // Token kinds (one_time_tokens.kind).
@@ -61,18 +65,27 @@ func newOTP() string {
 	return fmt.Sprintf("%06d", n.Int64())
 }
 
-// gotrueTokenHash is GoTrue's token hash of a code mailed to address.
-func gotrueTokenHash(address, otp string) string {
-	sum := sha256.Sum224([]byte(address + otp))
-	return hex.EncodeToString(sum[:])
+// newLinkToken returns a link token: 28 random bytes in hex, the shape of
+// GoTrue's.
+func newLinkToken() string {
+	var b [28]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
 }
 
 // storedTokenHash is what one_time_tokens.token_hash holds.
-func storedTokenHash(kind, tokenHash string) string {
-	return hashToken(kind + "\x00" + strings.ToLower(tokenHash))
+func storedTokenHash(kind, linkToken string) string {
+	return hashToken(kind + "\x00" + strings.ToLower(linkToken))
 }
 
-// mailToken is a token just issued.
+// storedCodeHash is what one_time_tokens.code_hash holds.
+func storedCodeHash(kind, address, code string) string {
+	return hashToken(kind + "\x00" + address + "\x00" + code)
+}
+
+// mailToken is a token just issued: the code and the link token.
 type mailToken struct {
 	OTP, TokenHash string
 	pkce           bool
@@ -89,8 +102,7 @@ func (m mailToken) linkToken() string {
 // issueToken replaces the user's token of kind with a new one for
 // address, valid for the tenant's mailer_otp_exp.
 func issueToken(tx engine.Querier, st Settings, userID, kind, address, flowID string, now time.Time) (mailToken, error) {
-	otp := newOTP()
-	th := gotrueTokenHash(address, otp)
+	tok := mailToken{OTP: newOTP(), TokenHash: newLinkToken(), pkce: flowID != ""}
 	if _, err := tx.Exec(`DELETE FROM one_time_tokens WHERE user_id = ? AND kind = ?`, userID, kind); err != nil {
 		return mailToken{}, err
 	}
@@ -99,12 +111,12 @@ func issueToken(tx engine.Querier, st Settings, userID, kind, address, flowID st
 		flow = flowID
 	}
 	exp := now.Add(time.Duration(st.MailerOTPExp) * time.Second)
-	if _, err := tx.Exec(`INSERT INTO one_time_tokens (id, user_id, kind, token_hash, relates_to, flow_state_id, created_at, expires_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, newUUID(), userID, kind, storedTokenHash(kind, th), address, flow,
-		now.UnixMicro(), exp.UnixMicro()); err != nil {
+	if _, err := tx.Exec(`INSERT INTO one_time_tokens (id, user_id, kind, token_hash, code_hash, relates_to, flow_state_id, created_at, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, newUUID(), userID, kind, storedTokenHash(kind, tok.TokenHash),
+		storedCodeHash(kind, address, tok.OTP), address, flow, now.UnixMicro(), exp.UnixMicro()); err != nil {
 		return mailToken{}, err
 	}
-	return mailToken{OTP: otp, TokenHash: th, pkce: flowID != ""}, nil
+	return tok, nil
 }
 
 // foundToken is a token row found by its hash.
@@ -114,14 +126,23 @@ type foundToken struct {
 	expiresAt                 int64
 }
 
-// findToken looks the token hash up among kinds; the row is compared
-// again in constant time (the lookup is by a hash of it already).
-func findToken(tx engine.Querier, kinds []string, tokenHash string) (*foundToken, error) {
+// findToken looks a link token up among kinds, findCode an address's
+// code; the row is compared again in constant time (the lookup is by a
+// hash of it already).
+func findToken(tx engine.Querier, kinds []string, linkToken string) (*foundToken, error) {
+	return findBy(tx, "token_hash", kinds, func(kind string) string { return storedTokenHash(kind, linkToken) })
+}
+
+func findCode(tx engine.Querier, kinds []string, address, code string) (*foundToken, error) {
+	return findBy(tx, "code_hash", kinds, func(kind string) string { return storedCodeHash(kind, address, code) })
+}
+
+func findBy(tx engine.Querier, column string, kinds []string, hash func(kind string) string) (*foundToken, error) {
 	for _, kind := range kinds {
-		h := storedTokenHash(kind, tokenHash)
+		h := hash(kind)
 		var f foundToken
 		var stored string
-		err := tx.QueryRow(`SELECT id, user_id, kind, relates_to, flow_state_id, expires_at, token_hash FROM one_time_tokens WHERE token_hash = ?`, h).
+		err := tx.QueryRow(`SELECT id, user_id, kind, relates_to, flow_state_id, expires_at, `+column+` FROM one_time_tokens WHERE `+column+` = ?`, h).
 			Scan(&f.id, &f.userID, &f.kind, &f.address, &f.flowID, &f.expiresAt, &stored)
 		if errors.Is(err, engine.ErrNoRows) {
 			continue
@@ -308,8 +329,8 @@ func (s *Service) enqueueMail(tx engine.Querier, t Tenant, st Settings, m mailOu
 // (a token, a link, the template) and drops it: with the shard write both
 // answers do, an unknown address takes about as long as a known one.
 func decoyMail(t Tenant, st Settings, kind MailKind, typ, address, redirectTo string) {
-	tok := mailToken{OTP: newOTP()}
-	tok.TokenHash = gotrueTokenHash(address, tok.OTP)
+	tok := mailToken{OTP: newOTP(), TokenHash: newLinkToken()}
+	_ = storedCodeHash(kind.String(), address, tok.OTP)
 	redirect := st.redirectFor(redirectTo)
 	link := actionLink(t, tok, typ, redirect)
 	m, _ := st.render(kind, address, MailData{ConfirmationURL: link, Token: tok.OTP, TokenHash: tok.TokenHash, SiteURL: st.SiteURL,

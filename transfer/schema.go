@@ -85,7 +85,7 @@ var Tables = []Table{
 	// (stored hashed) that only a restore carries.
 	{Name: "one_time_tokens", KeyLen: 1, Secret: true, Columns: []Column{
 		{"id", KindText, false}, {"user_id", KindText, false}, {"kind", KindText, false},
-		{"token_hash", KindText, false}, {"relates_to", KindText, false}, {"flow_state_id", KindText, false},
+		{"token_hash", KindText, false}, {"code_hash", KindText, false}, {"relates_to", KindText, false}, {"flow_state_id", KindText, false},
 		{"created_at", KindInt, false}, {"expires_at", KindInt, false},
 	}},
 	{Name: "flow_states", KeyLen: 1, Secret: true, Columns: []Column{

@@ -8,11 +8,13 @@ CREATE TABLE IF NOT EXISTS one_time_tokens (
     user_id        VARCHAR(64) NOT NULL,
     kind           VARCHAR(32) NOT NULL,
     token_hash     VARCHAR(128) NOT NULL UNIQUE,
+    code_hash      VARCHAR(128) NOT NULL,
     relates_to     VARCHAR(320) NOT NULL,
     flow_state_id  VARCHAR(64),
     created_at     BIGINT NOT NULL,
     expires_at     BIGINT NOT NULL,
     INDEX one_time_tokens_user_kind (user_id, kind),
+    INDEX one_time_tokens_code (code_hash),
     FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE
 ) ENGINE=InnoDB;
 

@@ -5,12 +5,14 @@ CREATE TABLE one_time_tokens (
     user_id        TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     kind           TEXT NOT NULL,
     token_hash     TEXT NOT NULL UNIQUE,
+    code_hash      TEXT NOT NULL,
     relates_to     TEXT NOT NULL,
     flow_state_id  TEXT,
     created_at     BIGINT NOT NULL,
     expires_at     BIGINT NOT NULL
 );
 CREATE INDEX one_time_tokens_user_kind ON one_time_tokens(user_id, kind);
+CREATE INDEX one_time_tokens_code ON one_time_tokens(code_hash);
 
 CREATE TABLE flow_states (
     id                     TEXT PRIMARY KEY,

@@ -3,22 +3,26 @@
 -- GoTrue names it (when each kind of mail was last sent, a pending email
 -- change).
 --
--- A token is stored as SHA-256 of GoTrue's token hash (hex SHA-224 of the
--- address and the 6-digit code, which the link carries): neither the link
--- nor the code can be read back from the row. A newer token of the same
--- kind for the same user replaces the older one.
+-- A token has two secrets: the link's token (random, 56 hex characters as
+-- GoTrue's) and a 6-digit code. The row holds SHA-256 of each (with the
+-- kind, and the address for the code): neither can be read back, and the
+-- code, which could be walked, is only looked up by address under the
+-- login throttle. A newer token of the same kind for the same user
+-- replaces the older one.
 
 CREATE TABLE one_time_tokens (
     id             TEXT PRIMARY KEY,
     user_id        TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     kind           TEXT NOT NULL,    -- signup, invite, recovery, magiclink, email_change_current, email_change_new, reauthentication
     token_hash     TEXT NOT NULL UNIQUE,
+    code_hash      TEXT NOT NULL,
     relates_to     TEXT NOT NULL,    -- the address the token was mailed to
     flow_state_id  TEXT,             -- a PKCE link's flow state
     created_at     INTEGER NOT NULL,
     expires_at     INTEGER NOT NULL
 );
 CREATE INDEX one_time_tokens_user_kind ON one_time_tokens(user_id, kind);
+CREATE INDEX one_time_tokens_code ON one_time_tokens(code_hash);
 
 CREATE TABLE flow_states (
     id                     TEXT PRIMARY KEY,

@@ -39,6 +39,7 @@ type authEnvOptions struct {
 	events      app.EventsConfig  // app.ServerConfig.Events
 	cache       int               // app.Config.CacheCapacity (0: the default)
 	mail        app.MailConfig    // app.ServerConfig.Mail
+	listenURL   string            // app.ServerConfig.ListenURL
 }
 
 // authEnv is a real server on a loopback listener with the auth API.
@@ -76,7 +77,7 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 		Hash:      hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background},
 		MasterKey: bytes.Repeat([]byte{7}, token.MasterKeySize), AdminToken: "admin-secret",
 		AccessTokenTTL: time.Hour, Now: now, BodyTimeout: o.bodyTimeout, Signups: o.signups, Events: o.events,
-		Mail: o.mail,
+		Mail: o.mail, ListenURL: o.listenURL,
 	})
 	e.App, e.Pool, e.Keys, e.Auth, e.Server = srv.App, srv.Pool, srv.Keys, srv.Auth, srv
 	hs := httptest.NewServer(srv.Handler())

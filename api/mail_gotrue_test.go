@@ -1,8 +1,10 @@
 package api_test
 
 import (
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestMail_GoTrueParity: what GoTrue does and auth-js relies on, found by
@@ -113,5 +115,37 @@ func TestMail_LinkTokenNotFromCode(t *testing.T) {
 	wantAuthError(t, e.call("POST", e.base+"/verify", "", map[string]any{"type": "recovery", "token_hash": gotrueHash("walk@example.com", code)}), 403, "otp_expired")
 	if r := e.call("POST", e.base+"/verify", "", map[string]any{"type": "recovery", "email": "walk@example.com", "token": code}); r.Status != 200 {
 		t.Fatalf("the code itself: %d %s", r.Status, r.Raw)
+	}
+}
+
+// TestMail_LinksIgnoreHostHeader: with the server's own URL set (serve
+// sets it when there is no --public-url), a request's Host header does
+// not place the mailed link: a client could send a victim's reset link
+// to its own host.
+func TestMail_LinksIgnoreHostHeader(t *testing.T) {
+	mb := newMailbox(t)
+	e := newAuthEnv(t, authEnvOptions{mail: mb.config(), listenURL: "http://auth.internal:8080"})
+	base := e.tenant("acme")
+	key := e.serviceKey("acme")
+	if r := e.call("PATCH", base+"/admin/config/auth", key, map[string]any{"smtp_max_frequency": 0}); r.Status != 200 {
+		t.Fatalf("config: %d %s", r.Status, r.Raw)
+	}
+	if r := e.signup(base, "host@example.com", "correct horse 1"); r.Status != 200 {
+		t.Fatalf("signup: %d %s", r.Status, r.Raw)
+	}
+	req, _ := http.NewRequest("POST", base+"/recover", strings.NewReader(`{"email":"host@example.com"}`))
+	req.Host = "attacker.example"
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("recover: %d", resp.StatusCode)
+	}
+	m := mb.wait("host@example.com", 0, 15*time.Second)
+	if strings.Contains(m.Text+m.HTML, "attacker.example") || !strings.Contains(m.Text, "http://auth.internal:8080/t/acme/verify?token=") {
+		t.Fatalf("the link follows the Host header:\n%s", m.Text)
 	}
 }

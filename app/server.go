@@ -48,6 +48,11 @@ type ServerConfig struct {
 	// PublicURL is the external base URL in tokens' iss (default: from
 	// each request's Host).
 	PublicURL string
+	// ListenURL is where this server is reached when PublicURL is not set
+	// (serve: http://its --addr): mailed links and upstream callbacks use
+	// it, never a request's Host header, which a client chooses. Empty
+	// too (tests): the request's host.
+	ListenURL string
 	// Throttle limits failed logins; nil: auth.DefaultThrottle.
 	Throttle *auth.ThrottleConfig
 	// Signups limits signups per client address and per tenant (zero: no
@@ -232,7 +237,7 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	}
 	s.conns, s.log = cfg.Conns, log
 	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
-	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, AdminToken: s.AdminToken, Webhooks: s.Webhooks,
+	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, ListenURL: cfg.ListenURL, AdminToken: s.AdminToken, Webhooks: s.Webhooks,
 		Upstream: upstream.New(cfg.Events.Webhooks.AllowPrivate), AllowPrivate: cfg.Events.Webhooks.AllowPrivate})
 	if _, err := oidc.Register(s.API, s.Auth, gt, oidc.Options{Secret: master}); err != nil {
 		return nil, fmt.Errorf("oauth provider: %w", err)

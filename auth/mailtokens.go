@@ -279,7 +279,7 @@ func (st Settings) RedirectFor(requested string) string { return st.redirectFor(
 // actionLink is a mailed link: the tenant's /verify with the token, the
 // type and where to go after.
 func actionLink(t Tenant, tok mailToken, typ, redirect string) string {
-	link := t.Issuer + "/verify?token=" + tok.linkToken() + "&type=" + url.QueryEscape(typ)
+	link := t.Links() + "/verify?token=" + tok.linkToken() + "&type=" + url.QueryEscape(typ)
 	if redirect != "" {
 		link += "&redirect_to=" + url.QueryEscape(redirect)
 	}

@@ -101,6 +101,19 @@ type Tenant struct {
 	// IssuerOK accepts the iss of a presented token; nil means equal to
 	// Issuer.
 	IssuerOK func(string) bool
+	// LinkBase is the tenant's base URL in mailed links and upstream
+	// callbacks when it is not Issuer (an issuer taken from the request's
+	// Host must not place links: a client chooses it).
+	LinkBase string
+}
+
+// Links returns the tenant's base URL for links that leave by mail or go
+// to an upstream provider.
+func (t Tenant) Links() string {
+	if t.LinkBase != "" {
+		return t.LinkBase
+	}
+	return t.Issuer
 }
 
 // Client describes where a request came from, for sessions and audit.

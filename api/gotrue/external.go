@@ -65,7 +65,7 @@ func providerView(t auth.Tenant, p *auth.IdentityProvider) providerJSON {
 	}
 	return providerJSON{ID: p.ID, Type: p.Kind, Issuer: p.Issuer, ClientID: p.ClientID, ClientSecretSet: p.HasSecret, Scopes: scopes,
 		AuthorizationURL: p.AuthorizationURL, TokenURL: p.TokenURL, UserinfoURL: p.UserinfoURL, Mapping: m, Enabled: p.Enabled,
-		CallbackURL: t.Issuer + "/callback", CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}
+		CallbackURL: t.Links() + "/callback", CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}
 }
 
 func (a *API) handleListProviders(w http.ResponseWriter, r *http.Request, t auth.Tenant) {
@@ -176,7 +176,7 @@ func (a *API) startUpstream(r *http.Request, t auth.Tenant, q url.Values, linkUs
 	if err != nil {
 		return "", err
 	}
-	return a.upstream.AuthCodeURL(r.Context(), p, t.Issuer+"/callback", start, strings.Fields(q.Get("scopes")))
+	return a.upstream.AuthCodeURL(r.Context(), p, t.Links()+"/callback", start, strings.Fields(q.Get("scopes")))
 }
 
 // handleCallback is the provider's return (GoTrue's callback): the state
@@ -207,7 +207,7 @@ func (a *API) handleCallback(w http.ResponseWriter, r *http.Request, t auth.Tena
 		a.callbackError(w, r, t, st.RedirectTo, pkce, err)
 		return
 	}
-	id, err := a.upstream.Exchange(r.Context(), p, t.Issuer+"/callback", r.Form.Get("code"), st)
+	id, err := a.upstream.Exchange(r.Context(), p, t.Links()+"/callback", r.Form.Get("code"), st)
 	if err != nil {
 		a.callbackError(w, r, t, st.RedirectTo, pkce, err)
 		return

@@ -29,6 +29,7 @@ type API struct {
 	srv        *api.Server
 	auth       *auth.Service
 	publicURL  string
+	listenURL  string
 	adminToken string
 	// adminTokenSum is the platform admin token's SHA-256, compared in
 	// constant time.
@@ -43,6 +44,10 @@ type Options struct {
 	// PublicURL is the server's external base URL; a tenant's token issuer
 	// is PublicURL/t/{slug}. Empty: taken from the request.
 	PublicURL string
+	// ListenURL is the server's own URL when PublicURL is empty: the base
+	// of mailed links and upstream callbacks (not the request's Host,
+	// which a client chooses). Empty too: the request's host (tests).
+	ListenURL string
 	// AdminToken, the platform admin token, may also change a tenant's
 	// auth config.
 	AdminToken string
@@ -56,7 +61,7 @@ type Options struct {
 
 // Register adds the GoTrue routes of every tenant to srv.
 func Register(srv *api.Server, svc *auth.Service, o Options) *API {
-	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, adminToken: o.AdminToken, adminTokenSum: sha256.Sum256([]byte(o.AdminToken)), webhooks: o.Webhooks,
+	a := &API{srv: srv, auth: svc, publicURL: o.PublicURL, listenURL: strings.TrimRight(o.ListenURL, "/"), adminToken: o.AdminToken, adminTokenSum: sha256.Sum256([]byte(o.AdminToken)), webhooks: o.Webhooks,
 		upstream: o.Upstream, allowPrivate: o.AllowPrivate}
 	srv.Handle(http.MethodPost, "/t/:tenant/signup", a.withTenant(a.handleSignup))
 	srv.Handle(http.MethodPost, "/t/:tenant/token", a.withTenant(a.handleToken))
@@ -111,6 +116,9 @@ func (a *API) authTenant(r *http.Request, ts *engine.TenantShard) auth.Tenant {
 		scheme = "https"
 	}
 	t.Issuer = scheme + "://" + r.Host + path
+	if a.listenURL != "" {
+		t.LinkBase = a.listenURL + path
+	}
 	t.IssuerOK = func(iss string) bool {
 		u, err := url.Parse(iss)
 		return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Path == path

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -41,6 +42,13 @@ func runServe(args []string) error {
 		return err
 	}
 	cfg.Conns, cfg.BodyTimeout = conns, *bodyTimeout
+	if cfg.PublicURL == "" {
+		// Mailed links and upstream callbacks must not follow a request's
+		// Host header (a client would choose where a victim's link goes).
+		cfg.ListenURL = listenURL(*addr)
+		log.Warn("no --public-url: mailed links and identity provider callbacks point at this listen address; set --public-url to the URL users reach",
+			"url", cfg.ListenURL)
+	}
 	cfg.Events.Webhooks.AllowPrivate = *outboundPrivate
 	cfg.Mail = app.MailConfig{URL: *smtpURL, From: *smtpFrom}
 	srv, err := app.OpenServer(context.Background(), cfg)
@@ -78,4 +86,16 @@ func runServe(args []string) error {
 	}
 	log.Info("keyshard stopped", "err", err)
 	return err
+}
+
+// listenURL is http://addr, with localhost for an unspecified host.
+func listenURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "http://" + addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }

@@ -149,3 +149,13 @@ func TestMail_LinksIgnoreHostHeader(t *testing.T) {
 		t.Fatalf("the link follows the Host header:\n%s", m.Text)
 	}
 }
+
+// TestMail_NoPasswordOracle: with a wrong nonce, the current password
+// and a wrong guess get the same answer (the nonce is checked first).
+func TestMail_NoPasswordOracle(t *testing.T) {
+	e := newMailEnv(t, nil)
+	e.user("oracle@example.com", "correct horse 1", nil)
+	at := e.session("oracle@example.com", "correct horse 1").str("access_token")
+	wantAuthError(t, e.call("PUT", e.base+"/user", at, map[string]any{"password": "correct horse 1", "nonce": "000000"}), 422, "reauthentication_not_valid")
+	wantAuthError(t, e.call("PUT", e.base+"/user", at, map[string]any{"password": "a wrong guess", "nonce": "000000"}), 422, "reauthentication_not_valid")
+}

@@ -332,10 +332,21 @@ func TestUpstream_Linking(t *testing.T) {
 	if x := u.call("PATCH", u.base+"/admin/config/auth", u.key, map[string]any{"external_email_linking_enabled": true}); x.Status != 200 {
 		t.Fatalf("config: %d %s", x.Status, x.Raw)
 	}
-	// On, an unverified address still never links.
-	r = u.login(t, newBrowser(t), map[string]any{"sub": "ann-1", "email": "ann@corp.test", "email_verified": false}, "")
+	// On, but the tenant auto-confirms: a confirmed address proves
+	// nothing (anyone could have signed up as ann), so nothing links.
+	r = u.login(t, newBrowser(t), map[string]any{"sub": "ann-1", "email": "ann@corp.test", "email_verified": true}, "")
 	if f := fragment(t, r.Location); f.Get("error_code") != "email_exists" {
-		t.Fatalf("unverified email linked: %s", r.Location)
+		t.Fatalf("linked while the tenant auto-confirms: %s", r.Location)
+	}
+	if x := u.call("PATCH", u.base+"/admin/config/auth", u.key, map[string]any{"mailer_autoconfirm": false}); x.Status != 200 {
+		t.Fatalf("config: %d %s", x.Status, x.Raw)
+	}
+	// An unverified address never links, nor becomes anyone's address:
+	// the identity signs in as a new user without one.
+	r = u.login(t, newBrowser(t), map[string]any{"sub": "mallory-1", "email": "ann@corp.test", "email_verified": false}, "")
+	other := u.call("GET", u.base+"/user", fragment(t, r.Location).Get("access_token"), nil)
+	if other.Status != 200 || other.str("email") != "" {
+		t.Fatalf("an unverified address: %d %s", other.Status, other.Raw)
 	}
 	r = u.login(t, newBrowser(t), map[string]any{"sub": "ann-1", "email": "ann@corp.test", "email_verified": true}, "")
 	tok := fragment(t, r.Location).Get("access_token")
@@ -560,7 +571,9 @@ func TestUpstream_OAuth2WithMapping(t *testing.T) {
 	tok := fragment(t, cb.Location).Get("access_token")
 	me := u.call("GET", u.base+"/user", tok, nil)
 	ids, _ := me.Body["identities"].([]any)
-	if me.Status != 200 || me.str("email") != "forge@corp.test" || me.str("email_confirmed_at") != "" || len(ids) != 1 {
+	// The provider did not verify the address: it stays in the identity.
+	if me.Status != 200 || me.str("email") != "" || me.str("email_confirmed_at") != "" || len(ids) != 1 ||
+		ids[0].(map[string]any)["email"] != "forge@corp.test" {
 		t.Fatalf("user: %d %s", me.Status, me.Raw)
 	}
 	if id := ids[0].(map[string]any); id["id"] != "4242" || id["provider"] != "forge" {

@@ -679,15 +679,15 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			}
 		}
 	}
+	samePassword := false
 	if req.Password != nil {
 		if !admin && u.EncryptedPassword != "" {
-			// As GoTrue: a new password must differ from the current one.
-			same, _, err := s.hashes.Verify(ctx, u.EncryptedPassword, *req.Password)
-			if err != nil {
+			// As GoTrue: a new password must differ from the current one;
+			// said only after the nonce is checked (inside the write), or a
+			// wrong nonce would still answer whether a guess is the password.
+			var err error
+			if samePassword, _, err = s.hashes.Verify(ctx, u.EncryptedPassword, *req.Password); err != nil {
 				return nil, hashError(err)
-			}
-			if same {
-				return nil, newError(engine.KindRefused, "same_password", "New password should be different from the old password.")
 			}
 		}
 		var err error
@@ -727,6 +727,9 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		if pwHash != "" && !admin {
 			if err := checkNonce(tx, st, p, req.Nonce, now); err != nil {
 				return err
+			}
+			if samePassword {
+				return newError(engine.KindRefused, "same_password", "New password should be different from the old password.")
 			}
 		}
 		if pendingEmail != "" {

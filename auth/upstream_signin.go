@@ -48,6 +48,14 @@ func (s *Service) ExternalSignIn(ctx context.Context, t Tenant, c Client, id Ups
 	if email != "" && validateEmail(email) != nil {
 		email = ""
 	}
+	// Only an address the provider verified becomes the user's: an
+	// unverified claim stays in the identity's data, or anyone could
+	// sign up as victim@ through a lax provider and wait for the owner's
+	// first mailed link to confirm the account the attacker holds.
+	verified := ""
+	if id.EmailVerified {
+		verified = email
+	}
 	data := map[string]any{}
 	for k, v := range id.Data {
 		data[k] = v
@@ -79,12 +87,16 @@ func (s *Service) ExternalSignIn(ctx context.Context, t Tenant, c Client, id Ups
 		case o.LinkUserID != "":
 			uid, linked = o.LinkUserID, true
 		default:
-			u, err := liveUserByEmail(tx, email)
-			if err != nil {
-				return err
+			var u *User
+			if verified != "" {
+				if u, err = liveUserByEmail(tx, verified); err != nil {
+					return err
+				}
 			}
 			switch {
-			case u != nil && st.EmailLinking && id.EmailVerified:
+			case u != nil && st.EmailLinking && !st.MailerAutoconfirm && u.EmailConfirmedAt != nil:
+				// The address was proven by a mailed link (the tenant does
+				// not auto-confirm): the identity joins its user.
 				uid, linked = u.ID, true
 			case u != nil:
 				return newError(engine.KindRefused, CodeEmailExists,
@@ -92,7 +104,7 @@ func (s *Service) ExternalSignIn(ctx context.Context, t Tenant, c Client, id Ups
 			case st.DisableSignup:
 				return newError(engine.KindRefused, CodeSignupDisabled, "Signups not allowed for this instance")
 			default:
-				if uid, err = insertExternalUser(tx, id, email, data, ts); err != nil {
+				if uid, err = insertExternalUser(tx, id, verified, data, ts); err != nil {
 					return err
 				}
 				created = true
@@ -203,8 +215,8 @@ func nullable(s string) any {
 func insertExternalUser(tx engine.Querier, id UpstreamIdentity, email string, data map[string]any, ts int64) (string, error) {
 	uid := newUUID()
 	var confirmed any
-	if email != "" && id.EmailVerified {
-		confirmed = ts
+	if email != "" {
+		confirmed = ts // only a verified address comes here
 	}
 	app := map[string]any{"provider": id.Provider, "providers": []string{id.Provider}}
 	_, err := tx.Exec(`INSERT INTO users (id, aud, role, email, encrypted_password, email_confirmed_at, last_sign_in_at,

@@ -159,3 +159,18 @@ func TestMail_NoPasswordOracle(t *testing.T) {
 	wantAuthError(t, e.call("PUT", e.base+"/user", at, map[string]any{"password": "correct horse 1", "nonce": "000000"}), 422, "reauthentication_not_valid")
 	wantAuthError(t, e.call("PUT", e.base+"/user", at, map[string]any{"password": "a wrong guess", "nonce": "000000"}), 422, "reauthentication_not_valid")
 }
+
+// TestMail_TenantFromOnlyWithItsServer: a tenant's smtp_admin_email is
+// its mails' From only through its own SMTP server; through the
+// operator's, the operator's From (no tenant mails as security@bank).
+func TestMail_TenantFromOnlyWithItsServer(t *testing.T) {
+	e := newMailEnv(t, map[string]any{"mailer_autoconfirm": true, "smtp_admin_email": "security@bank.example", "smtp_sender_name": "Bank"})
+	e.user("from@example.com", "correct horse 1", nil)
+	if r := e.call("POST", e.base+"/recover", "", map[string]any{"email": "from@example.com"}); r.Status != 200 {
+		t.Fatalf("recover: %d %s", r.Status, r.Raw)
+	}
+	m := e.mb.nth("from@example.com", 1)
+	if strings.Contains(m.From, "bank.example") || !strings.Contains(m.From, "auth@example.com") {
+		t.Fatalf("From %q through the operator's server", m.From)
+	}
+}

@@ -290,7 +290,7 @@ func (s *Server) mailSink(cfg ServerConfig) (mail.Sink, error) {
 		if from == "" {
 			from = "noreply@localhost"
 		}
-		return mail.New(mail.Config{URL: u.String(), From: from, Guard: !allowPrivate})
+		return mail.New(mail.Config{URL: u.String(), From: from, Guard: !allowPrivate, RequireTLS: !allowPrivate})
 	}
 	return sink, nil
 }

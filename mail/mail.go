@@ -11,6 +11,7 @@ package mail
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,6 +45,12 @@ type Config struct {
 	// address (a tenant's own server, unless serve
 	// --outbound-allow-private); the operator's server is trusted.
 	Guard bool
+	// RequireTLS refuses a server without STARTTLS (a tenant's own server
+	// on a public address: a stripped STARTTLS would expose the links).
+	RequireTLS bool
+	// TLS is the client's TLS configuration (nil: the system's roots;
+	// tests trust their own certificate).
+	TLS *tls.Config
 }
 
 // Message is one mail.
@@ -80,24 +87,36 @@ func New(cfg Config) (*Sender, error) {
 		timeout = 30 * time.Second
 	}
 	port := 587
-	opts := []gomail.Option{gomail.WithTimeout(timeout)}
-	if u.Scheme == "smtps" {
-		port = 465
-		opts = append(opts, gomail.WithSSL())
-	} else if u.Query().Get("tls") == "required" {
-		opts = append(opts, gomail.WithTLSPolicy(gomail.TLSMandatory))
-	} else {
-		opts = append(opts, gomail.WithTLSPolicy(gomail.TLSOpportunistic))
-	}
 	if p := u.Port(); p != "" {
 		if port, err = strconv.Atoi(p); err != nil {
 			return nil, fmt.Errorf("mail: bad port %q", p)
 		}
+	} else if u.Scheme == "smtps" {
+		port = 465
 	}
-	opts = append(opts, gomail.WithPort(port))
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.TLS != nil {
+		tlsCfg = cfg.TLS.Clone()
+	}
+	if tlsCfg.ServerName == "" {
+		tlsCfg.ServerName = u.Hostname()
+	}
+	// Our own dialer (the address guard, when asked); go-mail does not
+	// wrap a custom dialer's connection for implicit TLS, so smtps dials
+	// TLS itself.
+	d := &net.Dialer{Timeout: 10 * time.Second}
 	if cfg.Guard {
-		d := &net.Dialer{Timeout: 10 * time.Second, Control: netguard.Control}
-		opts = append(opts, gomail.WithDialContextFunc(d.DialContext))
+		d.Control = netguard.Control
+	}
+	opts := []gomail.Option{gomail.WithTimeout(timeout), gomail.WithPort(port), gomail.WithTLSConfig(tlsCfg)}
+	switch {
+	case u.Scheme == "smtps":
+		td := &tls.Dialer{NetDialer: d, Config: tlsCfg}
+		opts = append(opts, gomail.WithDialContextFunc(td.DialContext), gomail.WithTLSPolicy(gomail.NoTLS))
+	case u.Query().Get("tls") == "required" || cfg.RequireTLS:
+		opts = append(opts, gomail.WithDialContextFunc(d.DialContext), gomail.WithTLSPolicy(gomail.TLSMandatory))
+	default:
+		opts = append(opts, gomail.WithDialContextFunc(d.DialContext), gomail.WithTLSPolicy(gomail.TLSOpportunistic))
 	}
 	if u.User != nil {
 		pass, _ := u.User.Password()
@@ -180,6 +199,12 @@ func (s Sink) Deliver(ctx context.Context, t *engine.TenantShard, m event.Messag
 	}
 	if sender == nil {
 		return ErrNoServer
+	}
+	if sender == s.Sender {
+		// Through the operator's server a tenant's sender would let any
+		// tenant mail as anyone (its templates, any address): the
+		// operator's From it is.
+		env.Data.From = ""
 	}
 	return sender.Send(ctx, env.Data)
 }

@@ -25,15 +25,17 @@ type smtpServer struct {
 }
 
 type received struct {
-	from string
-	to   []string
-	data string
+	from  string
+	to    []string
+	data  string
+	plain bool // the connection was not TLS
 }
 
 type session struct {
 	s     *smtpServer
 	authd bool
 	r     received
+	plain bool
 }
 
 func (s *session) AuthMechanisms() []string { return []string{sasl.Plain} }
@@ -59,13 +61,15 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	s.r.data = string(b)
+	s.r.data, s.r.plain = string(b), s.plain
 	s.s.mu.Lock()
 	s.s.got = append(s.s.got, s.r)
 	s.s.mu.Unlock()
 	return nil
 }
 func (s *session) Reset()        { s.r = received{} }
+
+func sprintf(format, a string) string { return strings.Replace(format, "%s", a, 1) }
 func (s *session) Logout() error { return nil }
 
 func newSMTPServer(t *testing.T) *smtpServer {

@@ -67,10 +67,10 @@ func (s *session) Data(r io.Reader) error {
 	s.s.mu.Unlock()
 	return nil
 }
-func (s *session) Reset()        { s.r = received{} }
+func (s *session) Reset() { s.r = received{} }
 
 func sprintf(format, a string) string { return strings.Replace(format, "%s", a, 1) }
-func (s *session) Logout() error { return nil }
+func (s *session) Logout() error      { return nil }
 
 func newSMTPServer(t *testing.T) *smtpServer {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -174,3 +174,26 @@ func TestMail_TenantFromOnlyWithItsServer(t *testing.T) {
 		t.Fatalf("From %q through the operator's server", m.From)
 	}
 }
+
+// TestMail_EmailChangeEndsOldTokens: a recovery link mailed to the old
+// address stops working once the address changed.
+func TestMail_EmailChangeEndsOldTokens(t *testing.T) {
+	e := newMailEnv(t, map[string]any{"mailer_secure_email_change_enabled": false})
+	e.user("before@example.com", "correct horse 1", nil)
+	at := e.session("before@example.com", "correct horse 1").str("access_token")
+	if r := e.call("POST", e.base+"/recover", "", map[string]any{"email": "before@example.com"}); r.Status != 200 {
+		t.Fatalf("recover: %d %s", r.Status, r.Raw)
+	}
+	old := e.mb.nth("before@example.com", 1)
+	if r := e.call("PUT", e.base+"/user", at, map[string]any{"email": "after@example.com"}); r.Status != 200 {
+		t.Fatalf("change: %d %s", r.Status, r.Raw)
+	}
+	change := e.mb.nth("after@example.com", 1)
+	if r := e.call("POST", e.base+"/verify", "", map[string]any{"type": "email_change", "email": "after@example.com", "token": change.Code(t)}); r.Status != 200 {
+		t.Fatalf("verify the change: %d %s", r.Status, r.Raw)
+	}
+	wantAuthError(t, e.call("POST", e.base+"/verify", "", map[string]any{"type": "recovery", "email": "before@example.com", "token": old.Code(t)}), 403, "otp_expired")
+	if status, loc := e.follow(old.Link(t)); status != 303 || !strings.Contains(loc, "error_code=otp_expired") {
+		t.Fatalf("the old address's link: %d %s", status, loc)
+	}
+}

@@ -456,6 +456,23 @@ func TestUpstream_ProviderAdmin(t *testing.T) {
 	if r := u.call("GET", u.base+"/authorize?provider=corp", "", nil); r.Status != 400 {
 		t.Fatalf("a disabled provider: %d %s", r.Status, r.Raw)
 	}
+	// A login begun before the provider was disabled does not finish.
+	if r := u.call("PATCH", u.base+"/admin/custom-providers/corp", u.key, map[string]any{"enabled": true}); r.Status != 200 {
+		t.Fatalf("enable: %d %s", r.Status, r.Raw)
+	}
+	b := newBrowser(t)
+	a := b.do("GET", u.base+"/authorize?provider=corp&redirect_to=http://localhost:3000/welcome", nil)
+	aq, _ := url.Parse(a.Location)
+	if r := u.call("PATCH", u.base+"/admin/custom-providers/corp", u.key, map[string]any{"enabled": false}); r.Status != 200 {
+		t.Fatalf("disable: %d %s", r.Status, r.Raw)
+	}
+	u.idp.mu.Lock()
+	u.idp.next = map[string]any{"sub": "late", "nonce": aq.Query().Get("nonce")}
+	u.idp.mu.Unlock()
+	cb := b.do("GET", u.base+"/callback?"+url.Values{"state": {aq.Query().Get("state")}, "code": {"c"}}.Encode(), nil)
+	if f := fragment(t, cb.Location); f.Get("error_code") != "provider_disabled" || f.Get("access_token") != "" {
+		t.Fatalf("callback of a disabled provider: %s", cb.Location)
+	}
 	if r := u.call("POST", u.base+"/admin/custom-providers", "", map[string]any{"id": "y", "issuer": "https://idp.test", "client_id": "c"}); r.Status != 401 {
 		t.Fatalf("without the key: %d %s", r.Status, r.Raw)
 	}

@@ -281,7 +281,11 @@ func (s *Server) mailSink(cfg ServerConfig) (mail.Sink, error) {
 			u.Scheme = "smtps"
 		}
 		if st.SMTPUser != "" {
-			u.User = url.UserPassword(st.SMTPUser, st.SMTPPass)
+			pass, err := s.Auth.SMTPPassword(auth.Tenant{ID: ts.Tenant.ID, Shard: ts}, st)
+			if err != nil {
+				return nil, err
+			}
+			u.User = url.UserPassword(st.SMTPUser, pass)
 		}
 		from := cfg.Mail.From
 		if st.SMTPAdminEmail != "" {

@@ -776,6 +776,10 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			}
 			changed = append(changed, "email", "is_anonymous")
 		} else if newEmail != "" {
+			// Links and codes mailed to the old address end with it.
+			if _, err := tx.Exec(`DELETE FROM one_time_tokens WHERE user_id = ?`, u.ID); err != nil {
+				return err
+			}
 			meta["email"] = newEmail
 			if _, err := tx.Exec(`UPDATE users SET email = ? WHERE id = ?`, newEmail, u.ID); err != nil {
 				if errors.Is(err, engine.ErrConflict) {

@@ -817,6 +817,10 @@ func setEmail(tx engine.Querier, u *User, newEmail string, ts int64) error {
 	} else if _, ok := meta["email"]; ok {
 		meta["email"] = newEmail
 	}
+	// Links and codes mailed to the old address end with it.
+	if _, err := tx.Exec(`DELETE FROM one_time_tokens WHERE user_id = ?`, u.ID); err != nil {
+		return err
+	}
 	if _, err := tx.Exec(`UPDATE users SET email = ?, email_confirmed_at = ?, is_anonymous = 0, email_change = NULL, email_change_sent_at = NULL,
 		email_change_confirm_status = 0, raw_user_meta_data = ?, updated_at = ? WHERE id = ?`, newEmail, ts, mustJSON(meta), ts, u.ID); err != nil {
 		return err

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	htmltemplate "html/template"
@@ -349,4 +350,30 @@ func templateSetting(name string, k MailKind, part func(*MailTemplate) *string, 
 			}
 			return nil
 		}}
+}
+
+// sealedPrefix marks a secret setting sealed under the master key.
+const sealedPrefix = "sealed:"
+
+// sealSMTPPass seals a tenant's SMTP password for the settings table.
+func (s *Service) sealSMTPPass(t Tenant, pass string) string {
+	if pass == "" {
+		return ""
+	}
+	return sealedPrefix + base64.StdEncoding.EncodeToString(s.keys.SealSecret(t.ID, "smtp_pass", []byte(pass)))
+}
+
+// SMTPPassword returns the tenant's SMTP password in clear, for the mail
+// sink.
+func (s *Service) SMTPPassword(t Tenant, st Settings) (string, error) {
+	sealed, ok := strings.CutPrefix(st.SMTPPass, sealedPrefix)
+	if !ok {
+		return st.SMTPPass, nil
+	}
+	raw, err := base64.StdEncoding.DecodeString(sealed)
+	if err != nil {
+		return "", fmt.Errorf("smtp_pass: %w", err)
+	}
+	plain, err := s.keys.OpenSecret(t.ID, "smtp_pass", raw)
+	return string(plain), err
 }

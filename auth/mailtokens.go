@@ -199,6 +199,11 @@ func newFlowState(tx engine.Querier, st Settings, pc *pkceChallenge, authMethod 
 	if pc == nil {
 		return "", nil
 	}
+	// The tenant's expired flow states go with each new one: requests
+	// that never came back would otherwise pile up.
+	if _, err := tx.Exec(`DELETE FROM flow_states WHERE expires_at <= ?`, now.UnixMicro()); err != nil {
+		return "", err
+	}
 	id := newUUID()
 	exp := now.Add(time.Duration(st.MailerOTPExp)*time.Second + authCodeTTL)
 	_, err := tx.Exec(`INSERT INTO flow_states (id, code_challenge, code_challenge_method, authentication_method, created_at, expires_at)

@@ -462,8 +462,8 @@ func (s *Service) UpdateSettings(ctx context.Context, t Tenant, c Client, actor 
 			f, _ := settingField(name)
 			_ = f.set(s, &probe, patch[name]) // checked above
 			var value []byte
-			if name == "smtp_pass" { // its get shows the mask
-				value, _ = json.Marshal(probe.SMTPPass)
+			if name == "smtp_pass" { // its get shows the mask; stored sealed
+				value, _ = json.Marshal(s.sealSMTPPass(t, probe.SMTPPass))
 			} else {
 				value, _ = json.Marshal(f.get(&probe))
 			}

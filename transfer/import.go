@@ -150,7 +150,7 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 				`UPDATE identity_providers SET client_secret = NULL, enabled = 0`,
 				`UPDATE webhook_endpoints SET enabled = 0, disabled_reason = 'imported as a copy: check the URL, then enable'`,
 				`DELETE FROM refresh_tokens`, `DELETE FROM sessions`, `DELETE FROM outbox`, `DELETE FROM signing_keys`,
-				`DELETE FROM settings WHERE "key" = 'service_key_sha256'`} {
+				`DELETE FROM settings WHERE "key" = 'service_key_sha256'`, `DELETE FROM settings WHERE "key" = 'smtp_pass'`} {
 				if _, err := tx.Exec(q); err != nil {
 					return err
 				}

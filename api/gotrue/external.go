@@ -203,6 +203,9 @@ func (a *API) handleCallback(w http.ResponseWriter, r *http.Request, t auth.Tena
 		return
 	}
 	p, err := a.auth.GetProvider(r.Context(), t, st.ProviderID)
+	if err == nil && !p.Enabled {
+		err = engine.NewError(engine.KindInvalid, auth.CodeProviderDisabled, "Unsupported provider: provider is not enabled")
+	}
 	if err != nil {
 		a.callbackError(w, r, t, st.RedirectTo, pkce, err)
 		return

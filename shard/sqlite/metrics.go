@@ -38,3 +38,10 @@ func countStorageError(err error) {
 		}
 	}
 }
+
+// walCheckpoints counts the checkpoints that bound a shard's WAL past its
+// limit, by outcome (ok, busy: readers kept it, tried again later).
+var walCheckpoints = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "keyshard_sqlite_wal_bound_checkpoints_total",
+	Help: "TRUNCATE checkpoints run because a shard's WAL passed its limit, by outcome (ok, busy).",
+}, []string{"outcome"})

@@ -36,7 +36,20 @@ type Options struct {
 	// MustExist refuses to create a missing file: the engine opens only
 	// shards that approval created, so a deleted tenant is never recreated.
 	MustExist bool
+	// WALLimit bounds a shard's WAL (default DefaultWALLimit; negative:
+	// none). SQLite's automatic checkpoint is PASSIVE: with readers that
+	// never pause it cannot restart the WAL, which then grows with every
+	// write. Past the limit the writer runs a TRUNCATE checkpoint after a
+	// commit, waiting up to walCheckpointWait for the readers.
+	WALLimit int64
 }
+
+// DefaultWALLimit is a shard's WAL bound by default.
+const DefaultWALLimit = 16 << 20
+
+// walCheckpointWait bounds the writer's wait for readers in a bounding
+// checkpoint; a checkpoint that could not finish is tried again later.
+const walCheckpointWait = 100 * time.Millisecond
 
 func (o Options) withDefaults() (Options, error) {
 	o.Synchronous = strings.ToUpper(o.Synchronous)
@@ -55,6 +68,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.ReaderCacheKiB <= 0 {
 		o.ReaderCacheKiB = 500
+	}
+	if o.WALLimit == 0 {
+		o.WALLimit = DefaultWALLimit
 	}
 	return o, nil
 }
@@ -134,7 +150,7 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 		_ = db.Close()
 		return nil, translate(err)
 	}
-	w := &writeConn{querier: newQuerier(db)}
+	w := &writeConn{querier: newQuerier(db), walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
 	if _, err := migrations.Up(ctx, w, Dialect); err != nil {
 		_ = w.Close()
 		return nil, err
@@ -163,7 +179,13 @@ func (r *readConn) Close() error {
 }
 
 // writeConn is the writer's connection: batch transaction and savepoints.
-type writeConn struct{ *querier }
+type writeConn struct {
+	*querier
+	walPath  string
+	walLimit int64
+	busy     time.Duration
+	commits  int
+}
 
 var _ shard.WriteConn = (*writeConn)(nil)
 
@@ -187,8 +209,37 @@ func (w *writeConn) RollbackSavepoint() error {
 	return err
 }
 func (w *writeConn) Commit() error {
-	_, err := w.Exec("COMMIT")
-	return err
+	if _, err := w.Exec("COMMIT"); err != nil {
+		return err
+	}
+	w.boundWAL()
+	return nil
+}
+
+// boundWAL checks the WAL's size every few commits and, past the limit,
+// restarts it with a TRUNCATE checkpoint that waits briefly for readers.
+// A checkpoint that could not finish (readers kept the WAL busy) is only
+// tried again at the next check: the commit has already succeeded.
+func (w *writeConn) boundWAL() {
+	w.commits++
+	if w.walLimit < 0 || w.commits%8 != 0 {
+		return
+	}
+	fi, err := os.Stat(w.walPath)
+	if err != nil || fi.Size() < w.walLimit {
+		return
+	}
+	_ = w.db.BusyTimeout(walCheckpointWait)
+	_, _, err = w.db.WALCheckpoint("", sqlite3.CHECKPOINT_TRUNCATE)
+	_ = w.db.BusyTimeout(w.busy)
+	walCheckpoints.WithLabelValues(checkpointOutcome(err)).Inc()
+}
+
+func checkpointOutcome(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return "busy"
 }
 func (w *writeConn) Rollback() error {
 	if w.db.GetAutocommit() {

@@ -430,6 +430,10 @@ func (s *Service) auditFailedLogin(ctx context.Context, t Tenant, c Client, user
 	return writeError(t.Shard.Write(ctx, op), engine.KindRateLimited)
 }
 
+// refreshedAtResolution: a session's refreshed_at is rewritten at most
+// this often.
+const refreshedAtResolution = time.Minute
+
 // maxWalk bounds the steps from a presented ancestor token to the active
 // one: more rotations than this within the grace interval is not a client
 // that lost a response.
@@ -486,11 +490,17 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 		now = s.now().UTC().Truncate(time.Microsecond)
 		ts := now.UnixMicro()
 		*is = issued{}
-		var id, updated, sessCreated int64
+		var id, updated int64
 		var sessID string
 		var revoked bool
-		err := tx.QueryRow(`SELECT id, user_id, session_id, revoked, updated_at FROM refresh_tokens WHERE token_hash = ?`, h).
-			Scan(&id, &userID, &sessID, &revoked, &updated)
+		var sessCreated, notAfter, refreshedAt *int64
+		var amr, grantClient *string
+		// One statement for the token, its session and its OAuth grant:
+		// the writer is the shard's one serial resource.
+		err := tx.QueryRow(`SELECT rt.id, rt.user_id, rt.session_id, rt.revoked, rt.updated_at, s.created_at, s.not_after, s.refreshed_at, s.amr, g.client_id
+			FROM refresh_tokens rt LEFT JOIN sessions s ON s.id = rt.session_id LEFT JOIN oauth_grants g ON g.session_id = rt.session_id
+			WHERE rt.token_hash = ?`, h).
+			Scan(&id, &userID, &sessID, &revoked, &updated, &sessCreated, &notAfter, &refreshedAt, &amr, &grantClient)
 		if errors.Is(err, engine.ErrNoRows) {
 			is.failure = errRefreshNotFound()
 			return nil
@@ -498,24 +508,9 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 		if err != nil {
 			return err
 		}
-		var grantClient string
-		err = tx.QueryRow(`SELECT client_id FROM oauth_grants WHERE session_id = ?`, sessID).Scan(&grantClient)
-		if err != nil && !errors.Is(err, engine.ErrNoRows) {
-			return err
-		}
-		if grantClient != clientID {
+		if (grantClient == nil && clientID != "") || (grantClient != nil && *grantClient != clientID) || sessCreated == nil {
 			is.failure = errRefreshNotFound()
 			return nil
-		}
-		var notAfter *int64
-		var amr *string
-		err = tx.QueryRow(`SELECT created_at, not_after, amr FROM sessions WHERE id = ?`, sessID).Scan(&sessCreated, &notAfter, &amr)
-		if errors.Is(err, engine.ErrNoRows) {
-			is.failure = errRefreshNotFound()
-			return nil
-		}
-		if err != nil {
-			return err
 		}
 		if notAfter != nil && *notAfter <= ts {
 			if revoked {
@@ -525,7 +520,7 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 			}
 			return nil
 		}
-		is.sessionID, is.sessionAt = sessID, time.UnixMicro(sessCreated).Unix()
+		is.sessionID, is.sessionAt = sessID, time.UnixMicro(*sessCreated).Unix()
 		if amr != nil {
 			is.method = *amr
 		}
@@ -538,8 +533,13 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 				VALUES (?, ?, ?, ?, 0, ?, ?)`, hashToken(child), userID, sessID, h, ts, ts); err != nil {
 				return err
 			}
-			if _, err := tx.Exec(`UPDATE sessions SET refreshed_at = ?, updated_at = ? WHERE id = ?`, ts, ts, sessID); err != nil {
-				return err
+			// refreshed_at says when the session was last used, to the
+			// minute: a client refreshing more often does not rewrite the
+			// session row each time (its token rows are the record).
+			if refreshedAt == nil || ts-*refreshedAt >= refreshedAtResolution.Microseconds() {
+				if _, err := tx.Exec(`UPDATE sessions SET refreshed_at = ?, updated_at = ? WHERE id = ?`, ts, ts, sessID); err != nil {
+					return err
+				}
 			}
 			if err := s.record(tx, t, &event.Event{Type: event.SessionRefreshed, Actor: event.User(userID, ""), IP: c.IP,
 				Data: map[string]any{"session_id": sessID}, At: now}); err != nil {

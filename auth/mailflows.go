@@ -76,7 +76,9 @@ func (s *Service) Recover(ctx context.Context, t Tenant, c Client, req MailReque
 			return err
 		}
 		if u == nil || u.Banned(now) {
-			decoyMail(t, st, MailRecovery, "recovery", email, req.RedirectTo)
+			if err := s.decoyMail(tx, t, st, MailRecovery, tokRecovery, "recovery", email, req.RedirectTo, now); err != nil {
+				return err
+			}
 			return s.recordRequest(tx, t, c, event.UserRecoveryRequested, nil, email, now, nil)
 		}
 		if err := s.sendTokenMail(tx, t, st, u, MailRecovery, tokRecovery, "recovery", u.Email, "", pc, req.RedirectTo, now); err != nil {
@@ -136,7 +138,9 @@ func (s *Service) SendOTP(ctx context.Context, t Tenant, c Client, req MailReque
 			}
 		}
 		if u == nil || u.Banned(now) {
-			decoyMail(t, st, MailMagicLink, "magiclink", email, req.RedirectTo)
+			if err := s.decoyMail(tx, t, st, MailMagicLink, tokMagicLink, "magiclink", email, req.RedirectTo, now); err != nil {
+				return err
+			}
 			return s.recordRequest(tx, t, c, event.UserMagicLinkRequested, nil, email, now, nil)
 		}
 		if u.EmailConfirmedAt == nil {

@@ -102,9 +102,12 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 			return nil, nil, err
 		}
 	}
+	if err := s.pace.wait(ctx, c.IP); err != nil {
+		return nil, nil, err
+	}
 	pwHash, err := s.hashes.Hash(ctx, req.Password)
 	if err != nil {
-		return nil, nil, hashError(err)
+		return nil, nil, s.hashRefusal(c, err)
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	nu := newUser{email: email, pwHash: pwHash, data: req.Data, confirmed: st.MailerAutoconfirm, signedIn: st.MailerAutoconfirm}
@@ -359,10 +362,14 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 		s.throttle.Fail(t.ID, email, c.IP)
 		return nil, "", errInvalidCredentials()
 	}
+	// A client back before its Retry-After waits out the rest first.
+	if err := s.pace.wait(ctx, c.IP); err != nil {
+		return nil, "", err
+	}
 	// A saturated pool refuses before the user is read: under a login storm
 	// most requests are refused, and each refusal should cost next to nothing.
 	if err := s.hashes.Admit(); err != nil {
-		return nil, "", hashError(err)
+		return nil, "", s.hashRefusal(c, err)
 	}
 	var u *User
 	err = t.Shard.Read(ctx, func(q engine.Querier) error {
@@ -378,7 +385,7 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 	}
 	if u == nil || u.EncryptedPassword == "" {
 		if err := s.hashes.VerifyDummy(ctx, req.Password); err != nil {
-			return nil, "", hashError(err)
+			return nil, "", s.hashRefusal(c, err)
 		}
 		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, "", email, "unknown_email"); err != nil {
@@ -388,7 +395,7 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 	}
 	ok, stale, err := s.hashes.Verify(ctx, u.EncryptedPassword, req.Password)
 	if err != nil {
-		return nil, "", hashError(err)
+		return nil, "", s.hashRefusal(c, err)
 	}
 	if !ok {
 		s.throttle.Fail(t.ID, email, c.IP)

@@ -61,6 +61,7 @@ type Service struct {
 	signups  *SignupLimiter
 	settings *lru.Cache[string, cachedSettings] // see CachedSettings
 	mails    *mailLimiter
+	pace     *pacer
 
 	settingsMu sync.Mutex // orders the check and the add of cacheSettings
 }
@@ -86,7 +87,7 @@ func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service 
 	sk.Write([]byte("keyshard upstream login state v1"))
 	return &Service{stateKey: sk.Sum(nil), hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
 		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups, settings: newSettingsCache(),
-		mails: newMailLimiter(cfg.Now)}
+		mails: newMailLimiter(cfg.Now), pace: newPacer(cfg.Now)}
 }
 
 // Keys returns the signing key manager.
@@ -215,6 +216,13 @@ func hashError(err error) error {
 			Message: "Password hashing is unavailable, retry shortly", RetryAfter: time.Second, Err: err}
 	}
 	return err
+}
+
+// hashRefusal maps a hash pool failure of a client's login or signup, and
+// notes a refusal's Retry-After for the pacer.
+func (s *Service) hashRefusal(c Client, err error) error {
+	s.pace.refused(c.IP, err)
+	return hashError(err)
 }
 
 // writeError maps a failed shard write of a flow whose client should back

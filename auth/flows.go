@@ -686,6 +686,24 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			}
 		}
 	}
+	// A reauthentication nonce is 6 digits: its guesses are limited like
+	// passwords' (the account's failures, from this address and from all).
+	nonceChecked := req.Password != nil && !admin && req.Nonce != "" && u.Email != ""
+	if nonceChecked {
+		wait, err := s.throttle.Allow(t.ID, u.Email, c.IP)
+		if err != nil {
+			return nil, err
+		}
+		if wait > 0 {
+			timer := time.NewTimer(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
+				return nil, ctx.Err()
+			}
+		}
+	}
 	samePassword := false
 	if req.Password != nil {
 		if !admin && u.EncryptedPassword != "" {
@@ -700,24 +718,6 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 		var err error
 		if pwHash, err = s.newPasswordHash(ctx, t, *req.Password); err != nil {
 			return nil, err
-		}
-	}
-	// A reauthentication nonce is 6 digits: its guesses are limited like
-	// passwords' (the account's failures, from this address and from all).
-	nonceChecked := pwHash != "" && !admin && req.Nonce != "" && u.Email != ""
-	if nonceChecked {
-		wait, err := s.throttle.Allow(t.ID, u.Email, c.IP)
-		if err != nil {
-			return nil, err
-		}
-		if wait > 0 {
-			timer := time.NewTimer(wait)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				timer.Stop()
-				return nil, ctx.Err()
-			}
 		}
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)

@@ -76,7 +76,7 @@ func (s *Service) Recover(ctx context.Context, t Tenant, c Client, req MailReque
 			return err
 		}
 		if u == nil || u.Banned(now) {
-			if err := s.decoyMail(tx, t, st, MailRecovery, tokRecovery, "recovery", email, req.RedirectTo, now); err != nil {
+			if err := s.decoyMail(tx, t, st, MailRecovery, tokRecovery, "recovery", email, pc, req.RedirectTo, now); err != nil {
 				return err
 			}
 			return s.recordRequest(tx, t, c, event.UserRecoveryRequested, nil, email, now, nil)
@@ -138,7 +138,7 @@ func (s *Service) SendOTP(ctx context.Context, t Tenant, c Client, req MailReque
 			}
 		}
 		if u == nil || u.Banned(now) {
-			if err := s.decoyMail(tx, t, st, MailMagicLink, tokMagicLink, "magiclink", email, req.RedirectTo, now); err != nil {
+			if err := s.decoyMail(tx, t, st, MailMagicLink, tokMagicLink, "magiclink", email, pc, req.RedirectTo, now); err != nil {
 				return err
 			}
 			return s.recordRequest(tx, t, c, event.UserMagicLinkRequested, nil, email, now, nil)

@@ -335,12 +335,18 @@ func (s *Service) enqueueMail(tx engine.Querier, t Tenant, st Settings, m mailOu
 // row whose token never existed, which the mail sink drops unsent. The
 // two answers then take about the same time on every backend (on a
 // networked database each statement is a round trip).
-func (s *Service) decoyMail(tx engine.Querier, t Tenant, st Settings, kind MailKind, tokKind, typ, address, redirectTo string, now time.Time) error {
+func (s *Service) decoyMail(tx engine.Querier, t Tenant, st Settings, kind MailKind, tokKind, typ, address string,
+	pc *pkceChallenge, redirectTo string, now time.Time) error {
+	// A PKCE request's flow state is written as for a real one (it
+	// expires unused).
+	if _, err := newFlowState(tx, st, pc, typ, now); err != nil {
+		return err
+	}
 	nobody := newUUID()
 	if _, err := tx.Exec(`DELETE FROM one_time_tokens WHERE user_id = ? AND kind = ?`, nobody, tokKind); err != nil {
 		return err
 	}
-	tok := mailToken{OTP: newOTP(), TokenHash: newLinkToken()}
+	tok := mailToken{OTP: newOTP(), TokenHash: newLinkToken(), pkce: pc != nil}
 	redirect := st.redirectFor(redirectTo)
 	if err := s.enqueueMail(tx, t, st, mailOut{kind: kind, tokKind: tokKind, to: address, tok: tok,
 		link: actionLink(t, tok, typ, redirect), redirect: redirect}, now); err != nil {

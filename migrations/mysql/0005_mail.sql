@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS flow_states (
     auth_code_hash         VARCHAR(128) UNIQUE,
     auth_code_issued_at    BIGINT,
     created_at             BIGINT NOT NULL,
-    expires_at             BIGINT NOT NULL
+    expires_at             BIGINT NOT NULL,
+    INDEX flow_states_expires (expires_at)
 ) ENGINE=InnoDB;
 
 ALTER TABLE users

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS upstream_states (
     flow_state_id   VARCHAR(64),
     link_user_id    VARCHAR(64),
     expires_at      BIGINT NOT NULL,
-    created_at      BIGINT NOT NULL
+    created_at      BIGINT NOT NULL,
+    INDEX upstream_states_expires (expires_at)
 ) ENGINE=InnoDB;
 
 ALTER TABLE sessions ADD COLUMN amr VARCHAR(32);

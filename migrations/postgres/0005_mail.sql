@@ -26,6 +26,8 @@ CREATE TABLE flow_states (
     expires_at             BIGINT NOT NULL
 );
 
+CREATE INDEX flow_states_expires ON flow_states(expires_at);
+
 ALTER TABLE users
     ADD COLUMN confirmation_sent_at BIGINT,
     ADD COLUMN recovery_sent_at BIGINT,

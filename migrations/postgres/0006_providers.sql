@@ -27,5 +27,6 @@ CREATE TABLE upstream_states (
     expires_at      BIGINT NOT NULL,
     created_at      BIGINT NOT NULL
 );
+CREATE INDEX upstream_states_expires ON upstream_states(expires_at);
 
 ALTER TABLE sessions ADD COLUMN amr TEXT;

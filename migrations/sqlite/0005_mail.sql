@@ -36,6 +36,8 @@ CREATE TABLE flow_states (
     expires_at             INTEGER NOT NULL
 );
 
+CREATE INDEX flow_states_expires ON flow_states(expires_at);
+
 ALTER TABLE users ADD COLUMN confirmation_sent_at INTEGER;
 ALTER TABLE users ADD COLUMN recovery_sent_at INTEGER;
 ALTER TABLE users ADD COLUMN invited_at INTEGER;

@@ -30,6 +30,7 @@ CREATE TABLE upstream_states (
     expires_at      INTEGER NOT NULL,
     created_at      INTEGER NOT NULL
 );
+CREATE INDEX upstream_states_expires ON upstream_states(expires_at);
 
 -- How a session was opened (its amr method) when not by password: a
 -- refresh keeps it.

@@ -185,6 +185,11 @@ type writeConn struct {
 	walLimit int64
 	busy     time.Duration
 	commits  int
+	// A bounding checkpoint that readers kept busy backs off (1 s doubling
+	// to 30 s): a reader holding its snapshot for long (an export) must not
+	// make every few commits wait the full walCheckpointWait.
+	walRetryAt   time.Time
+	walRetryWait time.Duration
 }
 
 var _ shard.WriteConn = (*writeConn)(nil)
@@ -229,10 +234,20 @@ func (w *writeConn) boundWAL() {
 	if err != nil || fi.Size() < w.walLimit {
 		return
 	}
+	now := time.Now()
+	if now.Before(w.walRetryAt) {
+		return
+	}
 	_ = w.db.BusyTimeout(walCheckpointWait)
 	_, _, err = w.db.WALCheckpoint("", sqlite3.CHECKPOINT_TRUNCATE)
 	_ = w.db.BusyTimeout(w.busy)
 	walCheckpoints.WithLabelValues(checkpointOutcome(err)).Inc()
+	if err == nil {
+		w.walRetryWait = 0
+		return
+	}
+	w.walRetryWait = min(max(2*w.walRetryWait, time.Second), 30*time.Second)
+	w.walRetryAt = now.Add(w.walRetryWait)
 }
 
 func checkpointOutcome(err error) string {

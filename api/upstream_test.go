@@ -18,6 +18,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/engine"
 )
 
 // fakeIdP is an OpenID provider on loopback whose ID tokens the test
@@ -332,14 +333,33 @@ func TestUpstream_Linking(t *testing.T) {
 	if x := u.call("PATCH", u.base+"/admin/config/auth", u.key, map[string]any{"external_email_linking_enabled": true}); x.Status != 200 {
 		t.Fatalf("config: %d %s", x.Status, x.Raw)
 	}
-	// On, but the tenant auto-confirms: a confirmed address proves
-	// nothing (anyone could have signed up as ann), so nothing links.
+	// On, but ann's address was confirmed only because the tenant
+	// auto-confirms (anyone could have signed up as ann): nothing links,
+	// even after auto-confirm is turned off.
 	r = u.login(t, newBrowser(t), map[string]any{"sub": "ann-1", "email": "ann@corp.test", "email_verified": true}, "")
 	if f := fragment(t, r.Location); f.Get("error_code") != "email_exists" {
-		t.Fatalf("linked while the tenant auto-confirms: %s", r.Location)
+		t.Fatalf("linked to an auto-confirmed address: %s", r.Location)
 	}
 	if x := u.call("PATCH", u.base+"/admin/config/auth", u.key, map[string]any{"mailer_autoconfirm": false}); x.Status != 200 {
 		t.Fatalf("config: %d %s", x.Status, x.Raw)
+	}
+	r = u.login(t, newBrowser(t), map[string]any{"sub": "ann-1", "email": "ann@corp.test", "email_verified": true}, "")
+	if f := fragment(t, r.Location); f.Get("error_code") != "email_exists" {
+		t.Fatalf("linked to an address auto-confirmed before: %s", r.Location)
+	}
+	// The administrator confirms it (a proven address): then it links.
+	var annID string
+	for _, raw := range u.call("GET", u.base+"/admin/users", u.key, nil).Body["users"].([]any) {
+		if m := raw.(map[string]any); m["email"] == "ann@corp.test" {
+			annID = m["id"].(string)
+		}
+	}
+	u.write("app", func(tx engine.Querier) error {
+		_, err := tx.Exec(`UPDATE users SET email_confirmed_at = NULL WHERE id = ?`, annID)
+		return err
+	})
+	if x := u.call("PUT", u.base+"/admin/users/"+annID, u.key, map[string]any{"email_confirm": true}); x.Status != 200 {
+		t.Fatalf("admin confirm: %d %s", x.Status, x.Raw)
 	}
 	// An unverified address never links, nor becomes anyone's address:
 	// the identity signs in as a new user without one.

@@ -239,10 +239,17 @@ func (nu newUser) insert(tx engine.Querier, now time.Time) (string, error) {
 	if nu.signedIn {
 		signedIn = ts
 	}
-	if _, err := tx.Exec(`INSERT INTO users (id, aud, role, email, encrypted_password, email_confirmed_at, last_sign_in_at,
+	var confirmedBy any
+	if nu.confirmed {
+		confirmedBy = ConfirmedAutoconfirm
+		if nu.admin {
+			confirmedBy = ConfirmedAdmin
+		}
+	}
+	if _, err := tx.Exec(`INSERT INTO users (id, aud, role, email, encrypted_password, email_confirmed_at, email_confirmed_by, last_sign_in_at,
 		raw_app_meta_data, raw_user_meta_data, is_anonymous, created_at, updated_at)
-		VALUES (?, 'authenticated', 'authenticated', ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
-		uid, nu.email, nu.pwHash, confirmed, signedIn, mustJSON(app), mustJSON(meta), ts, ts); err != nil {
+		VALUES (?, 'authenticated', 'authenticated', ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+		uid, nu.email, nu.pwHash, confirmed, confirmedBy, signedIn, mustJSON(app), mustJSON(meta), ts, ts); err != nil {
 		return "", err
 	}
 	if _, err := tx.Exec(`INSERT INTO identities (id, user_id, provider, provider_id, identity_data, email, last_sign_in_at, created_at, updated_at)
@@ -435,6 +442,23 @@ func (s *Service) auditFailedLogin(ctx context.Context, t Tenant, c Client, user
 		return err
 	}
 	return writeError(t.Shard.Write(ctx, op), engine.KindRateLimited)
+}
+
+// How an address was confirmed (users.email_confirmed_by).
+const (
+	ConfirmedAutoconfirm = "autoconfirm"
+	ConfirmedLink        = "link"
+	ConfirmedAdmin       = "admin"
+	ConfirmedProvider    = "provider"
+)
+
+// confirmedByFor is how an address taken at once is confirmed: by the
+// administrator, or as typed (auto-confirm).
+func confirmedByFor(admin bool) string {
+	if admin {
+		return ConfirmedAdmin
+	}
+	return ConfirmedAutoconfirm
 }
 
 // refreshedAtResolution: a session's refreshed_at is rewritten at most
@@ -770,7 +794,8 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			// (a tenant that auto-confirms), and an email identity, as GoTrue
 			// (anon_update_email.json: app_metadata stays as it was).
 			meta["email_verified"] = true
-			if _, err := tx.Exec(`UPDATE users SET email = ?, email_confirmed_at = ?, is_anonymous = 0 WHERE id = ?`, newEmail, ts, u.ID); err != nil {
+			if _, err := tx.Exec(`UPDATE users SET email = ?, email_confirmed_at = ?, email_confirmed_by = ?, is_anonymous = 0 WHERE id = ?`,
+				newEmail, ts, confirmedByFor(admin), u.ID); err != nil {
 				if errors.Is(err, engine.ErrConflict) {
 					return newError(engine.KindRefused, CodeEmailExists, "A user with this email address has already been registered")
 				}
@@ -848,7 +873,8 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 			changed = append(changed, "app_metadata")
 		}
 		if ch.confirmEmail {
-			if _, err := tx.Exec(`UPDATE users SET email_confirmed_at = COALESCE(email_confirmed_at, ?) WHERE id = ?`, ts, u.ID); err != nil {
+			if _, err := tx.Exec(`UPDATE users SET email_confirmed_by = CASE WHEN email_confirmed_at IS NULL THEN ? ELSE email_confirmed_by END,
+				email_confirmed_at = COALESCE(email_confirmed_at, ?) WHERE id = ?`, ConfirmedAdmin, ts, u.ID); err != nil {
 				return err
 			}
 			changed = append(changed, "email_confirmed_at")

@@ -778,8 +778,9 @@ func confirmEmail(tx engine.Querier, u *User, ts int64) error {
 	if _, ok := meta["email_verified"]; ok {
 		meta["email_verified"] = true
 	}
-	if _, err := tx.Exec(`UPDATE users SET email_confirmed_at = COALESCE(email_confirmed_at, ?), raw_user_meta_data = ?, updated_at = ? WHERE id = ?`,
-		ts, mustJSON(meta), ts, u.ID); err != nil {
+	if _, err := tx.Exec(`UPDATE users SET email_confirmed_by = CASE WHEN email_confirmed_at IS NULL THEN ? ELSE email_confirmed_by END,
+		email_confirmed_at = COALESCE(email_confirmed_at, ?), raw_user_meta_data = ?, updated_at = ? WHERE id = ?`,
+		ConfirmedLink, ts, mustJSON(meta), ts, u.ID); err != nil {
 		return err
 	}
 	return updateEmailIdentity(tx, u, func(data map[string]any) { data["email_verified"] = true }, "", ts)
@@ -825,8 +826,9 @@ func setEmail(tx engine.Querier, u *User, newEmail string, ts int64) error {
 	if _, err := tx.Exec(`DELETE FROM one_time_tokens WHERE user_id = ?`, u.ID); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(`UPDATE users SET email = ?, email_confirmed_at = ?, is_anonymous = 0, email_change = NULL, email_change_sent_at = NULL,
-		email_change_confirm_status = 0, raw_user_meta_data = ?, updated_at = ? WHERE id = ?`, newEmail, ts, mustJSON(meta), ts, u.ID); err != nil {
+	if _, err := tx.Exec(`UPDATE users SET email = ?, email_confirmed_at = ?, email_confirmed_by = ?, is_anonymous = 0, email_change = NULL,
+		email_change_sent_at = NULL, email_change_confirm_status = 0, raw_user_meta_data = ?, updated_at = ? WHERE id = ?`,
+		newEmail, ts, ConfirmedLink, mustJSON(meta), ts, u.ID); err != nil {
 		return err
 	}
 	hasEmail := false

@@ -94,9 +94,10 @@ func (s *Service) ExternalSignIn(ctx context.Context, t Tenant, c Client, id Ups
 				}
 			}
 			switch {
-			case u != nil && st.EmailLinking && !st.MailerAutoconfirm && u.EmailConfirmedAt != nil:
-				// The address was proven by a mailed link (the tenant does
-				// not auto-confirm): the identity joins its user.
+			case u != nil && st.EmailLinking && u.EmailConfirmedAt != nil && u.EmailConfirmedBy != ConfirmedAutoconfirm && u.EmailConfirmedBy != "":
+				// The address was proven (a mailed link, the administrator,
+				// a provider), not just typed in at a signup the tenant
+				// auto-confirmed: the identity joins its user.
 				uid, linked = u.ID, true
 			case u != nil:
 				return newError(engine.KindRefused, CodeEmailExists,
@@ -219,10 +220,14 @@ func insertExternalUser(tx engine.Querier, id UpstreamIdentity, email string, da
 		confirmed = ts // only a verified address comes here
 	}
 	app := map[string]any{"provider": id.Provider, "providers": []string{id.Provider}}
-	_, err := tx.Exec(`INSERT INTO users (id, aud, role, email, encrypted_password, email_confirmed_at, last_sign_in_at,
+	var by any
+	if confirmed != nil {
+		by = ConfirmedProvider
+	}
+	_, err := tx.Exec(`INSERT INTO users (id, aud, role, email, encrypted_password, email_confirmed_at, email_confirmed_by, last_sign_in_at,
 		raw_app_meta_data, raw_user_meta_data, is_anonymous, created_at, updated_at)
-		VALUES (?, 'authenticated', 'authenticated', ?, '', ?, ?, ?, ?, 0, ?, ?)`,
-		uid, nullable(email), confirmed, ts, mustJSON(app), mustJSON(data), ts, ts)
+		VALUES (?, 'authenticated', 'authenticated', ?, '', ?, ?, ?, ?, ?, 0, ?, ?)`,
+		uid, nullable(email), confirmed, by, ts, mustJSON(app), mustJSON(data), ts, ts)
 	return uid, err
 }
 

@@ -41,6 +41,9 @@ type User struct {
 	EmailChangeSentAt, ReauthenticationSentAt     *time.Time
 	NewEmail                                      string
 	EmailChangeConfirmed                          bool
+	// EmailConfirmedBy says how the address was confirmed: autoconfirm
+	// (taken as typed), link (a mailed link or code), admin, provider.
+	EmailConfirmedBy string
 }
 
 // Banned reports whether the user is banned at now.
@@ -80,7 +83,7 @@ const userColumns = `u.id, u.aud, u.role, COALESCE(u.email, ''), COALESCE(u.phon
 	u.email_confirmed_at, u.phone_confirmed_at, u.last_sign_in_at, u.last_seen_at,
 	u.raw_app_meta_data, u.raw_user_meta_data, u.is_anonymous, u.created_at, u.updated_at, u.banned_until, u.deleted_at,
 	u.invited_at, u.confirmation_sent_at, u.recovery_sent_at, u.email_change_sent_at, u.reauthentication_sent_at,
-	COALESCE(u.email_change, ''), u.email_change_confirm_status`
+	COALESCE(u.email_change, ''), u.email_change_confirm_status, COALESCE(u.email_confirmed_by, '')`
 
 // identityColumns are the identities columns (alias i) that follow
 // userColumns in a query joining a user with its identities.
@@ -109,7 +112,8 @@ func (d *userScan) userDest() []any {
 	u := &d.u
 	return []any{&d.id, &u.Aud, &u.Role, &u.Email, &u.Phone, &u.EncryptedPassword,
 		&d.ec, &d.pc, &d.ls, &d.lseen, &d.app, &d.meta, &u.IsAnonymous, &d.created, &d.updated, &d.banned, &d.deleted,
-		&d.mailSent[0], &d.mailSent[1], &d.mailSent[2], &d.mailSent[3], &d.mailSent[4], &u.NewEmail, &u.EmailChangeConfirmed}
+		&d.mailSent[0], &d.mailSent[1], &d.mailSent[2], &d.mailSent[3], &d.mailSent[4], &u.NewEmail, &u.EmailChangeConfirmed,
+		&u.EmailConfirmedBy}
 }
 
 func (d *userScan) identityDest() []any {

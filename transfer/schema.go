@@ -64,6 +64,7 @@ var Tables = []Table{
 		{"confirmation_sent_at", KindInt, false}, {"recovery_sent_at", KindInt, false}, {"invited_at", KindInt, false},
 		{"email_change", KindText, false}, {"email_change_sent_at", KindInt, false},
 		{"email_change_confirm_status", KindInt, false}, {"reauthentication_sent_at", KindInt, false},
+		{"email_confirmed_by", KindText, false},
 	}},
 	{Name: "identities", KeyLen: 1, Columns: []Column{
 		{"id", KindText, false}, {"user_id", KindText, false}, {"provider", KindText, false},

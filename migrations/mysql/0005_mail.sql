@@ -38,4 +38,5 @@ ALTER TABLE users
     ADD COLUMN email_change VARCHAR(320),
     ADD COLUMN email_change_sent_at BIGINT,
     ADD COLUMN email_change_confirm_status BIGINT NOT NULL DEFAULT 0,
-    ADD COLUMN reauthentication_sent_at BIGINT;
+    ADD COLUMN reauthentication_sent_at BIGINT,
+    ADD COLUMN email_confirmed_by VARCHAR(16);

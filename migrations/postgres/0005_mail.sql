@@ -35,4 +35,5 @@ ALTER TABLE users
     ADD COLUMN email_change TEXT,
     ADD COLUMN email_change_sent_at BIGINT,
     ADD COLUMN email_change_confirm_status BIGINT NOT NULL DEFAULT 0,
-    ADD COLUMN reauthentication_sent_at BIGINT;
+    ADD COLUMN reauthentication_sent_at BIGINT,
+    ADD COLUMN email_confirmed_by TEXT;

@@ -45,3 +45,7 @@ ALTER TABLE users ADD COLUMN email_change TEXT;
 ALTER TABLE users ADD COLUMN email_change_sent_at INTEGER;
 ALTER TABLE users ADD COLUMN email_change_confirm_status INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN reauthentication_sent_at INTEGER;
+-- How the address was confirmed: autoconfirm (taken as typed), link (a
+-- mailed link or code), admin, provider (an upstream provider verified
+-- it). Only a proven address may have an upstream identity linked to it.
+ALTER TABLE users ADD COLUMN email_confirmed_by TEXT;

@@ -185,11 +185,12 @@ type writeConn struct {
 	walLimit int64
 	busy     time.Duration
 	commits  int
-	// A bounding checkpoint that readers kept busy backs off (1 s doubling
-	// to 30 s): a reader holding its snapshot for long (an export) must not
-	// make every few commits wait the full walCheckpointWait.
-	walRetryAt   time.Time
-	walRetryWait time.Duration
+	// walRetrySize: after a bounding checkpoint that readers kept busy,
+	// the next is tried once the WAL has grown by another limit: a reader
+	// holding its snapshot for long (an export) must not make every few
+	// commits wait the full walCheckpointWait, and a short busy spell must
+	// not let the WAL run far past the limit.
+	walRetrySize int64
 }
 
 var _ shard.WriteConn = (*writeConn)(nil)
@@ -223,19 +224,16 @@ func (w *writeConn) Commit() error {
 
 // boundWAL checks the WAL's size every few commits and, past the limit,
 // restarts it with a TRUNCATE checkpoint that waits briefly for readers.
-// A checkpoint that could not finish (readers kept the WAL busy) is only
-// tried again at the next check: the commit has already succeeded.
+// A checkpoint that could not finish (readers kept the WAL busy) is tried
+// again once the WAL has grown by another limit: the commit has already
+// succeeded either way.
 func (w *writeConn) boundWAL() {
 	w.commits++
 	if w.walLimit < 0 || w.commits%8 != 0 {
 		return
 	}
 	fi, err := os.Stat(w.walPath)
-	if err != nil || fi.Size() < w.walLimit {
-		return
-	}
-	now := time.Now()
-	if now.Before(w.walRetryAt) {
+	if err != nil || fi.Size() < max(w.walLimit, w.walRetrySize) {
 		return
 	}
 	_ = w.db.BusyTimeout(walCheckpointWait)
@@ -243,11 +241,10 @@ func (w *writeConn) boundWAL() {
 	_ = w.db.BusyTimeout(w.busy)
 	walCheckpoints.WithLabelValues(checkpointOutcome(err)).Inc()
 	if err == nil {
-		w.walRetryWait = 0
+		w.walRetrySize = 0
 		return
 	}
-	w.walRetryWait = min(max(2*w.walRetryWait, time.Second), 30*time.Second)
-	w.walRetryAt = now.Add(w.walRetryWait)
+	w.walRetrySize = fi.Size() + w.walLimit
 }
 
 func checkpointOutcome(err error) string {

@@ -17,7 +17,8 @@ import (
 // TestWAL_BoundedUnderReaders: with readers that never pause, SQLite's
 // automatic (PASSIVE) checkpoint cannot restart the WAL, which then grows
 // with every write. Past WALLimit the writer runs a TRUNCATE checkpoint
-// that waits briefly for the readers, so the WAL stays near the limit.
+// that waits briefly for the readers, so the WAL stays near the limit
+// (within about two limits when a checkpoint finds them busy).
 func TestWAL_BoundedUnderReaders(t *testing.T) {
 	const limit = 512 << 10
 	const writes = 1500
@@ -52,8 +53,9 @@ func TestWAL_BoundedUnderReaders(t *testing.T) {
 	}
 	stop.Store(true)
 	wg.Wait()
-	// The limit, plus what commits while a checkpoint waits for readers.
-	if bound := int64(2 * limit); largest > bound {
+	// The limit; after a checkpoint readers kept busy, another limit
+	// before the next try; plus what commits meanwhile.
+	if bound := int64(4 * limit); largest > bound {
 		t.Fatalf("the WAL reached %d bytes with a %d-byte limit (bound %d)", largest, limit, bound)
 	}
 	t.Logf("largest WAL: %d bytes (limit %d, %d writes of ~2 KB)", largest, limit, writes)

@@ -350,20 +350,8 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 	if email == "" || req.Password == "" {
 		return nil, "", validationf("A valid email and password are required")
 	}
-	wait, err := s.throttle.Allow(t.ID, email, c.IP)
-	if err != nil {
+	if err := s.throttleWait(ctx, t, email, c.IP); err != nil {
 		return nil, "", err
-	}
-	if wait > 0 {
-		// An account guessed from many addresses: every attempt waits,
-		// the owner's too, but is not refused.
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
-			return nil, "", ctx.Err()
-		}
 	}
 	if len(req.Password) > maxPasswordLen {
 		s.throttle.Fail(t.ID, email, c.IP)
@@ -379,7 +367,7 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 		return nil, "", s.hashRefusal(c, err)
 	}
 	var u *User
-	err = t.Shard.Read(ctx, func(q engine.Querier) error {
+	err := t.Shard.Read(ctx, func(q engine.Querier) error {
 		var err error
 		u, err = userByEmail(q, email)
 		if errors.Is(err, engine.ErrNoRows) {
@@ -426,6 +414,26 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 		}
 	}
 	return u, newHash, nil
+}
+
+// throttleWait applies the failed-login throttle before a secret of the
+// account (a password, a mailed code, a nonce) is checked: refused (429)
+// past the pair's limit, or held while the account is being guessed from
+// many addresses (every attempt waits, the owner's too, but is not
+// refused).
+func (s *Service) throttleWait(ctx context.Context, t Tenant, email, ip string) error {
+	wait, err := s.throttle.Allow(t.ID, email, ip)
+	if err != nil || wait <= 0 {
+		return err
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // auditFailedLogin buffers a login_failed event: a failed login writes
@@ -714,18 +722,8 @@ func (s *Service) updateUser(ctx context.Context, t Tenant, c Client, p *Princip
 	// passwords' (the account's failures, from this address and from all).
 	nonceChecked := req.Password != nil && !admin && req.Nonce != "" && u.Email != ""
 	if nonceChecked {
-		wait, err := s.throttle.Allow(t.ID, u.Email, c.IP)
-		if err != nil {
+		if err := s.throttleWait(ctx, t, u.Email, c.IP); err != nil {
 			return nil, err
-		}
-		if wait > 0 {
-			timer := time.NewTimer(wait)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				timer.Stop()
-				return nil, ctx.Err()
-			}
 		}
 	}
 	samePassword := false

@@ -301,23 +301,27 @@ func (s *Service) invitee(tx engine.Querier, t Tenant, c Client, email string, d
 		if u.EmailConfirmedAt != nil || u.InvitedAt == nil {
 			return nil, newError(engine.KindRefused, CodeEmailExists, "A user with this email address has already been registered")
 		}
-	} else {
-		uid, err := newUser{email: email, data: data, plainMeta: true}.insert(tx, now)
-		if err != nil {
-			return nil, err
-		}
-		if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: c.AdminActor(), Target: event.Target{ID: uid, Email: email},
-			IP: c.IP, Data: map[string]any{"provider": "email", "by": "invite"}, At: now}); err != nil {
-			return nil, err
-		}
-		if u, err = userByID(tx, uid); err != nil {
-			return nil, err
-		}
+	} else if u, err = s.adminCreatesUser(tx, t, c, newUser{email: email, data: data, plainMeta: true}, "invite", now); err != nil {
+		return nil, err
 	}
 	if _, err := tx.Exec(`UPDATE users SET invited_at = ?, confirmation_sent_at = ?, updated_at = ? WHERE id = ?`, ts, ts, ts, u.ID); err != nil {
 		return nil, err
 	}
 	return u, nil
+}
+
+// adminCreatesUser inserts nu for the administrator's invitation or
+// generated link (by), with its user.created event, and reads it back.
+func (s *Service) adminCreatesUser(tx engine.Querier, t Tenant, c Client, nu newUser, by string, now time.Time) (*User, error) {
+	uid, err := nu.insert(tx, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: c.AdminActor(), Target: event.Target{ID: uid, Email: nu.email},
+		IP: c.IP, Data: map[string]any{"provider": "email", "by": by}, At: now}); err != nil {
+		return nil, err
+	}
+	return userByID(tx, uid)
 }
 
 // Reauthenticate mails the caller a 6-digit nonce, which PUT /user then
@@ -467,15 +471,7 @@ func (s *Service) GenerateLink(ctx context.Context, t Tenant, c Client, req Gene
 				return newError(engine.KindRefused, CodeEmailExists, "A user with this email address has already been registered")
 			}
 			if u == nil {
-				uid, err := newUser{email: email, pwHash: pwHash, data: req.Data, plainMeta: true}.insert(tx, now)
-				if err != nil {
-					return err
-				}
-				if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: c.AdminActor(), Target: event.Target{ID: uid, Email: email},
-					IP: c.IP, Data: map[string]any{"provider": "email", "by": "generate_link"}, At: now}); err != nil {
-					return err
-				}
-				if u, err = userByID(tx, uid); err != nil {
+				if u, err = s.adminCreatesUser(tx, t, c, newUser{email: email, pwHash: pwHash, data: req.Data, plainMeta: true}, "generate_link", now); err != nil {
 					return err
 				}
 			}
@@ -492,15 +488,7 @@ func (s *Service) GenerateLink(ctx context.Context, t Tenant, c Client, req Gene
 			if u == nil && req.Type == "magiclink" {
 				// As GoTrue: a magic link for a new address makes the user
 				// and is its signup link.
-				uid, err := newUser{email: email, data: req.Data}.insert(tx, now)
-				if err != nil {
-					return err
-				}
-				if err := s.record(tx, t, &event.Event{Type: event.UserCreated, Actor: c.AdminActor(), Target: event.Target{ID: uid, Email: email},
-					IP: c.IP, Data: map[string]any{"provider": "email", "by": "generate_link"}, At: now}); err != nil {
-					return err
-				}
-				if u, err = userByID(tx, uid); err != nil {
+				if u, err = s.adminCreatesUser(tx, t, c, newUser{email: email, data: req.Data}, "generate_link", now); err != nil {
 					return err
 				}
 				kind, typ, out.VerificationType = tokSignup, "signup", "signup"
@@ -605,18 +593,8 @@ func (s *Service) Verify(ctx context.Context, t Tenant, c Client, req VerifyRequ
 			return nil, validationf("Verify requires an email address with a token")
 		}
 		// A code is 6 digits: its guesses are limited like passwords'.
-		wait, err := s.throttle.Allow(t.ID, email, c.IP)
-		if err != nil {
+		if err := s.throttleWait(ctx, t, email, c.IP); err != nil {
 			return nil, err
-		}
-		if wait > 0 {
-			timer := time.NewTimer(wait)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				timer.Stop()
-				return nil, ctx.Err()
-			}
 		}
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)

@@ -237,32 +237,42 @@ func (a *API) handleCallback(w http.ResponseWriter, r *http.Request, t auth.Tena
 	}
 }
 
-// callbackError sends the browser back with the error (the fragment; the
-// query for a PKCE login), or shows a page when there is nowhere to go.
-// Never a 500: a provider that is down is error=server_error.
+// callbackError sends the browser back from a login with the error.
 func (a *API) callbackError(w http.ResponseWriter, r *http.Request, t auth.Tenant, to string, pkce bool, err error) {
+	a.browserError(w, r, t, to, pkce, err, http.StatusFound, "The sign-in did not complete")
+}
+
+// browserError answers a browser's trip (a mailed link, a provider's
+// callback) that failed: back to to (else the site URL) with GoTrue's
+// error=access_denied (server_error when something upstream failed),
+// error_code and error_description, in the fragment with sb=, or in the
+// query for a PKCE flow; a page titled title when there is nowhere to
+// go. Never a 500.
+func (a *API) browserError(w http.ResponseWriter, r *http.Request, t auth.Tenant, to string, pkce bool, err error, redirect int, title string) {
 	p := a.srv.Problem(w, r, err)
 	if to == "" {
 		if st, serr := a.auth.CachedSettings(r.Context(), t); serr == nil {
 			to = st.SiteURL
 		}
 	}
-	errName := "access_denied"
-	status := p.Status
+	errName, status, desc := "access_denied", p.Status, p.Message
 	if p.Status >= 500 {
 		errName, status = "server_error", http.StatusBadGateway
 	}
-	vals := url.Values{"error": {errName}, "error_code": {p.Code}, "error_description": {p.Message}}
+	if p.Code == auth.CodeOTPExpired {
+		desc = "Email link is invalid or has expired" // GoTrue's words
+	}
 	if to == "" {
-		linkPage(w, status, "The sign-in did not complete", p.Message)
+		linkPage(w, status, title, desc)
 		return
 	}
+	vals := url.Values{"error": {errName}, "error_code": {p.Code}, "error_description": {desc}}
 	if pkce {
-		http.Redirect(w, r, withQuery(to, vals), http.StatusFound)
+		http.Redirect(w, r, withQuery(to, vals), redirect)
 		return
 	}
 	vals.Set("sb", "")
-	http.Redirect(w, r, withFragment(to, vals), http.StatusFound)
+	http.Redirect(w, r, withFragment(to, vals), redirect)
 }
 
 // sessionFragment is a session as GoTrue puts it in a redirect's fragment.

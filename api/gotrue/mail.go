@@ -171,30 +171,11 @@ func (a *API) handleVerifyLink(w http.ResponseWriter, r *http.Request, t auth.Te
 	v, err := a.auth.Verify(r.Context(), t, api.ClientOf(r), auth.VerifyRequest{Type: q.Get("type"), TokenHash: token,
 		RedirectTo: q.Get("redirect_to"), Link: true})
 	if err != nil {
-		p := a.srv.Problem(w, r, err)
 		to := ""
 		if st, serr := a.auth.CachedSettings(r.Context(), t); serr == nil {
 			to = st.RedirectFor(q.Get("redirect_to"))
 		}
-		desc := p.Message
-		if p.Code == auth.CodeOTPExpired {
-			desc = "Email link is invalid or has expired"
-		}
-		errCode := "access_denied"
-		if p.Status >= 500 {
-			errCode = "server_error"
-		}
-		vals := url.Values{"error": {errCode}, "error_code": {p.Code}, "error_description": {desc}}
-		if to == "" {
-			linkPage(w, p.Status, "This link is invalid or has expired", desc)
-			return
-		}
-		if pkce {
-			http.Redirect(w, r, withQuery(to, vals), http.StatusSeeOther)
-			return
-		}
-		vals.Set("sb", "")
-		http.Redirect(w, r, withFragment(to, vals), http.StatusSeeOther)
+		a.browserError(w, r, t, to, pkce, err, http.StatusSeeOther, "This link is invalid or has expired")
 		return
 	}
 	if v.RedirectTo == "" {

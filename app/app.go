@@ -31,6 +31,7 @@ import (
 type Config struct {
 	DataDir          string        // default ./data
 	Synchronous      string        // FULL (default) or NORMAL
+	InlineSync       bool          // FULL synced inside each commit, not pipelined (sqlite.Options.InlineSync)
 	BusyTimeout      time.Duration // default 3s
 	CacheCapacity    int           // shards kept open; default DefaultCacheCapacity
 	MaxOpenShards    int           // hard limit incl. pinned; default 1.5×capacity
@@ -100,7 +101,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	}
 	sopts := shard.Options{QueueSize: cfg.QueueSize, MaxBatch: cfg.MaxBatch, Readers: cfg.Readers,
 		DeferLimit: cfg.DeferLimit, DebounceInterval: cfg.DebounceInterval}
-	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, BusyTimeout: cfg.BusyTimeout}, ShardOpts: sopts}
+	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, InlineSync: cfg.InlineSync, BusyTimeout: cfg.BusyTimeout}, ShardOpts: sopts}
 	if _, err := sqlite.NewConns("", lite.Options); err != nil {
 		return nil, err // invalid synchronous setting
 	}

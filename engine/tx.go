@@ -64,3 +64,19 @@ type Shard interface {
 	// per debounce interval. A full buffer answers ErrOverloaded.
 	Defer(key string, op WriteFunc) error
 }
+
+// Durable is a Shard whose commits can be read before they are durable
+// (pipelined durability, shard.Syncer): WaitDurable returns once every
+// write it committed before the call is on disk.
+type Durable interface {
+	WaitDurable(ctx context.Context) error
+}
+
+// WaitDurable waits until s's commits so far are durable; it returns at
+// once for a shard whose commits are durable when they return.
+func WaitDurable(ctx context.Context, s Shard) error {
+	if d, ok := s.(Durable); ok {
+		return d.WaitDurable(ctx)
+	}
+	return nil
+}

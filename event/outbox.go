@@ -135,6 +135,11 @@ func (o *Outbox) Run(ctx context.Context, t *engine.TenantShard) error {
 	if err != nil || len(due) == 0 {
 		return err
 	}
+	// With pipelined durability a read can see a commit whose sync has not
+	// returned: nothing leaves the process on its account until it has.
+	if err := engine.WaitDurable(ctx, t.ShardHandle); err != nil {
+		return err
+	}
 	type outcome struct {
 		delay time.Duration
 		err   string

@@ -21,6 +21,11 @@ var (
 		Help:    "Time to run and commit one batch transaction.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	})
+	syncSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "keyshard_shard_sync_duration_seconds",
+		Help:    "Time of one sync of committed batches with pipelined durability (SQLite: fdatasync of the WAL), which runs while the writer commits the next batch.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	})
 	rejections = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "keyshard_shard_rejections_total",
 		Help: "Writes refused, by reason: overloaded (queue full), busy (lock timeout), deferred_full.",

@@ -29,6 +29,8 @@ type Shard struct {
 	closeErr  error
 
 	readers *readerPool
+	flusher *flusher     // pipelined durability when the connection is a Syncer; see durable.go
+	syncer  atomic.Value // the current connection's Syncer (the writer may reopen it)
 	deferred
 	fence fence // a move's stop on writes; see fence.go
 
@@ -77,6 +79,10 @@ func Open(ctx context.Context, conns Conns, opts Options) (*Shard, error) {
 		batch:   make([]*request, 0, opts.MaxBatch),
 	}
 	s.deferred.init(opts)
+	if sy, ok := conn.(Syncer); ok {
+		s.syncer.Store(sy)
+		s.flusher = newFlusher(func() error { return s.syncer.Load().(Syncer).Sync() })
+	}
 	s.wg.Add(1)
 	go s.run()
 	return s, nil

@@ -20,9 +20,17 @@ func (s *Shard) run() {
 	for {
 		select {
 		case r := <-s.queue:
+			if s.flusher != nil {
+				s.flusher.awaitPickup()
+			}
 			b := s.drain(append(s.batch[:0], r))
 			ctls := controls(b) // runBatch reuses b
-			s.runBatch(b, flushAll(b))
+			all := flushAll(b)
+			s.runBatch(b, all)
+			if (all || len(ctls) > 0) && s.flusher != nil {
+				// A fence or a move's control acts on what is durable.
+				_ = s.flusher.wait(context.Background())
+			}
 			for _, f := range ctls {
 				f()
 			}
@@ -42,12 +50,21 @@ func (s *Shard) run() {
 				}
 				ctls := controls(b)
 				s.runBatch(b, false)
+				if len(ctls) > 0 && s.flusher != nil {
+					_ = s.flusher.wait(context.Background())
+				}
 				for _, f := range ctls {
 					f()
 				}
 			}
 			if s.fence.state.Load() != fenceSealed { // a sealed copy is no longer the tenant's
 				s.flushErr = s.runBatch(nil, true)
+			}
+			if s.flusher != nil {
+				s.flusher.close() // syncs and answers what is pending
+				if err := s.flusher.failed(); err != nil && s.flushErr == nil {
+					s.flushErr = err
+				}
 			}
 			return
 		}
@@ -91,6 +108,17 @@ func (s *Shard) runBatch(reqs []*request, all bool) error {
 		}
 		live = append(live, r)
 	}
+	if s.flusher != nil {
+		if err := s.flusher.failed(); err != nil {
+			// A failed sync leaves unknown what reached the disk: no
+			// more writes until the shard is reopened.
+			s.stats.failed.Add(int64(len(live)))
+			for _, r := range live {
+				r.reply <- err
+			}
+			return err
+		}
+	}
 	recs := s.deferred.take(time.Now(), all)
 	if len(live) == 0 && len(recs) == 0 {
 		return nil
@@ -132,6 +160,17 @@ func (s *Shard) runBatch(reqs []*request, all bool) error {
 	// Book-keep before answering: a caller that was answered must find its
 	// keys debounced and the counters up to date.
 	s.deferred.written(recs, time.Now())
+	if s.flusher != nil {
+		// Operations that failed were rolled back: answered now. The
+		// others once a sync covering this commit has returned.
+		for i, r := range live {
+			if errs[i] != nil {
+				r.reply <- errs[i]
+			}
+		}
+		s.flusher.commit(live, errs)
+		return nil
+	}
 	for i, r := range live {
 		r.reply <- errs[i]
 	}
@@ -171,6 +210,9 @@ func (s *Shard) execBatch(reqs []*request, recs []record, errs []error) (recOK i
 			return 0, fmt.Errorf("reopen shard writer: %w: %w", err, engine.ErrUnavailable)
 		}
 		s.conn = c
+		if sy, ok := c.(Syncer); ok && s.flusher != nil {
+			s.syncer.Store(sy)
+		}
 	}
 	recFailed := make([]bool, len(recs))
 	// While a move captures this shard's statements, savepoints from the
@@ -291,6 +333,10 @@ func (s *Shard) runOne(op engine.WriteFunc, savepoints bool) (opErr, fatal error
 func (s *Shard) discardConn() {
 	if s.conn == nil {
 		return
+	}
+	if s.flusher != nil {
+		// The commits handed over are synced through this connection.
+		_ = s.flusher.wait(context.Background())
 	}
 	func() {
 		defer func() { _ = recover() }() // the connection may be unusable

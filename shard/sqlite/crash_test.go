@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -78,6 +79,146 @@ func TestHelperProcess(t *testing.T) {
 	}
 	wg.Wait()
 	os.Exit(3) // the parent should have killed us long before
+}
+
+// stallAtSync is the sync at which the sync-stall child stops for good.
+const stallAtSync = 40
+
+// TestHelperProcess_SyncStall is not a test: run as a child by
+// TestOpen_KilledBetweenCommitAndSync, it writes numbered rows one after
+// the other, printing "try KEY" before each write and "ack KEY" after it
+// returned nil, and stalls its stallAtSync-th sync for good after printing
+// "stalled": the write in flight then has committed and waits for its sync.
+func TestHelperProcess_SyncStall(t *testing.T) {
+	if os.Getenv(helperEnv) != "sync-stall" {
+		return
+	}
+	var syncs atomic.Int64
+	sqlite.SetSyncHook(func() error {
+		if syncs.Add(1) == stallAtSync {
+			fmt.Fprintln(os.Stdout, "stalled")
+			select {} // until SIGKILL
+		}
+		return nil
+	})
+	s, err := sqlite.Open(context.Background(), crashShardPath(os.Getenv(helperDirEnv), 0), sqlite.Options{}, shard.Options{})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "open: %v\n", err)
+		os.Exit(2)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for n := 0; n < 10000 && time.Now().Before(deadline); n++ {
+		key := fmt.Sprintf("k%d", n)
+		fmt.Fprintf(os.Stdout, "try %s\n", key)
+		if err := s.Write(context.Background(), setSetting(key, strconv.Itoa(n))); err != nil {
+			fmt.Fprintf(os.Stderr, "write %s: %v\n", key, err)
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stdout, "ack %s\n", key)
+	}
+	os.Exit(3) // the parent should have killed us long before
+}
+
+// TestOpen_KilledBetweenCommitAndSync kills the process while a write has
+// committed (synchronous=NORMAL) and its sync has not returned: the write
+// was never acknowledged, every acknowledged one is there after reopening,
+// and the file is intact. The unacknowledged write is there too (a killed
+// process leaves its writes in the operating system's cache; only a power
+// loss could drop it), which shows the kill came after its commit.
+func TestOpen_KilledBetweenCommitAndSync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-executes the test binary")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess_SyncStall$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperEnv+"=sync-stall", helperDirEnv+"="+dir)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	lines := make(chan string, 1024)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	acked := map[string]bool{}
+	var inFlight string
+	stalled := false
+	timeout := time.After(30 * time.Second)
+	for !stalled {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("child ended before its sync stalled\nstderr:\n%s", stderr.String())
+			}
+			switch {
+			case strings.HasPrefix(line, "try "):
+				inFlight = strings.TrimPrefix(line, "try ")
+			case strings.HasPrefix(line, "ack "):
+				acked[strings.TrimPrefix(line, "ack ")] = true
+			case line == "stalled":
+				stalled = true
+			}
+		case <-timeout:
+			t.Fatalf("no stalled sync in 30 s\nstderr:\n%s", stderr.String())
+		}
+	}
+	// Whatever the child still prints in a while must not acknowledge the
+	// write waiting for the stalled sync.
+	grace := time.After(200 * time.Millisecond)
+wait:
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				break wait
+			}
+			if strings.HasPrefix(line, "ack ") {
+				acked[strings.TrimPrefix(line, "ack ")] = true
+			}
+		case <-grace:
+			break wait
+		}
+	}
+	if inFlight == "" || acked[inFlight] {
+		t.Fatalf("write in flight %q acknowledged before its sync returned", inFlight)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	for range lines {
+	}
+	if len(acked) < stallAtSync/2 {
+		t.Fatalf("only %d writes acknowledged before the stall", len(acked))
+	}
+
+	s := openAt(t, crashShardPath(dir, 0), sqlite.Options{}, shard.Options{})
+	present := settingKeys(t, s)
+	for key := range acked {
+		if !present[key] {
+			t.Errorf("acknowledged write %s lost", key)
+		}
+	}
+	if !present[inFlight] {
+		t.Errorf("the write in flight (%s) is not there: the kill did not come between its commit and its sync", inFlight)
+	}
+	var check string
+	if err := s.Read(context.Background(), func(q engine.Querier) error {
+		return q.QueryRow("PRAGMA integrity_check").Scan(&check)
+	}); err != nil || check != "ok" {
+		t.Errorf("integrity_check = %q, %v; want ok", check, err)
+	}
+	t.Logf("%d writes acknowledged; %s committed, unacknowledged, killed before its sync, found after reopening", len(acked), inFlight)
 }
 
 func TestOpen_AfterSIGKILL(t *testing.T) {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
@@ -36,6 +38,13 @@ type Options struct {
 	// MustExist refuses to create a missing file: the engine opens only
 	// shards that approval created, so a deleted tenant is never recreated.
 	MustExist bool
+	// InlineSync makes Synchronous FULL sync inside each commit on the
+	// writer goroutine, as before pipelined durability. By default FULL
+	// commits with synchronous=NORMAL and a separate goroutine fdatasyncs
+	// the WAL while the writer commits the next batch; a batch is answered
+	// only after a sync that began after its commit returned (shard.Syncer).
+	// Either way an acknowledged write survives power loss.
+	InlineSync bool
 	// WALLimit bounds a shard's WAL (default DefaultWALLimit; negative:
 	// none). SQLite's automatic checkpoint is PASSIVE: with readers that
 	// never pause it cannot restart the WAL, which then grows with every
@@ -131,9 +140,21 @@ func Remove(path string) error {
 func (c *Conns) pragmas(cacheKiB int, writer bool) string {
 	p := fmt.Sprintf("PRAGMA busy_timeout=%d; PRAGMA cache_size=-%d;", c.opts.BusyTimeout.Milliseconds(), cacheKiB)
 	if writer {
-		p += " PRAGMA journal_mode=wal; PRAGMA synchronous=" + c.opts.Synchronous + "; PRAGMA foreign_keys=on;"
+		p += " PRAGMA journal_mode=wal; PRAGMA synchronous=" + c.commitSync() + "; PRAGMA foreign_keys=on;"
 	}
 	return p
+}
+
+// pipelined reports whether the writer syncs outside its commits.
+func (c *Conns) pipelined() bool { return c.opts.Synchronous == "FULL" && !c.opts.InlineSync }
+
+// commitSync is the writer's synchronous pragma: NORMAL when a Syncer makes
+// the commits durable after the fact.
+func (c *Conns) commitSync() string {
+	if c.pipelined() {
+		return "NORMAL"
+	}
+	return c.opts.Synchronous
 }
 
 // OpenWriter opens the write connection and migrates the schema.
@@ -151,12 +172,62 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 		return nil, translate(err)
 	}
 	w := &writeConn{querier: newQuerier(db), walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
-	if _, err := migrations.Up(ctx, w, Dialect); err != nil {
+	applied, err := migrations.Up(ctx, w, Dialect)
+	if err != nil {
 		_ = w.Close()
 		return nil, err
 	}
+	if c.pipelined() {
+		// The migrations committed without a sync of their own.
+		if err := syncIf(applied > 0, w); err != nil {
+			_ = w.Close()
+			return nil, err
+		}
+		return &syncWriteConn{w}, nil
+	}
 	return w, nil
 }
+
+// syncWriteConn is a writer with pipelined durability: it commits with
+// synchronous=NORMAL and implements shard.Syncer.
+type syncWriteConn struct{ *writeConn }
+
+var _ shard.Syncer = (*syncWriteConn)(nil)
+
+// Sync makes every commit so far durable: an fdatasync of the WAL through a
+// descriptor of its own, so that it can run while the writer goroutine
+// uses the connection. SQLite never unlinks the WAL while the writer's
+// connection is open (only the last connection to close does), and its
+// TRUNCATE checkpoints truncate the same file, so the descriptor stays the
+// WAL's.
+func (w *writeConn) Sync() error {
+	w.walMu.Lock()
+	defer w.walMu.Unlock()
+	if syncHook != nil {
+		if err := syncHook(); err != nil {
+			return err
+		}
+	}
+	if w.walFile == nil {
+		f, err := os.OpenFile(w.walPath, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			return fmt.Errorf("open WAL to sync: %w", err)
+		}
+		w.walFile = f
+	}
+	return fdatasync(w.walFile)
+}
+
+func syncIf(cond bool, w *writeConn) error {
+	if !cond {
+		return nil
+	}
+	return w.Sync()
+}
+
+// syncHook, when set (tests), runs at the start of every Sync; an error
+// fails the Sync as a failed fdatasync would.
+var syncHook func() error
 
 // OpenReader opens a read-only connection.
 func (c *Conns) OpenReader(ctx context.Context) (shard.ReadConn, error) {
@@ -185,6 +256,8 @@ type writeConn struct {
 	walLimit int64
 	busy     time.Duration
 	commits  int
+	walMu    sync.Mutex // guards walFile: Sync runs on the flusher goroutine
+	walFile  *os.File   // the WAL, opened by the first Sync
 	// walRetrySize: after a bounding checkpoint that readers kept busy,
 	// the next is tried once the WAL has grown by another limit: a reader
 	// holding its snapshot for long (an export) must not make every few
@@ -267,6 +340,19 @@ func (w *writeConn) Close() error {
 	_ = w.Rollback()
 	w.querier.close()
 	_, _, cerr := w.db.WALCheckpoint("", sqlite3.CHECKPOINT_TRUNCATE)
+	if cerr != nil {
+		// Readers kept the checkpoint from finishing: what the writer
+		// committed without a sync must still be durable at close.
+		if err := w.Sync(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			cerr = err
+		}
+	}
+	w.walMu.Lock()
+	if w.walFile != nil {
+		_ = w.walFile.Close()
+		w.walFile = nil
+	}
+	w.walMu.Unlock()
 	if err := w.db.Close(); err != nil {
 		return translate(err)
 	}

@@ -1,0 +1,5 @@
+package sqlite
+
+// SetSyncHook makes every Sync (pipelined durability) call f first, failing
+// with its error; nil removes it. Set it while no shard syncs.
+func SetSyncHook(f func() error) { syncHook = f }

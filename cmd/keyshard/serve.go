@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -30,6 +31,7 @@ func runServe(args []string) error {
 	bodyTimeout := fs.Duration("body-timeout", api.DefaultBodyTimeout, "longest time a request body may take to arrive (an upload: the longest stall); past it the request gets 408")
 	outboundPrivate := fs.Bool("outbound-allow-private", false, "let webhook endpoints, tenants' own SMTP servers and identity providers be on loopback, private, link-local and metadata addresses (refused by default, checked after DNS resolution)")
 	smtpURL := fs.String("smtp-url", "", "the server's SMTP server for tenants' mails: smtp://user:pass@host:port (STARTTLS when offered; ?tls=required insists, ?auth=login for AUTH LOGIN) or smtps://… (implicit TLS); empty: only tenants with their own smtp_host send mail")
+	debugAddr := fs.String("debug-addr", "", "serve net/http/pprof under /debug/pprof/ on this separate address (e.g. 127.0.0.1:6060; empty: off); never expose it")
 	smtpFrom := fs.String("smtp-from", "", "the sender of mails through --smtp-url (\"Name <addr>\" or addr); a tenant's smtp_admin_email and smtp_sender_name override it")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -66,6 +68,22 @@ func runServe(args []string) error {
 		return err
 	}
 	log.Info("keyshard serving", "addr", ln.Addr().String(), "data", sf.cfg.DataDir, "synchronous", sf.cfg.Synchronous)
+
+	if *debugAddr != "" {
+		dl, err := net.Listen("tcp", *debugAddr)
+		if err != nil {
+			_ = srv.Close()
+			return err
+		}
+		defer dl.Close()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		go func() { _ = http.Serve(dl, mux) }()
+		log.Info("pprof serving", "addr", dl.Addr().String())
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

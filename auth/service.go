@@ -60,6 +60,7 @@ type Service struct {
 	events   *event.Recorder
 	signups  *SignupLimiter
 	settings *lru.Cache[string, cachedSettings] // see CachedSettings
+	sessions *lru.Cache[string, *sessionEntry]  // see Authenticate
 	mails    *mailLimiter
 	pace     *pacer
 
@@ -86,7 +87,7 @@ func New(pool *hash.Pool, keys *token.Keys, secret []byte, cfg Config) *Service 
 	sk := hmac.New(sha256.New, secret)
 	sk.Write([]byte("keyshard upstream login state v1"))
 	return &Service{stateKey: sk.Sum(nil), hashes: pool, keys: keys, ttl: cfg.AccessTokenTTL, grace: cfg.RefreshGrace, now: cfg.Now, deriveKey: m.Sum(nil),
-		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups, settings: newSettingsCache(),
+		throttle: cfg.LoginThrottle, events: cfg.Events, signups: cfg.Signups, settings: newSettingsCache(), sessions: newSessionCache(),
 		mails: newMailLimiter(cfg.Now), pace: newPacer(cfg.Now)}
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/keyshard/keyshard/auth/token"
 	"github.com/keyshard/keyshard/engine"
 )
@@ -119,6 +121,21 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 	}
 	p := &Principal{Claims: claims}
 	now := s.now().UnixMicro()
+	// A session (and its user) read before is reused while the shard's
+	// generation has not moved: no commit since, so the same read would
+	// answer the same. Time-bound checks run again on every request.
+	gen, cacheable := engine.GenerationOf(t.Shard)
+	key := t.ID + "\x00" + claims.SessionID
+	if cacheable {
+		if e, ok := s.sessions.Get(key); ok && e.gen == gen && sessionLive(e.userID, e.notAfter, claims.Subject, now) && (!withUser || e.user != nil) {
+			if withUser {
+				u := *e.user // the cached one is shared: callers get their own
+				p.User = &u
+			}
+			return p, nil
+		}
+	}
+	var cached *sessionEntry
 	err = t.Shard.Read(ctx, func(q engine.Querier) error {
 		var userID string
 		var notAfter *int64
@@ -126,6 +143,9 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 			err := q.QueryRow(`SELECT user_id, not_after FROM sessions WHERE id = ?`, claims.SessionID).Scan(&userID, &notAfter)
 			if errors.Is(err, engine.ErrNoRows) || err == nil && !sessionLive(userID, notAfter, claims.Subject, now) {
 				return noSession(q, claims.Subject)
+			}
+			if err == nil {
+				cached = &sessionEntry{gen: gen, userID: userID, notAfter: notAfter}
 			}
 			return err
 		}
@@ -148,12 +168,34 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 			return errUserGone()
 		}
 		p.User = u
+		cu := *u
+		cached = &sessionEntry{gen: gen, userID: userID, notAfter: notAfter, user: &cu}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	if cacheable && cached != nil {
+		s.sessions.Add(key, cached)
+	}
 	return p, nil
+}
+
+// sessionEntry is a session read by Authenticate, valid while its shard's
+// generation is gen.
+type sessionEntry struct {
+	gen      uint64
+	userID   string
+	notAfter *int64
+	user     *User // nil when read without the user
+}
+
+// sessionCacheSize bounds the sessions Authenticate keeps (all tenants).
+const sessionCacheSize = 16384
+
+func newSessionCache() *lru.Cache[string, *sessionEntry] {
+	c, _ := lru.New[string, *sessionEntry](sessionCacheSize) // size > 0: no error
+	return c
 }
 
 // errUserGone: a valid token of a user that no longer exists (GoTrue's

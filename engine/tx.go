@@ -75,8 +75,33 @@ type Durable interface {
 // WaitDurable waits until s's commits so far are durable; it returns at
 // once for a shard whose commits are durable when they return.
 func WaitDurable(ctx context.Context, s Shard) error {
+	if ts, ok := s.(*TenantShard); ok {
+		s = ts.ShardHandle
+	}
 	if d, ok := s.(Durable); ok {
 		return d.WaitDurable(ctx)
 	}
 	return nil
+}
+
+// Generational is a Shard that says when its data may have changed:
+// Generation returns a number that changes after every batch its writer
+// ran and differs between two openings of a shard (numbers are drawn from
+// one counter per process). A value read from the shard after Generation
+// returned g is current for as long as Generation still returns g; the
+// writer moves it only once a commit is visible to reads.
+type Generational interface {
+	Generation() uint64
+}
+
+// GenerationOf returns s's generation when it has one (see Generational),
+// looking through a TenantShard to its shard.
+func GenerationOf(s Shard) (uint64, bool) {
+	if ts, ok := s.(*TenantShard); ok {
+		s = ts.ShardHandle
+	}
+	if g, ok := s.(Generational); ok {
+		return g.Generation(), true
+	}
+	return 0, false
 }

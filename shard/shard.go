@@ -41,6 +41,8 @@ type Shard struct {
 	capture  *Capture // statements of committed batches go here; see capture.go
 	captured []Stmt   // the current batch's statements, for capture
 
+	gen atomic.Uint64 // see Generation
+
 	stats struct {
 		batches, writes, failed, maxBatch atomic.Int64
 		overloaded, busy, panics          atomic.Int64
@@ -79,6 +81,7 @@ func Open(ctx context.Context, conns Conns, opts Options) (*Shard, error) {
 		batch:   make([]*request, 0, opts.MaxBatch),
 	}
 	s.deferred.init(opts)
+	s.gen.Store(generations.Add(1))
 	if sy, ok := conn.(Syncer); ok {
 		s.syncer.Store(sy)
 		s.flusher = newFlusher(func() error { return s.syncer.Load().(Syncer).Sync() })
@@ -244,3 +247,12 @@ func (s *Shard) Stats() Stats {
 }
 
 var errWriterPanic = errors.New("shard writer panic")
+
+// generations numbers the states of every shard of the process.
+var generations atomic.Uint64
+
+// Generation implements engine.Generational: it changes after every batch
+// the writer ran (committed or not) and at every opening. Only this
+// process's writer writes the shard, so an unchanged generation means
+// unchanged data.
+func (s *Shard) Generation() uint64 { return s.gen.Load() }

@@ -126,6 +126,9 @@ func (s *Shard) runBatch(reqs []*request, all bool) error {
 	start := time.Now()
 	errs := make([]error, len(live))
 	recOK, err := s.execBatch(live, recs, errs)
+	// After the commit is visible, before anyone is answered: a read that
+	// saw the old generation may have read the old data.
+	s.gen.Store(generations.Add(1))
 	commitSeconds.Observe(time.Since(start).Seconds())
 	batchSize.Observe(float64(len(live) + len(recs)))
 	s.stats.batches.Add(1)

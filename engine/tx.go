@@ -105,3 +105,19 @@ func GenerationOf(s Shard) (uint64, bool) {
 	}
 	return 0, false
 }
+
+type longReadKey struct{}
+
+// LongRead marks ctx for reads that may run long or wait on other work of
+// the same shard (exports, snapshots, a move's copy): a shard never runs
+// them on its writer's connection (see shard.ReadingWriter), where they
+// would hold up its writes, or wait for themselves.
+func LongRead(ctx context.Context) context.Context {
+	return context.WithValue(ctx, longReadKey{}, true)
+}
+
+// IsLongRead reports whether ctx was marked by LongRead.
+func IsLongRead(ctx context.Context) bool {
+	v, _ := ctx.Value(longReadKey{}).(bool)
+	return v
+}

@@ -33,6 +33,15 @@ type WriteConn interface {
 	Close() error
 }
 
+// ReadingWriter is a WriteConn that may also run reads between batches on
+// the writer goroutine (SQLite: a connection of its own, whose open costs
+// as much as the shard's other work on a cold tenant). A server backend's
+// writer holds a pooled session and does not offer it.
+type ReadingWriter interface {
+	WriteConn
+	ServesReads()
+}
+
 // ReadConn is a backend's read-only connection, used by one goroutine at a time.
 type ReadConn interface {
 	engine.Querier

@@ -43,6 +43,14 @@ type Shard struct {
 
 	gen atomic.Uint64 // see Generation
 
+	// writerReads: the backend's writer connection also serves reads
+	// (ReadingWriter): a shard without a reader connection reads on it
+	// until two reads overlap, so a cold shard opens one connection, not
+	// two. writerReading is set while such a read is queued or running.
+	writerReads   bool
+	writerReading atomic.Bool
+	busy          atomic.Bool // the writer is running (or about to run) a batch
+
 	stats struct {
 		batches, writes, failed, maxBatch atomic.Int64
 		overloaded, busy, panics          atomic.Int64
@@ -59,6 +67,9 @@ type request struct {
 
 	flushAll bool   // a fence's barrier: its batch writes every deferred record
 	ctl      func() // run by the writer after this request's batch (capture.go)
+
+	read  engine.ReadFunc // a read on the writer's connection (readOnWriter)
+	state atomic.Int32    // of a read: readQueued, readRunning, readAbandoned
 }
 
 var replyPool = sync.Pool{New: func() any { return make(chan error, 1) }}
@@ -82,6 +93,9 @@ func Open(ctx context.Context, conns Conns, opts Options) (*Shard, error) {
 	}
 	s.deferred.init(opts)
 	s.gen.Store(generations.Add(1))
+	if _, ok := conn.(ReadingWriter); ok {
+		s.writerReads = true
+	}
 	if sy, ok := conn.(Syncer); ok {
 		s.syncer.Store(sy)
 		s.flusher = newFlusher(func() error { return s.syncer.Load().(Syncer).Sync() })
@@ -141,6 +155,15 @@ func (s *Shard) Read(ctx context.Context, fn engine.ReadFunc) (err error) {
 	defer s.mu.RUnlock()
 	if s.closed {
 		return engine.ErrClosed
+	}
+	// Only an idle writer takes a read: reads never wait for writes.
+	if s.writerReads && s.readers.open() == 0 && !s.busy.Load() && len(s.queue) == 0 && !engine.IsLongRead(ctx) &&
+		s.writerReading.CompareAndSwap(false, true) {
+		err, done := s.readOnWriter(ctx, fn)
+		s.writerReading.Store(false)
+		if done {
+			return err
+		}
 	}
 	c, err := s.readers.get(ctx)
 	if err != nil {

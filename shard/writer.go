@@ -20,6 +20,7 @@ func (s *Shard) run() {
 	for {
 		select {
 		case r := <-s.queue:
+			s.busy.Store(true)
 			if s.flusher != nil {
 				s.flusher.awaitPickup()
 			}
@@ -34,11 +35,14 @@ func (s *Shard) run() {
 			for _, f := range ctls {
 				f()
 			}
+			s.busy.Store(false)
 		case <-tick.C:
 			// A fenced shard's database must not change: deferred
 			// records wait for Unfence, or go to the new copy at Seal.
 			if s.fence.state.Load() == fenceNone && s.deferred.due(time.Now()) {
+				s.busy.Store(true)
 				s.runBatch(nil, false)
+				s.busy.Store(false)
 			}
 		case <-s.stop:
 			// Close set s.closed before closing stop: nothing more is
@@ -100,6 +104,7 @@ func (s *Shard) drain(b []*request) []*request {
 // set) in one transaction, then answers every caller. It returns the error
 // that failed the whole batch, if any.
 func (s *Shard) runBatch(reqs []*request, all bool) error {
+	reqs = s.runReads(reqs)
 	live := reqs[:0]
 	for _, r := range reqs {
 		if err := r.ctx.Err(); err != nil {
@@ -207,15 +212,8 @@ func (s *Shard) execBatch(reqs []*request, recs []record, errs []error) (recOK i
 			err = fmt.Errorf("%w: %v: %w", errWriterPanic, p, engine.ErrUnavailable)
 		}
 	}()
-	if s.conn == nil {
-		c, err := s.conns.OpenWriter(context.Background())
-		if err != nil {
-			return 0, fmt.Errorf("reopen shard writer: %w: %w", err, engine.ErrUnavailable)
-		}
-		s.conn = c
-		if sy, ok := c.(Syncer); ok && s.flusher != nil {
-			s.syncer.Store(sy)
-		}
+	if err := s.ensureConn(); err != nil {
+		return 0, err
 	}
 	recFailed := make([]bool, len(recs))
 	// While a move captures this shard's statements, savepoints from the
@@ -329,6 +327,22 @@ func (s *Shard) runOne(op engine.WriteFunc, savepoints bool) (opErr, fatal error
 		s.captured = append(s.captured, rec.stmts...)
 	}
 	return nil, nil
+}
+
+// ensureConn reopens the write connection discarded after a panic.
+func (s *Shard) ensureConn() error {
+	if s.conn != nil {
+		return nil
+	}
+	c, err := s.conns.OpenWriter(context.Background())
+	if err != nil {
+		return fmt.Errorf("reopen shard writer: %w: %w", err, engine.ErrUnavailable)
+	}
+	s.conn = c
+	if sy, ok := c.(Syncer); ok && s.flusher != nil {
+		s.syncer.Store(sy)
+	}
+	return nil
 }
 
 // discardConn closes the write connection after a panic; the next batch

@@ -332,7 +332,7 @@ func (s *Service) writeSQLite(ctx context.Context, src engine.Shard, t *engine.T
 	if !h.IncludeSecrets {
 		// A fresh copy holds no freed page where a secret could linger.
 		clean := filepath.Join(dir, "export-clean.db")
-		err := stage.Read(ctx, func(q engine.Querier) error {
+		err := stage.Read(engine.LongRead(ctx), func(q engine.Querier) error {
 			_, err := q.Exec("VACUUM INTO ?", clean)
 			return err
 		})

@@ -322,7 +322,7 @@ var storedJSON = []struct{ table, column string }{
 // checkStoredJSON refuses an import whose JSON columns hold anything else:
 // served as is, such text would answer every read of the user with a 500.
 func checkStoredJSON(ctx context.Context, stage engine.Shard) error {
-	return stage.Read(ctx, func(q engine.Querier) error {
+	return stage.Read(engine.LongRead(ctx), func(q engine.Querier) error {
 		for _, c := range storedJSON {
 			var n int64
 			var example string

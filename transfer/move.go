@@ -399,7 +399,7 @@ func (s *Service) reader(p engine.Placement) readFunc {
 			return err
 		}
 		defer sh.Close()
-		return sh.Read(ctx, fn)
+		return sh.Read(engine.LongRead(ctx), fn)
 	}
 }
 

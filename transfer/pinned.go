@@ -25,7 +25,7 @@ func openPinned(ctx context.Context, read readFunc, backend string) *pinned {
 	p := &pinned{gate: make(chan struct{}), ready: make(chan error, 1), jobs: make(chan func(engine.Querier) error),
 		errs: make(chan error), done: make(chan error, 1)}
 	go func() {
-		p.done <- read(ctx, func(q engine.Querier) (err error) {
+		p.done <- read(engine.LongRead(ctx), func(q engine.Querier) (err error) {
 			select {
 			case <-p.gate:
 			case <-ctx.Done():

@@ -24,7 +24,7 @@ func beginSnapshot(backend string) string {
 // so that every query fn makes sees the same state of the shard while
 // writes continue.
 func Snapshot(ctx context.Context, sh engine.Shard, backend string, fn func(q engine.Querier) error) error {
-	return sh.Read(ctx, func(q engine.Querier) (err error) {
+	return sh.Read(engine.LongRead(ctx), func(q engine.Querier) (err error) {
 		if _, err := q.Exec(beginSnapshot(backend)); err != nil {
 			return fmt.Errorf("begin snapshot: %w", err)
 		}

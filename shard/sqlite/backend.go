@@ -83,7 +83,7 @@ func (b *Backend) OpenFile(ctx context.Context, path string, mustExist bool) (*s
 // SnapshotFile writes a consistent copy of src to path with VACUUM INTO on
 // one of its read connections: one read transaction, while writes go on.
 func (b *Backend) SnapshotFile(ctx context.Context, src engine.Shard, path string) error {
-	return src.Read(ctx, func(q engine.Querier) error {
+	return src.Read(engine.LongRead(ctx), func(q engine.Querier) error {
 		_, err := q.Exec("VACUUM INTO ?", path)
 		return err
 	})

@@ -107,3 +107,77 @@ func TestPipelined_FailedSyncStopsWrites(t *testing.T) {
 		t.Errorf("after reopening: %v; want a, never c", keys)
 	}
 }
+
+// A cold shard reads on its writer's connection while reads do not overlap
+// and the writer is idle: one connection per cold tenant, not two. Reads
+// that overlap open a reader, and reads see every acknowledged write.
+func TestReadsOnIdleWriter(t *testing.T) {
+	s := openAt(t, filepath.Join(t.TempDir(), "r.db"), sqlite.Options{}, shard.Options{})
+	ctx := context.Background()
+	for i := range 5 {
+		if err := s.Write(ctx, setSetting("k", string(rune('a'+i)))); err != nil {
+			t.Fatal(err)
+		}
+		var v string
+		if err := s.Read(ctx, func(q engine.Querier) error {
+			return q.QueryRow(`SELECT value FROM settings WHERE key = 'k'`).Scan(&v)
+		}); err != nil || v != string(rune('a'+i)) {
+			t.Fatalf("read after write %d: %q, %v", i, v, err)
+		}
+	}
+	if n := s.Stats().Readers; n != 0 {
+		t.Fatalf("sequential reads opened %d reader connections, want 0 (read on the idle writer)", n)
+	}
+	// Two reads at once: the second cannot wait for the first.
+	inside := make(chan struct{})
+	release := make(chan struct{})
+	go func() {
+		_ = s.Read(ctx, func(q engine.Querier) error {
+			close(inside)
+			<-release
+			return nil
+		})
+	}()
+	<-inside
+	if err := s.Read(ctx, func(q engine.Querier) error {
+		var n int
+		return q.QueryRow(`SELECT count(*) FROM settings`).Scan(&n)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if n := s.Stats().Readers; n != 1 {
+		t.Errorf("overlapping reads: %d reader connections, want 1", n)
+	}
+	// A caller that gives up while its read waits is answered at once.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := s.Read(cctx, func(q engine.Querier) error { return nil }); err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("read with a cancelled context: %v", err)
+	}
+}
+
+// A read marked LongRead (exports, snapshots, a move's pinned read) never
+// runs on the writer: it may hold its connection or wait for the shard's
+// writes.
+func TestLongReadNotOnWriter(t *testing.T) {
+	s := openAt(t, filepath.Join(t.TempDir(), "l.db"), sqlite.Options{}, shard.Options{})
+	ctx := context.Background()
+	written := make(chan error, 1)
+	if err := s.Read(engine.LongRead(ctx), func(q engine.Querier) error {
+		// A write from inside the read must get through: on the
+		// writer's goroutine it would wait for itself.
+		go func() { written <- s.Write(ctx, setSetting("inside", "1")) }()
+		select {
+		case err := <-written:
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("a write waited for a long read")
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Stats().Readers; n != 1 {
+		t.Errorf("a long read on a cold shard: %d reader connections, want 1", n)
+	}
+}

@@ -266,7 +266,10 @@ type writeConn struct {
 	walRetrySize int64
 }
 
-var _ shard.WriteConn = (*writeConn)(nil)
+var _ shard.ReadingWriter = (*writeConn)(nil)
+
+// ServesReads implements shard.ReadingWriter.
+func (w *writeConn) ServesReads() {}
 
 func (w *writeConn) Begin() error {
 	_, err := w.Exec("BEGIN IMMEDIATE")

@@ -130,26 +130,8 @@ func TestOpen_KilledBetweenCommitAndSync(t *testing.T) {
 		t.Skip("re-executes the test binary")
 	}
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess_SyncStall$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperEnv+"=sync-stall", helperDirEnv+"="+dir)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stderr, lines := startChild(t, "TestHelperProcess_SyncStall", "sync-stall", dir)
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	lines := make(chan string, 1024)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
 	acked := map[string]bool{}
 	var inFlight string
 	stalled := false
@@ -221,6 +203,33 @@ wait:
 	t.Logf("%d writes acknowledged; %s committed, unacknowledged, killed before its sync, found after reopening", len(acked), inFlight)
 }
 
+// startChild runs the test binary again as helper (a TestHelperProcess*
+// function) with the helper environment set to mode and dir; lines carries
+// its stdout until it dies.
+func startChild(t *testing.T, helper, mode, dir string) (*exec.Cmd, *strings.Builder, chan string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperDirEnv+"="+dir)
+	stderr := &strings.Builder{}
+	cmd.Stderr = stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1024)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	return cmd, stderr, lines
+}
+
 func TestOpen_AfterSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-executes the test binary")
@@ -230,17 +239,7 @@ func TestOpen_AfterSIGKILL(t *testing.T) {
 		maxWait  = 30 * time.Second
 	)
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperEnv+"=crash-writer", helperDirEnv+"="+dir)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stderr, lines := startChild(t, "TestHelperProcess", "crash-writer", dir)
 	killed := false
 	t.Cleanup(func() {
 		if !killed {
@@ -249,15 +248,6 @@ func TestOpen_AfterSIGKILL(t *testing.T) {
 		}
 	})
 
-	// Lines arrive until the child dies and its stdout closes.
-	lines := make(chan string, 1024)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
 	acked := make([]map[string]bool, crashShards)
 	for i := range acked {
 		acked[i] = make(map[string]bool)
@@ -291,7 +281,7 @@ collect:
 	for line := range lines { // acknowledged before the kill, still in the pipe
 		record(line)
 	}
-	err = cmd.Wait()
+	err := cmd.Wait()
 	killed = true
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {

@@ -84,14 +84,16 @@ func WaitDurable(ctx context.Context, s Shard) error {
 	return nil
 }
 
-// Generational is a Shard that says when its data may have changed:
+// Generational is a Shard that may say when its data may have changed:
 // Generation returns a number that changes after every batch its writer
 // ran and differs between two openings of a shard (numbers are drawn from
 // one counter per process). A value read from the shard after Generation
 // returned g is current for as long as Generation still returns g; the
-// writer moves it only once a commit is visible to reads.
+// writer moves it only once a commit is visible to reads. ok is false when
+// the shard cannot know: a database on a server that other processes (other
+// Keyshard nodes) may write.
 type Generational interface {
-	Generation() uint64
+	Generation() (gen uint64, ok bool)
 }
 
 // GenerationOf returns s's generation when it has one (see Generational),
@@ -101,7 +103,7 @@ func GenerationOf(s Shard) (uint64, bool) {
 		s = ts.ShardHandle
 	}
 	if g, ok := s.(Generational); ok {
-		return g.Generation(), true
+		return g.Generation()
 	}
 	return 0, false
 }

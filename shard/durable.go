@@ -40,7 +40,8 @@ type flusher struct {
 	done chan struct{}
 
 	mu        sync.Mutex
-	committed uint64     // commits handed over
+	begun     uint64     // batches begun: a commit may be visible from then on
+	committed uint64     // batches handed over (committed or failed), in order
 	durable   uint64     // commits covered by a returned sync
 	pending   []*request // callers of commits not yet durable
 	spare     []*request
@@ -59,8 +60,17 @@ func newFlusher(syncFn func() error) *flusher {
 	return f
 }
 
-// commit hands over a commit and the callers it answers once durable: the
-// requests of reqs whose errs entry is nil.
+// begin counts a batch about to run: WaitDurable waits for it from here on,
+// since its commit is visible to reads before the writer hands it over.
+// Every begun batch is handed over, committed or failed.
+func (f *flusher) begin() {
+	f.mu.Lock()
+	f.begun++
+	f.mu.Unlock()
+}
+
+// commit hands over a batch begun and the callers it answers once durable:
+// the requests of reqs whose errs entry is nil (none for a failed batch).
 func (f *flusher) commit(reqs []*request, errs []error) {
 	f.mu.Lock()
 	f.committed++
@@ -171,8 +181,21 @@ func (f *flusher) failed() error {
 // wait returns once every commit handed over before the call is durable.
 func (f *flusher) wait(ctx context.Context) error {
 	f.mu.Lock()
+	target := f.begun
+	f.mu.Unlock()
+	return f.waitFor(ctx, target)
+}
+
+// waitHandedOver returns once every batch handed over is durable: the
+// writer's own wait, inside a batch that is begun and not handed over.
+func (f *flusher) waitHandedOver(ctx context.Context) error {
+	f.mu.Lock()
 	target := f.committed
 	f.mu.Unlock()
+	return f.waitFor(ctx, target)
+}
+
+func (f *flusher) waitFor(ctx context.Context, target uint64) error {
 	for {
 		f.mu.Lock()
 		durable, err, ch := f.durable, f.err, f.changed

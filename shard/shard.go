@@ -275,7 +275,12 @@ var errWriterPanic = errors.New("shard writer panic")
 var generations atomic.Uint64
 
 // Generation implements engine.Generational: it changes after every batch
-// the writer ran (committed or not) and at every opening. Only this
-// process's writer writes the shard, so an unchanged generation means
-// unchanged data.
-func (s *Shard) Generation() uint64 { return s.gen.Load() }
+// the writer ran (committed or not) and at every opening. Only a backend
+// whose database this process alone writes (a SQLite file: ReadingWriter)
+// has one; a server backend's schema may be written by another node.
+func (s *Shard) Generation() (uint64, bool) {
+	if !s.writerReads {
+		return 0, false
+	}
+	return s.gen.Load(), true
+}

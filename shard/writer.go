@@ -20,6 +20,12 @@ func (s *Shard) run() {
 	for {
 		select {
 		case r := <-s.queue:
+			if r.read != nil {
+				// A read never waits for a sync to start.
+				queueDepth.Dec()
+				s.runReads([]*request{r})
+				continue
+			}
 			s.busy.Store(true)
 			if s.flusher != nil {
 				s.flusher.awaitPickup()
@@ -128,6 +134,9 @@ func (s *Shard) runBatch(reqs []*request, all bool) error {
 	if len(live) == 0 && len(recs) == 0 {
 		return nil
 	}
+	if s.flusher != nil {
+		s.flusher.begin()
+	}
 	start := time.Now()
 	errs := make([]error, len(live))
 	recOK, err := s.execBatch(live, recs, errs)
@@ -151,6 +160,9 @@ func (s *Shard) runBatch(reqs []*request, all bool) error {
 		}
 		for _, r := range live {
 			r.reply <- err
+		}
+		if s.flusher != nil {
+			s.flusher.commit(nil, nil) // what it may have committed is synced too
 		}
 		return err
 	}
@@ -353,7 +365,7 @@ func (s *Shard) discardConn() {
 	}
 	if s.flusher != nil {
 		// The commits handed over are synced through this connection.
-		_ = s.flusher.wait(context.Background())
+		_ = s.flusher.waitHandedOver(context.Background())
 	}
 	func() {
 		defer func() { _ = recover() }() // the connection may be unusable

@@ -181,3 +181,67 @@ func TestLongReadNotOnWriter(t *testing.T) {
 		t.Errorf("a long read on a cold shard: %d reader connections, want 1", n)
 	}
 }
+
+// A read on the idle writer never waits for a sync, even while the writer
+// holds back its next batch until the last one's sync starts.
+func TestReadsOnWriterDoNotWaitForSync(t *testing.T) {
+	var hold atomic.Bool
+	release := make(chan struct{})
+	sqlite.SetSyncHook(func() error {
+		if hold.Load() {
+			<-release
+		}
+		return nil
+	})
+	t.Cleanup(func() { sqlite.SetSyncHook(nil) })
+	s := openAt(t, filepath.Join(t.TempDir(), "w.db"), sqlite.Options{}, shard.Options{})
+	ctx := context.Background()
+	hold.Store(true)
+	defer close(release)
+	for _, k := range []string{"a", "b"} { // a's sync stalls; b commits behind it
+		go func() { _ = s.Write(ctx, setSetting(k, "1")) }()
+	}
+	if !waitFor(10*time.Second, func() bool { return len(settingKeysOnWriter(t, s)) == 2 }) {
+		t.Fatal("the two writes did not commit while the sync stalled")
+	}
+	if n := s.Stats().Readers; n != 0 {
+		t.Fatalf("%d reader connections, want 0", n)
+	}
+}
+
+// settingKeysOnWriter reads the settings with a 2 s deadline: a read that
+// waited for the stalled sync would miss it.
+func settingKeysOnWriter(t *testing.T, s *shard.Shard) map[string]bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	keys := map[string]bool{}
+	err := s.Read(ctx, func(q engine.Querier) error {
+		rows, err := q.Query("SELECT key FROM settings")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				return err
+			}
+			keys[k] = true
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		t.Fatalf("read while a sync stalls: %v", err)
+	}
+	return keys
+}
+
+// waitFor polls cond until it holds or d has passed.
+func waitFor(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}

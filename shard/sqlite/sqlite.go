@@ -208,14 +208,37 @@ func (w *writeConn) Sync() error {
 			return err
 		}
 	}
+	if w.closed {
+		// Close checkpointed (or synced) everything this connection
+		// committed; its WAL may be gone.
+		return nil
+	}
 	if w.walFile == nil {
 		f, err := os.OpenFile(w.walPath, os.O_RDWR|syscall.O_NOFOLLOW, 0)
 		if err != nil {
 			return fmt.Errorf("open WAL to sync: %w", err)
 		}
+		// The WAL may be new since the shard was opened: its directory
+		// entry must be durable too, once.
+		if err := syncDir(filepath.Dir(w.walPath)); err != nil {
+			_ = f.Close()
+			return err
+		}
 		w.walFile = f
 	}
 	return fdatasync(w.walFile)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open shard directory to sync: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync shard directory: %w", err)
+	}
+	return nil
 }
 
 func syncIf(cond bool, w *writeConn) error {
@@ -258,6 +281,7 @@ type writeConn struct {
 	commits  int
 	walMu    sync.Mutex // guards walFile: Sync runs on the flusher goroutine
 	walFile  *os.File   // the WAL, opened by the first Sync
+	closed   bool       // under walMu: Close ran
 	// walRetrySize: after a bounding checkpoint that readers kept busy,
 	// the next is tried once the WAL has grown by another limit: a reader
 	// holding its snapshot for long (an export) must not make every few
@@ -355,6 +379,7 @@ func (w *writeConn) Close() error {
 		_ = w.walFile.Close()
 		w.walFile = nil
 	}
+	w.closed = true
 	w.walMu.Unlock()
 	if err := w.db.Close(); err != nil {
 		return translate(err)

@@ -40,11 +40,10 @@ type flusher struct {
 	done chan struct{}
 
 	mu        sync.Mutex
-	begun     uint64     // batches begun: a commit may be visible from then on
-	committed uint64     // batches handed over (committed or failed), in order
-	durable   uint64     // commits covered by a returned sync
-	pending   []*request // callers of commits not yet durable
-	spare     []*request
+	begun     uint64        // batches begun: a commit may be visible from then on
+	committed uint64        // batches handed over (committed or failed), in order
+	durable   uint64        // commits covered by a returned sync
+	pending   []*request    // callers of commits not yet durable
 	started   uint64        // commits covered by the sync in flight or done
 	picked    *sync.Cond    // on mu: a sync started, or the flusher failed or stopped
 	changed   chan struct{} // closed and replaced when durable or err moves
@@ -113,7 +112,7 @@ func (f *flusher) flush() {
 		target := f.committed
 		f.started = target
 		reqs := f.pending
-		f.pending, f.spare = f.spare[:0], nil
+		f.pending = nil
 		f.picked.Broadcast()
 		f.mu.Unlock()
 
@@ -132,12 +131,6 @@ func (f *flusher) flush() {
 		ferr := f.err
 		f.mu.Unlock()
 		answer(reqs, ferr)
-		clear(reqs)
-		f.mu.Lock()
-		if f.spare == nil {
-			f.spare = reqs[:0]
-		}
-		f.mu.Unlock()
 	}
 }
 

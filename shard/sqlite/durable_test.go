@@ -214,26 +214,7 @@ func TestReadsOnWriterDoNotWaitForSync(t *testing.T) {
 func settingKeysOnWriter(t *testing.T, s *shard.Shard) map[string]bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	keys := map[string]bool{}
-	err := s.Read(ctx, func(q engine.Querier) error {
-		rows, err := q.Query("SELECT key FROM settings")
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var k string
-			if err := rows.Scan(&k); err != nil {
-				return err
-			}
-			keys[k] = true
-		}
-		return rows.Err()
-	})
-	if err != nil {
-		t.Fatalf("read while a sync stalls: %v", err)
-	}
-	return keys
+	return settingKeysCtx(t, ctx, s)
 }
 
 // waitFor polls cond until it holds or d has passed.

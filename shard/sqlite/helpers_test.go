@@ -57,8 +57,14 @@ func queryInt(tb testing.TB, s *shard.Shard, query string) int64 {
 // settingKeys returns the keys of every setting.
 func settingKeys(tb testing.TB, s *shard.Shard) map[string]bool {
 	tb.Helper()
+	return settingKeysCtx(tb, context.Background(), s)
+}
+
+// settingKeysCtx is settingKeys with the read bound by ctx.
+func settingKeysCtx(tb testing.TB, ctx context.Context, s *shard.Shard) map[string]bool {
+	tb.Helper()
 	keys := make(map[string]bool)
-	err := s.Read(context.Background(), func(q engine.Querier) error {
+	err := s.Read(ctx, func(q engine.Querier) error {
 		rows, err := q.Query("SELECT key FROM settings")
 		if err != nil {
 			return err

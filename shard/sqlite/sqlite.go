@@ -179,9 +179,11 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 	}
 	if c.pipelined() {
 		// The migrations committed without a sync of their own.
-		if err := syncIf(applied > 0, w); err != nil {
-			_ = w.Close()
-			return nil, err
+		if applied > 0 {
+			if err := w.Sync(); err != nil {
+				_ = w.Close()
+				return nil, err
+			}
 		}
 		return &syncWriteConn{w}, nil
 	}
@@ -239,13 +241,6 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync shard directory: %w", err)
 	}
 	return nil
-}
-
-func syncIf(cond bool, w *writeConn) error {
-	if !cond {
-		return nil
-	}
-	return w.Sync()
 }
 
 // syncHook, when set (tests), runs at the start of every Sync; an error

@@ -32,6 +32,11 @@ var (
 	// ErrMoving: the tenant is being moved (its writes are fenced) or has
 	// just moved; retry shortly. It wraps ErrUnavailable.
 	ErrMoving = fmt.Errorf("tenant is being moved, retry: %w", ErrUnavailable)
+	// ErrFenced: the tenant's fencing token says another node owns it now
+	// (several nodes sharing a catalog): this node's shard of it commits
+	// nothing more. It wraps ErrUnavailable.
+	ErrFenced = &Error{Kind: KindUnavailable, Code: "tenant_moving", Message: "the tenant has moved to another node, retry",
+		RetryAfter: time.Second, Err: ErrUnavailable}
 )
 
 // Invalidf returns an error wrapping ErrInvalid with a message meant for the

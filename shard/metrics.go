@@ -30,6 +30,10 @@ var (
 		Name: "keyshard_shard_rejections_total",
 		Help: "Writes refused, by reason: overloaded (queue full), busy (lock timeout), deferred_full.",
 	}, []string{"reason"})
+	fencedBatches = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "keyshard_shard_fenced_total",
+		Help: "Write batches refused because the tenant's fencing token says another node owns it now.",
+	})
 	writerPanics = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "keyshard_shard_writer_panics_total",
 		Help: "Panics recovered in shard writers; each discarded its connection.",

@@ -18,7 +18,28 @@ type Options struct {
 	// DebounceInterval is the least time between two writes of records with
 	// the same key (last-seen updates).
 	DebounceInterval time.Duration
+
+	// Fenced makes every batch read the tenant's fencing token (the fence
+	// table) inside its own transaction, with FenceQuery, and compare it
+	// with Epoch, the placement's epoch the shard was opened for: above
+	// it, another node owns the tenant now and the batch fails with
+	// engine.ErrFenced, as does every later write of this shard; below
+	// it, the batch raises the token to Epoch (the new owner's first
+	// batch fences the old). Set for nodes sharing a catalog.
+	Fenced bool
+	// FenceQuery reads the token, taking a shared row lock on backends
+	// that have them (FOR SHARE), so that raising it waits for batches
+	// that read the old value; the backend sets it, and Epoch.
+	FenceQuery string
+	Epoch      int64
+	// OnFenced, when set, is called (on a goroutine of its own) when a
+	// batch finds the tenant fenced: the catalog this node holds is stale.
+	OnFenced func()
 }
+
+// DefaultFenceQuery reads the fencing token where the batch's transaction
+// already holds the database's write lock (SQLite's BEGIN IMMEDIATE).
+const DefaultFenceQuery = `SELECT epoch FROM fence WHERE id = 1`
 
 // Defaults for Options.
 const (

@@ -41,7 +41,8 @@ type Shard struct {
 	capture  *Capture // statements of committed batches go here; see capture.go
 	captured []Stmt   // the current batch's statements, for capture
 
-	gen atomic.Uint64 // see Generation
+	gen       atomic.Uint64 // see Generation
+	fencedOut atomic.Bool   // a batch found another node's fencing token: see checkFence
 
 	// writerReads: the backend's writer connection also serves reads
 	// (ReadingWriter): a shard without a reader connection reads on it

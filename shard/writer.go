@@ -259,6 +259,12 @@ func (s *Shard) tryBatch(reqs []*request, recs []record, errs []error, recFailed
 	if err := s.conn.Begin(); err != nil {
 		return false, err
 	}
+	if s.opts.Fenced {
+		if err := s.checkFence(); err != nil {
+			_ = s.conn.Rollback()
+			return false, err
+		}
+	}
 	abort := func() (bool, error) {
 		if err := s.conn.Rollback(); err != nil {
 			return false, fmt.Errorf("rollback after a failed operation: %w", err)
@@ -305,6 +311,37 @@ func (s *Shard) tryBatch(reqs []*request, recs []record, errs []error, recFailed
 		s.capture.add(s.captured)
 	}
 	return true, nil
+}
+
+// checkFence reads the tenant's fencing token in the batch's transaction
+// (see Options.Fenced): a token above the shard's epoch fails the batch and
+// every later one; a token below it is raised to it.
+func (s *Shard) checkFence() error {
+	if s.fencedOut.Load() {
+		return engine.ErrFenced
+	}
+	q := s.opts.FenceQuery
+	if q == "" {
+		q = DefaultFenceQuery
+	}
+	var token int64
+	if err := s.conn.QueryRow(q).Scan(&token); err != nil {
+		return fmt.Errorf("read the fencing token: %w: %w", err, engine.ErrUnavailable)
+	}
+	switch {
+	case token > s.opts.Epoch:
+		s.fencedOut.Store(true)
+		fencedBatches.Inc()
+		if s.opts.OnFenced != nil {
+			go s.opts.OnFenced()
+		}
+		return engine.ErrFenced
+	case token < s.opts.Epoch:
+		if _, err := s.conn.Exec(`UPDATE fence SET epoch = ? WHERE id = 1 AND epoch < ?`, s.opts.Epoch, s.opts.Epoch); err != nil {
+			return fmt.Errorf("raise the fencing token: %w", err)
+		}
+	}
+	return nil
 }
 
 // runOne runs op, inside its own savepoint when savepoints is set. opErr is

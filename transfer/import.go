@@ -112,6 +112,14 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 	if err := checkStoredJSON(ctx, stage); err != nil {
 		return nil, err
 	}
+	// The fencing token belongs to the tenant's place in a catalog, not to
+	// its data: the imported tenant starts unfenced.
+	if err := stage.Write(ctx, func(tx engine.Querier) error {
+		_, err := tx.Exec(`UPDATE fence SET epoch = 0`)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("reset the fencing token: %w", err)
+	}
 	if h != nil {
 		res.SourceTenant = &h.Tenant
 		if o.Slug == "" {

@@ -80,9 +80,10 @@ func Open(ctx context.Context, dsn string, o Options, sopts shard.Options) (*sql
 // NewDialect returns MySQL's dialect for sqldb.
 func NewDialect() sqldb.Dialect {
 	return sqldb.Dialect{
-		Name:   Dialect,
-		Use:    func(ns string) string { return "USE " + sqldb.QuoteIdent(ns) },
-		Exists: "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
+		Name:       Dialect,
+		FenceQuery: `SELECT epoch FROM fence WHERE id = 1 LOCK IN SHARE MODE`,
+		Use:        func(ns string) string { return "USE " + sqldb.QuoteIdent(ns) },
+		Exists:     "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
 		Create: func(ns string) string {
 			return "CREATE DATABASE IF NOT EXISTS " + sqldb.QuoteIdent(ns) + " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 		},

@@ -73,13 +73,14 @@ func Open(ctx context.Context, dsn string, o Options, sopts shard.Options) (*sql
 // NewDialect returns PostgreSQL's dialect for sqldb.
 func NewDialect() sqldb.Dialect {
 	return sqldb.Dialect{
-		Name:      Dialect,
-		Rebind:    Rebind,
-		Use:       func(ns string) string { return "SET search_path TO " + sqldb.QuoteIdent(ns) },
-		Exists:    "SELECT COUNT(*) FROM pg_catalog.pg_namespace WHERE nspname = $1",
-		Create:    func(ns string) string { return "CREATE SCHEMA IF NOT EXISTS " + sqldb.QuoteIdent(ns) },
-		Drop:      func(ns string) string { return "DROP SCHEMA IF EXISTS " + sqldb.QuoteIdent(ns) + " CASCADE" },
-		Translate: Translate,
+		Name:       Dialect,
+		Rebind:     Rebind,
+		FenceQuery: `SELECT epoch FROM fence WHERE id = 1 FOR SHARE`,
+		Use:        func(ns string) string { return "SET search_path TO " + sqldb.QuoteIdent(ns) },
+		Exists:     "SELECT COUNT(*) FROM pg_catalog.pg_namespace WHERE nspname = $1",
+		Create:     func(ns string) string { return "CREATE SCHEMA IF NOT EXISTS " + sqldb.QuoteIdent(ns) },
+		Drop:       func(ns string) string { return "DROP SCHEMA IF EXISTS " + sqldb.QuoteIdent(ns) + " CASCADE" },
+		Translate:  Translate,
 		// database/sql over a pgxpool makes a new driver connection per
 		// checkout; the pgx.Conn (the server session) underneath is stable.
 		ConnKey: func(dc any) any {

@@ -49,6 +49,56 @@ func Run(t *testing.T, f Factory) {
 	t.Run("Types", func(t *testing.T) { testTypes(t, f) })
 	t.Run("DeferredFlushedOnClose", func(t *testing.T) { testDeferred(t, f) })
 	t.Run("ReadsDoNotWaitForWriter", func(t *testing.T) { testReadsDuringWrite(t, f) })
+	t.Run("FencedByNewerOwner", func(t *testing.T) { testFenced(t, f) })
+}
+
+// testFenced: two shards of one tenant, as two nodes would open it, the
+// old owner at epoch 1 and the new at epoch 2 (Options.Fenced). Once the
+// new one has written, the old one commits nothing more, while a batch of
+// it already waiting in its queue is refused too.
+func testFenced(t *testing.T, f Factory) {
+	ctx := context.Background()
+	fenced := make(chan struct{}, 1)
+	b := f.New(t, shard.Options{Fenced: true, OnFenced: func() {
+		select {
+		case fenced <- struct{}{}:
+		default:
+		}
+	}})
+	p := create(t, b, f.Name)
+	old := open(t, b, p)
+	if err := old.Write(ctx, insertAudit("old-before")); err != nil {
+		t.Fatalf("the owner's write: %v", err)
+	}
+	p2 := p
+	p2.Epoch = 2
+	nu := open(t, b, p2)
+	if err := nu.Write(ctx, insertAudit("new")); err != nil {
+		t.Fatalf("the new owner's first write: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		err := old.Write(ctx, insertAudit("old-after"))
+		if !errors.Is(err, engine.ErrFenced) || !errors.Is(err, engine.ErrUnavailable) {
+			t.Fatalf("the old owner's write %d after the new owner's: %v, want ErrFenced", i, err)
+		}
+	}
+	select {
+	case <-fenced:
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnFenced was not called")
+	}
+	if err := nu.Write(ctx, insertAudit("new")); err != nil {
+		t.Fatalf("the new owner's second write: %v", err)
+	}
+	got := auditCounts(t, nu)
+	if got["old-before"] != 1 || got["new"] != 2 || got["old-after"] != 0 {
+		t.Fatalf("audit rows %v; want old-before 1, new 2, old-after 0", got)
+	}
+	// A shard of an older epoch opened afresh is fenced at its first batch.
+	again := open(t, b, p)
+	if err := again.Write(ctx, insertAudit("old-after")); !errors.Is(err, engine.ErrFenced) {
+		t.Fatalf("a stale owner's reopened shard wrote: %v, want ErrFenced", err)
+	}
 }
 
 // create makes a tenant's shard and destroys it when the test ends.

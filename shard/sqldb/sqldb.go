@@ -28,6 +28,9 @@ import (
 type Dialect struct {
 	// Name is the backend and the migrations folder ("postgres", "mysql").
 	Name string
+	// FenceQuery reads the tenant's fencing token with a shared row lock
+	// (shard.Options.FenceQuery).
+	FenceQuery string
 	// Rebind turns '?' placeholders into the server's; nil keeps them.
 	Rebind func(query string) string
 	// Use returns the statement that points a connection at namespace ns.
@@ -142,7 +145,9 @@ func (s *Server) Open(ctx context.Context, p engine.Placement) (*shard.Shard, er
 	if n == 0 {
 		return nil, fmt.Errorf("%s %s does not exist: %w", s.Dialect.Name, ns, engine.ErrUnavailable)
 	}
-	return shard.Open(ctx, &Conns{srv: s, ns: ns}, s.ShardOpts)
+	so := s.ShardOpts
+	so.Epoch, so.FenceQuery = p.Epoch, s.Dialect.FenceQuery
+	return shard.Open(ctx, &Conns{srv: s, ns: ns}, so)
 }
 
 // Conns opens the connections of one tenant. It implements shard.Conns.

@@ -71,7 +71,9 @@ func (b *Backend) Open(ctx context.Context, p engine.Placement) (*shard.Shard, e
 	}
 	o := b.Options
 	o.MustExist = true
-	return Open(ctx, path, o, b.ShardOpts)
+	so := b.ShardOpts
+	so.Epoch = p.Epoch
+	return Open(ctx, path, o, so)
 }
 
 // OpenFile opens a scratch shard file (synchronous NORMAL), as export and

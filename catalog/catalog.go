@@ -29,6 +29,8 @@ type Catalog struct {
 	isUnique func(error) bool
 	clock    func() time.Time // nil: time.Now; see SetClock
 	work     workMarks        // tenants with background work due; see work.go
+	dialect  string           // sqlite, postgres, mysql
+	dsn      string           // a server catalog's, for Listen
 
 	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*engine.Tenant
@@ -50,7 +52,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     created_at   INTEGER NOT NULL,
     approved_at  INTEGER,
     updated_at   INTEGER NOT NULL,
-    imported_at  INTEGER
+    imported_at  INTEGER,
+    node         TEXT NOT NULL DEFAULT ''
 )`
 
 // OpenSQLite opens (creating if needed) the catalog file catalog.db in
@@ -86,9 +89,9 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Catalog, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("catalog schema: %w", err)
 	}
-	r := &Catalog{db: db, table: "tenants", rebind: func(q string) string { return q }, isUnique: isUniqueSQLite,
+	r := &Catalog{db: db, table: "tenants", dialect: "sqlite", rebind: func(q string) string { return q }, isUnique: isUniqueSQLite,
 		work: workMarks{table: "tenant_work"}}
-	if err := r.addImportedAt(ctx, "sqlite"); err != nil {
+	if err := r.addColumns(ctx, "sqlite", "TEXT"); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -124,7 +127,7 @@ var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 // Close closes the catalog database.
 func (r *Catalog) Close() error { return r.db.Close() }
 
-const columns = `id, slug, name, status, backend, location, epoch, created_at, approved_at, updated_at, imported_at`
+const columns = `id, slug, name, status, backend, location, epoch, created_at, approved_at, updated_at, imported_at, node`
 
 // columnExists counts the columns of the catalog table named by the second
 // parameter; the first is the table.
@@ -134,24 +137,32 @@ var columnExists = map[string]string{
 	"mysql":    `SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ? AND table_schema = DATABASE()`,
 }
 
-// addImportedAt adds the imported_at column to a catalog made before it
-// existed. Two processes may open an old catalog at once: the one whose
-// ALTER fails finds the column the other added.
-func (r *Catalog) addImportedAt(ctx context.Context, dialect string) error {
-	has := func() (bool, error) {
-		var n int
-		err := r.db.QueryRowContext(ctx, r.rebind(columnExists[dialect]), r.table, "imported_at").Scan(&n)
-		return n > 0, err
-	}
-	ok, err := has()
-	if err != nil || ok {
-		return err
-	}
-	if _, err := r.db.ExecContext(ctx, `ALTER TABLE `+r.table+` ADD COLUMN imported_at BIGINT`); err != nil {
-		if ok, _ := has(); ok {
-			return nil
+// addColumns adds the columns a catalog made before them lacks
+// (imported_at, node). Two processes may open an old catalog at once: the
+// one whose ALTER fails finds the column the other added.
+func (r *Catalog) addColumns(ctx context.Context, dialect, text string) error {
+	for _, c := range []struct{ name, def string }{
+		{"imported_at", "BIGINT"},
+		{"node", text + " NOT NULL DEFAULT ''"},
+	} {
+		has := func() (bool, error) {
+			var n int
+			err := r.db.QueryRowContext(ctx, r.rebind(columnExists[dialect]), r.table, c.name).Scan(&n)
+			return n > 0, err
 		}
-		return fmt.Errorf("catalog: add imported_at: %w", err)
+		ok, err := has()
+		if err != nil {
+			return err
+		}
+		if ok {
+			continue
+		}
+		if _, err := r.db.ExecContext(ctx, `ALTER TABLE `+r.table+` ADD COLUMN `+c.name+` `+c.def); err != nil {
+			if ok, _ := has(); ok {
+				continue
+			}
+			return fmt.Errorf("catalog: add %s: %w", c.name, err)
+		}
 	}
 	return nil
 }
@@ -161,7 +172,7 @@ func scanTenant(sc interface{ Scan(...any) error }) (*engine.Tenant, error) {
 	var status string
 	var created, updated int64
 	var approved, imported sql.NullInt64
-	if err := sc.Scan(&t.ID, &t.Slug, &t.Name, &status, &t.Backend, &t.Location, &t.Epoch, &created, &approved, &updated, &imported); err != nil {
+	if err := sc.Scan(&t.ID, &t.Slug, &t.Name, &status, &t.Backend, &t.Location, &t.Epoch, &created, &approved, &updated, &imported, &t.Node); err != nil {
 		return nil, err
 	}
 	t.Status = engine.Status(status)
@@ -267,8 +278,8 @@ func (r *Catalog) Create(ctx context.Context, t *engine.Tenant) error {
 	if t.Epoch == 0 {
 		t.Epoch = 1
 	}
-	_, err := r.db.ExecContext(ctx, r.q(`INSERT INTO tenants (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`),
-		t.ID, t.Slug, t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, now.UnixMicro(), nullTime(t.ApprovedAt), now.UnixMicro(), nullTime(t.ImportedAt))
+	_, err := r.db.ExecContext(ctx, r.q(`INSERT INTO tenants (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`),
+		t.ID, t.Slug, t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, now.UnixMicro(), nullTime(t.ApprovedAt), now.UnixMicro(), nullTime(t.ImportedAt), t.Node)
 	if err != nil {
 		if r.isUnique(err) {
 			return fmt.Errorf("slug %q is taken: %w", t.Slug, engine.ErrConflict)
@@ -286,8 +297,8 @@ func (r *Catalog) Create(ctx context.Context, t *engine.Tenant) error {
 // change meant for the one before must not land on it.
 func (r *Catalog) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64) error {
 	t.UpdatedAt = r.now().Truncate(time.Microsecond)
-	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=?, imported_at=? WHERE id=? AND epoch=? AND created_at=?`),
-		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), nullTime(t.ImportedAt), t.ID, wantEpoch, t.CreatedAt.UnixMicro())
+	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET name=?, status=?, backend=?, location=?, epoch=?, approved_at=?, updated_at=?, imported_at=?, node=? WHERE id=? AND epoch=? AND created_at=?`),
+		t.Name, string(t.Status), t.Backend, t.Location, t.Epoch, nullTime(t.ApprovedAt), t.UpdatedAt.UnixMicro(), nullTime(t.ImportedAt), t.Node, t.ID, wantEpoch, t.CreatedAt.UnixMicro())
 	if err != nil {
 		return fmt.Errorf("update tenant: %w", err)
 	}

@@ -35,7 +35,7 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 	if !tableName.MatchString(table) {
 		return nil, engine.Invalidf("catalog table %q: want lower-case letters, digits and _", table)
 	}
-	r := &Catalog{table: table, work: workMarks{table: table + "_work"}}
+	r := &Catalog{table: table, work: workMarks{table: table + "_work"}, dsn: dsn}
 	var ddl, idType, dialect string
 	switch {
 	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
@@ -70,11 +70,20 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 		_ = r.db.Close()
 		return nil, fmt.Errorf("catalog schema: %w: %w", err, engine.ErrUnavailable)
 	}
-	if err := r.addImportedAt(pctx, dialect); err != nil {
+	r.dialect = dialect
+	text := "TEXT"
+	if dialect == "mysql" {
+		text = "VARCHAR(255)"
+	}
+	if err := r.addColumns(pctx, dialect, text); err != nil {
 		_ = r.db.Close()
 		return nil, fmt.Errorf("%w: %w", err, engine.ErrUnavailable)
 	}
 	if err := r.createWork(pctx, idType, dialect); err != nil {
+		_ = r.db.Close()
+		return nil, fmt.Errorf("%w: %w", err, engine.ErrUnavailable)
+	}
+	if err := r.createNodes(pctx); err != nil {
 		_ = r.db.Close()
 		return nil, fmt.Errorf("%w: %w", err, engine.ErrUnavailable)
 	}
@@ -97,7 +106,8 @@ func serverSchema(id, text, location string) string {
     created_at   BIGINT NOT NULL,
     approved_at  BIGINT,
     updated_at   BIGINT NOT NULL,
-    imported_at  BIGINT
+    imported_at  BIGINT,
+    node         ` + text + ` NOT NULL DEFAULT ''
 )`
 }
 
@@ -116,6 +126,15 @@ func (r *Catalog) DropServerTable(ctx context.Context) error {
 	if _, err := r.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+r.work.table); err != nil {
 		return err
 	}
-	_, err := r.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+r.table)
-	return err
+	if _, err := r.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+r.nodesTable()); err != nil {
+		return err
+	}
+	if _, err := r.db.ExecContext(ctx, "DROP TABLE IF EXISTS "+r.table); err != nil {
+		return err
+	}
+	if r.dialect == "postgres" {
+		_, err := r.db.ExecContext(ctx, "DROP FUNCTION IF EXISTS "+r.table+"_notify()")
+		return err
+	}
+	return nil
 }

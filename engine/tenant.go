@@ -45,6 +45,9 @@ type Tenant struct {
 	// A pending tenant with it set has its data in place: approval serves
 	// that data instead of creating an empty database.
 	ImportedAt *time.Time `json:"imported_at"`
+	// Node is the node that serves the tenant when several nodes share
+	// the catalog; empty when one server has it all.
+	Node string `json:"node,omitempty"`
 }
 
 // Placement says where a tenant's shard lives. Epoch changes whenever the

@@ -55,6 +55,9 @@ type Config struct {
 	// mysql://…) so that several Keyshard servers can share it; empty: the
 	// SQLite file catalog.db in DataDir.
 	CatalogDSN string
+	// Fenced: this process is one of several nodes: every shard's batches
+	// check the tenant's fencing token (shard.Options.Fenced).
+	Fenced bool
 }
 
 // DefaultCacheCapacity: an idle shard (writer + 2 readers) holds ~1.4 MB
@@ -99,8 +102,18 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
+	// A fenced shard tells when its tenant has moved to another node: the
+	// catalog held here is stale, read it again.
+	var cat *catalog.Catalog
+	reload := make(chan struct{}, 1)
 	sopts := shard.Options{QueueSize: cfg.QueueSize, MaxBatch: cfg.MaxBatch, Readers: cfg.Readers,
-		DeferLimit: cfg.DeferLimit, DebounceInterval: cfg.DebounceInterval}
+		DeferLimit: cfg.DeferLimit, DebounceInterval: cfg.DebounceInterval, Fenced: cfg.Fenced,
+		OnFenced: func() {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}}
 	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, InlineSync: cfg.InlineSync, BusyTimeout: cfg.BusyTimeout}, ShardOpts: sopts}
 	if _, err := sqlite.NewConns("", lite.Options); err != nil {
 		return nil, err // invalid synchronous setting
@@ -137,7 +150,6 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 		closeServers()
 		return nil, engine.Invalidf("default backend %s is not configured (set its DSN)", cfg.DefaultBackend)
 	}
-	var cat *catalog.Catalog
 	if cfg.CatalogDSN != "" {
 		cat, err = catalog.OpenServer(ctx, cfg.CatalogDSN, "")
 	} else {
@@ -154,15 +166,30 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 			DefaultBackend: cfg.DefaultBackend,
 		},
 		Catalog: cat, Backends: backends, SQLite: lite, Postgres: pg, MySQL: my,
-		pollDone: make(chan struct{}),
 	}
 	a.Cache = shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, backends.Open)
 	a.Engine.Shards = pool{a.Cache}
 	pctx, cancel := context.WithCancel(context.Background())
 	a.stopPoll = cancel
+	a.pollDone = make(chan struct{}, 3)
 	go func() {
-		defer close(a.pollDone)
+		defer func() { a.pollDone <- struct{}{} }()
 		cat.Watch(pctx, cfg.CatalogPoll)
+	}()
+	go func() {
+		defer func() { a.pollDone <- struct{}{} }()
+		cat.Listen(pctx, nil) // PostgreSQL: at once on every change
+	}()
+	go func() {
+		defer func() { a.pollDone <- struct{}{} }()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-reload:
+				_ = cat.Reload(pctx)
+			}
+		}
 	}()
 	return a, nil
 }
@@ -173,7 +200,9 @@ func (a *App) Close() error {
 		return nil
 	}
 	a.stopPoll()
-	<-a.pollDone
+	for i := 0; i < 3; i++ {
+		<-a.pollDone
+	}
 	a.stopPoll = nil
 	errs := []error{a.Engine.Close(), a.Catalog.Close()}
 	for _, s := range []*sqldb.Server{a.Postgres, a.MySQL} {

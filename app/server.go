@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,11 +15,13 @@ import (
 
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/api/gotrue"
+	"github.com/keyshard/keyshard/api/nodes"
 	"github.com/keyshard/keyshard/api/oidc"
 	"github.com/keyshard/keyshard/api/platform"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
 	"github.com/keyshard/keyshard/auth/token"
+	"github.com/keyshard/keyshard/cluster"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/event"
 	"github.com/keyshard/keyshard/mail"
@@ -78,8 +82,20 @@ type ServerConfig struct {
 	// (api.DefaultBodyTimeout when 0).
 	BodyTimeout time.Duration
 
+	// Node makes this server one of several sharing the catalog; zero:
+	// the only one.
+	Node NodeConfig
+
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// NodeConfig is this server as one of several nodes sharing a catalog on
+// PostgreSQL or MySQL (serve --node, --advertise, --lease, --auto-failover).
+type NodeConfig struct {
+	Name, Advertise string
+	Lease           time.Duration
+	AutoFailover    bool
 }
 
 // EventsConfig configures the outbox: which events each topic's sink
@@ -139,8 +155,12 @@ type Server struct {
 	// Webhooks manages the tenants' webhook endpoints.
 	Webhooks *webhook.Service
 
-	conns api.ConnLimits
-	log   *slog.Logger
+	// Node is this server as one of several nodes; nil when alone.
+	Node *cluster.Node
+
+	handler http.Handler
+	conns   api.ConnLimits
+	log     *slog.Logger
 }
 
 // OpenServer opens the storage engine and builds the server on it. Close
@@ -152,6 +172,12 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	}
 	if cfg.Storage.DataDir == "" {
 		cfg.Storage.DataDir = "data"
+	}
+	if cfg.Node.Name != "" {
+		if cfg.Storage.CatalogDSN == "" {
+			return nil, engine.Invalidf("a node (--node) shares its catalog with the others: give --catalog postgres://… or mysql://…")
+		}
+		cfg.Storage.Fenced = true
 	}
 	a, err := Open(ctx, cfg.Storage)
 	if err != nil {
@@ -224,6 +250,18 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		sinks[topic] = sink
 	}
 	s.Auth = auth.New(s.Pool, s.Keys, master, auth.Config{AccessTokenTTL: ttl, LoginThrottle: throttle, Now: cfg.Now, Events: events, Signups: signups})
+	if cfg.Node.Name != "" {
+		s.Node, err = cluster.Start(ctx, cluster.Config{Name: cfg.Node.Name, Address: cfg.Node.Advertise, Lease: cfg.Node.Lease,
+			AutoFailover: cfg.Node.AutoFailover, Catalog: a.Catalog, Storages: a.Engine.Backends,
+			OpenShards: func() int { return a.Cache.Stats().Open },
+			EvictStale: a.Cache.EvictStale, Log: log})
+		if err != nil {
+			return nil, err
+		}
+		a.Engine.Owner = s.Node
+		log.Info("node of a shared catalog", "node", cfg.Node.Name, "advertise", cfg.Node.Advertise, "lease", s.Node.Lease(),
+			"auto_failover", cfg.Node.AutoFailover)
+	}
 	s.Transfer = &transfer.Service{Engine: a.Engine, Backends: a.Backends, TempDir: cfg.TransferTempDir, FenceWait: cfg.FenceWait}
 	s.API = api.NewServer(a.Engine, log)
 	s.API.BodyTimeout = cfg.BodyTimeout
@@ -236,7 +274,7 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		return allowed, credentials, nil
 	}
 	s.conns, s.log = cfg.Conns, log
-	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer})
+	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer, Node: s.Node})
 	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, ListenURL: cfg.ListenURL, AdminToken: s.AdminToken, Webhooks: s.Webhooks,
 		Upstream: upstream.New(cfg.Events.Webhooks.AllowPrivate), AllowPrivate: cfg.Events.Webhooks.AllowPrivate})
 	if _, err := oidc.Register(s.API, s.Auth, gt, oidc.Options{Secret: master}); err != nil {
@@ -248,6 +286,12 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 			log.Warn("background work failed; retried later", "tenant_id", tenantID, "err", err)
 		}}
 	s.Work.Start()
+	s.handler = s.API.Handler()
+	if s.Node != nil {
+		m := hmac.New(sha256.New, master)
+		m.Write([]byte("keyshard node forwarding"))
+		s.handler = (&nodes.Forwarder{Node: s.Node, Engine: a.Engine, Key: m.Sum(nil), Log: log}).Wrap(s.handler)
+	}
 	return s, nil
 }
 
@@ -319,7 +363,7 @@ func (s *Server) Listen(addr string) (net.Listener, error) {
 }
 
 // Handler returns the server's HTTP handler.
-func (s *Server) Handler() http.Handler { return s.API.Handler() }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 // HTTPServer returns an http.Server for the handler with the timeouts
 // `serve` uses.
@@ -338,6 +382,10 @@ func (s *Server) Close() error {
 	if s.Pool != nil {
 		s.Pool.Close()
 		s.Pool = nil
+	}
+	if s.Node != nil {
+		// The lease ends now: the others may take this node's tenants.
+		_ = s.Node.Close()
 	}
 	var err error
 	if s.App != nil {

@@ -60,6 +60,17 @@ type Storage interface {
 	Destroy(ctx context.Context, p Placement) error
 }
 
+// Ownership decides which tenants this process serves when several nodes
+// share the catalog (package cluster implements it).
+type Ownership interface {
+	// Own returns the tenant to serve, t or t claimed for this node when it
+	// had no owner; ErrNotOwner when another node owns it; an
+	// unavailable error when this node cannot vouch for its lease.
+	Own(ctx context.Context, t *Tenant) (*Tenant, error)
+	// Self is this node's name: tenants created here are owned by it.
+	Self() string
+}
+
 // Engine is the storage engine seen from above: tenants in a catalog, their
 // shards in a pool, their databases on backends. Safe for concurrent use.
 type Engine struct {
@@ -67,12 +78,29 @@ type Engine struct {
 	Shards         ShardPool
 	Backends       map[string]Storage // by backend name
 	DefaultBackend string
+	// Owner, when set, restricts the tenants served to those this node
+	// owns (several nodes sharing a catalog); nil serves every tenant.
+	Owner Ownership
 
 	lifecycle sync.Mutex // serializes tenant state changes
 }
 
 // CreateTenant requests a tenant: status pending, nothing created on disk.
+// With several nodes it is owned by this one.
 func (e *Engine) CreateTenant(ctx context.Context, slug, name, backend string) (*Tenant, error) {
+	return e.CreateTenantOn(ctx, slug, name, backend, "")
+}
+
+// SelfNode is this node's name with several nodes, else "".
+func (e *Engine) SelfNode() string {
+	if e.Owner == nil {
+		return ""
+	}
+	return e.Owner.Self()
+}
+
+// CreateTenantOn is CreateTenant owned by node (empty: this node).
+func (e *Engine) CreateTenantOn(ctx context.Context, slug, name, backend, node string) (*Tenant, error) {
 	if err := ValidateSlug(slug); err != nil {
 		return nil, err
 	}
@@ -88,7 +116,12 @@ func (e *Engine) CreateTenant(ctx context.Context, slug, name, backend string) (
 	if _, ok := e.Backends[backend]; !ok {
 		return nil, Invalidf("backend %q is not configured on this server", backend)
 	}
-	t := &Tenant{ID: NewTenantID(), Slug: slug, Name: name, Status: StatusPending, Backend: backend, Epoch: 1}
+	if node == "" {
+		node = e.SelfNode()
+	} else if e.Owner == nil {
+		return nil, Invalidf("this server is not one of several nodes: a tenant's node cannot be chosen")
+	}
+	t := &Tenant{ID: NewTenantID(), Slug: slug, Name: name, Status: StatusPending, Backend: backend, Epoch: 1, Node: node}
 	if err := e.Catalog.Create(ctx, t); err != nil {
 		return nil, err
 	}
@@ -242,6 +275,11 @@ func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, err
 	if err := t.Status.Err(); err != nil {
 		return nil, err
 	}
+	if e.Owner != nil {
+		if t, err = e.Owner.Own(ctx, t); err != nil {
+			return nil, err
+		}
+	}
 	h, err := e.Shards.Acquire(ctx, t.Placement())
 	if err != nil {
 		// A delete since Resolve leaves no database to open: say so.
@@ -258,7 +296,7 @@ func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, err
 	if err == nil {
 		err = now.Status.Err()
 	}
-	if err == nil && now.Epoch != t.Epoch {
+	if err == nil && (now.Epoch != t.Epoch || now.Node != t.Node) {
 		err = fmt.Errorf("tenant placement changed: %w", ErrUnavailable)
 	}
 	if err != nil {

@@ -37,6 +37,11 @@ var (
 	// nothing more. It wraps ErrUnavailable.
 	ErrFenced = &Error{Kind: KindUnavailable, Code: "tenant_moving", Message: "the tenant has moved to another node, retry",
 		RetryAfter: time.Second, Err: ErrUnavailable}
+	// ErrNotOwner: another node owns the tenant (several nodes sharing a
+	// catalog); the HTTP edge forwards its requests there. It wraps
+	// ErrUnavailable.
+	ErrNotOwner = &Error{Kind: KindUnavailable, Code: "tenant_moving", Message: "the tenant is served by another node, retry",
+		RetryAfter: time.Second, Err: ErrUnavailable}
 )
 
 // Invalidf returns an error wrapping ErrInvalid with a message meant for the

@@ -212,6 +212,8 @@ func (w *Worker) turn(ctx context.Context, id string) {
 			w.OnError(id, serr)
 		}
 		return
+	case errors.Is(err, ErrNotOwner):
+		return // its owner's worker does it; the mark stays for it
 	case err != nil:
 		w.OnError(id, err) // suspended, moving, overloaded: a later round
 		return

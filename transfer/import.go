@@ -236,7 +236,7 @@ func (s *Service) createImporting(ctx context.Context, id, slug, name, backend s
 	if _, err := s.storage(backend); err != nil {
 		return nil, err
 	}
-	t := &engine.Tenant{ID: id, Slug: slug, Name: name, Status: engine.StatusImporting, Backend: backend, Epoch: 1}
+	t := &engine.Tenant{ID: id, Slug: slug, Name: name, Status: engine.StatusImporting, Backend: backend, Epoch: 1, Node: s.Engine.SelfNode()}
 	if err := s.Engine.Catalog.Create(ctx, t); err != nil {
 		return nil, err
 	}

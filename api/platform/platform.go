@@ -18,6 +18,8 @@ import (
 	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/token"
+	"github.com/keyshard/keyshard/catalog"
+	"github.com/keyshard/keyshard/cluster"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/event"
 	"github.com/keyshard/keyshard/transfer"
@@ -32,6 +34,8 @@ type API struct {
 	// transfer exports, imports and moves tenants; nil leaves those
 	// routes out.
 	transfer *transfer.Service
+	// node is this server as one of several nodes; nil when alone.
+	node *cluster.Node
 }
 
 // Config is what the platform API serves with.
@@ -39,11 +43,12 @@ type Config struct {
 	AdminToken string            // the platform admin bearer token; empty refuses every request
 	Auth       *auth.Service     // may be nil
 	Transfer   *transfer.Service // may be nil
+	Node       *cluster.Node     // several nodes: GET /admin/nodes, moves to a node; may be nil
 }
 
 // Register adds the platform admin routes to srv.
 func Register(srv *api.Server, cfg Config) *API {
-	a := &API{srv: srv, adminToken: cfg.AdminToken, auth: cfg.Auth, transfer: cfg.Transfer}
+	a := &API{srv: srv, adminToken: cfg.AdminToken, auth: cfg.Auth, transfer: cfg.Transfer, node: cfg.Node}
 	srv.Handle(http.MethodPost, "/admin/tenants", a.admin(a.handleCreateTenant))
 	srv.Handle(http.MethodGet, "/admin/tenants", a.admin(a.handleListTenants))
 	srv.Handle(http.MethodGet, "/admin/tenants/:tenant", a.admin(a.handleGetTenant))
@@ -57,6 +62,10 @@ func Register(srv *api.Server, cfg Config) *API {
 		srv.Handle(http.MethodPost, "/admin/tenants/:tenant/owner", a.admin(a.handleNameOwner))
 	}
 	a.registerTransferRoutes()
+	if a.node != nil {
+		srv.Handle(http.MethodGet, "/admin/nodes", a.admin(a.handleListNodes))
+		srv.Handle(http.MethodPost, "/admin/nodes/:node/drain", a.admin(a.handleDrainNode))
+	}
 	return a
 }
 
@@ -82,6 +91,8 @@ type createTenantRequest struct {
 	Slug    string `json:"slug"`
 	Name    string `json:"name"`
 	Backend string `json:"backend"`
+	// Node owns the tenant (several nodes); default this node.
+	Node string `json:"node"`
 }
 
 func (a *API) handleCreateTenant(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
@@ -93,7 +104,13 @@ func (a *API) handleCreateTenant(w http.ResponseWriter, r *http.Request, _ httpr
 	if req.Name == "" {
 		req.Name = req.Slug
 	}
-	t, err := a.srv.Engine.CreateTenant(r.Context(), req.Slug, req.Name, req.Backend)
+	if req.Node != "" && a.node != nil {
+		if _, ok := a.node.Peer(r.Context(), req.Node); !ok {
+			a.srv.WriteError(w, r, engine.Invalidf("no node named %q", req.Node))
+			return
+		}
+	}
+	t, err := a.srv.Engine.CreateTenantOn(r.Context(), req.Slug, req.Name, req.Backend, req.Node)
 	if err != nil {
 		a.srv.WriteError(w, r, err)
 		return
@@ -282,4 +299,26 @@ func (a *API) handleNameOwner(w http.ResponseWriter, r *http.Request, ps httprou
 	}
 	a.logAction(r, "tenant owner named", ts.Tenant.Slug, "tenant_id", ts.Tenant.ID, "user_id", u.ID)
 	api.WriteJSON(w, http.StatusOK, map[string]string{"user_id": u.ID, "email": u.Email, "org_role": auth.RoleOwner})
+}
+
+func (a *API) handleListNodes(w http.ResponseWriter, r *http.Request, _ httprouter.Params) {
+	nodes, err := a.node.Nodes(r.Context())
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	if nodes == nil {
+		nodes = []catalog.Node{}
+	}
+	api.WriteJSON(w, http.StatusOK, map[string]any{"self": a.node.Self(), "nodes": nodes})
+}
+
+func (a *API) handleDrainNode(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+	res, err := a.node.Drain(r.Context(), ps.ByName("node"))
+	if err != nil {
+		a.srv.WriteError(w, r, err)
+		return
+	}
+	a.logAction(r, "node drained", "", "node", ps.ByName("node"), "tenants", len(res))
+	api.WriteJSON(w, http.StatusOK, map[string]any{"node": ps.ByName("node"), "tenants": res})
 }

@@ -117,6 +117,9 @@ func (a *API) handleImportTenant(w http.ResponseWriter, r *http.Request, ps http
 type moveRequest struct {
 	Backend  string `json:"backend"`
 	Location string `json:"location"`
+	// Node gives the tenant to another node (several nodes), without
+	// copying: its storage must be where that node reaches it.
+	Node string `json:"node"`
 }
 
 func (a *API) handleMoveTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
@@ -124,6 +127,24 @@ func (a *API) handleMoveTenant(w http.ResponseWriter, r *http.Request, ps httpro
 	var req moveRequest
 	if err := api.DecodeJSON(r, &req); err != nil {
 		a.srv.WriteError(w, r, err)
+		return
+	}
+	if req.Node != "" {
+		if a.node == nil {
+			a.srv.WriteError(w, r, engine.Invalidf("this server is not one of several nodes"))
+			return
+		}
+		if req.Backend != "" || req.Location != "" {
+			a.srv.WriteError(w, r, engine.Invalidf("a move names a node, or a backend and location, not both"))
+			return
+		}
+		t, err := a.node.MoveTo(r.Context(), ps.ByName("tenant"), req.Node)
+		if err != nil {
+			a.srv.WriteError(w, r, err)
+			return
+		}
+		a.logAction(r, "tenant moved to node", t.Slug, "tenant_id", t.ID, "node", t.Node, "epoch", t.Epoch)
+		api.WriteJSON(w, http.StatusOK, map[string]any{"tenant": t})
 		return
 	}
 	res, err := svc.Move(r.Context(), ps.ByName("tenant"), transfer.MoveOptions{Backend: req.Backend, Location: req.Location})

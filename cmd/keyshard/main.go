@@ -43,6 +43,10 @@ func main() {
 		err = runMove(os.Args[2:])
 	case "bench":
 		err = runBench(os.Args[2:])
+	case "nodes":
+		err = runNodes(os.Args[2:])
+	case "drain":
+		err = runDrain(os.Args[2:])
 	case "help", "-h", "--help":
 		usage()
 		return
@@ -66,7 +70,9 @@ commands:
   migrate   --all: bring every tenant shard's schema up to date
   export    SLUG -o FILE [--format sqlite|ndjson] [--include-secrets]
   import    FILE [--slug NEW] [--backend B] [--approve]: create a tenant from an export (pending unless --approve)
-  move      SLUG --to sqlite|postgres|mysql [--to-dir DIR] (--url URL | --offline)
+  move      SLUG --to sqlite|postgres|mysql [--to-dir DIR] (--url URL | --offline), or SLUG --to-node NODE
+  nodes     list the nodes sharing --catalog: leases, tenants, open shards
+  drain     NODE: move a node's tenants to the other nodes before maintenance
   bench     load a server (--url) or one it starts in-process: --workload, --concurrency, --rate
 
 Run 'keyshard <command> -h' for a command's flags. Every flag may be set

@@ -20,6 +20,7 @@ import (
 )
 
 const moveUsage = `usage: keyshard move SLUG --to sqlite|postgres|mysql [--to-dir DIR] (--url URL | --offline)
+       keyshard move SLUG --to-node NODE --catalog DSN [backend flags]
 
 Moves a tenant to another backend, or (SQLite) to another data directory,
 e.g. on another disk. The copy is made while the tenant is served; its
@@ -34,6 +35,12 @@ Only the process serving the tenant can fence its writes, so:
               server serves this data directory: a server's writes would
               not be fenced and could land on the old copy and be lost.
 --to-dir is the target data directory (SQLite; default: the data directory).
+
+--to-node gives the tenant to another node sharing the catalog, without
+copying (PostgreSQL and MySQL tenants, SQLite tenants on shared storage):
+the tenant's fencing token is raised, then owner and epoch flip in the
+catalog; the old owner commits nothing more. It works while the old owner
+is down (after its lease lapsed, its tenants answer 503 until moved).
 `
 
 func runMove(args []string) error {
@@ -46,9 +53,16 @@ func runMove(args []string) error {
 	url := fs.String("url", "", "base URL of the server serving the tenant, e.g. http://127.0.0.1:8080")
 	offline := fs.Bool("offline", false, "move on the data directory directly; no server may be serving it")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	toNode := fs.String("to-node", "", "give the tenant to this node of a shared catalog (no copy)")
 	slug, err := parseOneArg(fs, args)
 	if err != nil {
 		return fmt.Errorf("move: %w", err)
+	}
+	if *toNode != "" {
+		if *to != "" || *dir != "" {
+			return errors.New("move: --to-node moves to a node, not to a backend: give one or the other")
+		}
+		return moveToNode(sf, slug, *toNode)
 	}
 	if *to == "" {
 		return errors.New("move: --to is required")

@@ -33,6 +33,11 @@ func runServe(args []string) error {
 	smtpURL := fs.String("smtp-url", "", "the server's SMTP server for tenants' mails: smtp://user:pass@host:port (STARTTLS when offered; ?tls=required insists, ?auth=login for AUTH LOGIN) or smtps://… (implicit TLS); empty: only tenants with their own smtp_host send mail")
 	debugAddr := fs.String("debug-addr", "", "serve net/http/pprof under /debug/pprof/ on this separate address (e.g. 127.0.0.1:6060; empty: off); never expose it")
 	smtpFrom := fs.String("smtp-from", "", "the sender of mails through --smtp-url (\"Name <addr>\" or addr); a tenant's smtp_admin_email and smtp_sender_name override it")
+	var node app.NodeConfig
+	fs.StringVar(&node.Name, "node", "", "run as this node of several sharing --catalog (PostgreSQL or MySQL): it serves the tenants it owns and forwards the others' requests to their owner (empty: the only server)")
+	fs.StringVar(&node.Advertise, "advertise", "", "with --node: the base URL the other nodes reach this one at (default: http:// and --addr)")
+	fs.DurationVar(&node.Lease, "lease", 10*time.Second, "with --node: the node's lease in the catalog, renewed every third of it; a node that cannot renew stops serving its tenants when it runs out, and the others may take them once it has lapsed")
+	fs.BoolVar(&node.AutoFailover, "auto-failover", false, "with --node: take over the tenants of a node whose lease has lapsed, when their storage is shared (PostgreSQL and MySQL tenants, SQLite tenants at an explicit --location)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -53,6 +58,10 @@ func runServe(args []string) error {
 	}
 	cfg.Events.Webhooks.AllowPrivate = *outboundPrivate
 	cfg.Mail = app.MailConfig{URL: *smtpURL, From: *smtpFrom}
+	if node.Name != "" && node.Advertise == "" {
+		node.Advertise = listenURL(*addr)
+	}
+	cfg.Node = node
 	srv, err := app.OpenServer(context.Background(), cfg)
 	if err != nil {
 		return err

@@ -54,7 +54,7 @@ func under(pkg, dir string) bool { return pkg == dir || strings.HasPrefix(pkg, d
 func TestLayers(t *testing.T) {
 	pkgs := imports(t)
 	// The packages below the HTTP edge: the domain, the flows, storage.
-	below := []string{"engine", "shard", "catalog", "migrations", "auth", "event", "transfer", "internal/secretfile"}
+	below := []string{"engine", "shard", "catalog", "cluster", "migrations", "auth", "event", "transfer", "internal/secretfile"}
 	// What sits above them: the edge and what wires or drives it.
 	above := []string{"api", "app", "bench", "cmd"}
 	backends := []string{"shard/sqlite", "shard/postgres", "shard/mysql", "shard/sqldb"}

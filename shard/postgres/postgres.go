@@ -52,7 +52,9 @@ func Open(ctx context.Context, dsn string, o Options, sopts shard.Options) (*sql
 	cfg.MaxConns = o.MaxConns
 	rp := cfg.ConnConfig.RuntimeParams
 	rp["lock_timeout"] = strconv.FormatInt(o.LockTimeout.Milliseconds(), 10)
-	rp["application_name"] = "keyshard"
+	if _, ok := rp["application_name"]; !ok {
+		rp["application_name"] = "keyshard" // a DSN's own (a node's name) is kept
+	}
 	// Tenants' schemas are reached through search_path alone; nothing in
 	// public is ever meant to be found by a tenant's query.
 	rp["search_path"] = "pg_catalog"

@@ -454,3 +454,48 @@ func (d *Dialect) rebind(q string) string {
 	}
 	return d.Rebind(q)
 }
+
+// RaiseFence raises the tenant's fencing token to epoch (cluster.Fencer):
+// the UPDATE waits for the write batches that read the older token under
+// their shared row lock. On PostgreSQL, a batch that still holds it after
+// a second belongs to an owner that is paused or cut off: its session is
+// terminated (its transaction rolls back, it commits nothing), which is
+// what lets a tenant move away from a node stopped mid-batch. MySQL has no
+// such step: the UPDATE then fails at the lock timeout, and the move with it.
+func (s *Server) RaiseFence(ctx context.Context, p engine.Placement, epoch int64) error {
+	ns, err := Namespace(p.TenantID)
+	if err != nil {
+		return err
+	}
+	conn, err := s.DB.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", s.Dialect.Translate(err), engine.ErrUnavailable)
+	}
+	defer conn.Close()
+	q := s.Dialect.rebind(`UPDATE ` + QuoteIdent(ns) + `.fence SET epoch = ? WHERE id = 1 AND epoch < ?`)
+	if s.Dialect.Name != "postgres" {
+		if _, err := conn.ExecContext(ctx, q, epoch, epoch); err != nil {
+			return s.Dialect.Translate(err)
+		}
+		return nil
+	}
+	var pid int64
+	if err := conn.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		return s.Dialect.Translate(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := conn.ExecContext(ctx, q, epoch, epoch)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return s.Dialect.Translate(err)
+	case <-time.After(time.Second):
+	}
+	_, _ = s.DB.ExecContext(ctx, `SELECT pg_terminate_backend(b) FROM unnest(pg_blocking_pids($1)) AS b`, pid)
+	if err := <-done; err != nil {
+		return s.Dialect.Translate(err)
+	}
+	return nil
+}

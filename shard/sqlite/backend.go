@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -124,4 +125,23 @@ func (b *Backend) NormalizeLocation(loc string) (string, error) {
 		return "", nil
 	}
 	return abs, nil
+}
+
+// RaiseFence raises the tenant's fencing token to epoch (cluster.Fencer)
+// through a connection of its own: its write transaction waits, up to the
+// busy timeout, for the old owner's batch holding the file's write lock.
+func (b *Backend) RaiseFence(ctx context.Context, p engine.Placement, epoch int64) error {
+	path, err := b.Path(p)
+	if err != nil {
+		return err
+	}
+	s, err := b.OpenFile(ctx, path, true)
+	if err != nil {
+		return err
+	}
+	err = s.Write(ctx, func(tx engine.Querier) error {
+		_, err := tx.Exec(`UPDATE fence SET epoch = ? WHERE id = 1 AND epoch < ?`, epoch, epoch)
+		return err
+	})
+	return errors.Join(err, s.Close())
 }

@@ -1,0 +1,232 @@
+// Package nodes is the HTTP side of several nodes sharing a catalog: any
+// node accepts any request and forwards a tenant's requests to the node
+// that owns it (streaming both ways), with the client's address in a header
+// that only another node can set; and GET /admin/nodes.
+package nodes
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/cluster"
+	"github.com/keyshard/keyshard/engine"
+)
+
+// Headers between nodes. A request carries them only when the node that
+// forwarded it signed them with the key every node derives from the
+// shared master key; any other request has them removed.
+const (
+	HeaderFrom   = "X-Keyshard-Forwarded-By"
+	HeaderClient = "X-Keyshard-Client-Addr"
+	HeaderSig    = "X-Keyshard-Forward-Sig"
+)
+
+var (
+	forwarded = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyshard_forwarded_requests_total",
+		Help: "Requests this node forwarded to a tenant's owner node, by outcome: ok, owner_unavailable, loop.",
+	}, []string{"outcome"})
+	forwardSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "keyshard_forward_duration_seconds",
+		Help:    "Time of requests forwarded to the owner node, until the answer's headers.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+	})
+)
+
+// Forwarder wraps the API's handler on a node.
+type Forwarder struct {
+	Node   *cluster.Node
+	Engine *engine.Engine
+	// Key signs the headers between nodes (derived from the master key,
+	// which every node shares to read the tenants' signing keys).
+	Key []byte
+	Log *slog.Logger
+
+	proxy *httputil.ReverseProxy
+}
+
+type targetKey struct{}
+
+// target is where a request is forwarded, and how long the owner's lease
+// runs (the Retry-After if it does not answer).
+type target struct {
+	url       *url.URL
+	leaseLeft time.Duration
+}
+
+// Wrap returns next behind the forwarder.
+func (f *Forwarder) Wrap(next http.Handler) http.Handler {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	f.proxy = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(pr.In.Context().Value(targetKey{}).(target).url)
+			pr.Out.Host = pr.In.Host // the owner builds links from its own settings, never from Host
+		},
+		Transport:     tr,
+		FlushInterval: -1, // stream: an export or an event stream is not held back
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			forwarded.WithLabelValues("owner_unavailable").Inc()
+			f.Log.Warn("forward to owner node failed", "err", err, "path", r.URL.Path)
+			// Until its lease lapses nobody else may serve the tenant.
+			writeUnavailable(w, r.Context().Value(targetKey{}).(target).leaseLeft)
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.serve(w, r, next)
+	})
+}
+
+// sign is the signature of a forwarded request's headers.
+func (f *Forwarder) sign(from, client string) string {
+	m := hmac.New(sha256.New, f.Key)
+	m.Write([]byte("keyshard-forward\x00" + from + "\x00" + client))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	hop := false
+	if sig := r.Header.Get(HeaderSig); sig != "" {
+		from, client := r.Header.Get(HeaderFrom), r.Header.Get(HeaderClient)
+		if hmac.Equal([]byte(sig), []byte(f.sign(from, client))) && net.ParseIP(client) != nil {
+			r.RemoteAddr = net.JoinHostPort(client, "0")
+			hop = true
+		}
+	}
+	r.Header.Del(HeaderSig)
+	r.Header.Del(HeaderFrom)
+	r.Header.Del(HeaderClient)
+
+	slug, ok := tenantOf(r.URL.Path)
+	if !ok {
+		next.ServeHTTP(w, r)
+		return
+	}
+	if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/move") && strings.HasPrefix(r.URL.Path, "/admin/") {
+		// A move to another node is a catalog change any node makes (the
+		// owner may be the node that died); a move between backends runs
+		// on the owner.
+		body, err := io.ReadAll(io.LimitReader(r.Body, api.MaxBodyBytes))
+		if err != nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		var m struct {
+			Node string `json:"node"`
+		}
+		if json.Unmarshal(body, &m) == nil && m.Node != "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+	}
+	t, err := f.Engine.Catalog.Resolve(r.Context(), slug)
+	if err != nil || t.Node == "" || t.Node == f.Node.Self() {
+		next.ServeHTTP(w, r)
+		return
+	}
+	if hop {
+		// One hop only: the node that forwarded it thinks this one owns
+		// the tenant; one of the two has a stale catalog. Answer rather
+		// than bounce it back.
+		forwarded.WithLabelValues("loop").Inc()
+		w.Header().Set("Retry-After", "1")
+		api.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"code": "tenant_moving",
+			"message": "the tenant is changing nodes, retry"})
+		return
+	}
+	peer, ok := f.Node.Peer(r.Context(), t.Node)
+	if !ok || peer.LeaseLeft <= 0 {
+		// Its tenants wait until an operator (or --auto-failover) gives
+		// them to a live node.
+		forwarded.WithLabelValues("owner_unavailable").Inc()
+		writeUnavailable(w, 5*time.Second)
+		return
+	}
+	u, err := url.Parse(peer.Address)
+	if err != nil {
+		forwarded.WithLabelValues("owner_unavailable").Inc()
+		writeUnavailable(w, 5*time.Second)
+		return
+	}
+	client := api.ClientOf(r).IP
+	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, target{url: u, leaseLeft: peer.LeaseLeft}))
+	out.Header.Set(HeaderFrom, f.Node.Self())
+	out.Header.Set(HeaderClient, client)
+	out.Header.Set(HeaderSig, f.sign(f.Node.Self(), client))
+	start := time.Now()
+	f.proxy.ServeHTTP(&timing{ResponseWriter: w, start: start}, out)
+	forwarded.WithLabelValues("ok").Inc()
+}
+
+// timing observes the time to the answer's headers.
+type timing struct {
+	http.ResponseWriter
+	start time.Time
+	done  bool
+}
+
+func (t *timing) WriteHeader(code int) {
+	if !t.done {
+		t.done = true
+		forwardSeconds.Observe(time.Since(t.start).Seconds())
+	}
+	t.ResponseWriter.WriteHeader(code)
+}
+
+func (t *timing) Flush() {
+	if f, ok := t.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (t *timing) Unwrap() http.ResponseWriter { return t.ResponseWriter }
+
+func writeUnavailable(w http.ResponseWriter, retry time.Duration) {
+	w.Header().Set("Retry-After", itoa(int((retry+time.Second-1)/time.Second)))
+	api.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"code": "node_unavailable",
+		"message": "the node that serves this tenant is not answering, retry"})
+}
+
+func itoa(n int) string {
+	if n < 1 {
+		n = 1
+	}
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+// tenantOf returns the tenant a path names: /t/{slug}/… and
+// /admin/tenants/{slug}[/…].
+func tenantOf(path string) (string, bool) {
+	var rest string
+	switch {
+	case strings.HasPrefix(path, "/t/"):
+		rest = path[len("/t/"):]
+	case strings.HasPrefix(path, "/admin/tenants/"):
+		rest = path[len("/admin/tenants/"):]
+	default:
+		return "", false
+	}
+	slug, _, _ := strings.Cut(rest, "/")
+	if slug == "" || (engine.ValidateSlug(slug) != nil && !engine.ValidTenantID(slug)) {
+		return "", false
+	}
+	return slug, true
+}

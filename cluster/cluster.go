@@ -1,0 +1,441 @@
+// Package cluster lets several Keyshard processes (nodes) share one catalog
+// on PostgreSQL or MySQL: each node holds a lease in the catalog, renewed
+// and judged by the catalog database's clock; each tenant has one owner
+// node and an epoch; a node serves only the tenants it owns, and only
+// while it can vouch for its lease. Ownership changes by a compare-and-set
+// of the tenant's epoch in the catalog, after the tenant's fencing token
+// (the shard's fence table, read by every write batch in its own
+// transaction) has been raised to the new epoch, so that an old owner that
+// was paused or cut off cannot commit once the tenant has moved. No
+// consensus of our own: the catalog database's transactions and row locks
+// decide. The HTTP side (forwarding to the owner) is api/nodes.
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/keyshard/keyshard/catalog"
+	"github.com/keyshard/keyshard/engine"
+)
+
+// DefaultLease is a node's lease when Config.Lease is zero.
+const DefaultLease = 10 * time.Second
+
+// Fencer raises a tenant's fencing token in its database, from outside its
+// shard (a backend's storage has it): the old owner's batches that read the
+// older token have ended when it returns, and later ones fail.
+type Fencer interface {
+	RaiseFence(ctx context.Context, p engine.Placement, epoch int64) error
+}
+
+// Config is one node.
+type Config struct {
+	// Name is the node's name (lower-case letters, digits, '-'); Address
+	// the base URL the other nodes reach it at.
+	Name, Address string
+	// Lease is how long a renewal holds (default DefaultLease); the node
+	// renews every third of it.
+	Lease time.Duration
+	// AutoFailover: when another node's lease has lapsed, this node takes
+	// over its tenants whose storage it reaches too (PostgreSQL and MySQL
+	// tenants, and SQLite tenants with an explicit location, meant to be
+	// shared storage).
+	AutoFailover bool
+
+	Catalog  *catalog.Catalog
+	Storages map[string]engine.Storage
+	// OpenShards counts the shards open here (reported with the lease);
+	// EvictStale closes this node's shard of a tenant older than epoch.
+	OpenShards func() int
+	EvictStale func(ctx context.Context, tenantID string, epoch int64) error
+	Log        *slog.Logger
+}
+
+var nodeName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// ValidateName checks a node name.
+func ValidateName(name string) error {
+	if !nodeName.MatchString(name) {
+		return engine.Invalidf("node name %q: want 1-63 lower-case letters, digits and '-'", name)
+	}
+	return nil
+}
+
+// Node is this process as one node. It implements engine.Ownership.
+type Node struct {
+	cfg         Config
+	incarnation string
+
+	mu         sync.RWMutex
+	validUntil time.Time // the lease as this process can vouch for it (monotonic)
+	nodes      map[string]catalog.Node
+	skew       time.Duration // catalog clock minus local clock, at the last listing
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+var _ engine.Ownership = (*Node)(nil)
+
+// Start registers the node (it fails while another live process holds the
+// name) and keeps its lease renewed until Close.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	if err := ValidateName(cfg.Name); err != nil {
+		return nil, err
+	}
+	if cfg.Address == "" {
+		return nil, engine.Invalidf("a node needs the address other nodes reach it at (--advertise)")
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultLease
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	n := &Node{cfg: cfg, incarnation: hex.EncodeToString(b[:]), done: make(chan struct{})}
+	if err := n.renew(ctx); err != nil {
+		return nil, err
+	}
+	if err := n.refresh(ctx); err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	n.stop = cancel
+	go n.loop(lctx)
+	return n, nil
+}
+
+// Self is the node's name.
+func (n *Node) Self() string { return n.cfg.Name }
+
+// Lease is the node's lease duration.
+func (n *Node) Lease() time.Duration { return n.cfg.Lease }
+
+// Close stops renewing and ends the lease at once, so that the node's
+// tenants can be reassigned without waiting for it to lapse.
+func (n *Node) Close() error {
+	if n.stop == nil {
+		return nil
+	}
+	n.stop()
+	<-n.done
+	n.stop = nil
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	n.mu.Lock()
+	n.validUntil = time.Time{}
+	n.mu.Unlock()
+	return n.cfg.Catalog.ReleaseNode(ctx, n.cfg.Name, n.incarnation)
+}
+
+func (n *Node) loop(ctx context.Context) {
+	defer close(n.done)
+	t := time.NewTicker(n.cfg.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, n.cfg.Lease/3)
+		if err := n.renew(rctx); err != nil {
+			n.cfg.Log.Warn("node lease not renewed", "node", n.cfg.Name, "err", err, "valid_for", n.LeaseLeft().Round(time.Millisecond))
+		}
+		if err := n.refresh(rctx); err != nil {
+			n.cfg.Log.Warn("node list not read", "err", err)
+		}
+		cancel()
+		if n.cfg.AutoFailover {
+			n.failover(ctx)
+		}
+	}
+}
+
+// renew renews the lease. The lease counts, in the catalog, from when the
+// catalog ran the statement; here, from before it was sent: this node
+// stops vouching for it no later than the others see it lapse.
+func (n *Node) renew(ctx context.Context) error {
+	sent := time.Now()
+	open := 0
+	if n.cfg.OpenShards != nil {
+		open = n.cfg.OpenShards()
+	}
+	if err := n.cfg.Catalog.RenewNode(ctx, n.cfg.Name, n.cfg.Address, n.incarnation, n.cfg.Lease, open); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	if until := sent.Add(n.cfg.Lease); until.After(n.validUntil) {
+		n.validUntil = until
+	}
+	n.mu.Unlock()
+	return nil
+}
+
+// refresh reads the node list, and the catalog's clock to judge leases by.
+func (n *Node) refresh(ctx context.Context) error {
+	list, err := n.cfg.Catalog.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	before := time.Now()
+	dbNow, err := n.cfg.Catalog.DBNow(ctx)
+	if err != nil {
+		return err
+	}
+	local := before.Add(time.Since(before) / 2)
+	m := make(map[string]catalog.Node, len(list))
+	for _, x := range list {
+		m[x.Name] = x
+	}
+	n.mu.Lock()
+	n.nodes, n.skew = m, dbNow.Sub(local)
+	n.mu.Unlock()
+	return nil
+}
+
+// LeaseLeft is how long this node can still vouch for its lease.
+func (n *Node) LeaseLeft() time.Duration {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return time.Until(n.validUntil)
+}
+
+// Peer is another node as this one last read it.
+type Peer struct {
+	catalog.Node
+	// LeaseLeft: how long its lease runs, by the catalog's clock as this
+	// node estimates it; ≤ 0 when lapsed.
+	LeaseLeft time.Duration
+}
+
+// Peer returns the node named name from the last listing; ok is false
+// when it is unknown (the list is read again once).
+func (n *Node) Peer(ctx context.Context, name string) (Peer, bool) {
+	n.mu.RLock()
+	x, ok := n.nodes[name]
+	skew := n.skew
+	n.mu.RUnlock()
+	if !ok {
+		if n.refresh(ctx) != nil {
+			return Peer{}, false
+		}
+		n.mu.RLock()
+		x, ok = n.nodes[name]
+		skew = n.skew
+		n.mu.RUnlock()
+		if !ok {
+			return Peer{}, false
+		}
+	}
+	return Peer{Node: x, LeaseLeft: x.LeaseUntil.Sub(time.Now().Add(skew))}, true
+}
+
+// errLeaseLapsed: this node cannot vouch for its lease (the catalog did not
+// answer its renewals): it serves none of its tenants until it can.
+var errLeaseLapsed = &engine.Error{Kind: engine.KindUnavailable, Code: "node_unavailable",
+	Message: "this node cannot reach the catalog to renew its lease, retry", RetryAfter: time.Second, Err: engine.ErrUnavailable}
+
+// Own implements engine.Ownership: a tenant is served here when this node
+// owns it and its lease is valid. A tenant without an owner (made before
+// several nodes shared the catalog) is claimed by the first node to serve it.
+func (n *Node) Own(ctx context.Context, t *engine.Tenant) (*engine.Tenant, error) {
+	switch t.Node {
+	case n.cfg.Name:
+	case "":
+		c := *t
+		c.Node, c.Epoch = n.cfg.Name, t.Epoch+1
+		if err := n.cfg.Catalog.Update(ctx, &c, t.Epoch); err != nil {
+			if errors.Is(err, engine.ErrConflict) {
+				return nil, engine.ErrNotOwner // someone else claimed it: ask again
+			}
+			return nil, err
+		}
+		n.cfg.Log.Info("tenant claimed", "tenant_id", t.ID, "node", n.cfg.Name, "epoch", c.Epoch)
+		t = &c
+	default:
+		return nil, engine.ErrNotOwner
+	}
+	if n.LeaseLeft() <= 0 {
+		return nil, errLeaseLapsed
+	}
+	return t, nil
+}
+
+// Nodes lists the nodes as the catalog has them now.
+func (n *Node) Nodes(ctx context.Context) ([]catalog.Node, error) {
+	return n.cfg.Catalog.Nodes(ctx)
+}
+
+// MoveTo gives the tenant to node target (see Reassign) and closes this
+// node's shard of it if it had one.
+func (n *Node) MoveTo(ctx context.Context, slugOrID, target string) (*engine.Tenant, error) {
+	t, err := Reassign(ctx, n.cfg.Catalog, n.cfg.Storages, slugOrID, target)
+	if err != nil {
+		return nil, err
+	}
+	if n.cfg.EvictStale != nil {
+		_ = n.cfg.EvictStale(context.WithoutCancel(ctx), t.ID, t.Epoch)
+	}
+	return t, nil
+}
+
+// Drain moves every tenant of node name to the other live nodes (Drain).
+func (n *Node) Drain(ctx context.Context, name string) ([]Drained, error) {
+	return Drain(ctx, n.cfg.Catalog, n.cfg.Storages, name)
+}
+
+// failover takes over the tenants of nodes whose lease has lapsed, where
+// this node reaches their storage.
+func (n *Node) failover(ctx context.Context) {
+	n.mu.RLock()
+	var dead []string
+	for name, x := range n.nodes {
+		if name != n.cfg.Name && !x.Alive {
+			dead = append(dead, name)
+		}
+	}
+	n.mu.RUnlock()
+	if len(dead) == 0 {
+		return
+	}
+	ts, err := n.cfg.Catalog.List(ctx)
+	if err != nil {
+		return
+	}
+	for _, t := range ts {
+		for _, d := range dead {
+			if t.Node != d || !Shared(t) {
+				continue
+			}
+			if _, err := n.MoveTo(ctx, t.ID, n.cfg.Name); err != nil {
+				n.cfg.Log.Warn("failover: tenant not taken over", "tenant_id", t.ID, "from", d, "err", err)
+			} else {
+				n.cfg.Log.Warn("failover: tenant taken over from a node whose lease lapsed", "tenant_id", t.ID, "from", d)
+			}
+		}
+	}
+}
+
+// Shared reports whether every node reaches t's storage: a PostgreSQL or
+// MySQL tenant, or a SQLite tenant placed at an explicit location (a
+// directory the operator shares between nodes). A SQLite tenant in a
+// node's own data directory is on that node's disk.
+func Shared(t *engine.Tenant) bool {
+	return t.Backend != engine.BackendSQLite || t.Location != ""
+}
+
+// Reassign gives a tenant to node target without copying its data, which
+// must be where target reaches it too (Shared). It raises the tenant's
+// fencing token to the next epoch first (the old owner's batches that read
+// the old token end before it returns; later ones fail), then flips owner
+// and epoch in the catalog with a compare-and-set. A failure before the
+// flip leaves the tenant where it was (a raised token above the catalog's
+// epoch fences the old owner until the move is run again).
+func Reassign(ctx context.Context, cat *catalog.Catalog, storages map[string]engine.Storage, slugOrID, target string) (*engine.Tenant, error) {
+	if err := ValidateName(target); err != nil {
+		return nil, err
+	}
+	if err := cat.Reload(ctx); err != nil {
+		return nil, err
+	}
+	t, err := cat.Resolve(ctx, slugOrID)
+	if err != nil {
+		return nil, err
+	}
+	if t.Node == target {
+		return nil, engine.Invalidf("tenant %s is already on node %s", t.Slug, target)
+	}
+	if t.Status == engine.StatusImporting {
+		return nil, fmt.Errorf("tenant %s is being imported: %w", t.Slug, engine.ErrWrongStatus)
+	}
+	if !Shared(t) {
+		return nil, engine.NewError(engine.KindRefused, "not_implemented",
+			fmt.Sprintf("tenant %s is a SQLite file on node %s's disk: moving it to another node with its data is not built yet; move it to PostgreSQL or MySQL first (move --to postgres), or place it on storage every node reaches", t.Slug, t.Node))
+	}
+	nodes, err := cat.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	alive := false
+	for _, x := range nodes {
+		if x.Name == target {
+			alive = x.Alive
+		}
+	}
+	if !alive {
+		return nil, engine.Invalidf("node %s is not registered or its lease has lapsed", target)
+	}
+	next := *t
+	next.Node, next.Epoch = target, t.Epoch+1
+	if t.HasDatabase() {
+		if f, ok := storages[t.Backend].(Fencer); ok {
+			if err := f.RaiseFence(ctx, next.Placement(), next.Epoch); err != nil {
+				return nil, fmt.Errorf("raise the tenant's fencing token: %w", err)
+			}
+		}
+	}
+	if err := cat.Update(ctx, &next, t.Epoch); err != nil {
+		return nil, err
+	}
+	return &next, nil
+}
+
+// Drained is one tenant a drain moved, or could not.
+type Drained struct {
+	Tenant string `json:"tenant"`
+	To     string `json:"to,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// Drain moves every tenant of node name to the other live nodes, each to
+// the one with the fewest tenants, so that name can be stopped.
+func Drain(ctx context.Context, cat *catalog.Catalog, storages map[string]engine.Storage, name string) ([]Drained, error) {
+	nodes, err := cat.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	count := map[string]int{}
+	for _, x := range nodes {
+		if x.Alive && x.Name != name {
+			count[x.Name] = x.Tenants
+		}
+	}
+	if len(count) == 0 {
+		return nil, engine.Invalidf("no other live node to drain %s to", name)
+	}
+	ts, err := cat.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Drained
+	for _, t := range ts {
+		if t.Node != name {
+			continue
+		}
+		to := ""
+		for x, c := range count {
+			if to == "" || c < count[to] || c == count[to] && x < to {
+				to = x
+			}
+		}
+		d := Drained{Tenant: t.Slug, To: to}
+		if _, err := Reassign(ctx, cat, storages, t.ID, to); err != nil {
+			d.To, d.Error = "", err.Error()
+		} else {
+			count[to]++
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}

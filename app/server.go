@@ -350,6 +350,12 @@ func (s *Server) Listen(addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.Limit(ln), nil
+}
+
+// Limit puts ln (listening already) under the configured connection caps,
+// as Listen does.
+func (s *Server) Limit(ln net.Listener) net.Listener {
 	soft, hard, ok := openFilesLimit()
 	if ok {
 		s.log.Info("connection limits", "max_conns", s.conns.Total, "max_conns_per_client", s.conns.PerAddr,
@@ -359,7 +365,7 @@ func (s *Server) Listen(addr string) (net.Listener, error) {
 				"max_conns", s.conns.Total, "open_files_limit", soft)
 		}
 	}
-	return api.LimitListener(ln, s.conns, s.log), nil
+	return api.LimitListener(ln, s.conns, s.log)
 }
 
 // Handler returns the server's HTTP handler.

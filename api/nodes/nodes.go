@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,6 +61,20 @@ type Forwarder struct {
 	Log *slog.Logger
 
 	proxy *httputil.ReverseProxy
+
+	reloadMu   sync.Mutex
+	lastReload time.Time
+}
+
+// reloadAllowed rations the catalog reloads an unknown tenant may cause.
+func (f *Forwarder) reloadAllowed() bool {
+	f.reloadMu.Lock()
+	defer f.reloadMu.Unlock()
+	if time.Since(f.lastReload) < 100*time.Millisecond {
+		return false
+	}
+	f.lastReload = time.Now()
+	return true
 }
 
 type targetKey struct{}
@@ -137,6 +153,14 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 		}
 	}
 	t, err := f.Engine.Catalog.Resolve(r.Context(), slug)
+	if errors.Is(err, engine.ErrTenantNotFound) && f.reloadAllowed() {
+		// Made a moment ago through another node, whose notification has
+		// not arrived yet: read the catalog again (at most every 100 ms,
+		// so that unknown names cannot make a node reload it in a loop).
+		if rl, ok := f.Engine.Catalog.(interface{ Reload(context.Context) error }); ok && rl.Reload(r.Context()) == nil {
+			t, err = f.Engine.Catalog.Resolve(r.Context(), slug)
+		}
+	}
 	if err != nil || t.Node == "" || t.Node == f.Node.Self() {
 		next.ServeHTTP(w, r)
 		return

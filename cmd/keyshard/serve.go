@@ -58,12 +58,19 @@ func runServe(args []string) error {
 	}
 	cfg.Events.Webhooks.AllowPrivate = *outboundPrivate
 	cfg.Mail = app.MailConfig{URL: *smtpURL, From: *smtpFrom}
+	// A node advertises the address it listens at (--addr may say port
+	// 0): listen before joining.
+	raw, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
 	if node.Name != "" && node.Advertise == "" {
-		node.Advertise = listenURL(*addr)
+		node.Advertise = listenURL(raw.Addr().String())
 	}
 	cfg.Node = node
 	srv, err := app.OpenServer(context.Background(), cfg)
 	if err != nil {
+		_ = raw.Close()
 		return err
 	}
 	hs := srv.HTTPServer()
@@ -71,11 +78,7 @@ func runServe(args []string) error {
 	// the "serving" line appears must drain, not kill.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ln, err := srv.Listen(*addr)
-	if err != nil {
-		_ = srv.Close()
-		return err
-	}
+	ln := srv.Limit(raw)
 	log.Info("keyshard serving", "addr", ln.Addr().String(), "data", sf.cfg.DataDir, "synchronous", sf.cfg.Synchronous)
 
 	if *debugAddr != "" {

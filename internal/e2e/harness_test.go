@@ -53,6 +53,7 @@ type cluster struct {
 	dataDir    string
 	adminToken string
 	extraArgs  []string
+	env        []string // more KEYSHARD_* settings for its processes
 
 	mu   sync.Mutex // guards logs
 	logs bytes.Buffer
@@ -99,7 +100,7 @@ func (c *cluster) start() *server {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(env, "KEYSHARD_ADMIN_TOKEN="+c.adminToken)
+	cmd.Env = append(append(env, "KEYSHARD_ADMIN_TOKEN="+c.adminToken), c.env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		c.tb.Fatal(err)

@@ -1,0 +1,294 @@
+package e2e_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/keyshard/keyshard/shard/shardtest"
+)
+
+// nodeSet is several keyshard processes, each with its own data directory,
+// sharing a catalog and a tenants' database on PostgreSQL (a database made
+// for the test and dropped after it).
+type nodeSet struct {
+	t          *testing.T
+	dsn        string // the test's database
+	db         *sql.DB
+	adminToken string
+	env        []string
+	nodes      map[string]*server
+}
+
+func newNodeSet(t *testing.T, names ...string) *nodeSet {
+	t.Helper()
+	needBinary(t)
+	base := shardtest.DSN(t, "KEYSHARD_TEST_POSTGRES_DSN")
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "ks_nodes_" + randHex(6)
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	ns := &nodeSet{t: t, dsn: u.String(), adminToken: "adm_" + randHex(16),
+		env: []string{"KEYSHARD_MASTER_KEY=" + randHex(32)}, nodes: map[string]*server{}}
+	if ns.db, err = sql.Open("pgx", ns.dsn); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range ns.nodes {
+			if s.alive() {
+				_ = s.cmd.Process.Signal(syscall.SIGCONT)
+				s.kill()
+			}
+		}
+		_ = ns.db.Close()
+		_, _ = admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+		_ = admin.Close()
+	})
+	for _, n := range names {
+		ns.start(n)
+	}
+	return ns
+}
+
+// withParam returns the test database's DSN with one more parameter.
+func (ns *nodeSet) withParam(k, v string) string {
+	u, _ := url.Parse(ns.dsn)
+	q := u.Query()
+	q.Set(k, v)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// start runs node name; its PostgreSQL sessions carry application_name
+// node-NAME, which the test's trigger records with every write.
+func (ns *nodeSet) start(name string) *server {
+	c := newCluster(ns.t, "", "--catalog", ns.dsn, "--postgres-dsn", ns.withParam("application_name", "node-"+name),
+		"--default-backend", "postgres", "--node", name, "--lease", "2s")
+	c.adminToken, c.env = ns.adminToken, ns.env
+	s := c.start()
+	ns.nodes[name] = s
+	return s
+}
+
+// refreshLoop refreshes one session's token through s until stop, keeping
+// the last token a 200 gave.
+type chain struct {
+	mu    sync.Mutex
+	token string
+}
+
+func (ch *chain) get() string {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return ch.token
+}
+
+func TestNodes_ForwardFenceFailover(t *testing.T) {
+	ns := newNodeSet(t, "a", "b", "c")
+	a, b, c := ns.nodes["a"], ns.nodes["b"], ns.nodes["c"]
+	tok := ns.adminToken
+
+	// A tenant created through a is a's; any node serves it.
+	r := a.must(http.StatusCreated, "POST", "/admin/tenants", tok, map[string]any{"slug": "acme", "name": "Acme"})
+	id := r.str("id")
+	if r.str("node") != "a" {
+		t.Fatalf("tenant made through a is on %q", r.str("node"))
+	}
+	c.must(http.StatusOK, "POST", "/admin/tenants/acme/approve", tok, nil) // forwarded to a
+
+	// Every write to the tenant's tables is recorded with the session's
+	// application_name (node-NAME) and the database's clock.
+	for _, q := range []string{
+		`CREATE TABLE public.ks_writes (app TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())`,
+		`CREATE FUNCTION public.ks_log() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN INSERT INTO public.ks_writes (app) VALUES (current_setting('application_name')); RETURN NULL; END $$`,
+		`CREATE TRIGGER ks_log AFTER INSERT OR UPDATE ON t_` + id + `.refresh_tokens FOR EACH ROW EXECUTE FUNCTION public.ks_log()`,
+	} {
+		if _, err := ns.db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	const users = 8
+	chains := make([]*chain, users)
+	for i := range chains {
+		email := fmt.Sprintf("u%d@example.com", i)
+		body := map[string]any{"email": email, "password": "correct horse battery " + email}
+		node := []*server{a, b, c}[i%3]
+		r := node.must(http.StatusOK, "POST", "/t/acme/signup", "", body)
+		if r.str("refresh_token") == "" {
+			t.Fatalf("signup through %s: %s", node.base, r.Raw)
+		}
+		chains[i] = &chain{token: r.str("refresh_token")}
+	}
+
+	// The client's address crosses one hop, but only when a node signed
+	// it: a client's own headers are dropped, by the node that forwards
+	// (c) and by the owner (a) alike.
+	for _, s := range []*server{c, a} {
+		spoof, _ := http.NewRequest("POST", s.base+"/t/acme/token?grant_type=password",
+			strings.NewReader(`{"email":"u0@example.com","password":"correct horse battery u0@example.com"}`))
+		spoof.Header.Set("Content-Type", "application/json")
+		spoof.Header.Set("X-Keyshard-Client-Addr", "10.9.9.9")
+		spoof.Header.Set("X-Keyshard-Forwarded-By", "c")
+		spoof.Header.Set("X-Keyshard-Forward-Sig", strings.Repeat("0", 64))
+		res, err := s.http.Do(spoof)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("login through %s: %v %v", s.base, res, err)
+		}
+		res.Body.Close()
+	}
+	var spoofed, real int
+	if err := ns.db.QueryRow(`SELECT count(*) FILTER (WHERE ip = '10.9.9.9'), count(*) FILTER (WHERE ip = '127.0.0.1') FROM t_`+id+`.sessions`).Scan(&spoofed, &real); err != nil {
+		t.Fatal(err)
+	}
+	if spoofed > 0 || real < 2 {
+		t.Fatalf("sessions from 10.9.9.9 (a header no node signed): %d; from 127.0.0.1: %d", spoofed, real)
+	}
+
+	// Refresh load through a, the owner, with every chain.
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var ok, unavailable, other atomic.Int64
+	var otherMu sync.Mutex
+	var others []string
+	for _, ch := range chains {
+		wg.Add(1)
+		go func(ch *chain) {
+			defer wg.Done()
+			for i := 0; i < 100000 && !stop.Load(); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				r := a.do(ctx, "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+				cancel()
+				switch {
+				case r.Status == 200 && r.str("refresh_token") != "":
+					ch.mu.Lock()
+					ch.token = r.str("refresh_token")
+					ch.mu.Unlock()
+					ok.Add(1)
+				case r.Status == 503:
+					unavailable.Add(1)
+					time.Sleep(20 * time.Millisecond)
+				default:
+					other.Add(1)
+					otherMu.Lock()
+					others = append(others, fmt.Sprintf("%d %s %v", r.Status, r.Raw, r.Err))
+					otherMu.Unlock()
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}(ch)
+	}
+	time.Sleep(time.Second)
+
+	// a stops mid-load; the tenant moves to b through c; a resumes.
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	moved := c.do(context.Background(), "POST", "/admin/tenants/acme/move", tok, map[string]any{"node": "b"})
+	if moved.Status != 200 {
+		_ = a.cmd.Process.Signal(syscall.SIGCONT)
+		t.Fatalf("move to b while a is stopped: %d %s", moved.Status, moved.Raw)
+	}
+	var flip time.Time
+	if err := ns.db.QueryRow(`SELECT clock_timestamp()`).Scan(&flip); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("refreshes through a: %d ok, %d 503, %d other; a's fenced batches %v", ok.Load(), unavailable.Load(), other.Load(),
+		a.metric("keyshard_shard_fenced_total"))
+	if other.Load() > 0 {
+		t.Errorf("answers other than 200 and 503 around the move: %v", others)
+	}
+	var late int
+	if err := ns.db.QueryRow(`SELECT count(*) FROM public.ks_writes WHERE app = 'node-a' AND at > $1`, flip).Scan(&late); err != nil {
+		t.Fatal(err)
+	}
+	if late > 0 {
+		t.Fatalf("a wrote %d rows after the tenant moved to b", late)
+	}
+	var byB int
+	_ = ns.db.QueryRow(`SELECT count(*) FROM public.ks_writes WHERE app = 'node-b'`).Scan(&byB)
+	if byB == 0 {
+		t.Fatalf("b never wrote after the move: the load did not go on through a's forwarding")
+	}
+	// Every acknowledged refresh is there: each chain's last token works.
+	for i, ch := range chains {
+		r := c.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+		if r.Status != 200 {
+			t.Fatalf("chain %d's last acknowledged token after the move: %d %s", i, r.Status, r.Raw)
+		}
+		ch.token = r.str("refresh_token")
+	}
+	// b dies: its tenant answers 503 with Retry-After on the others, never
+	// a wrong answer, until an operator gives it to another node.
+	b.kill()
+	for _, s := range []*server{a, c} {
+		r := s.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": chains[0].get()})
+		if r.Status != 503 || r.code() != "node_unavailable" || r.Header.Get("Retry-After") == "" {
+			t.Fatalf("tenant of a dead node through %s: %d %s (Retry-After %q)", s.base, r.Status, r.Raw, r.Header.Get("Retry-After"))
+		}
+	}
+	if err := waitFor(10*time.Second, func() bool {
+		r := c.must(http.StatusOK, "GET", "/admin/nodes", tok, nil)
+		for _, n := range r.Body["nodes"].([]any) {
+			m := n.(map[string]any)
+			if m["name"] == "b" {
+				return m["alive"] == false
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatalf("b's lease did not lapse: %v", err)
+	}
+	out, err := exec.Command(keyshardBin, "move", "acme", "--to-node", "c", "--catalog", ns.dsn, "--postgres-dsn", ns.dsn,
+		"--data", t.TempDir()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("keyshard move --to-node c: %v\n%s", err, out)
+	}
+	if err := waitFor(5*time.Second, func() bool {
+		return a.do(context.Background(), "GET", "/t/acme/health", "", nil).Status == 200
+	}); err != nil {
+		t.Fatalf("tenant not served after reassignment: %v", err)
+	}
+	for i, ch := range chains {
+		r := a.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+		if r.Status != 200 {
+			t.Fatalf("chain %d after b died and c took the tenant: %d %s", i, r.Status, r.Raw)
+		}
+	}
+
+	// A SQLite tenant on a node's own disk does not change node without
+	// its data.
+	a.must(http.StatusCreated, "POST", "/admin/tenants", tok, map[string]any{"slug": "local", "name": "L", "backend": "sqlite"})
+	a.must(http.StatusOK, "POST", "/admin/tenants/local/approve", tok, nil)
+	if r := c.do(context.Background(), "POST", "/admin/tenants/local/move", tok, map[string]any{"node": "c"}); r.Status != 422 || r.code() != "not_implemented" {
+		t.Fatalf("move of a node-local SQLite tenant: %d %s", r.Status, r.Raw)
+	}
+}

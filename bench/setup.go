@@ -26,6 +26,9 @@ type SetupConfig struct {
 	BaseTenants int
 	OtherUsers  int
 	Backend     string // tenant backend ("" = the server's default)
+	// Node owns the tenants (several nodes sharing a catalog): a node other
+	// than the one at the URL measures forwarded requests. "" = that node.
+	Node string
 	// Concurrency of the setup requests; default 16.
 	Concurrency int
 	// Progress receives a progress bar; nil shows none.
@@ -207,6 +210,9 @@ func Setup(ctx context.Context, t *Target, cfg SetupConfig) (*Fixture, error) {
 			body := map[string]string{"slug": slug, "name": fmt.Sprintf("Bench tenant %d", i)}
 			if cfg.Backend != "" {
 				body["backend"] = cfg.Backend
+			}
+			if cfg.Node != "" {
+				body["node"] = cfg.Node
 			}
 			if err := t.mustCall(gctx, "POST", "/admin/tenants", t.AdminToken, body, http.StatusCreated, nil); err != nil {
 				return fmt.Errorf("create tenant: %w", err)

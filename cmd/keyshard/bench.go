@@ -31,6 +31,7 @@ type benchFlags struct {
 	baseTenants         int
 	tenantUsers         int
 	backend             string
+	node                string
 	setupConcurrency    int
 	mix                 string
 	zipfS               float64
@@ -76,6 +77,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.baseTenants, "base-tenants", 1, "the first tenants, with --users users each, over which every workload but tenants spreads (uniformly)")
 	fs.IntVar(&f.tenantUsers, "tenant-users", 1, "users signed up in each of the other tenants (used by the tenants workload)")
 	fs.StringVar(&f.backend, "backend", "", "backend of the tenants setup creates (sqlite, postgres, mysql; default: the server's)")
+	fs.StringVar(&f.node, "node", "", "with --url on one of several nodes: the node that owns the tenants setup creates (another node than --url's measures forwarded requests; default: --url's)")
 	fs.IntVar(&f.setupConcurrency, "setup-concurrency", 16, "concurrent setup requests")
 	fs.StringVar(&f.mix, "mix", "", "mix of the mixed and tenants workloads, op=percent (default "+mixFlagDefault()+")")
 	fs.Float64Var(&f.zipfS, "zipf-s", 1.1, "skew of the tenants workload: tenant k drawn ∝ 1/(1+k)^s (> 1)")
@@ -218,7 +220,7 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 		webhookURL = "http://" + hole.Addr().String() + "/hook"
 		fmt.Fprintf(stderr, "webhook endpoints post to %s, which never answers\n", webhookURL)
 	}
-	fx, err := bench.Setup(ctx, target, bench.SetupConfig{Tenants: f.tenants, Users: f.users, BaseTenants: f.baseTenants, OtherUsers: f.tenantUsers, Backend: f.backend,
+	fx, err := bench.Setup(ctx, target, bench.SetupConfig{Tenants: f.tenants, Users: f.users, BaseTenants: f.baseTenants, OtherUsers: f.tenantUsers, Backend: f.backend, Node: f.node,
 		Concurrency: f.setupConcurrency, Progress: progress, OAuth: oauth, WebhookURL: webhookURL})
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)

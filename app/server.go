@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -274,7 +275,23 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		return allowed, credentials, nil
 	}
 	s.conns, s.log = cfg.Conns, log
-	platform.Register(s.API, platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer, Node: s.Node})
+	pcfg := platform.Config{AdminToken: s.AdminToken, Auth: s.Auth, Transfer: s.Transfer}
+	var fw *nodes.Forwarder
+	if s.Node != nil {
+		m := hmac.New(sha256.New, master)
+		m.Write([]byte("keyshard node forwarding"))
+		fw = &nodes.Forwarder{Node: s.Node, Engine: a.Engine, Key: m.Sum(nil), Log: log}
+		pcfg.Node = s.Node
+		pcfg.Remote = func(ctx context.Context, name string) (transfer.RemoteNode, error) {
+			peer, ok := s.Node.Peer(ctx, name)
+			if !ok || peer.LeaseLeft <= 0 {
+				return nil, engine.Invalidf("node %s is not registered or its lease has lapsed", name)
+			}
+			return fw.Remote(name, peer.Address), nil
+		}
+		fw.RegisterInternal(s.API, &transfer.Incoming{Service: s.Transfer, Dir: filepath.Join(a.SQLite.DataDir, "incoming"), Place: a.SQLite.Path})
+	}
+	platform.Register(s.API, pcfg)
 	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, ListenURL: cfg.ListenURL, AdminToken: s.AdminToken, Webhooks: s.Webhooks,
 		Upstream: upstream.New(cfg.Events.Webhooks.AllowPrivate), AllowPrivate: cfg.Events.Webhooks.AllowPrivate})
 	if _, err := oidc.Register(s.API, s.Auth, gt, oidc.Options{Secret: master}); err != nil {
@@ -287,10 +304,8 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		}}
 	s.Work.Start()
 	s.handler = s.API.Handler()
-	if s.Node != nil {
-		m := hmac.New(sha256.New, master)
-		m.Write([]byte("keyshard node forwarding"))
-		s.handler = (&nodes.Forwarder{Node: s.Node, Engine: a.Engine, Key: m.Sum(nil), Log: log}).Wrap(s.handler)
+	if fw != nil {
+		s.handler = fw.Wrap(s.handler)
 	}
 	return s, nil
 }

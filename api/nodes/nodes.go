@@ -148,8 +148,11 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 			Node string `json:"node"`
 		}
 		if json.Unmarshal(body, &m) == nil && m.Node != "" {
-			next.ServeHTTP(w, r)
-			return
+			// A tenant whose data is on its owner's disk moves from there.
+			if t, err := f.Engine.Catalog.Resolve(r.Context(), slug); err != nil || cluster.Shared(t) || t.Node == f.Node.Self() {
+				next.ServeHTTP(w, r)
+				return
+			}
 		}
 	}
 	t, err := f.Engine.Catalog.Resolve(r.Context(), slug)

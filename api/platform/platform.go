@@ -36,6 +36,8 @@ type API struct {
 	transfer *transfer.Service
 	// node is this server as one of several nodes; nil when alone.
 	node *cluster.Node
+	// remote reaches another node, to move a tenant there with its data.
+	remote func(ctx context.Context, name string) (transfer.RemoteNode, error)
 }
 
 // Config is what the platform API serves with.
@@ -44,11 +46,14 @@ type Config struct {
 	Auth       *auth.Service     // may be nil
 	Transfer   *transfer.Service // may be nil
 	Node       *cluster.Node     // several nodes: GET /admin/nodes, moves to a node; may be nil
+	// Remote reaches another node for a move with the tenant's data (a
+	// SQLite tenant on this node's disk).
+	Remote func(ctx context.Context, name string) (transfer.RemoteNode, error)
 }
 
 // Register adds the platform admin routes to srv.
 func Register(srv *api.Server, cfg Config) *API {
-	a := &API{srv: srv, adminToken: cfg.AdminToken, auth: cfg.Auth, transfer: cfg.Transfer, node: cfg.Node}
+	a := &API{srv: srv, adminToken: cfg.AdminToken, auth: cfg.Auth, transfer: cfg.Transfer, node: cfg.Node, remote: cfg.Remote}
 	srv.Handle(http.MethodPost, "/admin/tenants", a.admin(a.handleCreateTenant))
 	srv.Handle(http.MethodGet, "/admin/tenants", a.admin(a.handleListTenants))
 	srv.Handle(http.MethodGet, "/admin/tenants/:tenant", a.admin(a.handleGetTenant))

@@ -7,6 +7,7 @@ import (
 	"github.com/julienschmidt/httprouter"
 
 	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/cluster"
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/transfer"
 )
@@ -136,6 +137,27 @@ func (a *API) handleMoveTenant(w http.ResponseWriter, r *http.Request, ps httpro
 		}
 		if req.Backend != "" || req.Location != "" {
 			a.srv.WriteError(w, r, engine.Invalidf("a move names a node, or a backend and location, not both"))
+			return
+		}
+		if t, err := a.srv.Engine.Get(r.Context(), ps.ByName("tenant")); err == nil && !cluster.Shared(t) && a.remote != nil && svc != nil {
+			// On this node's disk: it goes with its data.
+			to, err := a.remote(r.Context(), req.Node)
+			if err != nil {
+				a.srv.WriteError(w, r, err)
+				return
+			}
+			res, err := svc.MoveToNode(r.Context(), t.ID, to)
+			if err != nil {
+				if res != nil && res.Tenant != nil {
+					a.srv.Logger.Error("move to node not verified; old copy kept", "tenant_id", res.Tenant.ID, "err", err)
+					api.WriteJSON(w, http.StatusOK, map[string]any{"tenant": res.Tenant, "result": res, "error": err.Error()})
+					return
+				}
+				a.srv.WriteError(w, r, err)
+				return
+			}
+			a.logAction(r, "tenant moved to node", res.Tenant.Slug, "tenant_id", res.Tenant.ID, "node", res.Tenant.Node, "fenced", res.Fenced)
+			api.WriteJSON(w, http.StatusOK, map[string]any{"tenant": res.Tenant, "result": res})
 			return
 		}
 		t, err := a.node.MoveTo(r.Context(), ps.ByName("tenant"), req.Node)

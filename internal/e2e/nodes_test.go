@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ type nodeSet struct {
 	adminToken string
 	env        []string
 	nodes      map[string]*server
+	nodeData   map[string]string // data directory by node
 }
 
 func newNodeSet(t *testing.T, names ...string) *nodeSet {
@@ -49,7 +51,7 @@ func newNodeSet(t *testing.T, names ...string) *nodeSet {
 	}
 	u.Path = "/" + name
 	ns := &nodeSet{t: t, dsn: u.String(), adminToken: "adm_" + randHex(16),
-		env: []string{"KEYSHARD_MASTER_KEY=" + randHex(32)}, nodes: map[string]*server{}}
+		env: []string{"KEYSHARD_MASTER_KEY=" + randHex(32)}, nodes: map[string]*server{}, nodeData: map[string]string{}}
 	if ns.db, err = sql.Open("pgx", ns.dsn); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +88,13 @@ func (ns *nodeSet) start(name string) *server {
 		"--default-backend", "postgres", "--node", name, "--lease", "2s")
 	c.adminToken, c.env = ns.adminToken, ns.env
 	s := c.start()
+	ns.t.Cleanup(func() {
+		if ns.t.Failed() {
+			ns.t.Logf("--- log of node %s:\n%s", name, c.allLogs())
+		}
+	})
 	ns.nodes[name] = s
+	ns.nodeData[name] = c.dataDir
 	return s
 }
 
@@ -284,11 +292,77 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		}
 	}
 
-	// A SQLite tenant on a node's own disk does not change node without
-	// its data.
+	// A SQLite tenant on a's own disk moves to c with its data, asked
+	// through c (forwarded to a, which sends it), under refresh load
+	// through every node; then on to a again, through a.
 	a.must(http.StatusCreated, "POST", "/admin/tenants", tok, map[string]any{"slug": "local", "name": "L", "backend": "sqlite"})
 	a.must(http.StatusOK, "POST", "/admin/tenants/local/approve", tok, nil)
-	if r := c.do(context.Background(), "POST", "/admin/tenants/local/move", tok, map[string]any{"node": "c"}); r.Status != 422 || r.code() != "not_implemented" {
-		t.Fatalf("move of a node-local SQLite tenant: %d %s", r.Status, r.Raw)
+	lchains := make([]*chain, 6)
+	for i := range lchains {
+		email := fmt.Sprintf("l%d@example.com", i)
+		r := c.must(http.StatusOK, "POST", "/t/local/signup", "", map[string]any{"email": email, "password": "correct horse battery " + email})
+		lchains[i] = &chain{token: r.str("refresh_token")}
 	}
+	stop.Store(false)
+	ok.Store(0)
+	unavailable.Store(0)
+	for i, ch := range lchains {
+		wg.Add(1)
+		go func(ch *chain, s *server) {
+			defer wg.Done()
+			for i := 0; i < 100000 && !stop.Load(); i++ {
+				r := s.do(context.Background(), "POST", "/t/local/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+				switch {
+				case r.Status == 200 && r.str("refresh_token") != "":
+					ch.mu.Lock()
+					ch.token = r.str("refresh_token")
+					ch.mu.Unlock()
+					ok.Add(1)
+				case r.Status == 503:
+					unavailable.Add(1)
+					time.Sleep(20 * time.Millisecond)
+				default:
+					other.Add(1)
+					otherMu.Lock()
+					others = append(others, fmt.Sprintf("%d %s %v", r.Status, r.Raw, r.Err))
+					otherMu.Unlock()
+				}
+			}
+		}(ch, []*server{a, c}[i%2])
+	}
+	time.Sleep(500 * time.Millisecond)
+	mv := c.must(http.StatusOK, "POST", "/admin/tenants/local/move", tok, map[string]any{"node": "c"})
+	res, _ := mv.Body["result"].(map[string]any)
+	t.Logf("SQLite tenant a→c under load: fenced %v ms, took %v ms, replayed %v statements, warnings %v",
+		num(res["fenced_ns"])/1e6, num(res["took_ns"])/1e6, res["replayed"], res["warnings"])
+	if tn, _ := mv.Body["tenant"].(map[string]any); tn["node"] != "c" {
+		t.Fatalf("after the move: %s", mv.Raw)
+	}
+	time.Sleep(500 * time.Millisecond)
+	a.must(http.StatusOK, "POST", "/admin/tenants/local/move", tok, map[string]any{"node": "a"})
+	time.Sleep(500 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("refreshes of the SQLite tenant: %d ok, %d 503, %d other", ok.Load(), unavailable.Load(), other.Load())
+	if other.Load() > 0 {
+		t.Fatalf("answers other than 200 and 503 around the moves: %v", others)
+	}
+	for i, ch := range lchains {
+		r := c.do(context.Background(), "POST", "/t/local/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+		if r.Status != 200 {
+			t.Fatalf("SQLite chain %d's last acknowledged token after two moves: %d %s", i, r.Status, r.Raw)
+		}
+	}
+	lid := c.must(http.StatusOK, "GET", "/admin/tenants/local", tok, nil).str("id")
+	if _, err := os.Stat(shardPath(ns.nodeData["c"], lid)); !os.IsNotExist(err) {
+		t.Fatalf("c's copy of the tenant that moved back to a is still there: %v", err)
+	}
+	if _, err := os.Stat(shardPath(ns.nodeData["a"], lid)); err != nil {
+		t.Fatalf("a's copy of the tenant: %v", err)
+	}
+}
+
+func num(v any) float64 {
+	f, _ := v.(float64)
+	return f
 }

@@ -78,6 +78,7 @@ type Node struct {
 	validUntil time.Time // the lease as this process can vouch for it (monotonic)
 	nodes      map[string]catalog.Node
 	skew       time.Duration // catalog clock minus local clock, at the last listing
+	listedAt   time.Time     // of the last listing
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -199,7 +200,7 @@ func (n *Node) refresh(ctx context.Context) error {
 		m[x.Name] = x
 	}
 	n.mu.Lock()
-	n.nodes, n.skew = m, dbNow.Sub(local)
+	n.nodes, n.skew, n.listedAt = m, dbNow.Sub(local), time.Now()
 	n.mu.Unlock()
 	return nil
 }
@@ -224,9 +225,11 @@ type Peer struct {
 func (n *Node) Peer(ctx context.Context, name string) (Peer, bool) {
 	n.mu.RLock()
 	x, ok := n.nodes[name]
-	skew := n.skew
+	skew, listed := n.skew, n.listedAt
 	n.mu.RUnlock()
-	if !ok {
+	// Unknown, or lapsed in a listing more than a moment old (it may have
+	// restarted since): read the list again.
+	if !ok || (x.LeaseUntil.Sub(time.Now().Add(skew)) <= 0 && time.Since(listed) > 250*time.Millisecond) {
 		if n.refresh(ctx) != nil {
 			return Peer{}, false
 		}

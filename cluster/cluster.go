@@ -293,9 +293,13 @@ func (n *Node) MoveTo(ctx context.Context, slugOrID, target string) (*engine.Ten
 	return t, nil
 }
 
-// Drain moves every tenant of node name to the other live nodes (Drain).
-func (n *Node) Drain(ctx context.Context, name string) ([]Drained, error) {
-	return Drain(ctx, n.cfg.Catalog, n.cfg.Storages, name)
+// Drain moves every tenant of node name to the other live nodes (Drain);
+// withData moves a tenant whose data is on this node's disk.
+func (n *Node) Drain(ctx context.Context, name string, withData func(ctx context.Context, t *engine.Tenant, to string) error) ([]Drained, error) {
+	if name != n.cfg.Name {
+		withData = nil
+	}
+	return Drain(ctx, n.cfg.Catalog, n.cfg.Storages, name, withData)
 }
 
 // failover takes over the tenants of nodes whose lease has lapsed, where
@@ -402,8 +406,11 @@ type Drained struct {
 }
 
 // Drain moves every tenant of node name to the other live nodes, each to
-// the one with the fewest tenants, so that name can be stopped.
-func Drain(ctx context.Context, cat *catalog.Catalog, storages map[string]engine.Storage, name string) ([]Drained, error) {
+// the one with the fewest tenants, so that name can be stopped. A tenant
+// whose data is on name's own disk moves with withData, which only that
+// node's process can run; without it such a tenant is reported not moved.
+func Drain(ctx context.Context, cat *catalog.Catalog, storages map[string]engine.Storage, name string,
+	withData func(ctx context.Context, t *engine.Tenant, to string) error) ([]Drained, error) {
 	nodes, err := cat.Nodes(ctx)
 	if err != nil {
 		return nil, err
@@ -433,7 +440,16 @@ func Drain(ctx context.Context, cat *catalog.Catalog, storages map[string]engine
 			}
 		}
 		d := Drained{Tenant: t.Slug, To: to}
-		if _, err := Reassign(ctx, cat, storages, t.ID, to); err != nil {
+		var err error
+		switch {
+		case Shared(t):
+			_, err = Reassign(ctx, cat, storages, t.ID, to)
+		case withData != nil:
+			err = withData(ctx, t, to)
+		default:
+			err = engine.Invalidf("its SQLite file is on node %s's disk: ask that node to drain itself (POST /admin/nodes/%s/drain on it)", name, name)
+		}
+		if err != nil {
 			d.To, d.Error = "", err.Error()
 		} else {
 			count[to]++

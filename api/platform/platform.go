@@ -319,7 +319,18 @@ func (a *API) handleListNodes(w http.ResponseWriter, r *http.Request, _ httprout
 }
 
 func (a *API) handleDrainNode(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-	res, err := a.node.Drain(r.Context(), ps.ByName("node"))
+	var withData func(ctx context.Context, t *engine.Tenant, to string) error
+	if a.remote != nil && a.transfer != nil {
+		withData = func(ctx context.Context, t *engine.Tenant, to string) error {
+			rn, err := a.remote(ctx, to)
+			if err != nil {
+				return err
+			}
+			_, err = a.transfer.MoveToNode(ctx, t.ID, rn)
+			return err
+		}
+	}
+	res, err := a.node.Drain(r.Context(), ps.ByName("node"), withData)
 	if err != nil {
 		a.srv.WriteError(w, r, err)
 		return

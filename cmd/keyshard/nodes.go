@@ -83,7 +83,7 @@ func runDrain(args []string) error {
 		return err
 	}
 	defer a.Close()
-	res, err := cluster.Drain(context.Background(), a.Catalog, a.Engine.Backends, name)
+	res, err := cluster.Drain(context.Background(), a.Catalog, a.Engine.Backends, name, nil)
 	if err != nil {
 		return err
 	}

@@ -352,6 +352,7 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		if r.Status != 200 {
 			t.Fatalf("SQLite chain %d's last acknowledged token after two moves: %d %s", i, r.Status, r.Raw)
 		}
+		ch.token = r.str("refresh_token")
 	}
 	lid := c.must(http.StatusOK, "GET", "/admin/tenants/local", tok, nil).str("id")
 	if _, err := os.Stat(shardPath(ns.nodeData["c"], lid)); !os.IsNotExist(err) {
@@ -359,6 +360,28 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 	}
 	if _, err := os.Stat(shardPath(ns.nodeData["a"], lid)); err != nil {
 		t.Fatalf("a's copy of the tenant: %v", err)
+	}
+
+	// Drain a before maintenance: its tenants go to the others, its SQLite
+	// one with its data; a then owns nothing.
+	a.must(http.StatusCreated, "POST", "/admin/tenants", tok, map[string]any{"slug": "pg2", "name": "P", "backend": "postgres"})
+	a.must(http.StatusOK, "POST", "/admin/tenants/pg2/approve", tok, nil)
+	dr := a.must(http.StatusOK, "POST", "/admin/nodes/a/drain", tok, nil)
+	for _, x := range dr.Body["tenants"].([]any) {
+		if m := x.(map[string]any); m["error"] != nil {
+			t.Fatalf("drain: %s", dr.Raw)
+		}
+	}
+	for _, n := range c.must(http.StatusOK, "GET", "/admin/nodes", tok, nil).Body["nodes"].([]any) {
+		if m := n.(map[string]any); m["name"] == "a" && num(m["tenants"]) != 0 {
+			t.Fatalf("a still owns %v tenants after the drain: %s", m["tenants"], dr.Raw)
+		}
+	}
+	for i, ch := range lchains {
+		r := a.do(context.Background(), "POST", "/t/local/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+		if r.Status != 200 {
+			t.Fatalf("SQLite chain %d after the drain: %d %s", i, r.Status, r.Raw)
+		}
 	}
 }
 

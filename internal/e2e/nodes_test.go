@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -388,4 +389,107 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 func num(v any) float64 {
 	f, _ := v.(float64)
 	return f
+}
+
+// TestNodes_MovesUnderLoad: nine tenants (SQLite on the nodes' disks and
+// PostgreSQL) under refresh load through random nodes while a mover keeps
+// giving random tenants to random nodes. No acknowledged refresh is lost
+// (each session's last token still refreshes), no request is answered by
+// anything but 200 or a retryable 503, and no rotation is answered twice
+// (a refresh token used twice outside its grace would revoke the session).
+func TestNodes_MovesUnderLoad(t *testing.T) {
+	ns := newNodeSet(t, "a", "b", "c")
+	names := []string{"a", "b", "c"}
+	tok := ns.adminToken
+	type tenant struct {
+		slug   string
+		chains []*chain
+	}
+	var tenants []*tenant
+	for i := 0; i < 9; i++ {
+		s := ns.nodes[names[i%3]]
+		backend := "sqlite"
+		if i%3 == 2 {
+			backend = "postgres"
+		}
+		slug := fmt.Sprintf("t%d", i)
+		s.must(http.StatusCreated, "POST", "/admin/tenants", tok, map[string]any{"slug": slug, "name": slug, "backend": backend})
+		s.must(http.StatusOK, "POST", "/admin/tenants/"+slug+"/approve", tok, nil)
+		tn := &tenant{slug: slug}
+		for j := 0; j < 2; j++ {
+			email := fmt.Sprintf("u%d@example.com", j)
+			r := s.must(http.StatusOK, "POST", "/t/"+slug+"/signup", "", map[string]any{"email": email, "password": "correct horse battery " + email})
+			tn.chains = append(tn.chains, &chain{token: r.str("refresh_token")})
+		}
+		tenants = append(tenants, tn)
+	}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var ok, unavailable, moves, failedMoves atomic.Int64
+	var mu sync.Mutex
+	var others []string
+	deadline := time.Now().Add(8 * time.Second)
+	for w := 0; w < 12; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 100000 && !stop.Load() && time.Now().Before(deadline); i++ {
+				tn := tenants[(w+i)%len(tenants)]
+				ch := tn.chains[(w/len(tenants)+i)%len(tn.chains)]
+				ch.mu.Lock() // one request per session at a time, as a client would
+				s := ns.nodes[names[(w+i)%3]]
+				r := s.do(context.Background(), "POST", "/t/"+tn.slug+"/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.token})
+				switch {
+				case r.Status == 200 && r.str("refresh_token") != "":
+					ch.token = r.str("refresh_token")
+					ok.Add(1)
+				case r.Status == 503:
+					unavailable.Add(1)
+				default:
+					mu.Lock()
+					others = append(others, fmt.Sprintf("%s via %s: %d %s %v", tn.slug, s.base, r.Status, r.Raw, r.Err))
+					mu.Unlock()
+				}
+				ch.mu.Unlock()
+			}
+		}(w)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; time.Now().Before(deadline.Add(-time.Second)); i++ {
+			tn := tenants[(i*5)%len(tenants)]
+			via := ns.nodes[names[i%3]]
+			owner := via.do(context.Background(), "GET", "/admin/tenants/"+tn.slug, tok, nil).str("node")
+			to := names[(slices.Index(names, owner)+1+i%2)%3]
+			r := via.do(context.Background(), "POST", "/admin/tenants/"+tn.slug+"/move", tok, map[string]any{"node": to})
+			switch {
+			case r.Status == 200:
+				moves.Add(1)
+			case r.Status == 400 && strings.Contains(string(r.Raw), "already on node"):
+			default:
+				failedMoves.Add(1)
+				mu.Lock()
+				others = append(others, fmt.Sprintf("move %s to %s via %s: %d %s", tn.slug, to, via.base, r.Status, r.Raw))
+				mu.Unlock()
+			}
+			time.Sleep(150 * time.Millisecond)
+		}
+	}()
+	wg.Wait()
+	t.Logf("%d refreshes ok, %d answered 503, %d moves done, %d failed", ok.Load(), unavailable.Load(), moves.Load(), failedMoves.Load())
+	if len(others) > 0 {
+		t.Fatalf("%d unexpected answers, first: %v", len(others), others[:min(5, len(others))])
+	}
+	if moves.Load() < 5 {
+		t.Fatalf("only %d moves happened", moves.Load())
+	}
+	for _, tn := range tenants {
+		for i, ch := range tn.chains {
+			r := ns.nodes["a"].do(context.Background(), "POST", "/t/"+tn.slug+"/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.token})
+			if r.Status != 200 {
+				t.Fatalf("%s session %d: its last acknowledged token after the moves: %d %s", tn.slug, i, r.Status, r.Raw)
+			}
+		}
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyshard/keyshard/catalog"
@@ -77,6 +78,10 @@ type App struct {
 	// Postgres and MySQL are nil unless their DSN is configured.
 	Postgres, MySQL *sqldb.Server
 
+	// AfterShardsClosed, when set, runs in Close once every shard is
+	// closed and before the catalog is (a node ends its lease there).
+	AfterShardsClosed func() error
+
 	stopPoll context.CancelFunc
 	pollDone chan struct{}
 }
@@ -105,13 +110,22 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	// A fenced shard tells when its tenant has moved to another node: the
 	// catalog held here is stale, read it again.
 	var cat *catalog.Catalog
+	var cache atomic.Pointer[shard.Cache]
 	reload := make(chan struct{}, 1)
 	sopts := shard.Options{QueueSize: cfg.QueueSize, MaxBatch: cfg.MaxBatch, Readers: cfg.Readers,
 		DeferLimit: cfg.DeferLimit, DebounceInterval: cfg.DebounceInterval, Fenced: cfg.Fenced,
-		OnFenced: func() {
+		OnFenced: func(tenantID string) {
 			select {
 			case reload <- struct{}{}:
 			default:
+			}
+			// Its shard here is fenced for good: close it, so that its
+			// buffered records stop retrying and a later owner's epoch
+			// opens a fresh one.
+			if c := cache.Load(); c != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				_ = c.Evict(ctx, tenantID)
+				cancel()
 			}
 		}}
 	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, InlineSync: cfg.InlineSync, BusyTimeout: cfg.BusyTimeout}, ShardOpts: sopts}
@@ -168,6 +182,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 		Catalog: cat, Backends: backends, SQLite: lite, Postgres: pg, MySQL: my,
 	}
 	a.Cache = shard.NewCache(cfg.CacheCapacity, cfg.MaxOpenShards, backends.Open)
+	cache.Store(a.Cache)
 	a.Engine.Shards = pool{a.Cache}
 	pctx, cancel := context.WithCancel(context.Background())
 	a.stopPoll = cancel
@@ -204,7 +219,11 @@ func (a *App) Close() error {
 		<-a.pollDone
 	}
 	a.stopPoll = nil
-	errs := []error{a.Engine.Close(), a.Catalog.Close()}
+	errs := []error{a.Engine.Close()}
+	if a.AfterShardsClosed != nil {
+		errs = append(errs, a.AfterShardsClosed())
+	}
+	errs = append(errs, a.Catalog.Close())
 	for _, s := range []*sqldb.Server{a.Postgres, a.MySQL} {
 		if s != nil {
 			errs = append(errs, s.Close())

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -255,11 +256,27 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		s.Node, err = cluster.Start(ctx, cluster.Config{Name: cfg.Node.Name, Address: cfg.Node.Advertise, Lease: cfg.Node.Lease,
 			AutoFailover: cfg.Node.AutoFailover, Catalog: a.Catalog, Storages: a.Engine.Backends,
 			OpenShards: func() int { return a.Cache.Stats().Open },
-			EvictStale: a.Cache.EvictStale, Log: log})
+			EvictStale: a.Cache.EvictStale, Log: log,
+			HasLocal: func(p engine.Placement) bool {
+				path, err := a.SQLite.Path(p)
+				if err != nil {
+					return false
+				}
+				_, err = os.Stat(path)
+				return err == nil
+			}})
 		if err != nil {
 			return nil, err
 		}
 		a.Engine.Owner = s.Node
+		node := s.Node
+		a.Catalog.OnReload(func() { node.Sweep(a.Cache.Open()) })
+		if err := a.Catalog.NotifyError(); err != nil {
+			log.Warn("catalog changes are not notified (no trigger on the catalog table): nodes see them by polling, within a second", "err", err)
+		}
+		// The lease ends once the shards have flushed: the others may take
+		// this node's tenants then, without waiting for it to lapse.
+		a.AfterShardsClosed = s.Node.Close
 		log.Info("node of a shared catalog", "node", cfg.Node.Name, "advertise", cfg.Node.Advertise, "lease", s.Node.Lease(),
 			"auto_failover", cfg.Node.AutoFailover)
 	}
@@ -404,10 +421,7 @@ func (s *Server) Close() error {
 		s.Pool.Close()
 		s.Pool = nil
 	}
-	if s.Node != nil {
-		// The lease ends now: the others may take this node's tenants.
-		_ = s.Node.Close()
-	}
+
 	var err error
 	if s.App != nil {
 		err = s.App.Close()

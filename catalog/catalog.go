@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
@@ -31,6 +32,10 @@ type Catalog struct {
 	work     workMarks        // tenants with background work due; see work.go
 	dialect  string           // sqlite, postgres, mysql
 	dsn      string           // a server catalog's, for Listen
+	// notifyErr: the PostgreSQL trigger that notifies changes could not
+	// be made; nodes poll (NotifyError).
+	notifyErr error
+	onReload  atomic.Pointer[func()] // see OnReload
 
 	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*engine.Tenant
@@ -105,6 +110,14 @@ func OpenSQLite(ctx context.Context, dataDir string) (*Catalog, error) {
 	}
 	return r, nil
 }
+
+// OnReload sets a function called after every Reload that read the
+// catalog (another process's changes seen).
+func (r *Catalog) OnReload(f func()) { r.onReload.Store(&f) }
+
+// NotifyError says why changes are not notified (PostgreSQL catalog
+// without its trigger), nil when they are or the catalog has no such thing.
+func (r *Catalog) NotifyError() error { return r.notifyErr }
 
 // SetClock sets the clock that stamps created_at and updated_at. Tests use
 // it to play a node whose clock is behind; call it before using r.
@@ -209,6 +222,9 @@ func (r *Catalog) Reload(ctx context.Context) error {
 		if r.gen == gen {
 			r.byID, r.bySlug = byID, bySlug
 			r.mu.Unlock()
+			if f := r.onReload.Load(); f != nil {
+				(*f)()
+			}
 			return nil
 		}
 		r.mu.Unlock()
@@ -307,6 +323,29 @@ func (r *Catalog) Update(ctx context.Context, t *engine.Tenant, wantEpoch int64)
 	}
 	r.put(t)
 	return nil
+}
+
+// SetNode gives the tenant to node at epoch newEpoch, provided the catalog
+// still holds wantEpoch and owner wantNode for it (and its created_at):
+// only owner, epoch and updated_at change, so a suspend or rename made
+// meanwhile stands. It returns the tenant as stored.
+func (r *Catalog) SetNode(ctx context.Context, t *engine.Tenant, wantNode string, wantEpoch int64, node string, newEpoch int64) (*engine.Tenant, error) {
+	now := r.now().Truncate(time.Microsecond)
+	res, err := r.db.ExecContext(ctx, r.q(`UPDATE tenants SET node=?, epoch=?, updated_at=? WHERE id=? AND epoch=? AND node=? AND created_at=?`),
+		node, newEpoch, now.UnixMicro(), t.ID, wantEpoch, wantNode, t.CreatedAt.UnixMicro())
+	if err != nil {
+		return nil, fmt.Errorf("update tenant: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return nil, fmt.Errorf("tenant %s changed concurrently: %w", t.Slug, engine.ErrConflict)
+	}
+	row := r.db.QueryRowContext(ctx, r.q(`SELECT `+columns+` FROM tenants WHERE id=?`), t.ID)
+	cur, err := scanTenant(row)
+	if err != nil {
+		return nil, fmt.Errorf("read tenant: %w", err)
+	}
+	r.put(cur)
+	return cur, nil
 }
 
 // Delete removes the tenant from the catalog.

@@ -68,6 +68,15 @@ func (r *Catalog) createNodes(ctx context.Context) error {
 	// Every change of the tenants table, by any process, notifies the
 	// channel named after it: the nodes' Listen reloads at once instead of
 	// waiting for the next poll.
+	// Without the trigger (PostgreSQL before 14, no right to create
+	// functions) nodes poll: not a reason to refuse to start.
+	if err := r.createNotify(ctx); err != nil {
+		r.notifyErr = err
+	}
+	return nil
+}
+
+func (r *Catalog) createNotify(ctx context.Context) error {
 	fn := r.table + "_notify"
 	tx, err := r.db.BeginTx(ctx, nil)
 	if err != nil {

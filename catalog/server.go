@@ -53,6 +53,12 @@ func OpenServer(ctx context.Context, dsn, table string) (*Catalog, error) {
 		}
 		cfg.Collation = "utf8mb4_bin"
 		cfg.ClientFoundRows = true // UPDATE's count is rows matched: the epoch CAS relies on it
+		// UNIX_TIMESTAMP(NOW(6)), the leases' clock, converts through the
+		// session's time zone: UTC, so that no DST change moves it.
+		if cfg.Params == nil {
+			cfg.Params = map[string]string{}
+		}
+		cfg.Params["time_zone"] = "'+00:00'"
 		conn, err := gomysql.NewConnector(cfg)
 		if err != nil {
 			return nil, engine.Invalidf("catalog DSN: %v", err)

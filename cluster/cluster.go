@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"regexp"
 	"sync"
 	"time"
@@ -56,7 +57,10 @@ type Config struct {
 	// EvictStale closes this node's shard of a tenant older than epoch.
 	OpenShards func() int
 	EvictStale func(ctx context.Context, tenantID string, epoch int64) error
-	Log        *slog.Logger
+	// HasLocal reports whether a SQLite tenant's file is on this node's
+	// disk (a tenant without an owner is claimed only by such a node).
+	HasLocal func(p engine.Placement) bool
+	Log      *slog.Logger
 }
 
 var nodeName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -123,7 +127,9 @@ func (n *Node) Self() string { return n.cfg.Name }
 func (n *Node) Lease() time.Duration { return n.cfg.Lease }
 
 // Close stops renewing and ends the lease at once, so that the node's
-// tenants can be reassigned without waiting for it to lapse.
+// tenants can be reassigned without waiting for it to lapse. Call it once
+// the node's shards are closed (their last writes flushed): a node taking
+// a tenant over raises its fencing token.
 func (n *Node) Close() error {
 	if n.stop == nil {
 		return nil
@@ -256,23 +262,58 @@ func (n *Node) Own(ctx context.Context, t *engine.Tenant) (*engine.Tenant, error
 	switch t.Node {
 	case n.cfg.Name:
 	case "":
-		c := *t
-		c.Node, c.Epoch = n.cfg.Name, t.Epoch+1
-		if err := n.cfg.Catalog.Update(ctx, &c, t.Epoch); err != nil {
+		// Made before several nodes shared the catalog (or by the CLI):
+		// claimed by the first node that serves it and reaches its data.
+		if !Shared(t) && (n.cfg.HasLocal == nil || !n.cfg.HasLocal(t.Placement())) {
+			return nil, engine.NewError(engine.KindUnavailable, "node_unavailable",
+				"this tenant has no node and its file is not on this one: give it the node that has it (keyshard move --to-node)")
+		}
+		c, err := n.cfg.Catalog.SetNode(ctx, t, "", t.Epoch, n.cfg.Name, t.Epoch+1)
+		if err != nil {
 			if errors.Is(err, engine.ErrConflict) {
 				return nil, engine.ErrNotOwner // someone else claimed it: ask again
 			}
 			return nil, err
 		}
 		n.cfg.Log.Info("tenant claimed", "tenant_id", t.ID, "node", n.cfg.Name, "epoch", c.Epoch)
-		t = &c
+		t = c
 	default:
+		// A shard of it left open here from when it was this node's would
+		// be served again, at its old epoch, if the tenant came back.
+		if n.cfg.EvictStale != nil {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				_ = n.cfg.EvictStale(ctx, t.ID, math.MaxInt64)
+			}()
+		}
 		return nil, engine.ErrNotOwner
 	}
 	if n.LeaseLeft() <= 0 {
 		return nil, errLeaseLapsed
 	}
 	return t, nil
+}
+
+// Sweep closes this node's shards of tenants it no longer owns (moved,
+// deleted): a shard left open would be served again at its old epoch if
+// the tenant came back (after a delete and a restore, epochs start over).
+// Call it after the catalog was read again.
+func (n *Node) Sweep(open []string) {
+	if n.cfg.EvictStale == nil {
+		return
+	}
+	for _, id := range open {
+		t, err := n.cfg.Catalog.Resolve(context.Background(), id)
+		if err == nil && t.Node == n.cfg.Name {
+			continue
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_ = n.cfg.EvictStale(ctx, id, math.MaxInt64)
+		}()
+	}
 }
 
 // Nodes lists the nodes as the catalog has them now.
@@ -283,7 +324,7 @@ func (n *Node) Nodes(ctx context.Context) ([]catalog.Node, error) {
 // MoveTo gives the tenant to node target (see Reassign) and closes this
 // node's shard of it if it had one.
 func (n *Node) MoveTo(ctx context.Context, slugOrID, target string) (*engine.Tenant, error) {
-	t, err := Reassign(ctx, n.cfg.Catalog, n.cfg.Storages, slugOrID, target)
+	t, err := Reassign(ctx, n.cfg.Catalog, n.cfg.Storages, slugOrID, "", target)
 	if err != nil {
 		return nil, err
 	}
@@ -325,7 +366,7 @@ func (n *Node) failover(ctx context.Context) {
 			if t.Node != d || !Shared(t) {
 				continue
 			}
-			if _, err := n.MoveTo(ctx, t.ID, n.cfg.Name); err != nil {
+			if _, err := Reassign(ctx, n.cfg.Catalog, n.cfg.Storages, t.ID, d, n.cfg.Name); err != nil {
 				n.cfg.Log.Warn("failover: tenant not taken over", "tenant_id", t.ID, "from", d, "err", err)
 			} else {
 				n.cfg.Log.Warn("failover: tenant taken over from a node whose lease lapsed", "tenant_id", t.ID, "from", d)
@@ -335,21 +376,24 @@ func (n *Node) failover(ctx context.Context) {
 }
 
 // Shared reports whether every node reaches t's storage: a PostgreSQL or
-// MySQL tenant, or a SQLite tenant placed at an explicit location (a
-// directory the operator shares between nodes). A SQLite tenant in a
-// node's own data directory is on that node's disk.
+// MySQL tenant. A SQLite tenant is a file on its node's disk (SQLite's WAL
+// is not safe over a network file system), which moves with its data.
 func Shared(t *engine.Tenant) bool {
-	return t.Backend != engine.BackendSQLite || t.Location != ""
+	return t.Backend != engine.BackendSQLite
 }
 
 // Reassign gives a tenant to node target without copying its data, which
-// must be where target reaches it too (Shared). It raises the tenant's
+// must be where target reaches it too (Shared), or, for a tenant that has
+// no owner yet, be on target's disk (adoption). It raises the tenant's
 // fencing token to the next epoch first (the old owner's batches that read
 // the old token end before it returns; later ones fail), then flips owner
-// and epoch in the catalog with a compare-and-set. A failure before the
-// flip leaves the tenant where it was (a raised token above the catalog's
-// epoch fences the old owner until the move is run again).
-func Reassign(ctx context.Context, cat *catalog.Catalog, storages map[string]engine.Storage, slugOrID, target string) (*engine.Tenant, error) {
+// and epoch in the catalog with a compare-and-set on both, so that two
+// nodes failing over at once cannot take a tenant from each other. from,
+// when not "", is the owner the caller expects. Target may be the current
+// owner: the epoch then moves on alone (a restarted node making sure an
+// earlier process of its name is fenced, or a move that raised the token
+// and did not flip). A failure before the flip leaves the owner as it was.
+func Reassign(ctx context.Context, cat *catalog.Catalog, storages map[string]engine.Storage, slugOrID, from, target string) (*engine.Tenant, error) {
 	if err := ValidateName(target); err != nil {
 		return nil, err
 	}
@@ -360,15 +404,15 @@ func Reassign(ctx context.Context, cat *catalog.Catalog, storages map[string]eng
 	if err != nil {
 		return nil, err
 	}
-	if t.Node == target {
-		return nil, engine.Invalidf("tenant %s is already on node %s", t.Slug, target)
+	if from != "" && t.Node != from {
+		return nil, fmt.Errorf("tenant %s is on node %q now, not %q: %w", t.Slug, t.Node, from, engine.ErrConflict)
 	}
 	if t.Status == engine.StatusImporting {
 		return nil, fmt.Errorf("tenant %s is being imported: %w", t.Slug, engine.ErrWrongStatus)
 	}
-	if !Shared(t) {
+	if !Shared(t) && t.Node != "" && t.Node != target {
 		return nil, engine.NewError(engine.KindRefused, "not_implemented",
-			fmt.Sprintf("tenant %s is a SQLite file on node %s's disk: moving it to another node with its data is not built yet; move it to PostgreSQL or MySQL first (move --to postgres), or place it on storage every node reaches", t.Slug, t.Node))
+			fmt.Sprintf("tenant %s is a SQLite file on node %s's disk: it moves with its data, which node %s does (POST /admin/tenants/%s/move {\"node\":\"%s\"} through any node)", t.Slug, t.Node, t.Node, t.Slug, target))
 	}
 	nodes, err := cat.Nodes(ctx)
 	if err != nil {
@@ -386,16 +430,15 @@ func Reassign(ctx context.Context, cat *catalog.Catalog, storages map[string]eng
 	next := *t
 	next.Node, next.Epoch = target, t.Epoch+1
 	if t.HasDatabase() {
-		if f, ok := storages[t.Backend].(Fencer); ok {
-			if err := f.RaiseFence(ctx, next.Placement(), next.Epoch); err != nil {
-				return nil, fmt.Errorf("raise the tenant's fencing token: %w", err)
-			}
+		f, ok := storages[t.Backend].(Fencer)
+		if !ok {
+			return nil, engine.Invalidf("the %s backend is not configured here: without it the old owner cannot be fenced (give --%s-dsn)", t.Backend, t.Backend)
+		}
+		if err := f.RaiseFence(ctx, next.Placement(), next.Epoch); err != nil {
+			return nil, fmt.Errorf("raise the tenant's fencing token: %w", err)
 		}
 	}
-	if err := cat.Update(ctx, &next, t.Epoch); err != nil {
-		return nil, err
-	}
-	return &next, nil
+	return cat.SetNode(ctx, t, t.Node, t.Epoch, target, next.Epoch)
 }
 
 // Drained is one tenant a drain moved, or could not.
@@ -443,7 +486,7 @@ func Drain(ctx context.Context, cat *catalog.Catalog, storages map[string]engine
 		var err error
 		switch {
 		case Shared(t):
-			_, err = Reassign(ctx, cat, storages, t.ID, to)
+			_, err = Reassign(ctx, cat, storages, t.ID, name, to)
 		case withData != nil:
 			err = withData(ctx, t, to)
 		default:

@@ -279,6 +279,11 @@ func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, err
 		if t, err = e.Owner.Own(ctx, t); err != nil {
 			return nil, err
 		}
+	} else if t.Node != "" {
+		// A process that is not a node (a serve without --node, a
+		// command) on a shared catalog: the tenant's node serves it, and
+		// a second writer here would not be fenced.
+		return nil, ErrNotOwner
 	}
 	h, err := e.Shards.Acquire(ctx, t.Placement())
 	if err != nil {

@@ -298,6 +298,13 @@ func (c *Cache) closeLocked(e *entry) {
 	}()
 }
 
+// Open returns the tenants whose shards are open (not closing) now.
+func (c *Cache) Open() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Keys()
+}
+
 // Evict closes the tenant's shard (at once if unpinned, otherwise after its
 // last release) and waits until it is closed or ctx ends. Use it before
 // suspending, deleting or moving a tenant.

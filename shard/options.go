@@ -32,9 +32,11 @@ type Options struct {
 	// that read the old value; the backend sets it, and Epoch.
 	FenceQuery string
 	Epoch      int64
-	// OnFenced, when set, is called (on a goroutine of its own) when a
-	// batch finds the tenant fenced: the catalog this node holds is stale.
-	OnFenced func()
+	TenantID   string
+	// OnFenced, when set, is called (on a goroutine of its own) with
+	// TenantID when a batch finds the tenant fenced: the catalog this node
+	// holds is stale, and this shard of the tenant is good for nothing.
+	OnFenced func(tenantID string)
 }
 
 // DefaultFenceQuery reads the fencing token where the batch's transaction

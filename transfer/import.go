@@ -115,7 +115,10 @@ func (s *Service) Import(ctx context.Context, r io.Reader, o ImportOptions) (*Im
 	// The fencing token belongs to the tenant's place in a catalog, not to
 	// its data: the imported tenant starts unfenced.
 	if err := stage.Write(ctx, func(tx engine.Querier) error {
-		_, err := tx.Exec(`UPDATE fence SET epoch = 0`)
+		if _, err := tx.Exec(`DELETE FROM fence`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(`INSERT INTO fence (id, epoch) VALUES (1, 0)`)
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("reset the fencing token: %w", err)

@@ -227,8 +227,19 @@ func (s *Service) MoveToNode(ctx context.Context, slugOrID string, to RemoteNode
 		return nil, err
 	}
 	sealed = true
-	cur.Node, cur.Epoch = next.Node, next.Epoch
-	if err := s.Engine.Catalog.Update(ctx, cur, from.Epoch); err != nil {
+	var flipErr error
+	if sn, ok := s.Engine.Catalog.(interface {
+		SetNode(ctx context.Context, t *engine.Tenant, wantNode string, wantEpoch int64, node string, newEpoch int64) (*engine.Tenant, error)
+	}); ok {
+		var now *engine.Tenant
+		if now, flipErr = sn.SetNode(ctx, cur, self, from.Epoch, next.Node, next.Epoch); flipErr == nil {
+			cur = now
+		}
+	} else {
+		cur.Node, cur.Epoch = next.Node, next.Epoch
+		flipErr = s.Engine.Catalog.Update(ctx, cur, from.Epoch)
+	}
+	if err := flipErr; err != nil {
 		// Not flipped: this node's copy is still the tenant's. Its shard is
 		// sealed: evicting it lets the next request open it afresh, and the
 		// records handed over go back to it.

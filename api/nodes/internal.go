@@ -3,7 +3,6 @@ package nodes
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -33,8 +32,10 @@ const HeaderNode = "X-Keyshard-Node"
 // MaxStageBytes bounds a staged copy.
 const MaxStageBytes = 64 << 30
 
-func (f *Forwarder) nodeSig(from, method, path string) string {
-	return f.sign("node-internal\x00"+from+"\x00"+method, path)
+// nodeSig signs a node's call as signForward signs a forwarded request
+// (time, method and URI covered), in a namespace of its own.
+func (f *Forwarder) nodeSig(from, method, uri string) string {
+	return f.signForward("node-internal:"+from, "", method, uri, time.Now())
 }
 
 // RegisterInternal adds the routes other nodes use to move a tenant here,
@@ -44,7 +45,7 @@ func (f *Forwarder) RegisterInternal(srv *api.Server, in *transfer.Incoming) {
 		return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 			from := r.Header.Get(HeaderNode)
 			sig := r.Header.Get(HeaderNodeAuth)
-			if from == "" || sig == "" || !hmac.Equal([]byte(sig), []byte(f.nodeSig(from, r.Method, r.URL.RequestURI()))) {
+			if from == "" || sig == "" || !f.checkForward(sig, "node-internal:"+from, "", r.Method, r.URL.RequestURI()) {
 				srv.WriteError(w, r, engine.NewError(engine.KindUnauthenticated, "unauthorized", "only another node may call this"))
 				return
 			}

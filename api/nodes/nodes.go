@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -84,16 +85,28 @@ type targetKey struct{}
 type target struct {
 	url       *url.URL
 	leaseLeft time.Duration
+	client    string // the client's address
 }
 
 // Wrap returns next behind the forwarder.
 func (f *Forwarder) Wrap(next http.Handler) http.Handler {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
+	tr.Proxy = nil // straight to the other node, never through an environment's proxy
+	tr.DialContext = (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// An owner that is paused or cut off answers nothing: the request gets
+	// 503 node_unavailable then, not a wait without end.
+	tr.ResponseHeaderTimeout = 30 * time.Second
 	f.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(pr.In.Context().Value(targetKey{}).(target).url)
+			tg := pr.In.Context().Value(targetKey{}).(target)
+			pr.SetURL(tg.url)
 			pr.Out.Host = pr.In.Host // the owner builds links from its own settings, never from Host
+			// Set here, after the hop-by-hop headers (those a client names
+			// in Connection too) were removed: a client cannot strip them.
+			pr.Out.Header.Set(HeaderFrom, f.Node.Self())
+			pr.Out.Header.Set(HeaderClient, tg.client)
+			pr.Out.Header.Set(HeaderSig, f.signForward(f.Node.Self(), tg.client, pr.Out.Method, pr.Out.URL.RequestURI(), time.Now()))
 		},
 		Transport:     tr,
 		FlushInterval: -1, // stream: an export or an event stream is not held back
@@ -109,18 +122,46 @@ func (f *Forwarder) Wrap(next http.Handler) http.Handler {
 	})
 }
 
-// sign is the signature of a forwarded request's headers.
-func (f *Forwarder) sign(from, client string) string {
+// sign is an HMAC of the parts under the nodes' key.
+func (f *Forwarder) sign(parts ...string) string {
 	m := hmac.New(sha256.New, f.Key)
-	m.Write([]byte("keyshard-forward\x00" + from + "\x00" + client))
+	for _, p := range parts {
+		m.Write([]byte(p))
+		m.Write([]byte{0})
+	}
 	return hex.EncodeToString(m.Sum(nil))
+}
+
+// signForward is the signature of a forwarded request's headers: its time
+// (unix seconds), then the HMAC of sender, client, time, method and URI,
+// so that a header set seen on the wire cannot be replayed on another
+// request or after a minute.
+func (f *Forwarder) signForward(from, client, method, uri string, at time.Time) string {
+	ts := strconv.FormatInt(at.Unix(), 10)
+	return ts + "." + f.sign("keyshard-forward", from, client, ts, method, uri)
+}
+
+// forwardSigMaxAge bounds the age of a forwarded request's signature.
+const forwardSigMaxAge = time.Minute
+
+// checkForward verifies a forwarded request's signature.
+func (f *Forwarder) checkForward(sig, from, client, method, uri string) bool {
+	ts, _, ok := strings.Cut(sig, ".")
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if !ok || err != nil {
+		return false
+	}
+	if d := time.Since(time.Unix(sec, 0)); d > forwardSigMaxAge || d < -forwardSigMaxAge {
+		return false
+	}
+	return hmac.Equal([]byte(sig), []byte(f.signForward(from, client, method, uri, time.Unix(sec, 0))))
 }
 
 func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	hop := false
 	if sig := r.Header.Get(HeaderSig); sig != "" {
 		from, client := r.Header.Get(HeaderFrom), r.Header.Get(HeaderClient)
-		if hmac.Equal([]byte(sig), []byte(f.sign(from, client))) && net.ParseIP(client) != nil {
+		if net.ParseIP(client) != nil && f.checkForward(sig, from, client, r.Method, r.URL.RequestURI()) {
 			r.RemoteAddr = net.JoinHostPort(client, "0")
 			hop = true
 		}
@@ -138,9 +179,12 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 		// A move to another node is a catalog change any node makes (the
 		// owner may be the node that died); a move between backends runs
 		// on the owner.
-		body, err := io.ReadAll(io.LimitReader(r.Body, api.MaxBodyBytes))
-		if err != nil {
-			next.ServeHTTP(w, r)
+		// Read before the admin check, so bounded: 64 KiB within 10 s.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(10 * time.Second))
+		body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10+1))
+		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+		if err != nil || len(body) > 64<<10 {
+			api.WriteJSON(w, http.StatusBadRequest, map[string]string{"code": "validation_failed", "message": "a move's body is a small JSON object that arrives at once"})
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -192,11 +236,7 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 		writeUnavailable(w, 5*time.Second)
 		return
 	}
-	client := api.ClientOf(r).IP
-	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, target{url: u, leaseLeft: peer.LeaseLeft}))
-	out.Header.Set(HeaderFrom, f.Node.Self())
-	out.Header.Set(HeaderClient, client)
-	out.Header.Set(HeaderSig, f.sign(f.Node.Self(), client))
+	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, target{url: u, leaseLeft: peer.LeaseLeft, client: api.ClientOf(r).IP}))
 	start := time.Now()
 	f.proxy.ServeHTTP(&timing{ResponseWriter: w, start: start}, out)
 	forwarded.WithLabelValues("ok").Inc()

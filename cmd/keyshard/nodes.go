@@ -109,7 +109,7 @@ func moveToNode(sf storageFlags, slug, node string) error {
 		return err
 	}
 	defer a.Close()
-	t, err := cluster.Reassign(context.Background(), a.Catalog, a.Engine.Backends, slug, node)
+	t, err := cluster.Reassign(context.Background(), a.Catalog, a.Engine.Backends, slug, "", node)
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,12 @@ func runServe(args []string) error {
 	}
 	if node.Name != "" && node.Advertise == "" {
 		node.Advertise = listenURL(raw.Addr().String())
+		if h, _, err := net.SplitHostPort(raw.Addr().String()); err == nil {
+			if ip := net.ParseIP(h); ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) {
+				log.Warn("--node without --advertise: other nodes will reach this one at a loopback address, which works only on this machine; set --advertise to the URL they reach it at",
+					"advertise", node.Advertise)
+			}
+		}
 	}
 	cfg.Node = node
 	srv, err := app.OpenServer(context.Background(), cfg)

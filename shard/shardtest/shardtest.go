@@ -59,7 +59,7 @@ func Run(t *testing.T, f Factory) {
 func testFenced(t *testing.T, f Factory) {
 	ctx := context.Background()
 	fenced := make(chan struct{}, 1)
-	b := f.New(t, shard.Options{Fenced: true, OnFenced: func() {
+	b := f.New(t, shard.Options{Fenced: true, OnFenced: func(string) {
 		select {
 		case fenced <- struct{}{}:
 		default:

@@ -146,7 +146,7 @@ func (s *Server) Open(ctx context.Context, p engine.Placement) (*shard.Shard, er
 		return nil, fmt.Errorf("%s %s does not exist: %w", s.Dialect.Name, ns, engine.ErrUnavailable)
 	}
 	so := s.ShardOpts
-	so.Epoch, so.FenceQuery = p.Epoch, s.Dialect.FenceQuery
+	so.Epoch, so.TenantID, so.FenceQuery = p.Epoch, p.TenantID, s.Dialect.FenceQuery
 	return shard.Open(ctx, &Conns{srv: s, ns: ns}, so)
 }
 

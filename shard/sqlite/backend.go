@@ -73,7 +73,7 @@ func (b *Backend) Open(ctx context.Context, p engine.Placement) (*shard.Shard, e
 	o := b.Options
 	o.MustExist = true
 	so := b.ShardOpts
-	so.Epoch = p.Epoch
+	so.Epoch, so.TenantID = p.Epoch, p.TenantID
 	return Open(ctx, path, o, so)
 }
 

@@ -111,13 +111,18 @@ func (r *Catalog) DBNow(ctx context.Context) (time.Time, error) {
 // catalog's clock now, for the process incarnation. It fails with
 // ErrNodeTaken while another incarnation's lease on the name has not
 // lapsed: two processes never serve as one node.
-func (r *Catalog) RenewNode(ctx context.Context, name, address, incarnation string, d time.Duration, openShards int) error {
+//
+// unclean reports that this renewal took the name over from another
+// incarnation that did not end its lease itself (it crashed, or it is
+// paused or cut off and may come back): the new one must move its tenants'
+// epochs on before serving them, so that the old one's writes are fenced.
+func (r *Catalog) RenewNode(ctx context.Context, name, address, incarnation string, d time.Duration, openShards int) (unclean bool, err error) {
 	if r.dialect == "sqlite" {
-		return engine.Invalidf("several nodes need the catalog on PostgreSQL or MySQL (--catalog)")
+		return false, engine.Invalidf("several nodes need the catalog on PostgreSQL or MySQL (--catalog)")
 	}
 	tx, err := r.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("renew lease: %w: %w", err, engine.ErrUnavailable)
+		return false, fmt.Errorf("renew lease: %w: %w", err, engine.ErrUnavailable)
 	}
 	defer tx.Rollback()
 	var inc string
@@ -129,11 +134,12 @@ func (r *Catalog) RenewNode(ctx context.Context, name, address, incarnation stri
 			VALUES (?, ?, ?, `+r.dbNow()+`, `+r.dbNow()+`, `+r.dbNow()+` + ?, ?)`), name, address, incarnation, d.Microseconds(), openShards)
 	case err != nil:
 	case inc != incarnation && until > now:
-		return fmt.Errorf("node %s: %w (its lease runs %s more)", name, ErrNodeTaken, time.Duration(until-now)*time.Microsecond)
+		return false, fmt.Errorf("node %s: %w (its lease runs %s more)", name, ErrNodeTaken, time.Duration(until-now)*time.Microsecond)
 	default:
 		started := ""
 		if inc != incarnation {
 			started = `started_at = ` + r.dbNow() + `, `
+			unclean = inc != ""
 		}
 		_, err = tx.ExecContext(ctx, r.rebind(`UPDATE `+r.nodesTable()+` SET address = ?, incarnation = ?, `+started+`renewed_at = `+r.dbNow()+`,
 			lease_until = `+r.dbNow()+` + ?, open_shards = ? WHERE name = ?`), address, incarnation, d.Microseconds(), openShards, name)
@@ -142,15 +148,16 @@ func (r *Catalog) RenewNode(ctx context.Context, name, address, incarnation stri
 		err = tx.Commit()
 	}
 	if err != nil {
-		return fmt.Errorf("renew lease: %w: %w", err, engine.ErrUnavailable)
+		return false, fmt.Errorf("renew lease: %w: %w", err, engine.ErrUnavailable)
 	}
-	return nil
+	return unclean, nil
 }
 
 // ReleaseNode ends the lease of name held by incarnation at once (a clean
 // stop): its tenants are reassignable without waiting.
 func (r *Catalog) ReleaseNode(ctx context.Context, name, incarnation string) error {
-	_, err := r.db.ExecContext(ctx, r.rebind(`UPDATE `+r.nodesTable()+` SET lease_until = `+r.dbNow()+` WHERE name = ? AND incarnation = ?`), name, incarnation)
+	// incarnation '': ended cleanly (RenewNode's unclean).
+	_, err := r.db.ExecContext(ctx, r.rebind(`UPDATE `+r.nodesTable()+` SET lease_until = `+r.dbNow()+`, incarnation = '' WHERE name = ? AND incarnation = ?`), name, incarnation)
 	return err
 }
 

@@ -24,11 +24,11 @@ func TestNodes_LeasesByCatalogClock(t *testing.T) {
 	serverCatalog(t)
 	ctx := context.Background()
 	r := mustOpen(t, t.TempDir())
-	if err := r.RenewNode(ctx, "n1", "http://127.0.0.1:1", "inc-a", 400*time.Millisecond, 3); err != nil {
-		t.Fatal(err)
+	if unclean, err := r.RenewNode(ctx, "n1", "http://127.0.0.1:1", "inc-a", 400*time.Millisecond, 3); err != nil || unclean {
+		t.Fatal(unclean, err)
 	}
 	// Another process under the same name is refused while the lease runs.
-	if err := r.RenewNode(ctx, "n1", "http://127.0.0.1:2", "inc-b", time.Second, 0); !errors.Is(err, catalog.ErrNodeTaken) {
+	if _, err := r.RenewNode(ctx, "n1", "http://127.0.0.1:2", "inc-b", time.Second, 0); !errors.Is(err, catalog.ErrNodeTaken) {
 		t.Fatalf("a second incarnation renewed a live lease: %v", err)
 	}
 	tn := &engine.Tenant{ID: engine.NewTenantID(), Slug: "owned", Name: "o", Status: engine.StatusActive, Backend: "sqlite", Node: "n1"}
@@ -50,9 +50,10 @@ func TestNodes_LeasesByCatalogClock(t *testing.T) {
 	if nodes[0].Alive {
 		t.Fatalf("lease of 400 ms still alive after 500 ms: %+v", nodes[0])
 	}
-	// A lapsed lease may be taken by a new incarnation (a restart).
-	if err := r.RenewNode(ctx, "n1", "http://127.0.0.1:2", "inc-b", time.Second, 0); err != nil {
-		t.Fatalf("taking over a lapsed lease: %v", err)
+	// A lapsed lease may be taken by a new incarnation (a restart); the
+	// old one did not end it itself: unclean.
+	if unclean, err := r.RenewNode(ctx, "n1", "http://127.0.0.1:2", "inc-b", time.Second, 0); err != nil || !unclean {
+		t.Fatalf("taking over a lapsed lease: unclean %v, %v", unclean, err)
 	}
 	if err := r.ReleaseNode(ctx, "n1", "inc-b"); err != nil {
 		t.Fatal(err)
@@ -60,6 +61,10 @@ func TestNodes_LeasesByCatalogClock(t *testing.T) {
 	nodes, _ = r.Nodes(ctx)
 	if nodes[0].Alive || nodes[0].Address != "http://127.0.0.1:2" {
 		t.Fatalf("released node %+v; want not alive", nodes[0])
+	}
+	// After a clean end, the next incarnation has nothing to fence.
+	if unclean, err := r.RenewNode(ctx, "n1", "http://127.0.0.1:3", "inc-c", time.Second, 0); err != nil || unclean {
+		t.Fatalf("after a released lease: unclean %v, %v", unclean, err)
 	}
 }
 

@@ -84,6 +84,12 @@ type Node struct {
 	skew       time.Duration // catalog clock minus local clock, at the last listing
 	listedAt   time.Time     // of the last listing
 
+	// reclaimBefore: set when this process took the name over uncleanly;
+	// tenants it owned before are served only once reclaimed (reclaimed).
+	reclaimBefore time.Time
+	reclaimed     map[string]bool
+	reclaiming    map[string]chan struct{}
+
 	stop context.CancelFunc
 	done chan struct{}
 }
@@ -178,8 +184,19 @@ func (n *Node) renew(ctx context.Context) error {
 	if n.cfg.OpenShards != nil {
 		open = n.cfg.OpenShards()
 	}
-	if err := n.cfg.Catalog.RenewNode(ctx, n.cfg.Name, n.cfg.Address, n.incarnation, n.cfg.Lease, open); err != nil {
+	unclean, err := n.cfg.Catalog.RenewNode(ctx, n.cfg.Name, n.cfg.Address, n.incarnation, n.cfg.Lease, open)
+	if err != nil {
 		return err
+	}
+	if unclean {
+		// An earlier process of this name did not end its lease: it
+		// crashed, or it is paused and may wake up with shards open at
+		// the epochs this one would use. Every tenant of ours moves its
+		// epoch on before we serve it (Own), which fences that process.
+		n.mu.Lock()
+		n.reclaimBefore = time.Now()
+		n.mu.Unlock()
+		n.cfg.Log.Warn("an earlier process of this node did not end its lease: each tenant's epoch moves on before it is served", "node", n.cfg.Name)
 	}
 	n.mu.Lock()
 	if until := sent.Add(n.cfg.Lease); until.After(n.validUntil) {
@@ -292,7 +309,57 @@ func (n *Node) Own(ctx context.Context, t *engine.Tenant) (*engine.Tenant, error
 	if n.LeaseLeft() <= 0 {
 		return nil, errLeaseLapsed
 	}
-	return t, nil
+	return n.reclaim(ctx, t)
+}
+
+// reclaim moves a tenant's epoch on once, when this process took the node's
+// name over from one that did not end its lease.
+func (n *Node) reclaim(ctx context.Context, t *engine.Tenant) (*engine.Tenant, error) {
+	for {
+		n.mu.Lock()
+		// A tenant changed since the takeover (created, moved here) has an
+		// epoch no earlier process used.
+		if n.reclaimBefore.IsZero() || n.reclaimed[t.ID] || t.UpdatedAt.After(n.reclaimBefore) {
+			n.mu.Unlock()
+			return t, nil
+		}
+		if ch, busy := n.reclaiming[t.ID]; busy {
+			n.mu.Unlock()
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			now, err := n.cfg.Catalog.Resolve(ctx, t.ID)
+			if err != nil {
+				return nil, err
+			}
+			if now.Node != n.cfg.Name {
+				return nil, engine.ErrNotOwner
+			}
+			t = now
+			continue
+		}
+		if n.reclaiming == nil {
+			n.reclaiming, n.reclaimed = map[string]chan struct{}{}, map[string]bool{}
+		}
+		ch := make(chan struct{})
+		n.reclaiming[t.ID] = ch
+		n.mu.Unlock()
+		now, err := Reassign(ctx, n.cfg.Catalog, n.cfg.Storages, t.ID, n.cfg.Name, n.cfg.Name)
+		n.mu.Lock()
+		delete(n.reclaiming, t.ID)
+		if err == nil {
+			n.reclaimed[t.ID] = true
+		}
+		n.mu.Unlock()
+		close(ch)
+		if err != nil {
+			return nil, fmt.Errorf("move the epoch on after an unclean restart: %w", err)
+		}
+		n.cfg.Log.Info("tenant reclaimed after an unclean restart", "tenant_id", t.ID, "epoch", now.Epoch)
+		return now, nil
+	}
 }
 
 // Sweep closes this node's shards of tenants it no longer owns (moved,

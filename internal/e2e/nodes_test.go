@@ -84,8 +84,11 @@ func (ns *nodeSet) withParam(k, v string) string {
 
 // start runs node name; its PostgreSQL sessions carry application_name
 // node-NAME, which the test's trigger records with every write.
-func (ns *nodeSet) start(name string) *server {
-	c := newCluster(ns.t, "", "--catalog", ns.dsn, "--postgres-dsn", ns.withParam("application_name", "node-"+name),
+func (ns *nodeSet) start(name string) *server { return ns.startAs(name, "node-"+name) }
+
+// startAs runs node name with its PostgreSQL sessions named app.
+func (ns *nodeSet) startAs(name, app string) *server {
+	c := newCluster(ns.t, "", "--catalog", ns.dsn, "--postgres-dsn", ns.withParam("application_name", app),
 		"--default-backend", "postgres", "--node", name, "--lease", "2s")
 	c.adminToken, c.env = ns.adminToken, ns.env
 	s := c.start()
@@ -490,6 +493,94 @@ func TestNodes_MovesUnderLoad(t *testing.T) {
 			if r.Status != 200 {
 				t.Fatalf("%s session %d: its last acknowledged token after the moves: %d %s", tn.slug, i, r.Status, r.Raw)
 			}
+		}
+	}
+}
+
+// TestNodes_RestartWhilePaused: node a is paused past its lease and a new
+// process takes its name (a supervisor restarted it elsewhere). The new
+// one moves each tenant's epoch on before serving it; when the old one
+// wakes up, none of its writes lands.
+func TestNodes_RestartWhilePaused(t *testing.T) {
+	ns := newNodeSet(t, "a")
+	old := ns.nodes["a"]
+	tok := ns.adminToken
+	r := old.must(http.StatusCreated, "POST", "/admin/tenants", tok, map[string]any{"slug": "acme", "name": "Acme"})
+	id := r.str("id")
+	old.must(http.StatusOK, "POST", "/admin/tenants/acme/approve", tok, nil)
+	for _, q := range []string{
+		`CREATE TABLE public.ks_writes (app TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())`,
+		`CREATE FUNCTION public.ks_log() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN INSERT INTO public.ks_writes (app) VALUES (current_setting('application_name')); RETURN NULL; END $$`,
+		`CREATE TRIGGER ks_log AFTER INSERT OR UPDATE ON t_` + id + `.refresh_tokens FOR EACH ROW EXECUTE FUNCTION public.ks_log()`,
+	} {
+		if _, err := ns.db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chains := make([]*chain, 6)
+	for i := range chains {
+		email := fmt.Sprintf("u%d@example.com", i)
+		r := old.must(http.StatusOK, "POST", "/t/acme/signup", "", map[string]any{"email": email, "password": "correct horse battery " + email})
+		chains[i] = &chain{token: r.str("refresh_token")}
+	}
+	// Load on the old process; it is paused mid-load, with requests in it.
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for _, ch := range chains {
+		wg.Add(1)
+		go func(ch *chain) {
+			defer wg.Done()
+			for i := 0; i < 100000 && !stop.Load(); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				r := old.do(ctx, "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+				cancel()
+				if r.Status == 200 && r.str("refresh_token") != "" {
+					ch.mu.Lock()
+					ch.token = r.str("refresh_token")
+					ch.mu.Unlock()
+				} else {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}(ch)
+	}
+	time.Sleep(700 * time.Millisecond)
+	if err := old.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // past its 2 s lease
+	nu := ns.startAs("a", "node-a-new")
+	// The new process serves the tenant: its first request moves the
+	// epoch on (and ends the paused process's open transaction).
+	r = nu.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": chains[0].get()})
+	if r.Status != 200 {
+		t.Fatalf("the new process of node a: %d %s", r.Status, r.Raw)
+	}
+	chains[0].mu.Lock()
+	chains[0].token = r.str("refresh_token")
+	chains[0].mu.Unlock()
+	var takeover time.Time
+	if err := ns.db.QueryRow(`SELECT clock_timestamp()`).Scan(&takeover); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	stop.Store(true)
+	wg.Wait()
+	var late int
+	if err := ns.db.QueryRow(`SELECT count(*) FROM public.ks_writes WHERE app = 'node-a' AND at > $1`, takeover).Scan(&late); err != nil {
+		t.Fatal(err)
+	}
+	if late > 0 {
+		t.Fatalf("the paused process wrote %d rows after a new process took its name", late)
+	}
+	for i, ch := range chains {
+		r := nu.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+		if r.Status != 200 {
+			t.Fatalf("chain %d's last acknowledged token: %d %s", i, r.Status, r.Raw)
 		}
 	}
 }

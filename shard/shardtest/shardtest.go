@@ -50,6 +50,61 @@ func Run(t *testing.T, f Factory) {
 	t.Run("DeferredFlushedOnClose", func(t *testing.T) { testDeferred(t, f) })
 	t.Run("ReadsDoNotWaitForWriter", func(t *testing.T) { testReadsDuringWrite(t, f) })
 	t.Run("FencedByNewerOwner", func(t *testing.T) { testFenced(t, f) })
+	t.Run("RaiseFenceEndsAPausedBatch", func(t *testing.T) { testRaiseFence(t, f) })
+}
+
+// testRaiseFence: an owner stopped in the middle of a batch (it read the
+// token under its shared lock) does not hold a move up: raising the token
+// ends its session (server backends), the batch commits nothing, and the
+// owner's next write is fenced.
+func testRaiseFence(t *testing.T, f Factory) {
+	ctx := context.Background()
+	b := f.New(t, shard.Options{Fenced: true})
+	fencer, ok := b.(interface {
+		RaiseFence(ctx context.Context, p engine.Placement, epoch int64) error
+	})
+	if !ok || f.Name == "sqlite" {
+		t.Skip("SQLite: a paused writer holds the file's lock; raising waits for the busy timeout (its tenants move with their data, by their owner)")
+	}
+	p := create(t, b, f.Name)
+	old := open(t, b, p)
+	if err := old.Write(ctx, insertAudit("before")); err != nil {
+		t.Fatal(err)
+	}
+	started, unblock := make(chan struct{}), make(chan struct{})
+	paused := make(chan error, 1)
+	go func() {
+		paused <- old.Write(ctx, func(tx engine.Querier) error {
+			if _, err := tx.Exec(`INSERT INTO audit_log (action, payload, created_at) VALUES ('paused', '{}', 1)`); err != nil {
+				return err
+			}
+			close(started)
+			<-unblock
+			return nil
+		})
+	}()
+	<-started
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	begin := time.Now()
+	if err := fencer.RaiseFence(rctx, p, 2); err != nil {
+		close(unblock)
+		t.Fatalf("RaiseFence with a paused batch holding the token: %v", err)
+	}
+	t.Logf("raised in %v", time.Since(begin).Round(time.Millisecond))
+	close(unblock)
+	if err := <-paused; err == nil {
+		t.Fatal("the paused batch committed after the token was raised")
+	}
+	if err := old.Write(ctx, insertAudit("after")); !errors.Is(err, engine.ErrFenced) {
+		t.Fatalf("the old owner's next write: %v, want ErrFenced", err)
+	}
+	p2 := p
+	p2.Epoch = 2
+	got := auditCounts(t, open(t, b, p2))
+	if got["before"] != 1 || got["paused"] != 0 || got["after"] != 0 {
+		t.Fatalf("audit rows %v; want before 1, paused 0, after 0", got)
+	}
 }
 
 // testFenced: two shards of one tenant, as two nodes would open it, the

@@ -15,6 +15,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -457,11 +458,11 @@ func (d *Dialect) rebind(q string) string {
 
 // RaiseFence raises the tenant's fencing token to epoch (cluster.Fencer):
 // the UPDATE waits for the write batches that read the older token under
-// their shared row lock. On PostgreSQL, a batch that still holds it after
-// a second belongs to an owner that is paused or cut off: its session is
-// terminated (its transaction rolls back, it commits nothing), which is
-// what lets a tenant move away from a node stopped mid-batch. MySQL has no
-// such step: the UPDATE then fails at the lock timeout, and the move with it.
+// their shared row lock. A batch that still holds it after a second
+// belongs to an owner that is paused or cut off: its session is ended
+// (pg_terminate_backend; KILL on MySQL/MariaDB), so its transaction rolls
+// back and it commits nothing, which lets a tenant leave a node stopped
+// mid-batch.
 func (s *Server) RaiseFence(ctx context.Context, p engine.Placement, epoch int64) error {
 	ns, err := Namespace(p.TenantID)
 	if err != nil {
@@ -473,14 +474,21 @@ func (s *Server) RaiseFence(ctx context.Context, p engine.Placement, epoch int64
 	}
 	defer conn.Close()
 	q := s.Dialect.rebind(`UPDATE ` + QuoteIdent(ns) + `.fence SET epoch = ? WHERE id = 1 AND epoch < ?`)
+	self, blockers := `SELECT pg_backend_pid()`, []string{`SELECT pg_terminate_backend(b) FROM unnest(pg_blocking_pids($1)) AS b`}
 	if s.Dialect.Name != "postgres" {
-		if _, err := conn.ExecContext(ctx, q, epoch, epoch); err != nil {
-			return s.Dialect.Translate(err)
+		self = `SELECT CONNECTION_ID()`
+		blockers = []string{
+			// MariaDB, MySQL 5.7
+			`SELECT b.trx_mysql_thread_id FROM information_schema.INNODB_LOCK_WAITS w
+			 JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id
+			 JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id
+			 WHERE r.trx_mysql_thread_id = ?`,
+			// MySQL 8
+			`SELECT blocking_pid FROM sys.innodb_lock_waits WHERE waiting_pid = ?`,
 		}
-		return nil
 	}
-	var pid int64
-	if err := conn.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+	var id int64
+	if err := conn.QueryRowContext(ctx, self).Scan(&id); err != nil {
 		return s.Dialect.Translate(err)
 	}
 	done := make(chan error, 1)
@@ -493,7 +501,28 @@ func (s *Server) RaiseFence(ctx context.Context, p engine.Placement, epoch int64
 		return s.Dialect.Translate(err)
 	case <-time.After(time.Second):
 	}
-	_, _ = s.DB.ExecContext(ctx, `SELECT pg_terminate_backend(b) FROM unnest(pg_blocking_pids($1)) AS b`, pid)
+	if s.Dialect.Name == "postgres" {
+		_, _ = s.DB.ExecContext(ctx, blockers[0], id)
+	} else {
+		for _, bq := range blockers {
+			rows, err := s.DB.QueryContext(ctx, bq, id)
+			if err != nil {
+				continue
+			}
+			var ids []int64
+			for rows.Next() {
+				var b int64
+				if rows.Scan(&b) == nil {
+					ids = append(ids, b)
+				}
+			}
+			_ = rows.Close()
+			for _, b := range ids {
+				_, _ = s.DB.ExecContext(ctx, "KILL "+strconv.FormatInt(b, 10))
+			}
+			break
+		}
+	}
 	if err := <-done; err != nil {
 		return s.Dialect.Translate(err)
 	}

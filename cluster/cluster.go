@@ -47,8 +47,7 @@ type Config struct {
 	Lease time.Duration
 	// AutoFailover: when another node's lease has lapsed, this node takes
 	// over its tenants whose storage it reaches too (PostgreSQL and MySQL
-	// tenants, and SQLite tenants with an explicit location, meant to be
-	// shared storage).
+	// tenants; see Shared).
 	AutoFailover bool
 
 	Catalog  *catalog.Catalog

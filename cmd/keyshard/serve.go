@@ -37,7 +37,7 @@ func runServe(args []string) error {
 	fs.StringVar(&node.Name, "node", "", "run as this node of several sharing --catalog (PostgreSQL or MySQL): it serves the tenants it owns and forwards the others' requests to their owner (empty: the only server)")
 	fs.StringVar(&node.Advertise, "advertise", "", "with --node: the base URL the other nodes reach this one at (default: http:// and --addr)")
 	fs.DurationVar(&node.Lease, "lease", 10*time.Second, "with --node: the node's lease in the catalog, renewed every third of it; a node that cannot renew stops serving its tenants when it runs out, and the others may take them once it has lapsed")
-	fs.BoolVar(&node.AutoFailover, "auto-failover", false, "with --node: take over the tenants of a node whose lease has lapsed, when their storage is shared (PostgreSQL and MySQL tenants, SQLite tenants at an explicit --location)")
+	fs.BoolVar(&node.AutoFailover, "auto-failover", false, "with --node: take over the tenants of a node whose lease has lapsed (its PostgreSQL and MySQL tenants, which every node reaches; SQLite tenants wait for their node)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

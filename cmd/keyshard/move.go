@@ -36,11 +36,13 @@ Only the process serving the tenant can fence its writes, so:
               not be fenced and could land on the old copy and be lost.
 --to-dir is the target data directory (SQLite; default: the data directory).
 
---to-node gives the tenant to another node sharing the catalog, without
-copying (PostgreSQL and MySQL tenants, SQLite tenants on shared storage):
-the tenant's fencing token is raised, then owner and epoch flip in the
-catalog; the old owner commits nothing more. It works while the old owner
-is down (after its lease lapsed, its tenants answer 503 until moved).
+--to-node gives a PostgreSQL or MySQL tenant to another node sharing the
+catalog, without copying: the tenant's fencing token is raised (give the
+backend's DSN), then owner and epoch flip in the catalog; the old owner
+commits nothing more. It works while the old owner is down (after its lease
+lapsed, its tenants answer 503 until moved). A SQLite tenant moves with its
+data through the API of any node: POST /admin/tenants/SLUG/move
+{"node":"NODE"}.
 `
 
 func runMove(args []string) error {

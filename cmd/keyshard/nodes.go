@@ -64,9 +64,10 @@ const drainUsage = `usage: keyshard drain NODE --catalog DSN [backend flags]
 
 Moves every tenant of NODE to the other live nodes (each to the one with
 the fewest tenants), so that NODE can be stopped for maintenance. Tenants
-are given without copying: PostgreSQL and MySQL tenants, and SQLite tenants
-on shared storage. A SQLite tenant on NODE's own disk is listed as not
-moved.
+are given without copying: PostgreSQL and MySQL tenants (give their DSNs,
+to fence the old owner). A SQLite tenant on NODE's disk is listed as not
+moved: it moves with its data when NODE drains itself (POST
+/admin/nodes/NODE/drain on NODE).
 `
 
 func runDrain(args []string) error {

@@ -258,8 +258,37 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		}
 		ch.token = r.str("refresh_token")
 	}
-	// b dies: its tenant answers 503 with Retry-After on the others, never
-	// a wrong answer, until an operator gives it to another node.
+	// b dies under load: its tenant answers 503 with Retry-After on the
+	// others, never a wrong answer, until an operator gives it to another
+	// node; then the load goes on there.
+	stop.Store(false)
+	var killOK, kill503 atomic.Int64
+	var killOther []string
+	for i, ch := range chains {
+		wg.Add(1)
+		go func(ch *chain, s *server) {
+			defer wg.Done()
+			for i := 0; i < 100000 && !stop.Load(); i++ {
+				r := s.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+				switch {
+				case r.Status == 200 && r.str("refresh_token") != "":
+					ch.mu.Lock()
+					ch.token = r.str("refresh_token")
+					ch.mu.Unlock()
+					killOK.Add(1)
+				case r.Status == 503 && (r.code() == "node_unavailable" || r.code() == "tenant_moving") && r.Header.Get("Retry-After") != "":
+					kill503.Add(1)
+					time.Sleep(50 * time.Millisecond)
+				default:
+					otherMu.Lock()
+					killOther = append(killOther, fmt.Sprintf("%d %s %v", r.Status, r.Raw, r.Err))
+					otherMu.Unlock()
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+		}(ch, []*server{a, c}[i%2])
+	}
+	time.Sleep(500 * time.Millisecond)
 	b.kill()
 	for _, s := range []*server{a, c} {
 		r := s.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": chains[0].get()})
@@ -288,6 +317,13 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		return a.do(context.Background(), "GET", "/t/acme/health", "", nil).Status == 200
 	}); err != nil {
 		t.Fatalf("tenant not served after reassignment: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("refreshes around b's death: %d ok, %d 503 with Retry-After, %d other", killOK.Load(), kill503.Load(), len(killOther))
+	if len(killOther) > 0 || kill503.Load() == 0 {
+		t.Fatalf("answers around b's death other than 200 and 503 node_unavailable: %v", killOther[:min(5, len(killOther))])
 	}
 	for i, ch := range chains {
 		r := a.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})

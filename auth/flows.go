@@ -422,6 +422,9 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 // many addresses (every attempt waits, the owner's too, but is not
 // refused).
 func (s *Service) throttleWait(ctx context.Context, t Tenant, email, ip string) error {
+	if err := s.throttle.Seed(t.ID, func(since time.Time) ([]Attempt, error) { return loginAttempts(ctx, t, since) }); err != nil {
+		return err
+	}
 	wait, err := s.throttle.Allow(t.ID, email, ip)
 	if err != nil || wait <= 0 {
 		return err
@@ -434,6 +437,37 @@ func (s *Service) throttleWait(ctx context.Context, t Tenant, email, ip string) 
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// maxSeedAttempts bounds the audit rows a throttle's Seed reads.
+const maxSeedAttempts = 100_000
+
+// loginAttempts reads the tenant's password logins, failed and not, since
+// a time, from its audit log (the throttle's Seed).
+func loginAttempts(ctx context.Context, t Tenant, since time.Time) ([]Attempt, error) {
+	var out []Attempt
+	err := t.Shard.Read(engine.LongRead(ctx), func(q engine.Querier) error {
+		rows, err := q.Query(`SELECT action, COALESCE(actor_email, ''), COALESCE(ip, ''), created_at FROM audit_log
+			WHERE created_at >= ? AND action IN (?, ?) ORDER BY id LIMIT ?`,
+			since.UnixMicro(), event.UserSignInFailed.Action, event.UserSignedIn.Action, maxSeedAttempts)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var action, email, ip string
+			var at int64
+			if err := rows.Scan(&action, &email, &ip, &at); err != nil {
+				return err
+			}
+			if email == "" {
+				continue
+			}
+			out = append(out, Attempt{Email: email, IP: ip, At: time.UnixMicro(at), OK: action == event.UserSignedIn.Action})
+		}
+		return rows.Err()
+	})
+	return out, err
 }
 
 // auditFailedLogin buffers a login_failed event: a failed login writes

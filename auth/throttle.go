@@ -71,14 +71,55 @@ func init() {
 }
 
 // Throttle counts failed logins in memory, in bounded LRU tables. It is
-// safe for concurrent use. Counts live in one process: they are lost on
-// restart and not shared between nodes.
+// safe for concurrent use. A tenant's counts start, in each process, from
+// its audit log (Seed): failures counted by another node before the tenant
+// moved, or by this node before a restart, still count.
 type Throttle struct {
 	cfg      ThrottleConfig
 	now      func() time.Time
 	pairs    *lru.Cache[string, *failures]
 	accounts *lru.Cache[string, *failures]
 	ips      *lru.Cache[string, *failures]
+
+	seedMu sync.Mutex
+	seeded *lru.Cache[string, struct{}] // tenants counted from their audit log here
+}
+
+// Attempt is a login attempt as a tenant's audit log keeps it.
+type Attempt struct {
+	Email, IP string
+	At        time.Time
+	OK        bool
+}
+
+// Seed counts a tenant's recent attempts, from load (its audit log since
+// the window's start, in order), the first time this process sees the
+// tenant; then it does nothing.
+func (th *Throttle) Seed(tenantID string, load func(since time.Time) ([]Attempt, error)) error {
+	if th == nil {
+		return nil
+	}
+	if _, ok := th.seeded.Get(tenantID); ok {
+		return nil
+	}
+	th.seedMu.Lock()
+	defer th.seedMu.Unlock()
+	if _, ok := th.seeded.Get(tenantID); ok {
+		return nil
+	}
+	atts, err := load(th.now().Add(-th.cfg.Window))
+	if err != nil {
+		return err
+	}
+	for _, a := range atts {
+		if a.OK {
+			th.Succeed(tenantID, a.Email, a.IP)
+		} else {
+			th.failAt(tenantID, a.Email, a.IP, a.At)
+		}
+	}
+	th.seeded.Add(tenantID, struct{}{})
+	return nil
 }
 
 // failures is one key's count in its current window.
@@ -112,6 +153,10 @@ func NewThrottle(cfg ThrottleConfig, now func() time.Time) (*Throttle, error) {
 		now = time.Now
 	}
 	th := &Throttle{cfg: cfg, now: now}
+	var err error
+	if th.seeded, err = lru.New[string, struct{}](cfg.MaxEntries); err != nil {
+		return nil, err
+	}
 	for _, c := range []**lru.Cache[string, *failures]{&th.pairs, &th.accounts, &th.ips} {
 		var err error
 		if *c, err = lru.New[string, *failures](cfg.MaxEntries); err != nil {
@@ -175,7 +220,10 @@ func (th *Throttle) Fail(tenantID, email, ip string) {
 	if th == nil {
 		return
 	}
-	now := th.now()
+	th.failAt(tenantID, email, ip, th.now())
+}
+
+func (th *Throttle) failAt(tenantID, email, ip string, now time.Time) {
 	if th.cfg.PairFailures > 0 {
 		th.add(th.pairs, pairKey(tenantID, email, ip), now)
 	}

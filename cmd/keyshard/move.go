@@ -41,8 +41,8 @@ catalog, without copying: the tenant's fencing token is raised (give the
 backend's DSN), then owner and epoch flip in the catalog; the old owner
 commits nothing more. It works while the old owner is down (after its lease
 lapsed, its tenants answer 503 until moved). A SQLite tenant moves with its
-data through the API of any node: POST /admin/tenants/SLUG/move
-{"node":"NODE"}.
+data: give --url of any node (POST URL/admin/tenants/SLUG/move
+{"node":"NODE"}, run by its owner).
 `
 
 func runMove(args []string) error {
@@ -63,6 +63,9 @@ func runMove(args []string) error {
 	if *toNode != "" {
 		if *to != "" || *dir != "" {
 			return errors.New("move: --to-node moves to a node, not to a backend: give one or the other")
+		}
+		if *url != "" {
+			return moveToNodeRemote(sf.cfg.DataDir, strings.TrimSuffix(*url, "/"), slug, *toNode)
 		}
 		return moveToNode(sf, slug, *toNode)
 	}

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"text/tabwriter"
 	"time"
@@ -118,5 +121,54 @@ func moveToNode(sf storageFlags, slug, node string) error {
 		return errors.New("move: nothing moved")
 	}
 	fmt.Printf("tenant %s is on node %s (epoch %d)\n", t.Slug, t.Node, t.Epoch)
+	return nil
+}
+
+// moveToNodeRemote asks the node at base to move the tenant to node (a
+// SQLite tenant goes with its data, run by its owner).
+func moveToNodeRemote(dataDir, base, slug, node string) error {
+	token, _, _, err := app.AdminToken(dataDir, os.Getenv("KEYSHARD_ADMIN_TOKEN"))
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(map[string]string{"node": node})
+	req, err := http.NewRequest(http.MethodPost, base+"/admin/tenants/"+slug+"/move", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	out, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("move: %s: %s", res.Status, bytes.TrimSpace(out))
+	}
+	var r struct {
+		Tenant struct {
+			Slug  string `json:"slug"`
+			Node  string `json:"node"`
+			Epoch int64  `json:"epoch"`
+		} `json:"tenant"`
+		Result *struct {
+			Fenced int64 `json:"fenced_ns"`
+			Took   int64 `json:"took_ns"`
+		} `json:"result"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return err
+	}
+	fmt.Printf("tenant %s is on node %s (epoch %d)", r.Tenant.Slug, r.Tenant.Node, r.Tenant.Epoch)
+	if r.Result != nil {
+		fmt.Printf(", moved with its data in %s, writes fenced %s", time.Duration(r.Result.Took).Round(time.Millisecond), time.Duration(r.Result.Fenced).Round(time.Microsecond))
+	}
+	fmt.Println()
+	if r.Error != "" {
+		return errors.New(r.Error)
+	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -379,7 +380,14 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		t.Fatalf("after the move: %s", mv.Raw)
 	}
 	time.Sleep(500 * time.Millisecond)
-	a.must(http.StatusOK, "POST", "/admin/tenants/local/move", tok, map[string]any{"node": "a"})
+	// Back to a with the command, through c.
+	cmd := exec.Command(keyshardBin, "move", "local", "--to-node", "a", "--url", c.base, "--data", t.TempDir())
+	cmd.Env = append(cmd.Environ(), "KEYSHARD_ADMIN_TOKEN="+tok)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "is on node a") {
+		t.Fatalf("keyshard move local --to-node a --url c: %v\n%s", err, out)
+	} else {
+		t.Logf("%s", bytes.TrimSpace(out))
+	}
 	time.Sleep(500 * time.Millisecond)
 	stop.Store(true)
 	wg.Wait()

@@ -36,6 +36,7 @@ type Catalog struct {
 	// be made; nodes poll (NotifyError).
 	notifyErr error
 	onReload  atomic.Pointer[func()] // see OnReload
+	listening atomic.Bool            // Listen hears every change: Watch need not poll
 
 	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*engine.Tenant
@@ -361,6 +362,12 @@ func (r *Catalog) Delete(ctx context.Context, id string) error {
 	if err := r.ClearWork(ctx, id); err != nil {
 		return err
 	}
+	r.forget(id)
+	return nil
+}
+
+// forget removes a tenant from the cache.
+func (r *Catalog) forget(id string) {
 	r.mu.Lock()
 	r.gen++
 	if t, ok := r.byID[id]; ok {
@@ -368,7 +375,6 @@ func (r *Catalog) Delete(ctx context.Context, id string) error {
 		delete(r.byID, id)
 	}
 	r.mu.Unlock()
-	return nil
 }
 
 func (r *Catalog) put(t *engine.Tenant) {
@@ -406,6 +412,9 @@ func (r *Catalog) Watch(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if r.listening.Load() {
+			continue // notified of each change, row by row (Listen)
 		}
 		// Every change sets updated_at and a delete changes the count. The
 		// sum (of residues, so that it cannot overflow) catches a change

@@ -87,9 +87,15 @@ func (r *Catalog) createNotify(ctx context.Context) error {
 		// Processes opening the catalog at once would fail each other's
 		// CREATE OR REPLACE ("tuple concurrently updated").
 		`SELECT pg_advisory_xact_lock(hashtext('` + fn + `'))`,
+		// The payload is the tenant's id: a node reads that row again, not
+		// the whole catalog.
 		`CREATE OR REPLACE FUNCTION ` + fn + `() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_notify('` + r.table + `', ''); RETURN NULL; END $$`,
-		`CREATE OR REPLACE TRIGGER ` + fn + ` AFTER INSERT OR UPDATE OR DELETE ON ` + r.table + ` FOR EACH STATEMENT EXECUTE FUNCTION ` + fn + `()`,
+BEGIN
+  IF TG_OP = 'DELETE' THEN PERFORM pg_notify('` + r.table + `', OLD.id);
+  ELSE PERFORM pg_notify('` + r.table + `', NEW.id); END IF;
+  RETURN NULL;
+END $$`,
+		`CREATE OR REPLACE TRIGGER ` + fn + ` AFTER INSERT OR UPDATE OR DELETE ON ` + r.table + ` FOR EACH ROW EXECUTE FUNCTION ` + fn + `()`,
 	} {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("catalog notify trigger: %w", err)
@@ -215,12 +221,36 @@ func (r *Catalog) listenOnce(ctx context.Context, onChange func()) {
 	}
 	// Changes made while not listening: read once now.
 	_ = r.Reload(ctx)
+	r.listening.Store(true)
+	defer r.listening.Store(false)
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		nt, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return
 		}
-		if err := r.Reload(ctx); err == nil && onChange != nil {
+		if err := r.reloadTenant(ctx, nt.Payload); err == nil && onChange != nil {
 			onChange()
 		}
 	}
+}
+
+// reloadTenant reads one tenant's row again (a notification's payload),
+// or the whole catalog when the payload names none.
+func (r *Catalog) reloadTenant(ctx context.Context, id string) error {
+	if id == "" {
+		return r.Reload(ctx)
+	}
+	t, err := scanTenant(r.db.QueryRowContext(ctx, r.q(`SELECT `+columns+` FROM tenants WHERE id=?`), id))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		r.forget(id)
+	case err != nil:
+		return err
+	default:
+		r.put(t)
+	}
+	if f := r.onReload.Load(); f != nil {
+		(*f)()
+	}
+	return nil
 }

@@ -114,7 +114,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	reload := make(chan struct{}, 1)
 	sopts := shard.Options{QueueSize: cfg.QueueSize, MaxBatch: cfg.MaxBatch, Readers: cfg.Readers,
 		DeferLimit: cfg.DeferLimit, DebounceInterval: cfg.DebounceInterval, Fenced: cfg.Fenced,
-		OnFenced: func(tenantID string) {
+		OnFenced: func(tenantID string, epoch int64) {
 			select {
 			case reload <- struct{}{}:
 			default:
@@ -124,7 +124,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 			// opens a fresh one.
 			if c := cache.Load(); c != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				_ = c.Evict(ctx, tenantID)
+				_ = c.EvictStale(ctx, tenantID, epoch+1) // not a newer one opened since
 				cancel()
 			}
 		}}

@@ -306,7 +306,10 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 			}
 			return fw.Remote(name, peer.Address), nil
 		}
-		fw.RegisterInternal(s.API, &transfer.Incoming{Service: s.Transfer, Dir: filepath.Join(a.SQLite.DataDir, "incoming"), Place: a.SQLite.Path})
+		// Copies staged by moves that a restart cut off are of no use.
+		incoming := filepath.Join(a.SQLite.DataDir, "incoming")
+		_ = os.RemoveAll(incoming)
+		fw.RegisterInternal(s.API, &transfer.Incoming{Service: s.Transfer, Dir: incoming, Place: a.SQLite.Path, Evict: a.Cache.Evict})
 	}
 	platform.Register(s.API, pcfg)
 	gt := gotrue.Register(s.API, s.Auth, gotrue.Options{PublicURL: cfg.PublicURL, ListenURL: cfg.ListenURL, AdminToken: s.AdminToken, Webhooks: s.Webhooks,

@@ -38,6 +38,8 @@ type Catalog struct {
 	onReload  atomic.Pointer[func()] // see OnReload
 	listening atomic.Bool            // Listen hears every change: Watch need not poll
 
+	reloadMu sync.Mutex // one Reload at a time
+
 	mu     sync.RWMutex // guards the fields below
 	byID   map[string]*engine.Tenant
 	bySlug map[string]*engine.Tenant
@@ -208,6 +210,10 @@ func scanTenant(sc interface{ Scan(...any) error }) (*engine.Tenant, error) {
 // missing from what it read, so Reload then reads again rather than bring
 // back an older state.
 func (r *Catalog) Reload(ctx context.Context) error {
+	// One at a time: a reload that read the catalog before a change must
+	// not finish after one that read it after.
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
 	if err := r.loadWork(ctx); err != nil {
 		return err
 	}
@@ -222,6 +228,7 @@ func (r *Catalog) Reload(ctx context.Context) error {
 		r.mu.Lock()
 		if r.gen == gen {
 			r.byID, r.bySlug = byID, bySlug
+			r.gen++
 			r.mu.Unlock()
 			if f := r.onReload.Load(); f != nil {
 				(*f)()
@@ -340,13 +347,32 @@ func (r *Catalog) SetNode(ctx context.Context, t *engine.Tenant, wantNode string
 	if n, _ := res.RowsAffected(); n != 1 {
 		return nil, fmt.Errorf("tenant %s changed concurrently: %w", t.Slug, engine.ErrConflict)
 	}
-	row := r.db.QueryRowContext(ctx, r.q(`SELECT `+columns+` FROM tenants WHERE id=?`), t.ID)
-	cur, err := scanTenant(row)
-	if err != nil {
-		return nil, fmt.Errorf("read tenant: %w", err)
+	// Done: the answer is built here, not read back (a failed read would
+	// report a flip that happened as one that did not).
+	cur := *t
+	cur.Node, cur.Epoch, cur.UpdatedAt = node, newEpoch, now
+	if fresh, err := r.Refresh(context.WithoutCancel(ctx), t.ID); err == nil && fresh.Epoch == newEpoch && fresh.Node == node {
+		cur = *fresh
+	} else {
+		r.put(&cur)
 	}
-	r.put(cur)
-	return cur, nil
+	return &cur, nil
+}
+
+// Refresh reads one tenant's row again into the cache and returns it;
+// ErrTenantNotFound when it is gone (and forgotten).
+func (r *Catalog) Refresh(ctx context.Context, id string) (*engine.Tenant, error) {
+	t, err := scanTenant(r.db.QueryRowContext(ctx, r.q(`SELECT `+columns+` FROM tenants WHERE id=?`), id))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		r.forget(id)
+		return nil, engine.ErrTenantNotFound
+	case err != nil:
+		return nil, fmt.Errorf("read tenant: %w: %w", err, engine.ErrUnavailable)
+	}
+	r.put(t)
+	c := *t
+	return &c, nil
 }
 
 // Delete removes the tenant from the catalog.

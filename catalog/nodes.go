@@ -240,14 +240,8 @@ func (r *Catalog) reloadTenant(ctx context.Context, id string) error {
 	if id == "" {
 		return r.Reload(ctx)
 	}
-	t, err := scanTenant(r.db.QueryRowContext(ctx, r.q(`SELECT `+columns+` FROM tenants WHERE id=?`), id))
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		r.forget(id)
-	case err != nil:
+	if _, err := r.Refresh(ctx, id); err != nil && !errors.Is(err, engine.ErrTenantNotFound) {
 		return err
-	default:
-		r.put(t)
 	}
 	if f := r.onReload.Load(); f != nil {
 		(*f)()

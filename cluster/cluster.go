@@ -194,6 +194,7 @@ func (n *Node) renew(ctx context.Context) error {
 		// epoch on before we serve it (Own), which fences that process.
 		n.mu.Lock()
 		n.reclaimBefore = time.Now()
+		n.reclaimed = map[string]bool{}
 		n.mu.Unlock()
 		n.cfg.Log.Warn("an earlier process of this node did not end its lease: each tenant's epoch moves on before it is served", "node", n.cfg.Name)
 	}
@@ -225,6 +226,14 @@ func (n *Node) refresh(ctx context.Context) error {
 	n.nodes, n.skew, n.listedAt = m, dbNow.Sub(local), time.Now()
 	n.mu.Unlock()
 	return nil
+}
+
+// CatalogNow estimates the catalog database's clock, the one every node
+// shares (signatures between nodes are dated by it, not by local clocks).
+func (n *Node) CatalogNow() time.Time {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return time.Now().Add(n.skew)
 }
 
 // LeaseLeft is how long this node can still vouch for its lease.
@@ -316,9 +325,7 @@ func (n *Node) Own(ctx context.Context, t *engine.Tenant) (*engine.Tenant, error
 func (n *Node) reclaim(ctx context.Context, t *engine.Tenant) (*engine.Tenant, error) {
 	for {
 		n.mu.Lock()
-		// A tenant changed since the takeover (created, moved here) has an
-		// epoch no earlier process used.
-		if n.reclaimBefore.IsZero() || n.reclaimed[t.ID] || t.UpdatedAt.After(n.reclaimBefore) {
+		if n.reclaimBefore.IsZero() || n.reclaimed[t.ID] {
 			n.mu.Unlock()
 			return t, nil
 		}
@@ -353,6 +360,9 @@ func (n *Node) reclaim(ctx context.Context, t *engine.Tenant) (*engine.Tenant, e
 		}
 		n.mu.Unlock()
 		close(ch)
+		if errors.Is(err, engine.ErrConflict) {
+			return nil, engine.ErrNotOwner // it moved away meanwhile
+		}
 		if err != nil {
 			return nil, fmt.Errorf("move the epoch on after an unclean restart: %w", err)
 		}
@@ -463,11 +473,16 @@ func Reassign(ctx context.Context, cat *catalog.Catalog, storages map[string]eng
 	if err := ValidateName(target); err != nil {
 		return nil, err
 	}
-	if err := cat.Reload(ctx); err != nil {
-		return nil, err
-	}
 	t, err := cat.Resolve(ctx, slugOrID)
 	if err != nil {
+		if err := cat.Reload(ctx); err != nil { // made a moment ago elsewhere?
+			return nil, err
+		}
+		if t, err = cat.Resolve(ctx, slugOrID); err != nil {
+			return nil, err
+		}
+	}
+	if t, err = cat.Refresh(ctx, t.ID); err != nil { // the row as it is now
 		return nil, err
 	}
 	if from != "" && t.Node != from {

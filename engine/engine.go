@@ -209,6 +209,9 @@ func (e *Engine) transition(ctx context.Context, slugOrID string, from, to Statu
 	if err != nil {
 		return nil, err
 	}
+	if err := e.notNodes(t); err != nil {
+		return nil, err
+	}
 	if t.Status != from {
 		return nil, fmt.Errorf("tenant is %s, not %s: %w", t.Status, from, ErrWrongStatus)
 	}
@@ -231,6 +234,9 @@ func (e *Engine) DeleteTenant(ctx context.Context, slugOrID string) error {
 	defer e.lifecycle.Unlock()
 	t, err := e.Catalog.Resolve(ctx, slugOrID)
 	if err != nil {
+		return err
+	}
+	if err := e.notNodes(t); err != nil {
 		return err
 	}
 	if err := e.Catalog.Delete(ctx, t.ID); err != nil {
@@ -312,6 +318,16 @@ func (e *Engine) Tenant(ctx context.Context, slugOrID string) (*TenantShard, err
 		return nil, err
 	}
 	return &TenantShard{Tenant: t, ShardHandle: h}, nil
+}
+
+// notNodes refuses a tenant owned by a node when this process is not one
+// (a command on a shared catalog): its database is that node's to change.
+func (e *Engine) notNodes(t *Tenant) error {
+	if e.Owner == nil && t.Node != "" {
+		return &Error{Kind: KindConflict, Code: "tenant_on_node",
+			Message: fmt.Sprintf("tenant %s belongs to node %s: change it through a node's admin API", t.Slug, t.Node)}
+	}
+	return nil
 }
 
 // Close closes every shard.

@@ -36,7 +36,7 @@ type Options struct {
 	// OnFenced, when set, is called (on a goroutine of its own) with
 	// TenantID when a batch finds the tenant fenced: the catalog this node
 	// holds is stale, and this shard of the tenant is good for nothing.
-	OnFenced func(tenantID string)
+	OnFenced func(tenantID string, epoch int64)
 }
 
 // DefaultFenceQuery reads the fencing token where the batch's transaction

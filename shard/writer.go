@@ -333,7 +333,7 @@ func (s *Shard) checkFence() error {
 		s.fencedOut.Store(true)
 		fencedBatches.Inc()
 		if s.opts.OnFenced != nil {
-			go s.opts.OnFenced(s.opts.TenantID)
+			go s.opts.OnFenced(s.opts.TenantID, s.opts.Epoch)
 		}
 		return engine.ErrFenced
 	case token < s.opts.Epoch:

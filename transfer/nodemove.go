@@ -22,7 +22,7 @@ type RemoteNode interface {
 	Name() string
 	// Stage sends the copy (a SQLite shard file, size bytes), staged on
 	// the node for the tenant until Commit or Abort.
-	Stage(ctx context.Context, tenantID string, file io.Reader, size int64) error
+	Stage(ctx context.Context, tenantID string, file io.ReadSeeker, size int64) error
 	// Replay runs statements on the staged copy, each changing as many
 	// rows as it did on the source.
 	Replay(ctx context.Context, tenantID string, stmts []shard.Stmt) error
@@ -193,6 +193,10 @@ func (s *Service) MoveToNode(ctx context.Context, slugOrID string, to RemoteNode
 
 	// 3. Fenced: the last statements, the copy put in place, the flip.
 	s.setProgress(t.ID, func(p *Progress) { p.Phase = "fenced" })
+	// From the fence on, the caller leaving (a client, a proxy's timeout)
+	// must not cut the move between its steps: bounded, not cancelled.
+	ctx, cancelFenced := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancelFenced()
 	fenceStart := time.Now()
 	if err := sh.Fence(ctx, s.FenceWait); err != nil {
 		return nil, err
@@ -238,6 +242,26 @@ func (s *Service) MoveToNode(ctx context.Context, slugOrID string, to RemoteNode
 	} else {
 		cur.Node, cur.Epoch = next.Node, next.Epoch
 		flipErr = s.Engine.Catalog.Update(ctx, cur, from.Epoch)
+	}
+	if rf, ok := s.Engine.Catalog.(refresher); ok && flipErr != nil && !errors.Is(flipErr, engine.ErrConflict) {
+		// The answer was lost, not necessarily the flip: the catalog says.
+		now, known := flipOutcome(rf, t.ID, 20)
+		switch {
+		case known && now.Node == next.Node && now.Epoch == next.Epoch:
+			cur, flipErr = now, nil
+		case !known:
+			// Unknown: this node's shard stays sealed (its writes answer
+			// tenant_moving) until the catalog answers; reopening it now
+			// could make two copies take writes.
+			src.Release()
+			released = true
+			go func() {
+				if now, known := flipOutcome(rf, t.ID, 1000); known && (now.Node != next.Node || now.Epoch != next.Epoch) {
+					_ = s.Engine.Shards.Evict(context.Background(), t.ID)
+				}
+			}()
+			return nil, fmt.Errorf("flip owner: the catalog did not answer, the outcome is not known yet: %w: %w", flipErr, engine.ErrUnavailable)
+		}
 	}
 	if err := flipErr; err != nil {
 		// Not flipped: this node's copy is still the tenant's. Its shard is
@@ -314,6 +338,28 @@ func (s *Service) MoveToNode(ctx context.Context, slugOrID string, to RemoteNode
 	return res, nil
 }
 
+type refresher interface {
+	Refresh(ctx context.Context, id string) (*engine.Tenant, error)
+}
+
+// flipOutcome reads the tenant's row until the catalog answers (at most
+// tries times, half a second apart); known is false if it never did.
+func flipOutcome(rf refresher, id string, tries int) (*engine.Tenant, bool) {
+	for i := 0; i < tries; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		now, err := rf.Refresh(ctx, id)
+		cancel()
+		if err == nil {
+			return now, true
+		}
+		if errors.Is(err, engine.ErrTenantNotFound) {
+			return &engine.Tenant{ID: id}, true
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return nil, false
+}
+
 // Incoming is the receiving side of moves between nodes: copies staged in
 // a directory of this node until they are put in place.
 type Incoming struct {
@@ -325,6 +371,9 @@ type Incoming struct {
 	// Place returns where this node's SQLite backend keeps the tenant's
 	// file at placement p.
 	Place func(p engine.Placement) (string, error)
+	// Evict closes this node's shard of the tenant, if one is left open
+	// from an earlier time it was here, before its file is replaced.
+	Evict func(ctx context.Context, tenantID string) error
 
 	mu     sync.Mutex
 	staged map[string]*incoming
@@ -440,9 +489,23 @@ func (in *Incoming) Commit(ctx context.Context, id string, epoch int64) error {
 	if err := os.MkdirAll(filepath.Dir(dest), 0o750); err != nil {
 		return err
 	}
-	// A file left at the destination is an older copy of this tenant
-	// (it moved away from here before): the copy replaces it.
-	_ = removeFile(dest)
+	// A file left at the destination is an older copy of this tenant (it
+	// moved away from here before, and that copy may have been kept for a
+	// failed verification): it is set aside, never silently deleted.
+	if in.Evict != nil {
+		if err := in.Evict(ctx, id); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(dest); err == nil {
+		aside := fmt.Sprintf("%s.replaced-%d", dest, time.Now().Unix())
+		if err := os.Rename(dest, aside); err != nil {
+			return err
+		}
+		for _, ext := range []string{"-wal", "-shm"} {
+			_ = os.Rename(dest+ext, aside+ext)
+		}
+	}
 	if err := os.Rename(x.path, dest); err != nil {
 		return err
 	}
@@ -451,12 +514,26 @@ func (in *Incoming) Commit(ctx context.Context, id string, epoch int64) error {
 		_ = d.Close()
 	}
 	x.path = dest
-	x.check = openPinned(ctx, in.Service.reader(p), engine.BackendSQLite)
+	x.check = openPinned(context.WithoutCancel(ctx), in.Service.reader(p), engine.BackendSQLite)
 	if err := x.check.begin(5 * time.Second); err != nil {
 		_ = x.check.close()
 		x.check = nil
 		return fmt.Errorf("pin the copy for verification: %w", err)
 	}
+	// A mover that never asks for the digests (it died) must not hold a
+	// read open on the live shard for good (its WAL could not restart).
+	check := x.check
+	time.AfterFunc(10*time.Minute, func() {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		if x.check == check {
+			_ = x.check.close()
+			x.check = nil
+			in.mu.Lock()
+			delete(in.staged, id)
+			in.mu.Unlock()
+		}
+	})
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"database/sql"
 	"encoding/json"
 	"reflect"
 	"testing"
@@ -12,7 +13,7 @@ import (
 // stays an integer (not a float), bytes stay bytes (not a string).
 func TestWireStmt_KeepsTypes(t *testing.T) {
 	in := shard.Stmt{SQL: "INSERT INTO t VALUES (?,?,?,?,?,?)", Changed: 1,
-		Args: []any{int64(1) << 60, "text ☃", []byte{0, 1, 255}, nil, 2.5, true}}
+		Args: []any{int64(1) << 60, "text ☃", []byte{0, 1, 255}, nil, 2.5, true, []byte(nil), ptr("p"), (*int64)(nil), sql.NullString{String: "v", Valid: true}}}
 	ws, err := encodeStmt(in)
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +30,7 @@ func TestWireStmt_KeepsTypes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []any{int64(1) << 60, "text ☃", []byte{0, 1, 255}, nil, 2.5, int64(1)}
+	want := []any{int64(1) << 60, "text ☃", []byte{0, 1, 255}, nil, 2.5, int64(1), nil, "p", nil, "v"}
 	if out.SQL != in.SQL || out.Changed != 1 || !reflect.DeepEqual(out.Args, want) {
 		t.Fatalf("round trip: %#v, want %#v", out, want)
 	}
@@ -40,6 +41,8 @@ func TestWireStmt_KeepsTypes(t *testing.T) {
 		t.Fatal("an argument of an unknown wire type was accepted")
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestTenantOf(t *testing.T) {
 	for path, want := range map[string]string{

@@ -65,6 +65,7 @@ type Forwarder struct {
 
 	reloadMu   sync.Mutex
 	lastReload time.Time
+	seen       nonces // of node calls (internal.go)
 }
 
 // reloadAllowed rations the catalog reloads an unknown tenant may cause.
@@ -94,8 +95,10 @@ func (f *Forwarder) Wrap(next http.Handler) http.Handler {
 	tr.MaxIdleConnsPerHost = 64
 	tr.Proxy = nil // straight to the other node, never through an environment's proxy
 	tr.DialContext = (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	// An owner that is paused or cut off answers nothing: the request gets
-	// 503 node_unavailable then, not a wait without end.
+	// An owner that is paused or cut off answers nothing: a tenant's
+	// request gets 503 node_unavailable then, not a wait without end. An
+	// admin request (a move with its data, an export) may take longer.
+	admin := tr.Clone()
 	tr.ResponseHeaderTimeout = 30 * time.Second
 	f.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -106,9 +109,14 @@ func (f *Forwarder) Wrap(next http.Handler) http.Handler {
 			// in Connection too) were removed: a client cannot strip them.
 			pr.Out.Header.Set(HeaderFrom, f.Node.Self())
 			pr.Out.Header.Set(HeaderClient, tg.client)
-			pr.Out.Header.Set(HeaderSig, f.signForward(f.Node.Self(), tg.client, pr.Out.Method, pr.Out.URL.RequestURI(), time.Now()))
+			pr.Out.Header.Set(HeaderSig, f.signForward(f.Node.Self(), tg.client, pr.Out.Method, pr.Out.URL.RequestURI(), f.Node.CatalogNow()))
 		},
-		Transport:     tr,
+		Transport: roundTripper(func(r *http.Request) (*http.Response, error) {
+			if strings.HasPrefix(r.URL.Path, "/admin/") {
+				return admin.RoundTrip(r)
+			}
+			return tr.RoundTrip(r)
+		}),
 		FlushInterval: -1, // stream: an export or an event stream is not held back
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			forwarded.WithLabelValues("owner_unavailable").Inc()
@@ -121,6 +129,10 @@ func (f *Forwarder) Wrap(next http.Handler) http.Handler {
 		f.serve(w, r, next)
 	})
 }
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // sign is an HMAC of the parts under the nodes' key.
 func (f *Forwarder) sign(parts ...string) string {
@@ -151,7 +163,7 @@ func (f *Forwarder) checkForward(sig, from, client, method, uri string) bool {
 	if !ok || err != nil {
 		return false
 	}
-	if d := time.Since(time.Unix(sec, 0)); d > forwardSigMaxAge || d < -forwardSigMaxAge {
+	if d := f.Node.CatalogNow().Sub(time.Unix(sec, 0)); d > forwardSigMaxAge || d < -forwardSigMaxAge {
 		return false
 	}
 	return hmac.Equal([]byte(sig), []byte(f.signForward(from, client, method, uri, time.Unix(sec, 0))))

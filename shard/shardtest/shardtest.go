@@ -114,7 +114,7 @@ func testRaiseFence(t *testing.T, f Factory) {
 func testFenced(t *testing.T, f Factory) {
 	ctx := context.Background()
 	fenced := make(chan struct{}, 1)
-	b := f.New(t, shard.Options{Fenced: true, OnFenced: func(string) {
+	b := f.New(t, shard.Options{Fenced: true, OnFenced: func(string, int64) {
 		select {
 		case fenced <- struct{}{}:
 		default:

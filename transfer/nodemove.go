@@ -562,15 +562,14 @@ func (in *Incoming) Digests(ctx context.Context, id string) (map[string]Digest, 
 	return got, err
 }
 
-// Abort removes a staged copy that was not committed.
+// Abort removes a staged copy, or a committed one whose flip did not
+// happen: the catalog, read afresh, does not give the tenant to this node.
+// A committed copy the catalog gives this node is the tenant's: kept.
 func (in *Incoming) Abort(ctx context.Context, id string) error {
 	in.mu.Lock()
 	x, ok := in.staged[id]
-	if ok && x.check == nil {
-		delete(in.staged, id)
-	}
 	in.mu.Unlock()
-	if !ok || x.check != nil {
+	if !ok {
 		return nil
 	}
 	x.mu.Lock()
@@ -578,9 +577,40 @@ func (in *Incoming) Abort(ctx context.Context, id string) error {
 	if x.shard != nil {
 		_ = x.shard.Close()
 		x.shard = nil
+		in.drop(id, x)
 		return removeFile(x.path)
 	}
-	return nil
+	if x.check == nil {
+		in.drop(id, x)
+		return nil
+	}
+	rf, ok := in.Service.Engine.Catalog.(refresher)
+	if !ok {
+		return nil
+	}
+	t, err := rf.Refresh(ctx, id)
+	if err == nil && t.Node == in.Service.Engine.SelfNode() {
+		return nil // flipped after all: it is being served from here
+	}
+	if err != nil && !errors.Is(err, engine.ErrTenantNotFound) {
+		return err
+	}
+	_ = x.check.close()
+	x.check = nil
+	in.drop(id, x)
+	if in.Evict != nil {
+		_ = in.Evict(ctx, id)
+	}
+	return removeFile(x.path)
+}
+
+// drop forgets a staged copy if it is still x.
+func (in *Incoming) drop(id string, x *incoming) {
+	in.mu.Lock()
+	if in.staged[id] == x {
+		delete(in.staged, id)
+	}
+	in.mu.Unlock()
 }
 
 func removeFile(path string) error {

@@ -180,38 +180,8 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 	}
 
 	// Refresh load through a, the owner, with every chain.
-	var stop atomic.Bool
-	var wg sync.WaitGroup
-	var ok, unavailable, other atomic.Int64
-	var otherMu sync.Mutex
-	var others []string
-	for _, ch := range chains {
-		wg.Add(1)
-		go func(ch *chain) {
-			defer wg.Done()
-			for i := 0; i < 100000 && !stop.Load(); i++ {
-				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-				r := a.do(ctx, "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
-				cancel()
-				switch {
-				case r.Status == 200 && r.str("refresh_token") != "":
-					ch.mu.Lock()
-					ch.token = r.str("refresh_token")
-					ch.mu.Unlock()
-					ok.Add(1)
-				case r.Status == 503:
-					unavailable.Add(1)
-					time.Sleep(20 * time.Millisecond)
-				default:
-					other.Add(1)
-					otherMu.Lock()
-					others = append(others, fmt.Sprintf("%d %s %v", r.Status, r.Raw, r.Err))
-					otherMu.Unlock()
-					time.Sleep(20 * time.Millisecond)
-				}
-			}
-		}(ch)
-	}
+	var l1 refreshLoad
+	l1.run("acme", chains, []*server{a})
 	time.Sleep(time.Second)
 
 	// a stops mid-load; the tenant moves to b through c; a resumes.
@@ -232,13 +202,8 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
-	stop.Store(true)
-	wg.Wait()
-	t.Logf("refreshes through a: %d ok, %d 503, %d other; a's fenced batches %v", ok.Load(), unavailable.Load(), other.Load(),
-		a.metric("keyshard_shard_fenced_total"))
-	if other.Load() > 0 {
-		t.Errorf("answers other than 200 and 503 around the move: %v", others)
-	}
+	l1.end(t, "through a around its pause and the move")
+	t.Logf("a's fenced batches: %v", a.metric("keyshard_shard_fenced_total"))
 	var late int
 	if err := ns.db.QueryRow(`SELECT count(*) FROM public.ks_writes WHERE app = 'node-a' AND at > $1`, flip).Scan(&late); err != nil {
 		t.Fatal(err)
@@ -262,33 +227,8 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 	// b dies under load: its tenant answers 503 with Retry-After on the
 	// others, never a wrong answer, until an operator gives it to another
 	// node; then the load goes on there.
-	stop.Store(false)
-	var killOK, kill503 atomic.Int64
-	var killOther []string
-	for i, ch := range chains {
-		wg.Add(1)
-		go func(ch *chain, s *server) {
-			defer wg.Done()
-			for i := 0; i < 100000 && !stop.Load(); i++ {
-				r := s.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
-				switch {
-				case r.Status == 200 && r.str("refresh_token") != "":
-					ch.mu.Lock()
-					ch.token = r.str("refresh_token")
-					ch.mu.Unlock()
-					killOK.Add(1)
-				case r.Status == 503 && (r.code() == "node_unavailable" || r.code() == "tenant_moving") && r.Header.Get("Retry-After") != "":
-					kill503.Add(1)
-					time.Sleep(50 * time.Millisecond)
-				default:
-					otherMu.Lock()
-					killOther = append(killOther, fmt.Sprintf("%d %s %v", r.Status, r.Raw, r.Err))
-					otherMu.Unlock()
-					time.Sleep(50 * time.Millisecond)
-				}
-			}
-		}(ch, []*server{a, c}[i%2])
-	}
+	var l2 refreshLoad
+	l2.run("acme", chains, []*server{a, c})
 	time.Sleep(500 * time.Millisecond)
 	b.kill()
 	for _, s := range []*server{a, c} {
@@ -320,11 +260,9 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		t.Fatalf("tenant not served after reassignment: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	stop.Store(true)
-	wg.Wait()
-	t.Logf("refreshes around b's death: %d ok, %d 503 with Retry-After, %d other", killOK.Load(), kill503.Load(), len(killOther))
-	if len(killOther) > 0 || kill503.Load() == 0 {
-		t.Fatalf("answers around b's death other than 200 and 503 node_unavailable: %v", killOther[:min(5, len(killOther))])
+	l2.end(t, "around b's death")
+	if l2.retried.Load() == 0 {
+		t.Fatal("no request saw b gone: the load did not overlap its death")
 	}
 	for i, ch := range chains {
 		r := a.do(context.Background(), "POST", "/t/acme/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
@@ -344,33 +282,8 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		r := c.must(http.StatusOK, "POST", "/t/local/signup", "", map[string]any{"email": email, "password": "correct horse battery " + email})
 		lchains[i] = &chain{token: r.str("refresh_token")}
 	}
-	stop.Store(false)
-	ok.Store(0)
-	unavailable.Store(0)
-	for i, ch := range lchains {
-		wg.Add(1)
-		go func(ch *chain, s *server) {
-			defer wg.Done()
-			for i := 0; i < 100000 && !stop.Load(); i++ {
-				r := s.do(context.Background(), "POST", "/t/local/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
-				switch {
-				case r.Status == 200 && r.str("refresh_token") != "":
-					ch.mu.Lock()
-					ch.token = r.str("refresh_token")
-					ch.mu.Unlock()
-					ok.Add(1)
-				case r.Status == 503:
-					unavailable.Add(1)
-					time.Sleep(20 * time.Millisecond)
-				default:
-					other.Add(1)
-					otherMu.Lock()
-					others = append(others, fmt.Sprintf("%d %s %v", r.Status, r.Raw, r.Err))
-					otherMu.Unlock()
-				}
-			}
-		}(ch, []*server{a, c}[i%2])
-	}
+	var l3 refreshLoad
+	l3.run("local", lchains, []*server{a, c})
 	time.Sleep(500 * time.Millisecond)
 	mv := c.must(http.StatusOK, "POST", "/admin/tenants/local/move", tok, map[string]any{"node": "c"})
 	res, _ := mv.Body["result"].(map[string]any)
@@ -389,12 +302,7 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		t.Logf("%s", bytes.TrimSpace(out))
 	}
 	time.Sleep(500 * time.Millisecond)
-	stop.Store(true)
-	wg.Wait()
-	t.Logf("refreshes of the SQLite tenant: %d ok, %d 503, %d other", ok.Load(), unavailable.Load(), other.Load())
-	if other.Load() > 0 {
-		t.Fatalf("answers other than 200 and 503 around the moves: %v", others)
-	}
+	l3.end(t, "the SQLite tenant around two moves")
 	for i, ch := range lchains {
 		r := c.do(context.Background(), "POST", "/t/local/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
 		if r.Status != 200 {
@@ -430,6 +338,70 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 		if r.Status != 200 {
 			t.Fatalf("SQLite chain %d after the drain: %d %s", i, r.Status, r.Raw)
 		}
+	}
+}
+
+// refreshLoad refreshes sessions' tokens through nodes until stopped, as clients
+// would: a 200 replaces the token, a retryable 503 keeps it and waits.
+type refreshLoad struct {
+	stop        atomic.Bool
+	wg          sync.WaitGroup
+	ok, retried atomic.Int64
+	mu          sync.Mutex
+	others      []string // answers neither 200 nor a retryable 503
+}
+
+// retryable503 is a 503 a client retries: the tenant's node is away or
+// changing (with Retry-After), or the write in flight lost its database
+// session when a paused owner's session was ended (tenant_unavailable).
+func retryable503(r resp) bool {
+	switch {
+	case r.Status != 503:
+		return false
+	case r.code() == "node_unavailable", r.code() == "tenant_moving":
+		return r.Header.Get("Retry-After") != ""
+	}
+	return r.code() == "tenant_unavailable"
+}
+
+// run starts one client per chain, chain i through servers[i%len].
+func (l *refreshLoad) run(slug string, chains []*chain, servers []*server) {
+	for i, ch := range chains {
+		l.wg.Add(1)
+		go func(ch *chain, s *server) {
+			defer l.wg.Done()
+			for i := 0; i < 100000 && !l.stop.Load(); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				r := s.do(ctx, "POST", "/t/"+slug+"/token?grant_type=refresh_token", "", map[string]any{"refresh_token": ch.get()})
+				cancel()
+				switch {
+				case r.Status == 200 && r.str("refresh_token") != "":
+					ch.mu.Lock()
+					ch.token = r.str("refresh_token")
+					ch.mu.Unlock()
+					l.ok.Add(1)
+				case retryable503(r):
+					l.retried.Add(1)
+					time.Sleep(20 * time.Millisecond)
+				default:
+					l.mu.Lock()
+					l.others = append(l.others, fmt.Sprintf("%s via %s: %d %s %v", slug, s.base, r.Status, r.Raw, r.Err))
+					l.mu.Unlock()
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}(ch, servers[i%len(servers)])
+	}
+}
+
+// end stops the clients and fails t if any got an answer it should not.
+func (l *refreshLoad) end(t *testing.T, what string) {
+	t.Helper()
+	l.stop.Store(true)
+	l.wg.Wait()
+	t.Logf("%s: %d refreshes ok, %d retryable 503, %d other", what, l.ok.Load(), l.retried.Load(), len(l.others))
+	if len(l.others) > 0 {
+		t.Fatalf("%s: answers other than 200 and a retryable 503: %v", what, l.others[:min(5, len(l.others))])
 	}
 }
 

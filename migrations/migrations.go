@@ -47,6 +47,14 @@ type Target interface {
 	Apply(ctx context.Context, m Migration) error
 }
 
+// Batcher is a Target that can apply several migrations in one
+// transaction (a database whose DDL is transactional: SQLite).
+type Batcher interface {
+	// ApplyAll applies, in order and all or none, those of ms newer than
+	// the database's version, and records the last.
+	ApplyAll(ctx context.Context, ms []Migration) error
+}
+
 var (
 	cacheMu sync.Mutex
 	cache   = map[string][]Migration{}
@@ -113,6 +121,12 @@ func Up(ctx context.Context, t Target, dialect string) (int, error) {
 	}
 	if cur > len(ms) {
 		return 0, fmt.Errorf("version %d, binary knows %d: %w", cur, len(ms), ErrSchemaTooNew)
+	}
+	if b, ok := t.(Batcher); ok && len(ms)-cur > 1 {
+		if err := b.ApplyAll(ctx, ms[cur:]); err != nil {
+			return 0, err
+		}
+		return len(ms) - cur, nil
 	}
 	n := 0
 	for _, m := range ms[cur:] {

@@ -392,6 +392,43 @@ func (w *writeConn) Version(ctx context.Context) (int, error) {
 	return v, err
 }
 
+// ApplyAll implements migrations.Batcher: every migration newer than the
+// file's version, and the new version, in one transaction (a new shard is
+// made with one commit, not one per migration).
+func (w *writeConn) ApplyAll(ctx context.Context, ms []migrations.Migration) (err error) {
+	if err := w.Begin(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = w.Rollback()
+		}
+	}()
+	var cur int
+	if err := w.QueryRow("PRAGMA user_version").Scan(&cur); err != nil {
+		return err
+	}
+	last := cur
+	for _, m := range ms {
+		if m.Version <= cur {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := w.db.Exec(m.SQL); err != nil {
+			return fmt.Errorf("migration %04d_%s: %w", m.Version, m.Name, translate(err))
+		}
+		last = m.Version
+	}
+	if last != cur {
+		if err := w.db.Exec(fmt.Sprintf("PRAGMA user_version=%d", last)); err != nil {
+			return translate(err)
+		}
+	}
+	return w.Commit()
+}
+
 // Apply implements migrations.Target: the script and the new version commit
 // together.
 func (w *writeConn) Apply(ctx context.Context, m migrations.Migration) (err error) {

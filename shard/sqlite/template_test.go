@@ -60,7 +60,9 @@ func TestCreate_FromTemplate(t *testing.T) {
 			t.Fatal(err)
 		}
 		var kept string
-		err = s.Read(ctx, func(q engine.Querier) error { return q.QueryRow(`SELECT value FROM settings WHERE key = 'kept'`).Scan(&kept) })
+		err = s.Read(ctx, func(q engine.Querier) error {
+			return q.QueryRow(`SELECT value FROM settings WHERE key = 'kept'`).Scan(&kept)
+		})
 		_ = s.Close()
 		if err != nil || kept != "yes" {
 			t.Fatalf("Create over an existing shard lost its data: %q, %v", kept, err)

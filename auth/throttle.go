@@ -81,8 +81,8 @@ type Throttle struct {
 	accounts *lru.Cache[string, *failures]
 	ips      *lru.Cache[string, *failures]
 
-	seedMu sync.Mutex
-	seeded *lru.Cache[string, struct{}] // tenants counted from their audit log here
+	seeding sync.Map                     // tenant id → *sync.Mutex held while its seed is read
+	seeded  *lru.Cache[string, struct{}] // tenants counted from their audit log here
 }
 
 // Attempt is a login attempt as a tenant's audit log keeps it.
@@ -102,8 +102,14 @@ func (th *Throttle) Seed(tenantID string, load func(since time.Time) ([]Attempt,
 	if _, ok := th.seeded.Get(tenantID); ok {
 		return nil
 	}
-	th.seedMu.Lock()
-	defer th.seedMu.Unlock()
+	// One reader per tenant; other tenants' first logins do not wait.
+	m, _ := th.seeding.LoadOrStore(tenantID, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	defer func() {
+		mu.Unlock()
+		th.seeding.Delete(tenantID)
+	}()
 	if _, ok := th.seeded.Get(tenantID); ok {
 		return nil
 	}

@@ -158,69 +158,23 @@ func (s *Service) Move(ctx context.Context, slugOrID string, o MoveOptions) (res
 		return nil, fmt.Errorf("this shard pool cannot fence writes: %w", engine.ErrUnavailable)
 	}
 
-	// 1. The snapshot copy, unfenced. The writer starts capturing
-	// statements at the very point the snapshot is taken.
-	snap := openPinned(ctx, src.Read, from.Backend)
-	capture, err := sh.StartCapture(ctx, s.captureLimit(), func() error { return snap.begin(5 * time.Second) })
+	// 1. The snapshot copy, unfenced.
+	capture, err := s.copySnapshot(ctx, src, sh, from.Backend, dst, to.Backend,
+		func(total int64) { report(func(p *Progress) { p.Total = total }) },
+		func(table string, n int64) { report(func(p *Progress) { p.Table = table; p.Rows += n }) })
 	if err != nil {
-		_ = snap.close()
-		return nil, fmt.Errorf("start capture: %w", err)
+		return nil, err
 	}
 	defer sh.StopCapture(capture)
-	var total int64
-	err = snap.do(func(q engine.Querier) error {
-		counts, err := countRows(q, Tables)
-		for _, n := range counts {
-			total += n
-		}
-		return err
-	})
-	if err != nil {
-		_ = snap.close()
-		return nil, err
-	}
-	report(func(p *Progress) { p.Total = total })
-	c := &copier{src: src, srcBackend: from.Backend, dst: dst, snap: snap.snap, noIndex: true, progress: func(table string, n int64) {
-		report(func(p *Progress) { p.Table = table; p.Rows += n })
-	}}
-	if _, err := c.round(ctx); err != nil {
-		_ = snap.close()
-		return nil, fmt.Errorf("copy: %w", err)
-	}
 	res.Rounds = 1
-	seqs, err := readSequences(snap, from.Backend)
-	if cerr := snap.close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := dst.Write(ctx, func(tx engine.Querier) error { return setSequences(tx, to.Backend, seqs) }); err != nil {
-		return nil, fmt.Errorf("copy sequences: %w", err)
-	}
 	lap("copy")
 
 	// 2. Catch up with what was written meanwhile, unfenced, while that
 	// takes long enough to be worth another round.
 	report(func(p *Progress) { p.Phase, p.Table, p.Rows = "catch-up", "", 0 })
-	rounds := s.CatchUpRounds
-	if rounds <= 0 {
-		rounds = 5
-	}
-	for i := 0; i < rounds; i++ {
-		stmts, err := capture.Take()
-		if err != nil {
-			return nil, fmt.Errorf("catch up: %w", err)
-		}
-		if err := replay(ctx, dst, stmts); err != nil {
-			return nil, fmt.Errorf("catch up: %w", err)
-		}
-		report(func(p *Progress) { p.Rows += int64(len(stmts)) })
-		res.Rounds++
-		res.Replayed += len(stmts)
-		if len(stmts) < catchUpEnough {
-			break
-		}
+	if err := s.catchUp(capture, func(stmts []shard.Stmt) error { return replay(ctx, dst, stmts) }, res,
+		func(n int) { report(func(p *Progress) { p.Rows += int64(n) }) }); err != nil {
+		return nil, err
 	}
 	// Close and reopen the copy: closing checkpoints its WAL (for SQLite,
 	// the whole copy), which is cheap now and would hold up the new
@@ -291,20 +245,9 @@ func (s *Service) Move(ctx context.Context, slugOrID string, o MoveOptions) (res
 	if err := s.Engine.Catalog.Update(ctx, cur, from.Epoch); err != nil {
 		// The old shard is sealed: evicting it lets the next request
 		// open it afresh; the records handed over go back to it.
-		err = fmt.Errorf("flip placement: %w", err)
 		src.Release()
 		released = true
-		ectx := context.WithoutCancel(ctx)
-		if eerr := s.Engine.Shards.Evict(ectx, t.ID); eerr != nil {
-			return nil, errors.Join(err, eerr)
-		}
-		if again, terr := s.Engine.Tenant(ectx, t.ID); terr == nil {
-			for _, op := range ops {
-				_ = again.Defer("", op)
-			}
-			again.Release()
-		}
-		return nil, err
+		return nil, errors.Join(fmt.Errorf("flip placement: %w", err), s.unseal(ctx, t.ID, ops))
 	}
 	flipped = true
 	res.Fenced = time.Since(fenceStart)
@@ -411,4 +354,100 @@ func (s *Service) normalizeLocation(backend, loc string) (string, error) {
 		return l.NormalizeLocation(loc)
 	}
 	return loc, nil
+}
+
+// copySnapshot pins a snapshot of src at the very point its writer starts
+// capturing statements, and copies it whole into dst (an empty copy, no
+// index kept), sequences included. The caller stops the capture it returns.
+// total, when set, is told the snapshot's row count first; progress of the
+// rows as they are read.
+func (s *Service) copySnapshot(ctx context.Context, src engine.Shard, sh mover, srcBackend string, dst engine.Shard, dstBackend string,
+	total func(int64), progress func(table string, n int64)) (*shard.Capture, error) {
+	snap := openPinned(ctx, src.Read, srcBackend)
+	capture, err := sh.StartCapture(ctx, s.captureLimit(), func() error { return snap.begin(5 * time.Second) })
+	if err != nil {
+		_ = snap.close()
+		return nil, fmt.Errorf("start capture: %w", err)
+	}
+	err = func() error {
+		if total != nil {
+			var n int64
+			err := snap.do(func(q engine.Querier) error {
+				counts, err := countRows(q, Tables)
+				for _, c := range counts {
+					n += c
+				}
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			total(n)
+		}
+		c := &copier{src: src, srcBackend: srcBackend, dst: dst, snap: snap.snap, noIndex: true, progress: progress}
+		if _, err := c.round(ctx); err != nil {
+			return fmt.Errorf("copy: %w", err)
+		}
+		seqs, err := readSequences(snap, srcBackend)
+		if err != nil {
+			return err
+		}
+		if err := dst.Write(ctx, func(tx engine.Querier) error { return setSequences(tx, dstBackend, seqs) }); err != nil {
+			return fmt.Errorf("copy sequences: %w", err)
+		}
+		return nil
+	}()
+	if cerr := snap.close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		sh.StopCapture(capture)
+		return nil, err
+	}
+	return capture, nil
+}
+
+// unseal gives a tenant whose flip failed back its shard: the sealed one is
+// evicted, the next opens afresh, and the records handed over at Seal go
+// back to it. The caller has released its handle.
+func (s *Service) unseal(ctx context.Context, tenantID string, ops []engine.WriteFunc) error {
+	ctx = context.WithoutCancel(ctx)
+	if err := s.Engine.Shards.Evict(ctx, tenantID); err != nil {
+		return err
+	}
+	if again, err := s.Engine.Tenant(ctx, tenantID); err == nil {
+		for _, op := range ops {
+			_ = again.Defer("", op)
+		}
+		again.Release()
+	}
+	return nil
+}
+
+// catchUp applies what the capture took since the last round, unfenced,
+// round after round while a round brings enough to be worth another (at
+// most CatchUpRounds), and counts them in res.
+func (s *Service) catchUp(capture *shard.Capture, apply func([]shard.Stmt) error, res *MoveResult, progress func(n int)) error {
+	rounds := s.CatchUpRounds
+	if rounds <= 0 {
+		rounds = 5
+	}
+	for i := 0; i < rounds; i++ {
+		stmts, err := capture.Take()
+		if err == nil {
+			err = apply(stmts)
+		}
+		if err != nil {
+			return fmt.Errorf("catch up: %w", err)
+		}
+		if progress != nil {
+			progress(len(stmts))
+		}
+		res.Rounds++
+		res.Replayed += len(stmts)
+		if len(stmts) < catchUpEnough {
+			return nil
+		}
+	}
+	return nil
 }

@@ -115,34 +115,16 @@ func (s *Service) MoveToNode(ctx context.Context, slugOrID string, to RemoteNode
 	if err != nil {
 		return nil, fmt.Errorf("open the local copy: %w", err)
 	}
-	snap := openPinned(ctx, src.Read, from.Backend)
-	capture, err := sh.StartCapture(ctx, s.captureLimit(), func() error { return snap.begin(5 * time.Second) })
+	capture, err := s.copySnapshot(ctx, src, sh, from.Backend, dst, engine.BackendSQLite, nil,
+		func(table string, n int64) { s.setProgress(t.ID, func(p *Progress) { p.Table = table; p.Rows += n }) })
+	if cerr := dst.Close(); err == nil && cerr != nil {
+		sh.StopCapture(capture)
+		err = cerr
+	}
 	if err != nil {
-		_ = snap.close()
-		_ = dst.Close()
-		return nil, fmt.Errorf("start capture: %w", err)
+		return nil, err
 	}
 	defer sh.StopCapture(capture)
-	c := &copier{src: src, srcBackend: from.Backend, dst: dst, snap: snap.snap, noIndex: true, progress: func(table string, n int64) {
-		s.setProgress(t.ID, func(p *Progress) { p.Table = table; p.Rows += n })
-	}}
-	_, err = c.round(ctx)
-	var seqs map[string]int64
-	if err == nil {
-		seqs, err = readSequences(snap, from.Backend)
-	}
-	if cerr := snap.close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = dst.Write(ctx, func(tx engine.Querier) error { return setSequences(tx, engine.BackendSQLite, seqs) })
-	}
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("copy: %w", err)
-	}
 	res.Rounds = 1
 	f, err := os.Open(path)
 	if err != nil {
@@ -161,10 +143,6 @@ func (s *Service) MoveToNode(ctx context.Context, slugOrID string, to RemoteNode
 
 	// 2. Catch up, unfenced, while worth it.
 	s.setProgress(t.ID, func(p *Progress) { p.Phase, p.Table, p.Rows = "catch-up", "", 0 })
-	rounds := s.CatchUpRounds
-	if rounds <= 0 {
-		rounds = 5
-	}
 	send := func(stmts []shard.Stmt) error {
 		for len(stmts) > 0 {
 			n := min(len(stmts), replayChunk)
@@ -175,19 +153,8 @@ func (s *Service) MoveToNode(ctx context.Context, slugOrID string, to RemoteNode
 		}
 		return nil
 	}
-	for i := 0; i < rounds; i++ {
-		stmts, err := capture.Take()
-		if err == nil {
-			err = send(stmts)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("catch up: %w", err)
-		}
-		res.Rounds++
-		res.Replayed += len(stmts)
-		if len(stmts) < catchUpEnough {
-			break
-		}
+	if err := s.catchUp(capture, send, res, nil); err != nil {
+		return nil, err
 	}
 	lap("catch_up")
 
@@ -267,18 +234,9 @@ func (s *Service) MoveToNode(ctx context.Context, slugOrID string, to RemoteNode
 		// Not flipped: this node's copy is still the tenant's. Its shard is
 		// sealed: evicting it lets the next request open it afresh, and the
 		// records handed over go back to it.
-		err = fmt.Errorf("flip owner: %w", err)
 		src.Release()
 		released = true
-		ectx := context.WithoutCancel(ctx)
-		_ = s.Engine.Shards.Evict(ectx, t.ID)
-		if again, terr := s.Engine.Tenant(ectx, t.ID); terr == nil {
-			for _, op := range ops {
-				_ = again.Defer("", op)
-			}
-			again.Release()
-		}
-		return nil, err
+		return nil, errors.Join(fmt.Errorf("flip owner: %w", err), s.unseal(ctx, t.ID, ops))
 	}
 	flipped = true
 	res.Fenced = time.Since(fenceStart)

@@ -430,30 +430,8 @@ func (w *writeConn) ApplyAll(ctx context.Context, ms []migrations.Migration) (er
 }
 
 // Apply implements migrations.Target: the script and the new version commit
-// together.
-func (w *writeConn) Apply(ctx context.Context, m migrations.Migration) (err error) {
-	if err := w.Begin(); err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = w.Rollback()
-		}
-	}()
-	// The version may have moved while we waited for the lock (another
-	// process migrating the same file).
-	var cur int
-	if err := w.QueryRow("PRAGMA user_version").Scan(&cur); err != nil {
-		return err
-	}
-	if cur >= m.Version {
-		return w.Commit()
-	}
-	if err := w.db.Exec(m.SQL); err != nil {
-		return translate(err)
-	}
-	if err := w.db.Exec(fmt.Sprintf("PRAGMA user_version=%d", m.Version)); err != nil {
-		return translate(err)
-	}
-	return w.Commit()
+// together (ApplyAll of one; a version already reached, by another process
+// migrating the same file, is skipped).
+func (w *writeConn) Apply(ctx context.Context, m migrations.Migration) error {
+	return w.ApplyAll(ctx, []migrations.Migration{m})
 }

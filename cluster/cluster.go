@@ -323,6 +323,13 @@ func (n *Node) Own(ctx context.Context, t *engine.Tenant) (*engine.Tenant, error
 // reclaim moves a tenant's epoch on once, when this process took the node's
 // name over from one that did not end its lease.
 func (n *Node) reclaim(ctx context.Context, t *engine.Tenant) (*engine.Tenant, error) {
+	// Every request passes here: no exclusive lock unless there is work.
+	n.mu.RLock()
+	done := n.reclaimBefore.IsZero() || n.reclaimed[t.ID]
+	n.mu.RUnlock()
+	if done {
+		return t, nil
+	}
 	for {
 		n.mu.Lock()
 		if n.reclaimBefore.IsZero() || n.reclaimed[t.ID] {

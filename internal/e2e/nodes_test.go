@@ -103,6 +103,23 @@ func (ns *nodeSet) startAs(name, app string) *server {
 	return s
 }
 
+// recordWrites makes every write to tenant id's refresh_tokens (a
+// PostgreSQL tenant) leave a row in public.ks_writes with the writing
+// session's application_name (node-NAME) and the database's clock.
+func (ns *nodeSet) recordWrites(id string) {
+	ns.t.Helper()
+	for _, q := range []string{
+		`CREATE TABLE public.ks_writes (app TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())`,
+		`CREATE FUNCTION public.ks_log() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN INSERT INTO public.ks_writes (app) VALUES (current_setting('application_name')); RETURN NULL; END $$`,
+		`CREATE TRIGGER ks_log AFTER INSERT OR UPDATE ON t_` + id + `.refresh_tokens FOR EACH ROW EXECUTE FUNCTION public.ks_log()`,
+	} {
+		if _, err := ns.db.Exec(q); err != nil {
+			ns.t.Fatal(err)
+		}
+	}
+}
+
 // refreshLoop refreshes one session's token through s until stop, keeping
 // the last token a 200 gave.
 type chain struct {
@@ -129,18 +146,7 @@ func TestNodes_ForwardFenceFailover(t *testing.T) {
 	}
 	c.must(http.StatusOK, "POST", "/admin/tenants/acme/approve", tok, nil) // forwarded to a
 
-	// Every write to the tenant's tables is recorded with the session's
-	// application_name (node-NAME) and the database's clock.
-	for _, q := range []string{
-		`CREATE TABLE public.ks_writes (app TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())`,
-		`CREATE FUNCTION public.ks_log() RETURNS trigger LANGUAGE plpgsql AS $$
-		 BEGIN INSERT INTO public.ks_writes (app) VALUES (current_setting('application_name')); RETURN NULL; END $$`,
-		`CREATE TRIGGER ks_log AFTER INSERT OR UPDATE ON t_` + id + `.refresh_tokens FOR EACH ROW EXECUTE FUNCTION public.ks_log()`,
-	} {
-		if _, err := ns.db.Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ns.recordWrites(id)
 
 	const users = 8
 	chains := make([]*chain, users)
@@ -524,16 +530,7 @@ func TestNodes_RestartWhilePaused(t *testing.T) {
 	r := old.must(http.StatusCreated, "POST", "/admin/tenants", tok, map[string]any{"slug": "acme", "name": "Acme"})
 	id := r.str("id")
 	old.must(http.StatusOK, "POST", "/admin/tenants/acme/approve", tok, nil)
-	for _, q := range []string{
-		`CREATE TABLE public.ks_writes (app TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())`,
-		`CREATE FUNCTION public.ks_log() RETURNS trigger LANGUAGE plpgsql AS $$
-		 BEGIN INSERT INTO public.ks_writes (app) VALUES (current_setting('application_name')); RETURN NULL; END $$`,
-		`CREATE TRIGGER ks_log AFTER INSERT OR UPDATE ON t_` + id + `.refresh_tokens FOR EACH ROW EXECUTE FUNCTION public.ks_log()`,
-	} {
-		if _, err := ns.db.Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ns.recordWrites(id)
 	chains := make([]*chain, 6)
 	for i := range chains {
 		email := fmt.Sprintf("u%d@example.com", i)

@@ -201,11 +201,18 @@ func TestReadsOnWriterDoNotWaitForSync(t *testing.T) {
 	for _, k := range []string{"a", "b"} { // a's sync stalls; b commits behind it
 		go func() { _ = s.Write(ctx, setSetting(k, "1")) }()
 	}
-	if !waitFor(10*time.Second, func() bool { return len(settingKeysOnWriter(t, s)) == 2 }) {
+	// Both commit (counted before their callers are answered), the
+	// writer then idles. Reading only then: a read polled while the
+	// writer runs b's batch would rightly open a reader connection.
+	if !waitFor(10*time.Second, func() bool { st := s.Stats(); return st.Writes == 2 && st.Queued == 0 }) {
 		t.Fatal("the two writes did not commit while the sync stalled")
 	}
+	time.Sleep(200 * time.Millisecond) // the writer leaves b's batch
+	if got := settingKeysOnWriter(t, s); len(got) != 2 {
+		t.Fatalf("a read on the idle writer while a sync stalls saw %v (it must not wait for the sync)", got)
+	}
 	if n := s.Stats().Readers; n != 0 {
-		t.Fatalf("%d reader connections, want 0", n)
+		t.Fatalf("%d reader connections, want 0: the read did not run on the idle writer", n)
 	}
 }
 

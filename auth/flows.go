@@ -102,13 +102,14 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 			return nil, nil, err
 		}
 	}
-	if err := s.pace.wait(ctx, c.IP); err != nil {
+	if err := s.admitHash(ctx, c); err != nil {
 		return nil, nil, err
 	}
 	pwHash, err := s.hashes.Hash(ctx, req.Password)
 	if err != nil {
 		return nil, nil, s.hashRefusal(c, err)
 	}
+	s.pace.served(c.IP)
 	now := s.now().UTC().Truncate(time.Microsecond)
 	nu := newUser{email: email, pwHash: pwHash, data: req.Data, confirmed: st.MailerAutoconfirm, signedIn: st.MailerAutoconfirm}
 	is := &issued{sessionAt: now.Unix()}
@@ -357,14 +358,10 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 		s.throttle.Fail(t.ID, email, c.IP)
 		return nil, "", errInvalidCredentials()
 	}
-	// A client back before its Retry-After waits out the rest first.
-	if err := s.pace.wait(ctx, c.IP); err != nil {
-		return nil, "", err
-	}
 	// A saturated pool refuses before the user is read: under a login storm
 	// most requests are refused, and each refusal should cost next to nothing.
-	if err := s.hashes.Admit(); err != nil {
-		return nil, "", s.hashRefusal(c, err)
+	if err := s.admitHash(ctx, c); err != nil {
+		return nil, "", err
 	}
 	var u *User
 	err := t.Shard.Read(ctx, func(q engine.Querier) error {
@@ -382,6 +379,7 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 		if err := s.hashes.VerifyDummy(ctx, req.Password); err != nil {
 			return nil, "", s.hashRefusal(c, err)
 		}
+		s.pace.served(c.IP)
 		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, "", email, "unknown_email"); err != nil {
 			return nil, "", err
@@ -392,6 +390,7 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 	if err != nil {
 		return nil, "", s.hashRefusal(c, err)
 	}
+	s.pace.served(c.IP)
 	if !ok {
 		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, u.ID, email, "wrong_password"); err != nil {

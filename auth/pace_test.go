@@ -9,28 +9,132 @@ import (
 	"github.com/keyshard/keyshard/auth/hash"
 )
 
+// held reports whether p holds a request of ip (here until a short context
+// ends, the clock being fixed) and fails on any other outcome.
+func held(t *testing.T, p *pacer, ip string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	h, err := p.wait(ctx, ip)
+	if h != (err != nil) || (err != nil && !errors.Is(err, context.DeadlineExceeded)) {
+		t.Fatalf("wait(%q) = %v, %v", ip, h, err)
+	}
+	return h
+}
+
 // TestPacer: a client refused for saturated hashing that comes back
 // before its Retry-After is held (here until its context ends); other
-// clients, other errors and a client whose Retry-After passed are not.
+// addresses, other errors and a client whose Retry-After passed are not.
 func TestPacer(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	p := newPacer(func() time.Time { return now })
-	ctx := context.Background()
 	p.refused("10.0.0.1", &hash.OverloadedError{RetryAfter: time.Hour})
 	p.refused("10.0.0.2", errors.New("not a hashing refusal"))
-
-	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-	defer cancel()
-	if err := p.wait(short, "10.0.0.1"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("a client back before its Retry-After: %v, want held until its context ended", err)
+	if !held(t, p, "10.0.0.1") {
+		t.Fatal("a client back before its Retry-After was not held")
 	}
 	for _, ip := range []string{"10.0.0.2", "10.0.0.3", ""} {
-		if err := p.wait(short, ip); err != nil {
-			t.Fatalf("%q was held: %v", ip, err)
+		if held(t, p, ip) {
+			t.Fatalf("%q was held", ip)
 		}
 	}
-	now = now.Add(2 * time.Hour)
-	if err := p.wait(short, "10.0.0.1"); err != nil {
-		t.Fatalf("after its Retry-After: %v", err)
+	p.refused("10.0.0.1", &hash.OverloadedError{RetryAfter: time.Hour})
+	now = now.Add(time.Hour + time.Second)
+	if held(t, p, "10.0.0.1") {
+		t.Fatal("held after its Retry-After")
+	}
+}
+
+// TestPacer_ClientsBehindOneAddress: many clients share an address. Those
+// that come back when told find the passes their refusals left and are
+// not held, in whatever order they return; a client whose login was hashed
+// is not held on its next request while others of its address wait; and
+// clients that retry at once are held, one each per pass.
+func TestPacer_ClientsBehindOneAddress(t *testing.T) {
+	start := time.Unix(2_000_000, 0)
+	now := start
+	p := newPacer(func() time.Time { return now })
+	const ip = "192.0.2.7"
+	// A client hashed while its address had no pass, then another refused:
+	// the first one's next request does not wait for the other's pass.
+	p.served(ip)
+	p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+	if held(t, p, ip) {
+		t.Fatal("a hashed client's next request waited for another's pass")
+	}
+	now = start.Add(time.Second + passGrace + passSlot)
+	if held(t, p, ip) {
+		t.Fatal("held on a stale pass")
+	}
+	start = now
+	// 64 clients refused over 640 ms, each told 1 s.
+	for i := range 64 {
+		now = start.Add(time.Duration(i) * 10 * time.Millisecond)
+		p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+	}
+	// A client hashed meanwhile comes back at once: not held.
+	p.served(ip)
+	if held(t, p, ip) {
+		t.Fatal("the next request of a client whose login was hashed was held")
+	}
+	// A client retrying at once has no pass ready: held.
+	if !held(t, p, ip) {
+		t.Fatal("an early retry was not held")
+	}
+	// The others return as told, in reverse order, each after its own
+	// Retry-After: none is held (the early retry above took one pass, the
+	// last of them finds the pass it left at its time).
+	for i := 63; i >= 1; i-- {
+		now = start.Add(time.Duration(i)*10*time.Millisecond + time.Second + time.Millisecond)
+		if held(t, p, ip) {
+			t.Fatalf("client %d, back after its Retry-After, was held", i)
+		}
+	}
+	// A pass earned by a hashed request is taken by the next admitted
+	// one: it does not let an early retry through.
+	p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+	p.served(ip)
+	p.admitted(ip)
+	if !held(t, p, ip) {
+		t.Fatal("an early retry went through on a pass an admitted request should have taken")
+	}
+	// Passes not taken go stale: an address whose clients gave up is
+	// told nothing any more.
+	p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+	now = now.Add(time.Second + passGrace + passSlot)
+	if held(t, p, ip) {
+		t.Fatal("held on a stale pass")
+	}
+	if p.addrs.Contains(ip) {
+		t.Fatal("an address with no pass left is still remembered")
+	}
+}
+
+// TestPacer_StormHeldPerPass: clients retrying at once are held until the
+// passes their refusals left, one request per pass: n early retries of an
+// address with k passes to come take the k passes, and the others wait out
+// maxPace.
+func TestPacer_StormHeldPerPass(t *testing.T) {
+	now := time.Unix(3_000_000, 0)
+	p := newPacer(func() time.Time { return now })
+	const ip = "198.51.100.1"
+	for range 3 {
+		p.refused(ip, &hash.OverloadedError{RetryAfter: 130 * time.Millisecond})
+	}
+	// The clock is fixed: each wait lasts its real duration. Three take the
+	// passes (130 ms, rounded down to the 100 ms slot, each); the fourth finds none to come and is not held
+	// (the address was told nothing more).
+	for i := range 3 {
+		start := time.Now()
+		h, err := p.wait(context.Background(), ip)
+		if !h || err != nil {
+			t.Fatalf("retry %d: held %v, %v", i, h, err)
+		}
+		if d := time.Since(start); d < 95*time.Millisecond {
+			t.Fatalf("retry %d held %v, want until its pass (100 ms)", i, d)
+		}
+	}
+	if held(t, p, ip) {
+		t.Fatal("held with no pass left")
 	}
 }

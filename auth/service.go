@@ -4,6 +4,7 @@
 package auth
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -217,6 +218,32 @@ func hashError(err error) error {
 			Message: "Password hashing is unavailable, retry shortly", RetryAfter: time.Second, Err: err}
 	}
 	return err
+}
+
+// admitHash asks the hash pool whether a login or signup's hash may
+// start. A refusal goes to the pacer first: a client of an address that was
+// told to come back later and comes back early is held, then asked about
+// again (see pacer).
+func (s *Service) admitHash(ctx context.Context, c Client) error {
+	err := s.hashes.Admit()
+	if err == nil {
+		s.pace.admitted(c.IP)
+		return nil
+	}
+	var oe *hash.OverloadedError
+	if !errors.As(err, &oe) {
+		return hashError(err)
+	}
+	held, werr := s.pace.wait(ctx, c.IP)
+	if werr != nil {
+		return werr
+	}
+	if held {
+		if err = s.hashes.Admit(); err == nil {
+			return nil
+		}
+	}
+	return s.hashRefusal(c, err)
 }
 
 // hashRefusal maps a hash pool failure of a client's login or signup, and

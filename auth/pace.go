@@ -7,6 +7,8 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/keyshard/keyshard/auth/hash"
 )
@@ -25,7 +27,10 @@ import (
 // pass for one request: a request that finds a pass whose time has come
 // takes it and is not held; one that finds only passes still to come is
 // held until the earliest and takes it; an address with no pass left was
-// told nothing and is not held. A request whose hash ran earns a pass at
+// told nothing and is not held. An address may have a few refusals without
+// a pass before it is held (freeBurst, then freeRate): clients that come for
+// the first time together have none, and a held request takes a pass some
+// client that waits as told will look for. A request whose hash ran earns a pass at
 // once (its client's next request), which an admitted request of the
 // address takes, as a refused one would. Well-behaved clients behind one
 // address thus find the passes their refusals left and are answered at once, while
@@ -51,13 +56,42 @@ const (
 	passSlot = 50 * time.Millisecond
 	// maxSlots bounds an address's memory; past it the oldest slot goes.
 	maxSlots = 256
+	// freeBurst and freeRate: refusals an address may have without a pass
+	// ready before its requests are held, a bucket (see pacer). Clients
+	// that arrive together for the first time have no pass yet; held, each
+	// would take the pass of a client that waits as told, which would then
+	// be held in turn.
+	freeBurst = 64
+	freeRate  = 8 // per second
 	// maxPacedAddrs bounds the addresses remembered.
 	maxPacedAddrs = 16_384
 )
 
+var paced = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "keyshard_auth_hash_paced_total",
+	Help: "Logins and signups refused for saturated hashing that were held because their address had no pass ready (a client back before its Retry-After).",
+})
+
 // passes of one address: counts by slot, in ascending slot order.
 type passes struct {
 	slots []passSlotCount
+	// spare: refusals the address may have unheld without a pass ready, a
+	// bucket of freeBurst refilled at freeRate; spareAt: its last refill
+	// (unix milliseconds).
+	spare   float64
+	spareAt int64
+}
+
+// spend takes one spare refusal if the bucket has one.
+func (ps *passes) spend(now time.Time) bool {
+	ms := now.UnixMilli()
+	ps.spare = min(freeBurst, ps.spare+float64(ms-ps.spareAt)/1000*freeRate)
+	ps.spareAt = ms
+	if ps.spare < 1 {
+		return false
+	}
+	ps.spare--
+	return true
 }
 
 type passSlotCount struct {
@@ -92,6 +126,7 @@ func (p *pacer) wait(ctx context.Context, ip string) (held bool, err error) {
 	if d <= 0 {
 		return false, nil
 	}
+	paced.Inc()
 	t := time.NewTimer(min(d, maxPace))
 	defer t.Stop()
 	select {
@@ -163,7 +198,7 @@ func (ps *passes) take(now time.Time) time.Duration {
 		ps.use(j)
 		return 0
 	}
-	if len(ps.slots) == 0 {
+	if len(ps.slots) == 0 || ps.spend(now) {
 		return 0
 	}
 	d := time.Duration(ps.slots[0].at-now.UnixMilli()) * time.Millisecond
@@ -200,16 +235,17 @@ func (p *pacer) refused(ip string, err error) {
 	}
 	// No later than maxPace: a hold is never longer, and a client that
 	// caps its waits there is not early.
-	p.passAt(ip, p.now().Add(min(oe.RetryAfter, maxPace)))
+	now := p.now()
+	p.passAt(ip, now, now.Add(min(oe.RetryAfter, maxPace)))
 }
 
 // passAt gives ip a pass at t.
-func (p *pacer) passAt(ip string, t time.Time) {
+func (p *pacer) passAt(ip string, now, t time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	ps, ok := p.addrs.Get(ip)
 	if !ok {
-		ps = &passes{}
+		ps = &passes{spare: freeBurst, spareAt: now.UnixMilli()}
 		p.addrs.Add(ip, ps)
 	}
 	ps.add(t)
@@ -223,5 +259,6 @@ func (p *pacer) served(ip string) {
 	if p == nil || ip == "" {
 		return
 	}
-	p.passAt(ip, p.now())
+	now := p.now()
+	p.passAt(ip, now, now)
 }

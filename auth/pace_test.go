@@ -22,6 +22,14 @@ func held(t *testing.T, p *pacer, ip string) bool {
 	return h
 }
 
+// spent empties ip's spare refusals (the clock of these tests stands
+// still between calls, so the bucket stays empty until it is moved).
+func spent(p *pacer, ip string) {
+	if ps, ok := p.addrs.Peek(ip); ok {
+		ps.spare, ps.spareAt = 0, p.now().UnixMilli()
+	}
+}
+
 // TestPacer: a client refused for saturated hashing that comes back
 // before its Retry-After is held (here until its context ends); other
 // addresses, other errors and a client whose Retry-After passed are not.
@@ -30,6 +38,7 @@ func TestPacer(t *testing.T) {
 	p := newPacer(func() time.Time { return now })
 	p.refused("10.0.0.1", &hash.OverloadedError{RetryAfter: time.Hour})
 	p.refused("10.0.0.2", errors.New("not a hashing refusal"))
+	spent(p, "10.0.0.1")
 	if !held(t, p, "10.0.0.1") {
 		t.Fatal("a client back before its Retry-After was not held")
 	}
@@ -77,7 +86,9 @@ func TestPacer_ClientsBehindOneAddress(t *testing.T) {
 	if held(t, p, ip) {
 		t.Fatal("the next request of a client whose login was hashed was held")
 	}
-	// A client retrying at once has no pass ready: held.
+	// A client retrying at once has no pass ready: held (once its
+	// address's spare refusals are spent).
+	spent(p, ip)
 	if !held(t, p, ip) {
 		t.Fatal("an early retry was not held")
 	}
@@ -95,6 +106,7 @@ func TestPacer_ClientsBehindOneAddress(t *testing.T) {
 	p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
 	p.served(ip)
 	p.admitted(ip)
+	spent(p, ip)
 	if !held(t, p, ip) {
 		t.Fatal("an early retry went through on a pass an admitted request should have taken")
 	}
@@ -121,6 +133,7 @@ func TestPacer_StormHeldPerPass(t *testing.T) {
 	for range 3 {
 		p.refused(ip, &hash.OverloadedError{RetryAfter: 130 * time.Millisecond})
 	}
+	spent(p, ip)
 	// The clock is fixed: each wait lasts its real duration. Three take the
 	// passes (130 ms, rounded down to the 100 ms slot, each); the fourth finds none to come and is not held
 	// (the address was told nothing more).
@@ -136,5 +149,29 @@ func TestPacer_StormHeldPerPass(t *testing.T) {
 	}
 	if held(t, p, ip) {
 		t.Fatal("held with no pass left")
+	}
+}
+
+// TestPacer_SpareRefusals: clients that come together for the first time
+// have no pass: an address has freeBurst refusals without one before its
+// requests are held, then freeRate a second. Without them each held
+// newcomer would take the pass of a client that waits as told.
+func TestPacer_SpareRefusals(t *testing.T) {
+	now := time.Unix(4_000_000, 0)
+	p := newPacer(func() time.Time { return now })
+	const ip = "203.0.113.9"
+	for range freeBurst {
+		p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+		if held(t, p, ip) {
+			t.Fatal("a newcomer was held before the spare refusals were spent")
+		}
+	}
+	p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+	if !held(t, p, ip) {
+		t.Fatal("not held once the spare refusals were spent")
+	}
+	now = now.Add(time.Second / freeRate)
+	if held(t, p, ip) {
+		t.Fatal("held although a spare refusal had come back")
 	}
 }

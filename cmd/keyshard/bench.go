@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -280,6 +281,9 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 			return fmt.Errorf("%s: %w", w, err)
 		}
 		rep.Results = append(rep.Results, res)
+	}
+	if f.hashRateDur > 0 && slices.ContainsFunc(workloads, func(w string) bool { return w == "login" || w == "storm" }) {
+		rep.HashRateAfter = bench.HashRate(ctx, params, 0, f.hashRateDur)
 	}
 	rep.PrintTable(stdout)
 	if f.jsonPath != "" {

@@ -60,6 +60,13 @@ type Storage interface {
 	Destroy(ctx context.Context, p Placement) error
 }
 
+// Seeder is a Storage that can create a tenant's database with rows of its
+// first transaction in it from the start (a new tenant's first signing
+// key), cheaper than opening the new database afterwards to write them.
+type Seeder interface {
+	CreateSeeded(ctx context.Context, p Placement, seed func(Querier) error) error
+}
+
 // Ownership decides which tenants this process serves when several nodes
 // share the catalog (package cluster implements it).
 type Ownership interface {
@@ -143,12 +150,25 @@ var ErrWrongStatus = errors.New("tenant status does not allow this")
 // new, empty database; an imported one (ImportedAt set) is served with the
 // data its import put in place.
 func (e *Engine) ApproveTenant(ctx context.Context, slugOrID string) (*Tenant, error) {
+	t, _, err := e.ApproveTenantSeeded(ctx, slugOrID, nil)
+	return t, err
+}
+
+// ApproveTenantSeeded is ApproveTenant whose new database, when its
+// backend is a Seeder and seed is not nil, holds the rows seed(tenant id)
+// writes (seeded true). Not for an imported tenant, whose data is there.
+func (e *Engine) ApproveTenantSeeded(ctx context.Context, slugOrID string, seed func(tenantID string) func(Querier) error) (_ *Tenant, seeded bool, _ error) {
 	t, err := e.transition(ctx, slugOrID, StatusPending, StatusActive, func(t *Tenant) error {
 		st, ok := e.Backends[t.Backend]
 		if !ok {
 			return fmt.Errorf("backend %q not configured: %w", t.Backend, ErrUnavailable)
 		}
-		if t.ImportedAt == nil {
+		if sd, ok := st.(Seeder); ok && seed != nil && t.ImportedAt == nil {
+			if err := sd.CreateSeeded(ctx, t.Placement(), seed(t.ID)); err != nil {
+				return fmt.Errorf("create shard: %w", err)
+			}
+			seeded = true
+		} else if t.ImportedAt == nil {
 			if err := st.Create(ctx, t.Placement()); err != nil {
 				return fmt.Errorf("create shard: %w", err)
 			}
@@ -165,14 +185,14 @@ func (e *Engine) ApproveTenant(ctx context.Context, slugOrID string) (*Tenant, e
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if marks, ok := e.Catalog.(WorkMarks); ok && t.ImportedAt != nil {
 		// A worker round that saw the tenant still pending put its mark a
 		// minute off: due now. Best effort; the mark above stands anyway.
 		_ = marks.MarkWork(ctx, t.ID, time.Now())
 	}
-	return t, nil
+	return t, seeded, nil
 }
 
 // SuspendTenant refuses the tenant's requests from now on; its shard is

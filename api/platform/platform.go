@@ -165,15 +165,22 @@ func (a *API) handleDeleteTenant(w http.ResponseWriter, r *http.Request, ps http
 }
 
 func (a *API) handleApproveTenant(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-	t, err := a.srv.Engine.ApproveTenant(r.Context(), ps.ByName("tenant"))
+	// The tenant's first signing key is made now rather than by its first
+	// request: in the new database from the start where the backend can
+	// (SQLite), else written after; if that fails, the first use makes it.
+	var seed func(string) func(engine.Querier) error
+	if a.auth != nil {
+		seed = a.auth.Keys().Seed
+	}
+	t, seeded, err := a.srv.Engine.ApproveTenantSeeded(r.Context(), ps.ByName("tenant"), seed)
 	if err != nil {
 		a.srv.WriteError(w, r, err)
 		return
 	}
-	// The tenant's first signing key is made now rather than by its first
-	// request; if that fails, the first use makes it.
-	if err := a.ensureSigningKey(r.Context(), t.ID); err != nil {
-		a.srv.Logger.Warn("signing key not created at approval; it will be at first use", "tenant_id", t.ID, "err", err)
+	if !seeded {
+		if err := a.ensureSigningKey(r.Context(), t.ID); err != nil {
+			a.srv.Logger.Warn("signing key not created at approval; it will be at first use", "tenant_id", t.ID, "err", err)
+		}
 	}
 	a.logAction(r, "tenant approved", t.Slug, "tenant_id", t.ID)
 	api.WriteJSON(w, http.StatusOK, t)

@@ -423,6 +423,12 @@ func (k *Keys) EnsureKey(ctx context.Context, tenantID string, sh engine.Shard) 
 	return err
 }
 
+// Seed returns what writes the tenant's first signing key into its new
+// database (engine.Seeder): inserts only.
+func (k *Keys) Seed(tenantID string) func(engine.Querier) error {
+	return func(tx engine.Querier) error { return k.ensureActive(tx, tenantID) }
+}
+
 // JWKS returns the tenant's public keys: the one that signs, the next one,
 // and those retired less than a token lifetime ago; never an HS256 secret.
 func (ks *KeySet) JWKS() JWKS { return JWKS{Keys: ks.jwks} }

@@ -24,6 +24,9 @@ type Backend struct {
 
 	tmplMu sync.Mutex
 	tmpl   []byte // an empty shard at the current schema; see template
+
+	seedMu sync.Mutex
+	seed   *seeder // see CreateSeeded
 }
 
 var (
@@ -31,6 +34,7 @@ var (
 	_ shard.FileStore    = (*Backend)(nil)
 	_ shard.DirectReader = (*Backend)(nil)
 	_ shard.Locator      = (*Backend)(nil)
+	_ engine.Seeder      = (*Backend)(nil)
 )
 
 // Path returns the shard file of placement p.

@@ -26,7 +26,7 @@ func held(t *testing.T, p *pacer, ip string) bool {
 // still between calls, so the bucket stays empty until it is moved).
 func spent(p *pacer, ip string) {
 	if ps, ok := p.addrs.Peek(ip); ok {
-		ps.spare, ps.spareAt = 0, p.now().UnixMilli()
+		ps.spare, ps.spareAt = 0, p.ms()
 	}
 }
 
@@ -64,10 +64,13 @@ func TestPacer_ClientsBehindOneAddress(t *testing.T) {
 	now := start
 	p := newPacer(func() time.Time { return now })
 	const ip = "192.0.2.7"
-	// A client hashed while its address had no pass, then another refused:
-	// the first one's next request does not wait for the other's pass.
+	// While the pool refuses (here another address), a client hashed while
+	// its address had no pass, then another refused: the first one's next
+	// request does not wait for the other's pass.
+	p.refused("192.0.2.200", &hash.OverloadedError{RetryAfter: time.Second})
 	p.served(ip)
 	p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+	spent(p, ip)
 	if held(t, p, ip) {
 		t.Fatal("a hashed client's next request waited for another's pass")
 	}
@@ -76,6 +79,7 @@ func TestPacer_ClientsBehindOneAddress(t *testing.T) {
 		t.Fatal("held on a stale pass")
 	}
 	start = now
+	p.refused("192.0.2.200", &hash.OverloadedError{RetryAfter: time.Second}) // still refusing
 	// 64 clients refused over 640 ms, each told 1 s.
 	for i := range 64 {
 		now = start.Add(time.Duration(i) * 10 * time.Millisecond)
@@ -117,8 +121,10 @@ func TestPacer_ClientsBehindOneAddress(t *testing.T) {
 	if held(t, p, ip) {
 		t.Fatal("held on a stale pass")
 	}
-	if p.addrs.Contains(ip) {
-		t.Fatal("an address with no pass left is still remembered")
+	// Once its spares are back too, the address is forgotten.
+	now = now.Add(time.Duration(freeBurst/freeRate+1) * time.Second)
+	if held(t, p, ip) || p.addrs.Contains(ip) {
+		t.Fatal("an address with no pass and all its spares is still remembered")
 	}
 }
 
@@ -154,8 +160,8 @@ func TestPacer_StormHeldPerPass(t *testing.T) {
 
 // TestPacer_SpareRefusals: clients that come together for the first time
 // have no pass: an address has freeBurst refusals without one before its
-// requests are held, then freeRate a second. Without them each held
-// newcomer would take the pass of a client that waits as told.
+// requests are held. Spares come back at freeRate only while passes and
+// spares together stay under freeBurst.
 func TestPacer_SpareRefusals(t *testing.T) {
 	now := time.Unix(4_000_000, 0)
 	p := newPacer(func() time.Time { return now })
@@ -170,8 +176,51 @@ func TestPacer_SpareRefusals(t *testing.T) {
 	if !held(t, p, ip) {
 		t.Fatal("not held once the spare refusals were spent")
 	}
-	now = now.Add(time.Second / freeRate)
-	if held(t, p, ip) {
-		t.Fatal("held although a spare refusal had come back")
+	// 64 passes are out: no spare comes back, however long it takes.
+	now = now.Add(500 * time.Millisecond)
+	if !held(t, p, ip) {
+		t.Fatal("a spare came back while the address had freeBurst passes out")
 	}
+	// The clients come back and take their passes: spares come back.
+	now = now.Add(time.Second)
+	for range freeBurst {
+		if held(t, p, ip) {
+			t.Fatal("a client back after its Retry-After was held")
+		}
+	}
+	now = now.Add(2 * time.Second)
+	p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+	if held(t, p, ip) {
+		t.Fatal("no spare came back once the passes were taken")
+	}
+}
+
+// TestPacer_EarlyRetrierBounded: one client that retries at once, each
+// refusal leaving a pass, for two simulated minutes: its refusals a second
+// stay at most freeBurst (plus one); they do not grow with its spares.
+func TestPacer_EarlyRetrierBounded(t *testing.T) {
+	now := time.Unix(5_000_000, 0)
+	p := newPacer(func() time.Time { return now })
+	const ip = "198.51.100.66"
+	perSecond := map[int64]int{}
+	start := p.ms()
+	for p.ms()-start < 120_000 {
+		// One request: held until its pass if the pacer says so (the clock
+		// moves instead of sleeping), then refused.
+		p.mu.Lock()
+		var d time.Duration
+		if ps, ok := p.addrs.Get(ip); ok {
+			d = ps.take(p.ms())
+		}
+		p.mu.Unlock()
+		now = now.Add(max(d, time.Millisecond))
+		p.refused(ip, &hash.OverloadedError{RetryAfter: time.Second})
+		perSecond[(p.ms()-start)/1000]++
+	}
+	for sec := int64(10); sec < 120; sec++ {
+		if n := perSecond[sec]; n > freeBurst+1 {
+			t.Fatalf("second %d: %d refusals of one early retrier, want ≤ %d", sec, n, freeBurst+1)
+		}
+	}
+	t.Logf("refusals in seconds 0, 1, 60, 119: %d %d %d %d", perSecond[0], perSecond[1], perSecond[60], perSecond[119])
 }

@@ -64,7 +64,9 @@ type Storage interface {
 // first transaction in it from the start (a new tenant's first signing
 // key), cheaper than opening the new database afterwards to write them.
 type Seeder interface {
-	CreateSeeded(ctx context.Context, p Placement, seed func(Querier) error) error
+	// CreateSeeded is Create with seed's rows; seeded false when the
+	// database was made without them (seed failed).
+	CreateSeeded(ctx context.Context, p Placement, seed func(Querier) error) (seeded bool, err error)
 }
 
 // Ownership decides which tenants this process serves when several nodes
@@ -164,10 +166,11 @@ func (e *Engine) ApproveTenantSeeded(ctx context.Context, slugOrID string, seed 
 			return fmt.Errorf("backend %q not configured: %w", t.Backend, ErrUnavailable)
 		}
 		if sd, ok := st.(Seeder); ok && seed != nil && t.ImportedAt == nil {
-			if err := sd.CreateSeeded(ctx, t.Placement(), seed(t.ID)); err != nil {
+			ok, err := sd.CreateSeeded(ctx, t.Placement(), seed(t.ID))
+			if err != nil {
 				return fmt.Errorf("create shard: %w", err)
 			}
-			seeded = true
+			seeded = ok
 		} else if t.ImportedAt == nil {
 			if err := st.Create(ctx, t.Placement()); err != nil {
 				return fmt.Errorf("create shard: %w", err)

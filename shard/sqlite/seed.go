@@ -23,32 +23,34 @@ import (
 // the rows are deleted from the copy again (secure_delete: nothing of one
 // tenant stays in the next one's free space). seed may only insert (INSERT
 // INTO a table) and read. A file already there is opened, migrated and
-// seeded in one write instead.
-func (b *Backend) CreateSeeded(ctx context.Context, p engine.Placement, seed func(engine.Querier) error) error {
+// seeded in one write instead. When the copy cannot be made or seed fails
+// on it, the file is made as Create makes it, without the rows (seeded
+// false), as a database whose first rows fail is still a database.
+func (b *Backend) CreateSeeded(ctx context.Context, p engine.Placement, seed func(engine.Querier) error) (seeded bool, _ error) {
 	path, err := b.Path(p)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		data, err := b.seededImage(ctx, seed)
 		if err != nil {
-			return fmt.Errorf("create shard: seed: %w", err)
+			return false, b.Create(ctx, p)
 		}
 		if err := writeNewFile(path, data); !errors.Is(err, os.ErrExist) {
-			return err
+			return err == nil, err
 		}
 	}
 	o := b.Options
 	o.MustExist = false
 	s, err := Open(ctx, path, o, b.ShardOpts)
 	if err != nil {
-		return err
+		return false, err
 	}
 	err = s.Write(ctx, seed)
-	if cerr := s.Close(); err == nil {
-		err = cerr
+	if cerr := s.Close(); cerr != nil {
+		return false, cerr
 	}
-	return err
+	return err == nil, nil
 }
 
 // seeder is the backend's in-memory copy of the empty shard.
@@ -74,7 +76,7 @@ func (b *Backend) seededImage(ctx context.Context, seed func(engine.Querier) err
 			_ = db.Close()
 			return nil, err
 		}
-		if err := db.Exec(`PRAGMA secure_delete = ON`); err != nil {
+		if err := db.Exec(`PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON`); err != nil {
 			_ = db.Close()
 			return nil, err
 		}
@@ -87,9 +89,10 @@ func (b *Backend) seededImage(ctx context.Context, seed func(engine.Querier) err
 		return nil, err
 	}
 	if err := seed(rec); err != nil {
-		if rerr := s.db.Exec(`ROLLBACK`); rerr != nil {
-			b.dropSeeder()
-		}
+		// Not ROLLBACK: pages taken from the free list in the
+		// transaction are not journaled, and would keep the failed
+		// seed's bytes into the next tenants' files.
+		b.dropSeeder()
 		return nil, err
 	}
 	if err := s.db.Exec(`COMMIT`); err != nil {
@@ -117,7 +120,7 @@ func (s *seeder) clear(tables map[string]bool) error {
 			_ = s.db.Exec(`ROLLBACK`)
 			return err
 		}
-		if _, err := s.q.Exec(`DELETE FROM sqlite_sequence WHERE name = ?`, t); err != nil && !isNoSuchTable(err) {
+		if _, err := s.q.Exec(`DELETE FROM sqlite_sequence WHERE name = ? COLLATE NOCASE`, t); err != nil && !isNoSuchTable(err) {
 			_ = s.db.Exec(`ROLLBACK`)
 			return err
 		}
@@ -154,7 +157,7 @@ func (r *insertsOnly) Exec(query string, args ...any) (int64, error) {
 	if m == nil {
 		return 0, fmt.Errorf("a seed may only insert: %.40q", query)
 	}
-	r.tables[m[1]] = true
+	r.tables[strings.ToLower(m[1])] = true
 	return r.q.Exec(query, args...)
 }
 

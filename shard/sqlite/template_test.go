@@ -102,8 +102,8 @@ func TestCreateSeeded(t *testing.T) {
 		// Shorter each time: a row written over the place of a longer,
 		// deleted one leaves that one's first bytes unless they were wiped.
 		val := fmt.Sprintf("secret-of-tenant-%d-%s", i, strings.Repeat("x", 300*(3-i)))
-		if err := b.CreateSeeded(ctx, p, seed(val)); err != nil {
-			t.Fatal(err)
+		if ok, err := b.CreateSeeded(ctx, p, seed(val)); err != nil || !ok {
+			t.Fatal(ok, err)
 		}
 		path, _ := b.Path(p)
 		raw, err := os.ReadFile(path)
@@ -148,28 +148,75 @@ func TestCreateSeeded(t *testing.T) {
 		}
 	}
 
-	// A seed that updates, or fails, creates nothing; the next is clean.
+	// A seed that updates, or fails, leaves a file without its rows
+	// (seeded false), and nothing of it in the next tenant's file: the
+	// last one inserts a large value first, on pages that a rollback
+	// would not wipe.
+	leak := "FAILED-SEED-" + strings.Repeat("z", 20_000)
+	// A large seed first: deleted, its pages go to the copy's free list,
+	// which the failing seed then reuses without journaling them.
+	big := engine.Placement{TenantID: engine.NewTenantID(), Backend: "sqlite", Epoch: 1}
+	if ok, err := b.CreateSeeded(ctx, big, seed(strings.Repeat("b", 20_000))); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
 	for _, bad := range []func(engine.Querier) error{
 		func(tx engine.Querier) error { _, err := tx.Exec(`UPDATE settings SET value = 'x'`); return err },
 		func(tx engine.Querier) error { _, err := tx.Query(`DELETE FROM settings RETURNING key`); return err },
 		func(tx engine.Querier) error {
-			if _, err := tx.Exec(`INSERT INTO settings (key, value) VALUES ('half', 'done')`); err != nil {
+			if _, err := tx.Exec(`INSERT INTO settings (key, value) VALUES ('half', ?)`, leak); err != nil {
 				return err
 			}
 			return errors.New("seed failed")
 		},
 	} {
 		p := engine.Placement{TenantID: engine.NewTenantID(), Backend: "sqlite", Epoch: 1}
-		if err := b.CreateSeeded(ctx, p, bad); err == nil {
-			t.Fatal("a bad seed was accepted")
+		if ok, err := b.CreateSeeded(ctx, p, bad); err != nil || ok {
+			t.Fatalf("a bad seed: seeded %v, %v; want a file without it", ok, err)
 		}
-		if path, _ := b.Path(p); fileExists(path) {
-			t.Fatal("a failed seed left a file")
+		s, err := b.Open(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		err = s.Read(ctx, func(q engine.Querier) error { return q.QueryRow(`SELECT count(*) FROM settings`).Scan(&n) })
+		_ = s.Close()
+		if err != nil || n != 0 {
+			t.Fatalf("after a bad seed: %d settings, %v", n, err)
 		}
 	}
 	p := engine.Placement{TenantID: engine.NewTenantID(), Backend: "sqlite", Epoch: 1}
-	if err := b.CreateSeeded(ctx, p, seed("after failures")); err != nil {
-		t.Fatalf("after failed seeds: %v", err)
+	if ok, err := b.CreateSeeded(ctx, p, seed("after failures")); err != nil || !ok {
+		t.Fatalf("after failed seeds: %v, %v", ok, err)
+	}
+	path, _ := b.Path(p)
+	if raw, err := os.ReadFile(path); err != nil || bytes.Contains(raw, bytes.Repeat([]byte("z"), 64)) {
+		t.Fatalf("the next shard holds bytes of a failed seed (%v)", err)
+	}
+
+	// An insert into an AUTOINCREMENT table, its name spelled in another
+	// case: its counter does not stay for the next tenant either.
+	p = engine.Placement{TenantID: engine.NewTenantID(), Backend: "sqlite", Epoch: 1}
+	if ok, err := b.CreateSeeded(ctx, p, func(tx engine.Querier) error {
+		_, err := tx.Exec(`INSERT INTO Audit_Log (id, action, created_at) VALUES (4242, 'seeded', 1)`)
+		return err
+	}); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	p = engine.Placement{TenantID: engine.NewTenantID(), Backend: "sqlite", Epoch: 1}
+	if ok, err := b.CreateSeeded(ctx, p, seed("after an autoincrement")); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if s, err := b.Open(ctx, p); err != nil {
+		t.Fatal(err)
+	} else {
+		var n int
+		err = s.Read(ctx, func(q engine.Querier) error {
+			return q.QueryRow(`SELECT count(*) FROM sqlite_sequence WHERE name = 'audit_log'`).Scan(&n)
+		})
+		_ = s.Close()
+		if err != nil || n != 0 {
+			t.Fatalf("the next shard has an audit_log counter from another's seed: %d, %v", n, err)
+		}
 	}
 
 	// Over an existing file (a retried approval): written into it.
@@ -177,8 +224,8 @@ func TestCreateSeeded(t *testing.T) {
 	if err := b.Create(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.CreateSeeded(ctx, p, seed("into the existing file")); err != nil {
-		t.Fatal(err)
+	if ok, err := b.CreateSeeded(ctx, p, seed("into the existing file")); err != nil || !ok {
+		t.Fatal(ok, err)
 	}
 	s, err := b.Open(ctx, p)
 	if err != nil {
@@ -191,9 +238,4 @@ func TestCreateSeeded(t *testing.T) {
 	}); err != nil || v != "into the existing file" {
 		t.Fatalf("seed over an existing file: %q, %v", v, err)
 	}
-}
-
-func fileExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }

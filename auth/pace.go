@@ -80,7 +80,6 @@ var paced = promauto.NewCounter(prometheus.CounterOpts{
 // passes of one address: counts by slot, in ascending slot order.
 type passes struct {
 	slots []passSlotCount
-	count int // passes in slots
 	// spare: refusals the address may have unheld without a pass ready;
 	// spareAt: its last refill (ms).
 	spare   float64
@@ -206,7 +205,6 @@ func (ps *passes) ready(ms int64) int {
 	stale := ms - passGrace.Milliseconds()
 	i := 0
 	for i < len(ps.slots) && ps.slots[i].at < stale {
-		ps.count -= int(ps.slots[i].n)
 		i++
 	}
 	ps.slots = ps.slots[i:]
@@ -222,7 +220,6 @@ func (ps *passes) ready(ms int64) int {
 
 // use takes one pass of slot j.
 func (ps *passes) use(j int) {
-	ps.count--
 	ps.slots[j].n--
 	if ps.slots[j].n == 0 {
 		ps.slots = append(ps.slots[:j], ps.slots[j+1:]...)
@@ -248,10 +245,19 @@ func (ps *passes) take(ms int64) time.Duration {
 // refill adds the spares due since the last refill, up to what keeps
 // passes and spares together under freeBurst.
 func (ps *passes) refill(ms int64) {
-	if room := float64(freeBurst - ps.count); ps.spare < room {
+	if room := float64(freeBurst - ps.total()); ps.spare < room {
 		ps.spare = min(room, ps.spare+float64(ms-ps.spareAt)/1000*freeRate)
 	}
 	ps.spareAt = ms
+}
+
+// total counts the passes.
+func (ps *passes) total() int {
+	n := 0
+	for _, sl := range ps.slots {
+		n += int(sl.n)
+	}
+	return n
 }
 
 // spend takes one spare refusal if there is one.
@@ -277,10 +283,6 @@ func (ps *passes) idle(ms int64) bool {
 func (ps *passes) add(ms int64) {
 	slot := passSlot.Milliseconds()
 	at := ms / slot * slot
-	if ms < 0 {
-		at = (ms - slot + 1) / slot * slot
-	}
-	ps.count++
 	k := len(ps.slots)
 	for k > 0 && ps.slots[k-1].at > at {
 		k--
@@ -293,7 +295,6 @@ func (ps *passes) add(ms int64) {
 	copy(ps.slots[k+1:], ps.slots[k:])
 	ps.slots[k] = passSlotCount{at: at, n: 1}
 	if len(ps.slots) > maxSlots {
-		ps.count -= int(ps.slots[0].n)
 		ps.slots = ps.slots[1:]
 	}
 }

@@ -15,6 +15,14 @@ var storageErrors = promauto.NewCounterVec(prometheus.CounterOpts{
 	Help: "SQLite errors that made a shard unavailable, by kind: full, ioerr, corrupt, notadb, cantopen, readonly.",
 }, []string{"kind"})
 
+// seedFallbacks counts new shards made without their seed's rows (the
+// in-memory copy could not be made, or the seed failed): the caller writes
+// the rows after, so nothing is lost but the time CreateSeeded saves.
+var seedFallbacks = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "keyshard_sqlite_seed_fallbacks_total",
+	Help: "New SQLite shards made without their first rows (a tenant's signing key), which were then written after the creation.",
+})
+
 var storageErrorKinds = []struct {
 	code sqlite3.ErrorCode
 	kind string

@@ -25,7 +25,8 @@ import (
 // INTO a table) and read. A file already there is opened, migrated and
 // seeded in one write instead. When the copy cannot be made or seed fails
 // on it, the file is made as Create makes it, without the rows (seeded
-// false), as a database whose first rows fail is still a database.
+// false, counted by keyshard_sqlite_seed_fallbacks_total), as a database
+// whose first rows fail is still a database; the caller writes them after.
 func (b *Backend) CreateSeeded(ctx context.Context, p engine.Placement, seed func(engine.Querier) error) (seeded bool, _ error) {
 	path, err := b.Path(p)
 	if err != nil {
@@ -34,6 +35,7 @@ func (b *Backend) CreateSeeded(ctx context.Context, p engine.Placement, seed fun
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		data, err := b.seededImage(ctx, seed)
 		if err != nil {
+			seedFallbacks.Inc()
 			return false, b.Create(ctx, p)
 		}
 		if err := writeNewFile(path, data); !errors.Is(err, os.ErrExist) {
@@ -49,6 +51,9 @@ func (b *Backend) CreateSeeded(ctx context.Context, p engine.Placement, seed fun
 	err = s.Write(ctx, seed)
 	if cerr := s.Close(); cerr != nil {
 		return false, cerr
+	}
+	if err != nil {
+		seedFallbacks.Inc()
 	}
 	return err == nil, nil
 }

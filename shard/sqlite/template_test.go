@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/migrations"
 	"github.com/keyshard/keyshard/shard/sqlite"
@@ -115,29 +117,17 @@ func TestCreateSeeded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got []string
-		var ok string
+		var n int
+		var got, ok string
 		err = s.Read(ctx, func(q engine.Querier) error {
-			rs, err := q.Query(`SELECT value FROM settings`)
-			if err != nil {
-				return err
-			}
-			defer rs.Close()
-			for rs.Next() {
-				var v string
-				if err := rs.Scan(&v); err != nil {
-					return err
-				}
-				got = append(got, v)
-			}
-			if err := rs.Err(); err != nil {
+			if err := q.QueryRow(`SELECT count(*), coalesce(max(value), '') FROM settings`).Scan(&n, &got); err != nil {
 				return err
 			}
 			return q.QueryRow("PRAGMA integrity_check").Scan(&ok)
 		})
 		_ = s.Close()
-		if err != nil || len(got) != 1 || got[0] != val || ok != "ok" {
-			t.Fatalf("seeded shard %d: settings %q (want [%q]), integrity %q, %v", i, got, val, ok, err)
+		if err != nil || n != 1 || got != val || ok != "ok" {
+			t.Fatalf("seeded shard %d: %d settings, %q (want %q), integrity %q, %v", i, n, got, val, ok, err)
 		}
 	}
 	for i, raw := range files {
@@ -170,8 +160,12 @@ func TestCreateSeeded(t *testing.T) {
 		},
 	} {
 		p := engine.Placement{TenantID: engine.NewTenantID(), Backend: "sqlite", Epoch: 1}
+		before := seedFallbacks(t)
 		if ok, err := b.CreateSeeded(ctx, p, bad); err != nil || ok {
 			t.Fatalf("a bad seed: seeded %v, %v; want a file without it", ok, err)
+		}
+		if got := seedFallbacks(t); got != before+1 {
+			t.Fatalf("keyshard_sqlite_seed_fallbacks_total went %v → %v, want one more", before, got)
 		}
 		s, err := b.Open(ctx, p)
 		if err != nil {
@@ -238,4 +232,20 @@ func TestCreateSeeded(t *testing.T) {
 	}); err != nil || v != "into the existing file" {
 		t.Fatalf("seed over an existing file: %q, %v", v, err)
 	}
+}
+
+// seedFallbacks reads keyshard_sqlite_seed_fallbacks_total.
+func seedFallbacks(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "keyshard_sqlite_seed_fallbacks_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("keyshard_sqlite_seed_fallbacks_total is not registered")
+	return 0
 }

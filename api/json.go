@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -12,14 +13,29 @@ import (
 // WriteJSON encodes v before it writes the status, so that a value that
 // cannot be encoded is a 500 with a JSON body rather than a 200 with none.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	b := EncodeJSON(v)
+	if b == nil {
 		status = http.StatusInternalServerError
-		b = []byte(`{"code":"unexpected_failure","message":"internal error"}`)
+		b = []byte(`{"code":"unexpected_failure","message":"internal error"}` + "\n")
 	}
+	WriteEncodedJSON(w, status, b)
+}
+
+// EncodeJSON returns v as a JSON body (ending in a newline, as WriteJSON
+// writes it), or nil if v cannot be encoded.
+func EncodeJSON(v any) []byte {
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(v); err != nil {
+		return nil
+	}
+	return buf.Bytes()
+}
+
+// WriteEncodedJSON answers status with body b, made by EncodeJSON.
+func WriteEncodedJSON(w http.ResponseWriter, status int, b []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(b)
 }
 
 // badJSON is a request body that is not the one JSON value expected.

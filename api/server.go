@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/julienschmidt/httprouter"
@@ -116,6 +117,9 @@ func (s *Server) Handle(method, route string, h httprouter.Handle) {
 // HandleLimit is Handle with a body limit of its own (uploads).
 func (s *Server) HandleLimit(method, route string, limit int64, h httprouter.Handle) {
 	seconds := httpSeconds.WithLabelValues(route, method)
+	// Most answers are 200s: their counter is looked up once, when first
+	// needed (a route never answered 200 shows no series).
+	ok := sync.OnceValue(func() prometheus.Counter { return httpRequests.WithLabelValues(route, method, "200") })
 	s.router.Handle(method, route, func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
 		start := time.Now()
 		rid := r.Header.Get("X-Request-Id")
@@ -130,7 +134,11 @@ func (s *Server) HandleLimit(method, route string, limit int64, h httprouter.Han
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		h(sw, r, ps)
 		seconds.Observe(time.Since(start).Seconds())
-		httpRequests.WithLabelValues(route, method, strconv.Itoa(sw.code)).Inc()
+		if sw.code == http.StatusOK {
+			ok().Inc()
+		} else {
+			httpRequests.WithLabelValues(route, method, strconv.Itoa(sw.code)).Inc()
+		}
 	})
 }
 

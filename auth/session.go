@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -103,6 +104,36 @@ func (is *issued) amrMethod() string {
 type Principal struct {
 	Claims *token.Claims
 	User   *User
+	// Rendered is where the HTTP edge keeps what it made of User, shared
+	// with every later request answered from the same cached read of the
+	// session (see Authenticate). Nil when User was not read or the read
+	// is not cached.
+	Rendered *Rendered
+}
+
+// Rendered holds one rendering of a cached read's user (GET /user's body):
+// the read is reused only while its shard has had no commit, so neither
+// the user nor anything made of it alone can have changed. It is dropped
+// with the read.
+type Rendered struct{ b atomic.Pointer[[]byte] }
+
+// Load returns the rendering stored before, or nil.
+func (r *Rendered) Load() []byte {
+	if r == nil {
+		return nil
+	}
+	if b := r.b.Load(); b != nil {
+		return *b
+	}
+	return nil
+}
+
+// Store keeps b, which must be made of the principal's User alone and must
+// not be written to after. A nil Rendered keeps nothing.
+func (r *Rendered) Store(b []byte) {
+	if r != nil {
+		r.b.Store(&b)
+	}
 }
 
 // Authenticate checks a bearer access token: signed by one of the tenant's
@@ -130,7 +161,7 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 		if e, ok := s.sessions.Get(key); ok && e.gen == gen && sessionLive(e.userID, e.notAfter, claims.Subject, now) && (!withUser || e.user != nil) {
 			if withUser {
 				u := *e.user // the cached one is shared: callers get their own
-				p.User = &u
+				p.User, p.Rendered = &u, e.rendered
 			}
 			return p, nil
 		}
@@ -169,13 +200,14 @@ func (s *Service) Authenticate(ctx context.Context, t Tenant, bearer string, wit
 		}
 		p.User = u
 		cu := *u
-		cached = &sessionEntry{gen: gen, userID: userID, notAfter: notAfter, user: &cu}
+		cached = &sessionEntry{gen: gen, userID: userID, notAfter: notAfter, user: &cu, rendered: new(Rendered)}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	if cacheable && cached != nil {
+		p.Rendered = cached.rendered
 		s.sessions.Add(key, cached)
 	}
 	return p, nil
@@ -187,7 +219,8 @@ type sessionEntry struct {
 	gen      uint64
 	userID   string
 	notAfter *int64
-	user     *User // nil when read without the user
+	user     *User     // nil when read without the user
+	rendered *Rendered // with user: the edge's rendering of it
 }
 
 // sessionCacheSize bounds the sessions Authenticate keeps (all tenants).

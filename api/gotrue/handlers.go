@@ -102,7 +102,12 @@ func (a *API) handleGetUser(w http.ResponseWriter, r *http.Request, t auth.Tenan
 		return
 	}
 	a.auth.TouchLastSeen(t, p.User.ID)
-	api.WriteJSON(w, http.StatusOK, userView(p.User))
+	b := p.Rendered.Load()
+	if b == nil {
+		b = api.EncodeJSON(userView(p.User))
+		p.Rendered.Store(b)
+	}
+	api.WriteEncodedJSON(w, http.StatusOK, b)
 }
 
 // updateUserBody is the body of PUT /user.

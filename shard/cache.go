@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/keyshard/keyshard/engine"
@@ -32,8 +31,8 @@ type Cache struct {
 	flights  singleflight.Group
 	wg       sync.WaitGroup // background closes
 
-	mu       sync.Mutex // guards the fields below
-	lru      *simplelru.LRU[string, *entry]
+	mu       sync.Mutex               // guards the fields below
+	shards   *sieve                   // open shards, and which to close first
 	closing  map[string]chan struct{} // shards being closed; reopen waits
 	retiring map[string]chan struct{} // tenants whose storage Retire is destroying
 	opening  map[string]int           // opens in flight, by tenant
@@ -49,7 +48,10 @@ type entry struct {
 	epoch  int64
 	shard  *Shard
 	pins   int
-	doomed bool // removed from the LRU; close at the last Release
+	doomed bool // removed from the cache; close at the last Release
+
+	prev, next *entry // in the sieve: prev is newer
+	visited    bool   // acquired since the sieve's hand last passed
 }
 
 // NewCache returns a cache that keeps capacity shards open and refuses with
@@ -62,11 +64,7 @@ func NewCache(capacity, maxOpen int, open Opener) *Cache {
 	if maxOpen < capacity {
 		maxOpen = 2 * capacity
 	}
-	lru, err := simplelru.NewLRU[string, *entry](maxOpen+1, nil)
-	if err != nil {
-		panic(err) // only for a non-positive size
-	}
-	c := &Cache{open: open, capacity: capacity, maxOpen: maxOpen, lru: lru,
+	c := &Cache{open: open, capacity: capacity, maxOpen: maxOpen, shards: newSieve(),
 		closing: make(map[string]chan struct{}), retiring: make(map[string]chan struct{}), opening: make(map[string]int)}
 	c.changed = sync.NewCond(&c.mu)
 	return c
@@ -97,7 +95,7 @@ func (c *Cache) Acquire(ctx context.Context, p engine.Placement) (*Handle, error
 			c.mu.Unlock()
 			return nil, engine.ErrClosed
 		}
-		if e, ok := c.lru.Get(p.TenantID); ok {
+		if e, ok := c.shards.get(p.TenantID); ok {
 			// An older placement than the open shard's is a caller's stale
 			// view: the open shard is the newer truth.
 			if e.epoch >= p.Epoch {
@@ -129,7 +127,7 @@ func (c *Cache) Acquire(ctx context.Context, p engine.Placement) (*Handle, error
 		}
 		e := v.(*entry)
 		c.mu.Lock()
-		if cur, ok := c.lru.Peek(p.TenantID); ok && cur == e && e.epoch >= p.Epoch {
+		if cur, ok := c.shards.peek(p.TenantID); ok && cur == e && e.epoch >= p.Epoch {
 			e.pins++
 			c.mu.Unlock()
 			return &Handle{Shard: e.shard, c: c, e: e}, nil
@@ -138,16 +136,16 @@ func (c *Cache) Acquire(ctx context.Context, p engine.Placement) (*Handle, error
 	}
 }
 
-// openEntry opens a shard and inserts it, unpinned, into the LRU.
+// openEntry opens a shard and inserts it, unpinned, into the cache.
 func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, error) {
 	c.mu.Lock()
-	if e, ok := c.lru.Peek(p.TenantID); ok {
+	if e, ok := c.shards.peek(p.TenantID); ok {
 		c.mu.Unlock()
 		if e.epoch == p.Epoch {
 			return e, nil // a flight that just ended inserted it
 		}
 		// Another placement's shard is open: Acquire serves it or closes it
-		// first. Opening here would replace it in the LRU unclosed and run
+		// first. Opening here would replace it in the cache unclosed and run
 		// two writers on one shard.
 		return nil, errRetry
 	}
@@ -155,7 +153,7 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 		c.mu.Unlock() // an older copy is closing, or the storage is being destroyed
 		return nil, errRetry
 	}
-	if n := c.lru.Len(); n >= c.maxOpen && !c.hasVictimLocked() {
+	if n := c.shards.len(); n >= c.maxOpen && !c.hasVictimLocked() {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("%d shards open and pinned: %w", n, engine.ErrOverloaded)
 	}
@@ -186,16 +184,15 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 		return nil, errRetry
 	}
 	// Several opens may have passed the check above at once. Make room
-	// among unpinned shards, and refuse rather than let the LRU drop its
-	// oldest entry by itself: that entry, pinned or not, would never close.
+	// among unpinned shards, or refuse.
 	c.evictLocked(nil)
-	if c.lru.Len() >= c.maxOpen {
-		n := c.lru.Len()
+	if c.shards.len() >= c.maxOpen {
+		n := c.shards.len()
 		c.mu.Unlock()
 		closeShard(s)
 		return nil, fmt.Errorf("%d shards open and pinned: %w", n, engine.ErrOverloaded)
 	}
-	c.lru.Add(p.TenantID, e)
+	c.shards.add(e)
 	openShards.Inc()
 	c.evictLocked(e)
 	c.mu.Unlock()
@@ -231,46 +228,37 @@ func (c *Cache) release(e *entry) {
 		c.closeLocked(e)
 		return
 	}
-	if c.lru.Len() > c.capacity {
+	if c.shards.len() > c.capacity {
 		c.evictLocked(nil)
 	}
 }
 
 func (c *Cache) hasVictimLocked() bool {
-	for _, e := range c.lru.Values() {
-		if e.pins == 0 {
-			return true
-		}
-	}
-	return false
+	found := false
+	c.shards.each(func(e *entry) { found = found || e.pins == 0 })
+	return found
 }
 
-// evictLocked closes least recently used unpinned shards, other than keep,
-// until at most capacity remain.
+// evictLocked closes unpinned shards other than keep, in the sieve's
+// order, until at most capacity remain.
 func (c *Cache) evictLocked(keep *entry) {
-	n := c.lru.Len() - c.capacity
-	if n <= 0 {
-		return
-	}
-	for _, e := range c.lru.Values() { // oldest first
-		if n == 0 {
-			break
+	for n := c.shards.len() - c.capacity; n > 0; n-- {
+		e := c.shards.victim(keep)
+		if e == nil {
+			return // the rest are pinned
 		}
-		if e.pins == 0 && e != keep {
-			c.doomLocked(e)
-			n--
-		}
+		c.doomLocked(e)
 	}
 }
 
-// doomLocked removes e from the LRU and closes it now if unpinned, else at
+// doomLocked removes e from the cache and closes it now if unpinned, else at
 // its last release. Until it is closed, acquires of its tenant wait.
 func (c *Cache) doomLocked(e *entry) {
 	if e.doomed {
 		return
 	}
 	e.doomed = true
-	c.lru.Remove(e.id)
+	c.shards.remove(e.id)
 	c.closing[e.id] = make(chan struct{})
 	if e.pins == 0 {
 		c.closeLocked(e)
@@ -302,7 +290,9 @@ func (c *Cache) closeLocked(e *entry) {
 func (c *Cache) Open() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lru.Keys()
+	ids := make([]string, 0, c.shards.len())
+	c.shards.each(func(e *entry) { ids = append(ids, e.id) })
+	return ids
 }
 
 // Evict closes the tenant's shard (at once if unpinned, otherwise after its
@@ -331,7 +321,7 @@ func (c *Cache) Retire(ctx context.Context, tenantID string, destroy func() erro
 		c.mu.Unlock()
 		close(fence)
 	}()
-	if e, ok := c.lru.Peek(tenantID); ok {
+	if e, ok := c.shards.peek(tenantID); ok {
 		c.doomLocked(e)
 	}
 	stop := context.AfterFunc(ctx, func() {
@@ -367,7 +357,9 @@ func closeShard(s *Shard) error {
 func (c *Cache) Close() error {
 	c.mu.Lock()
 	c.closed = true
-	for _, e := range c.lru.Values() {
+	var all []*entry
+	c.shards.each(func(e *entry) { all = append(all, e) })
+	for _, e := range all {
 		c.doomLocked(e)
 	}
 	for len(c.closing) > 0 { // pinned shards close at their last release
@@ -390,12 +382,12 @@ type CacheStats struct {
 func (c *Cache) Stats() CacheStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := CacheStats{Open: c.lru.Len(), Closing: len(c.closing), Capacity: c.capacity, MaxOpen: c.maxOpen,
+	st := CacheStats{Open: c.shards.len(), Closing: len(c.closing), Capacity: c.capacity, MaxOpen: c.maxOpen,
 		Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load()}
-	for _, e := range c.lru.Values() {
+	c.shards.each(func(e *entry) {
 		if e.pins > 0 {
 			st.Pinned++
 		}
-	}
+	})
 	return st
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -624,4 +625,30 @@ func TestCache_Retire(t *testing.T) {
 		}
 		h.Release()
 	})
+}
+
+// A shard acquired again since it opened outlives shards opened after it
+// and used once (the sieve); LRU would have closed it.
+func TestCache_KeepsShardsUsedAgain(t *testing.T) {
+	o := newOpener(t, shard.Options{})
+	c := shard.NewCache(2, 0, o.Open)
+	defer c.Close()
+	a, b, d := engine.NewTenantID(), engine.NewTenantID(), engine.NewTenantID()
+	for _, id := range []string{a, a, b, d} {
+		h, err := c.Acquire(context.Background(), placement(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Release()
+	}
+	open := c.Open()
+	slices.Sort(open)
+	want := []string{a, d}
+	slices.Sort(want)
+	if !slices.Equal(open, want) {
+		t.Fatalf("open %v, want %v (a used twice, b once)", open, want)
+	}
+	if st := c.Stats(); st.Hits != 1 || st.Misses != 3 {
+		t.Fatalf("hits %d misses %d, want 1 and 3", st.Hits, st.Misses)
+	}
 }

@@ -1,6 +1,6 @@
 // Package shard runs one tenant's database: a single writer goroutine that
 // group-commits queued operations, a lazily opened pool of read connections,
-// a bounded buffer of fire-and-forget records, and the LRU cache of open
+// a bounded buffer of fire-and-forget records, and the cache of open
 // shards. Backends (shard/sqlite, ...) supply the connections.
 package shard
 

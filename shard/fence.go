@@ -172,7 +172,7 @@ func (s *Shard) fenceErr() error {
 // shard of the new placement open.
 func (c *Cache) EvictStale(ctx context.Context, tenantID string, epoch int64) error {
 	c.mu.Lock()
-	if e, ok := c.lru.Peek(tenantID); ok && e.epoch < epoch {
+	if e, ok := c.shards.peek(tenantID); ok && e.epoch < epoch {
 		c.doomLocked(e)
 	}
 	ch, ok := c.closing[tenantID]

@@ -1,0 +1,93 @@
+package shard
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+func newEntries(s *sieve, ids ...string) map[string]*entry {
+	m := make(map[string]*entry)
+	for _, id := range ids {
+		e := &entry{id: id}
+		s.add(e)
+		m[id] = e
+	}
+	return m
+}
+
+// A visited entry survives the hand's first pass; unvisited ones go in the
+// order they came in; pinned entries and keep are passed over.
+func TestSieve_Victim(t *testing.T) {
+	s := newSieve()
+	es := newEntries(s, "a", "b", "c", "d")
+	s.get("a")
+	s.get("c")
+	var order []string
+	for s.len() > 0 {
+		v := s.victim(nil)
+		if v == nil {
+			t.Fatalf("no victim among %d unpinned entries", s.len())
+		}
+		order = append(order, v.id)
+		s.remove(v.id)
+	}
+	if got, want := fmt.Sprint(order), "[b d a c]"; got != want {
+		t.Fatalf("eviction order %s, want %s", got, want)
+	}
+
+	s = newSieve()
+	es = newEntries(s, "a", "b", "c")
+	es["a"].pins, es["b"].pins = 1, 2
+	if v := s.victim(es["c"]); v != nil {
+		t.Fatalf("victim %s: every other entry is pinned", v.id)
+	}
+	if v := s.victim(nil); v != es["c"] {
+		t.Fatalf("victim %v, want c", v)
+	}
+	s.remove("c")
+	if v := s.victim(nil); v != nil {
+		t.Fatalf("victim %s among pinned entries only", v.id)
+	}
+	if _, ok := s.get("a"); !ok || s.len() != 2 {
+		t.Fatalf("pinned entries lost: len %d", s.len())
+	}
+}
+
+// Random operations keep the list and the map in agreement, and the hand on
+// a member.
+func TestSieve_Consistent(t *testing.T) {
+	s := newSieve()
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 20000 {
+		id := fmt.Sprint(r.IntN(50))
+		switch r.IntN(4) {
+		case 0:
+			s.add(&entry{id: id, pins: r.IntN(2)})
+		case 1:
+			s.get(id)
+		case 2:
+			s.remove(id)
+		case 3:
+			if v := s.victim(nil); v != nil {
+				if v.pins != 0 {
+					t.Fatalf("step %d: pinned victim", i)
+				}
+				s.remove(v.id)
+			}
+		}
+		n := 0
+		var prev *entry
+		handSeen := s.hand == nil
+		for e := s.head; e != nil; e = e.next {
+			if e.prev != prev || s.m[e.id] != e {
+				t.Fatalf("step %d: list and map disagree at %s", i, e.id)
+			}
+			handSeen = handSeen || s.hand == e
+			prev, n = e, n+1
+		}
+		if n != s.len() || s.tail != prev || !handSeen {
+			t.Fatalf("step %d: %d linked, %d mapped, tail ok %v, hand a member %v", i, n, s.len(), s.tail == prev, handSeen)
+		}
+	}
+}

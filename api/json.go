@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -24,11 +23,11 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 // EncodeJSON returns v as a JSON body (ending in a newline, as WriteJSON
 // writes it), or nil if v cannot be encoded.
 func EncodeJSON(v any) []byte {
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(v); err != nil {
+	b, err := json.Marshal(v)
+	if err != nil {
 		return nil
 	}
-	return buf.Bytes()
+	return append(b, '\n')
 }
 
 // WriteEncodedJSON answers status with body b, made by EncodeJSON.

@@ -95,6 +95,26 @@ func TestKeys_SignVerify(t *testing.T) {
 			t.Fatalf("%+v %v", got, err)
 		}
 	})
+	t.Run("CacheHitsTheWholeTokenOnly", func(t *testing.T) {
+		// tok is cached by now: a token that differs from it in one
+		// signature character, or by a character more, is verified afresh
+		// and fails.
+		b := []byte(tok)
+		i := len(b) - 10
+		if b[i] == 'A' {
+			b[i] = 'B'
+		} else {
+			b[i] = 'A'
+		}
+		for _, bad := range []string{string(b), tok + "A", tok[:len(tok)-1]} {
+			if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, bad, nil); !errors.Is(err, token.ErrInvalidToken) {
+				t.Fatalf("altered token: err %v", err)
+			}
+		}
+		if _, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, nil); err != nil {
+			t.Fatalf("the token itself: %v", err)
+		}
+	})
 	t.Run("ErrIssuer", func(t *testing.T) {
 		_, err := keys.Verify(ctx, ts.Tenant.ID, ts, tok, func(string) bool { return false })
 		if !errors.Is(err, token.ErrInvalidToken) {

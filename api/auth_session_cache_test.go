@@ -60,3 +60,21 @@ func TestGetUser_SessionCacheFollowsWrites(t *testing.T) {
 		t.Fatalf("another tenant accepted the token: %d %s", r.Status, r.Raw)
 	}
 }
+
+// A user that cannot be encoded (a stored time past year 9999, as an
+// imported file may hold) is a 500 with a JSON body, never a 200 without
+// one, and nothing is kept for the next request.
+func TestGetUser_UnencodableUser(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	base := e.tenant("unenc")
+	at := e.signup(base, "unenc@example.com", "password1").str("access_token")
+	e.write("unenc", func(tx engine.Querier) error {
+		_, err := tx.Exec(`UPDATE users SET created_at = 253402300800000000`) // year 10000
+		return err
+	})
+	for range 2 {
+		if r := e.call("GET", base+"/user", at, nil); r.Status != 500 || r.str("code") != "unexpected_failure" {
+			t.Fatalf("GET /user of an unencodable user: %d %s", r.Status, r.Raw)
+		}
+	}
+}

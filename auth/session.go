@@ -129,12 +129,17 @@ func (r *Rendered) Load() []byte {
 }
 
 // Store keeps b, which must be made of the principal's User alone and must
-// not be written to after. A nil Rendered keeps nothing.
+// not be written to after. A nil Rendered keeps nothing, nor does one given
+// more than maxRendered bytes: the session cache's memory stays bounded
+// (16,384 sessions × 4 KiB) whatever the users' metadata.
 func (r *Rendered) Store(b []byte) {
-	if r != nil {
+	if r != nil && len(b) <= maxRendered {
 		r.b.Store(&b)
 	}
 }
+
+// maxRendered is the largest rendering kept; a usual user is 1-2 KiB.
+const maxRendered = 4 << 10
 
 // Authenticate checks a bearer access token: signed by one of the tenant's
 // keys, issued by it, not expired, and its session still alive. withUser

@@ -104,7 +104,10 @@ func (a *API) handleGetUser(w http.ResponseWriter, r *http.Request, t auth.Tenan
 	a.auth.TouchLastSeen(t, p.User.ID)
 	b := p.Rendered.Load()
 	if b == nil {
-		b = api.EncodeJSON(userView(p.User))
+		if b = api.EncodeJSON(userView(p.User)); b == nil {
+			api.WriteJSON(w, http.StatusOK, userView(p.User)) // answers 500, as for any value that cannot be encoded
+			return
+		}
 		p.Rendered.Store(b)
 	}
 	api.WriteEncodedJSON(w, http.StatusOK, b)

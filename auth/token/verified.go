@@ -23,7 +23,12 @@ type verified struct {
 
 const (
 	verifiedShards   = 32
-	verifiedPerShard = 512 // 16,384 tokens, ~20 MB at most
+	verifiedPerShard = 512 // 16,384 tokens
+	// verifiedMaxToken: longer tokens (large user metadata) are verified
+	// every time, so that the cache holds at most 16,384 tokens of 2 KiB
+	// with the claims decoded from them (tens of MiB), however large the
+	// metadata users are given. A usual token is under 1 KiB.
+	verifiedMaxToken = 2 << 10
 )
 
 var verifiedSeed = maphash.MakeSeed()
@@ -63,6 +68,9 @@ func (v *verified) get(tenantID, raw string, now int64) (*Claims, string, bool) 
 
 // put remembers that raw verified for tenantID with key kid and claims c.
 func (v *verified) put(tenantID, kid, raw string, c *Claims) {
+	if len(raw) > verifiedMaxToken {
+		return
+	}
 	s := v.shard(raw)
 	s.mu.Lock()
 	defer s.mu.Unlock()

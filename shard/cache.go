@@ -52,6 +52,10 @@ type entry struct {
 
 	prev, next *entry // in the sieve: prev is newer
 	visited    bool   // acquired since the sieve's hand last passed
+	// fresh: opened, not yet pinned by the Acquire that opened it. Never
+	// evicted, as if pinned: the sieve's hand may stand anywhere, and
+	// closing it before its opener used it would only open it again.
+	fresh bool
 }
 
 // NewCache returns a cache that keeps capacity shards open and refuses with
@@ -129,6 +133,7 @@ func (c *Cache) Acquire(ctx context.Context, p engine.Placement) (*Handle, error
 		c.mu.Lock()
 		if cur, ok := c.shards.peek(p.TenantID); ok && cur == e && e.epoch >= p.Epoch {
 			e.pins++
+			e.fresh = false
 			c.mu.Unlock()
 			return &Handle{Shard: e.shard, c: c, e: e}, nil
 		}
@@ -171,7 +176,7 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 	if err != nil {
 		return nil, fmt.Errorf("open shard %s: %w", p.TenantID, err)
 	}
-	e := &entry{id: p.TenantID, epoch: p.Epoch, shard: s}
+	e := &entry{id: p.TenantID, epoch: p.Epoch, shard: s, fresh: true}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -185,7 +190,7 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 	}
 	// Several opens may have passed the check above at once. Make room
 	// among unpinned shards, or refuse.
-	c.evictLocked(nil)
+	c.evictLocked()
 	if c.shards.len() >= c.maxOpen {
 		n := c.shards.len()
 		c.mu.Unlock()
@@ -194,7 +199,7 @@ func (c *Cache) openEntry(ctx context.Context, p engine.Placement) (*entry, erro
 	}
 	c.shards.add(e)
 	openShards.Inc()
-	c.evictLocked(e)
+	c.evictLocked()
 	c.mu.Unlock()
 	return e, nil
 }
@@ -229,23 +234,23 @@ func (c *Cache) release(e *entry) {
 		return
 	}
 	if c.shards.len() > c.capacity {
-		c.evictLocked(nil)
+		c.evictLocked()
 	}
 }
 
 func (c *Cache) hasVictimLocked() bool {
 	found := false
-	c.shards.each(func(e *entry) { found = found || e.pins == 0 })
+	c.shards.each(func(e *entry) { found = found || e.idle() })
 	return found
 }
 
-// evictLocked closes unpinned shards other than keep, in the sieve's
-// order, until at most capacity remain.
-func (c *Cache) evictLocked(keep *entry) {
+// evictLocked closes idle shards, in the sieve's order, until at most
+// capacity remain.
+func (c *Cache) evictLocked() {
 	for n := c.shards.len() - c.capacity; n > 0; n-- {
-		e := c.shards.victim(keep)
+		e := c.shards.victim()
 		if e == nil {
-			return // the rest are pinned
+			return // the rest are pinned or fresh
 		}
 		c.doomLocked(e)
 	}

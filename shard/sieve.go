@@ -78,9 +78,9 @@ func (s *sieve) unlink(e *entry) {
 	delete(s.m, e.id)
 }
 
-// victim returns the next entry to let go, skipping pinned entries and
-// keep, or nil when every entry is pinned or keep. It does not remove it.
-func (s *sieve) victim(keep *entry) *entry {
+// victim returns the next entry to let go, skipping entries in use (see
+// entry.idle), or nil when every entry is. It does not remove it.
+func (s *sieve) victim() *entry {
 	e := s.hand
 	// Two rounds at most: the first clears every mark it passes.
 	for range 2*len(s.m) + 1 {
@@ -93,7 +93,7 @@ func (s *sieve) victim(keep *entry) *entry {
 		switch {
 		case e.visited:
 			e.visited = false
-		case e.pins == 0 && e != keep:
+		case e.idle():
 			s.hand = e.prev
 			return e
 		}
@@ -108,3 +108,7 @@ func (s *sieve) each(fn func(*entry)) {
 		fn(e)
 	}
 }
+
+// idle reports whether the entry may be closed: nobody holds it pinned and
+// its opener has pinned it once.
+func (e *entry) idle() bool { return e.pins == 0 && !e.fresh }

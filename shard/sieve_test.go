@@ -17,7 +17,7 @@ func newEntries(s *sieve, ids ...string) map[string]*entry {
 }
 
 // A visited entry survives the hand's first pass; unvisited ones go in the
-// order they came in; pinned entries and keep are passed over.
+// order they came in; pinned and fresh entries are passed over.
 func TestSieve_Victim(t *testing.T) {
 	s := newSieve()
 	es := newEntries(s, "a", "b", "c", "d")
@@ -25,7 +25,7 @@ func TestSieve_Victim(t *testing.T) {
 	s.get("c")
 	var order []string
 	for s.len() > 0 {
-		v := s.victim(nil)
+		v := s.victim()
 		if v == nil {
 			t.Fatalf("no victim among %d unpinned entries", s.len())
 		}
@@ -38,15 +38,16 @@ func TestSieve_Victim(t *testing.T) {
 
 	s = newSieve()
 	es = newEntries(s, "a", "b", "c")
-	es["a"].pins, es["b"].pins = 1, 2
-	if v := s.victim(es["c"]); v != nil {
-		t.Fatalf("victim %s: every other entry is pinned", v.id)
+	es["a"].pins, es["b"].pins, es["c"].fresh = 1, 2, true
+	if v := s.victim(); v != nil {
+		t.Fatalf("victim %s: every entry is pinned or fresh", v.id)
 	}
-	if v := s.victim(nil); v != es["c"] {
+	es["c"].fresh = false
+	if v := s.victim(); v != es["c"] {
 		t.Fatalf("victim %v, want c", v)
 	}
 	s.remove("c")
-	if v := s.victim(nil); v != nil {
+	if v := s.victim(); v != nil {
 		t.Fatalf("victim %s among pinned entries only", v.id)
 	}
 	if _, ok := s.get("a"); !ok || s.len() != 2 {
@@ -63,15 +64,15 @@ func TestSieve_Consistent(t *testing.T) {
 		id := fmt.Sprint(r.IntN(50))
 		switch r.IntN(4) {
 		case 0:
-			s.add(&entry{id: id, pins: r.IntN(2)})
+			s.add(&entry{id: id, pins: r.IntN(2), fresh: r.IntN(4) == 0})
 		case 1:
 			s.get(id)
 		case 2:
 			s.remove(id)
 		case 3:
-			if v := s.victim(nil); v != nil {
-				if v.pins != 0 {
-					t.Fatalf("step %d: pinned victim", i)
+			if v := s.victim(); v != nil {
+				if !v.idle() {
+					t.Fatalf("step %d: victim in use", i)
 				}
 				s.remove(v.id)
 			}

@@ -73,8 +73,6 @@ func TestGetUser_UnencodableUser(t *testing.T) {
 		return err
 	})
 	for range 2 {
-		if r := e.call("GET", base+"/user", at, nil); r.Status != 500 || r.str("code") != "unexpected_failure" {
-			t.Fatalf("GET /user of an unencodable user: %d %s", r.Status, r.Raw)
-		}
+		wantAuthError(t, e.call("GET", base+"/user", at, nil), 500, "unexpected_failure")
 	}
 }

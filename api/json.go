@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 
@@ -12,22 +13,22 @@ import (
 // WriteJSON encodes v before it writes the status, so that a value that
 // cannot be encoded is a 500 with a JSON body rather than a 200 with none.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
-	b := EncodeJSON(v)
-	if b == nil {
+	b, err := EncodeJSON(v)
+	if err != nil {
 		status = http.StatusInternalServerError
 		b = []byte(`{"code":"unexpected_failure","message":"internal error"}` + "\n")
 	}
 	WriteEncodedJSON(w, status, b)
 }
 
-// EncodeJSON returns v as a JSON body (ending in a newline, as WriteJSON
-// writes it), or nil if v cannot be encoded.
-func EncodeJSON(v any) []byte {
+// EncodeJSON returns v as a JSON body, ending in a newline as WriteJSON
+// writes it.
+func EncodeJSON(v any) ([]byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("encode answer: %w", err)
 	}
-	return append(b, '\n')
+	return append(b, '\n'), nil
 }
 
 // WriteEncodedJSON answers status with body b, made by EncodeJSON.

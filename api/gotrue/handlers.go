@@ -104,8 +104,8 @@ func (a *API) handleGetUser(w http.ResponseWriter, r *http.Request, t auth.Tenan
 	a.auth.TouchLastSeen(t, p.User.ID)
 	b := p.Rendered.Load()
 	if b == nil {
-		if b = api.EncodeJSON(userView(p.User)); b == nil {
-			api.WriteJSON(w, http.StatusOK, userView(p.User)) // answers 500, as for any value that cannot be encoded
+		if b, err = api.EncodeJSON(userView(p.User)); err != nil {
+			a.writeError(w, r, err) // a 500 unexpected_failure
 			return
 		}
 		p.Rendered.Store(b)

@@ -9,14 +9,15 @@ import (
 // verified remembers access tokens whose signature has been checked, until
 // they expire, so that a client presenting the same token on every request
 // costs a map lookup instead of one signature verification (~40-80 µs, the
-// largest cost of GET /user in profiles). Tokens are kept whole and compared
-// whole: a hit is the very token that verified, not one with the same hash. It caches only what Verify already
-// accepted: a hit still checks the tenant, the expiry, the issuer and that
-// the tenant still publishes the key that verified it (a tenant deleted and
-// restored with new keys, or a key withdrawn, goes back to full
-// verification), and the caller still checks the session in the database. Bounded: each of its
-// shards holds at most verifiedPerShard tokens and forgets a random one when
-// full. Safe for concurrent use.
+// largest cost of GET /user in profiles). Tokens are kept and compared
+// whole: a hit is the very token that verified, not one with the same hash.
+// It caches only what Verify already accepted: a hit still checks the
+// tenant, the expiry, the issuer and that the tenant still publishes the key
+// that verified it (a tenant deleted and restored with new keys, or a key
+// withdrawn, goes back to full verification), and the caller still checks
+// the session in the database. Bounded: each of its shards holds at most
+// verifiedPerShard tokens and forgets a random one when full. Safe for
+// concurrent use.
 type verified struct {
 	shards [verifiedShards]verifiedShard
 }

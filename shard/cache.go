@@ -238,11 +238,7 @@ func (c *Cache) release(e *entry) {
 	}
 }
 
-func (c *Cache) hasVictimLocked() bool {
-	found := false
-	c.shards.each(func(e *entry) { found = found || e.idle() })
-	return found
-}
+func (c *Cache) hasVictimLocked() bool { return c.shards.hasIdle() }
 
 // evictLocked closes idle shards, in the sieve's order, until at most
 // capacity remain.

@@ -102,6 +102,17 @@ func (s *sieve) victim() *entry {
 	return nil
 }
 
+// hasIdle reports whether some entry may be closed, without moving the hand
+// or clearing marks as victim does.
+func (s *sieve) hasIdle() bool {
+	for e := s.tail; e != nil; e = e.prev {
+		if e.idle() {
+			return true
+		}
+	}
+	return false
+}
+
 // each calls fn on every entry, oldest first; fn must not add or remove.
 func (s *sieve) each(fn func(*entry)) {
 	for e := s.tail; e != nil; e = e.prev {

@@ -20,7 +20,7 @@ func newEntries(s *sieve, ids ...string) map[string]*entry {
 // order they came in; pinned and fresh entries are passed over.
 func TestSieve_Victim(t *testing.T) {
 	s := newSieve()
-	es := newEntries(s, "a", "b", "c", "d")
+	newEntries(s, "a", "b", "c", "d")
 	s.get("a")
 	s.get("c")
 	var order []string
@@ -37,12 +37,15 @@ func TestSieve_Victim(t *testing.T) {
 	}
 
 	s = newSieve()
-	es = newEntries(s, "a", "b", "c")
+	es := newEntries(s, "a", "b", "c")
 	es["a"].pins, es["b"].pins, es["c"].fresh = 1, 2, true
-	if v := s.victim(); v != nil {
-		t.Fatalf("victim %s: every entry is pinned or fresh", v.id)
+	if v := s.victim(); v != nil || s.hasIdle() {
+		t.Fatalf("victim %v, hasIdle %v: every entry is pinned or fresh", v, s.hasIdle())
 	}
 	es["c"].fresh = false
+	if !s.hasIdle() {
+		t.Fatal("hasIdle false with c idle")
+	}
 	if v := s.victim(); v != es["c"] {
 		t.Fatalf("victim %v, want c", v)
 	}

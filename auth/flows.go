@@ -518,22 +518,7 @@ const maxWalk = 256
 // The check and the rotation run in one write, so concurrent refreshes of
 // one token are ordered by the shard's writer.
 func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented string) (*Session, error) {
-	is, userID, now, err := s.rotate(ctx, t, c, presented, "")
-	if err != nil {
-		return nil, err
-	}
-	// The user is read after the commit, on a reader: the writer is the
-	// shard's one serial resource, and this read was a third of its time
-	// per refresh. Its user row cannot be deleted without its sessions, so a
-	// missing user means it was deleted just now.
-	err = t.Shard.Read(ctx, func(q engine.Querier) error {
-		var err error
-		is.user, err = userByID(q, userID)
-		return err
-	})
-	if errors.Is(err, engine.ErrNoRows) {
-		return nil, errRefreshNotFound()
-	}
+	is, _, now, err := s.rotate(ctx, t, c, presented, "")
 	if err != nil {
 		return nil, err
 	}
@@ -567,19 +552,29 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 		var revoked bool
 		var sessCreated, notAfter, refreshedAt *int64
 		var amr, grantClient *string
-		// One statement for the token, its session and its OAuth grant:
-		// the writer is the shard's one serial resource.
-		err := tx.QueryRow(`SELECT rt.id, rt.user_id, rt.session_id, rt.revoked, rt.updated_at, s.created_at, s.not_after, s.refreshed_at, s.amr, g.client_id
+		// One statement for the token, its session, its OAuth grant and the
+		// user with its identities (the answer's user: a refresh does not
+		// change it). The writer is the shard's one serial resource, but a
+		// separate read transaction after the commit cost more CPU in all.
+		rows, err := tx.Query(`SELECT rt.id, rt.user_id, rt.session_id, rt.revoked, rt.updated_at, s.created_at, s.not_after, s.refreshed_at, s.amr, g.client_id,
+			`+userColumns+`, `+identityColumns+`
 			FROM refresh_tokens rt LEFT JOIN sessions s ON s.id = rt.session_id LEFT JOIN oauth_grants g ON g.session_id = rt.session_id
-			WHERE rt.token_hash = ?`, h).
-			Scan(&id, &userID, &sessID, &revoked, &updated, &sessCreated, &notAfter, &refreshedAt, &amr, &grantClient)
-		if errors.Is(err, engine.ErrNoRows) {
-			is.failure = errRefreshNotFound()
-			return nil
-		}
+			LEFT JOIN users u ON u.id = rt.user_id AND u.deleted_at IS NULL LEFT JOIN identities i ON i.user_id = u.id
+			WHERE rt.token_hash = ? ORDER BY i.created_at, i.id`, h)
 		if err != nil {
 			return err
 		}
+		u, found, err := scanUserRows(rows, &id, &userID, &sessID, &revoked, &updated, &sessCreated, &notAfter, &refreshedAt, &amr, &grantClient)
+		if err != nil {
+			return err
+		}
+		// No user: it was deleted (its sessions go with it), so the token
+		// is as good as gone; nothing is rotated.
+		if !found || u == nil {
+			is.failure = errRefreshNotFound()
+			return nil
+		}
+		is.user = u
 		if (grantClient == nil && clientID != "") || (grantClient != nil && *grantClient != clientID) || sessCreated == nil {
 			is.failure = errRefreshNotFound()
 			return nil

@@ -393,7 +393,7 @@ func grantBySession(q engine.Querier, sessID string, now time.Time) (*OAuthGrant
 // GoTrue's reuse detection: a token presented again outside the grace
 // interval revokes the grant.
 func (s *Service) RotateOAuthRefresh(ctx context.Context, t Tenant, c Client, clientID, presented string) (string, error) {
-	is, userID, now, err := s.rotate(ctx, t, c, presented, clientID)
+	is, _, now, err := s.rotate(ctx, t, c, presented, clientID)
 	if err != nil {
 		var ae *engine.Error
 		if errors.As(err, &ae) && (ae.Code == CodeRefreshNotFound || ae.Code == CodeRefreshAlreadyUsed || ae.Code == CodeSessionExpired) {
@@ -401,19 +401,10 @@ func (s *Service) RotateOAuthRefresh(ctx context.Context, t Tenant, c Client, cl
 		}
 		return "", err
 	}
-	var banned bool
-	err = t.Shard.Read(ctx, func(q engine.Querier) error {
-		u, err := userByID(q, userID)
-		if err != nil {
-			return err
-		}
-		banned = u.Banned(now)
-		return nil
-	})
-	if errors.Is(err, engine.ErrNoRows) || banned {
+	if is.user.Banned(now) {
 		return "", errInvalidGrant("the user can no longer sign in")
 	}
-	return is.refresh, err
+	return is.refresh, nil
 }
 
 // OAuthGrantActive returns the live grant of a session, or nil.

@@ -1,6 +1,8 @@
 package api_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keyshard/keyshard/auth/hash"
+	"github.com/keyshard/keyshard/engine"
 )
 
 func sessionID(tb testing.TB, r authResp) string {
@@ -103,6 +106,57 @@ func TestAuth_Refresh(t *testing.T) {
 		}
 		sameKeys(t, "error", r.Body, "code", "message")
 	})
+}
+
+// Refresh tokens carry their issue time as a prefix (for the index of
+// stored keys, not for clients); tokens issued before the prefix existed
+// (32 characters, stored as their SHA-256) still refresh, and their
+// parent's grace reaches a prefixed child.
+func TestAuth_RefreshTokenPrefix(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	base := e.tenant("acme")
+	e.signup(base, "ivan@example.com", "password1")
+	s1 := e.login(base, "ivan@example.com", "password1")
+	rt := s1.str("refresh_token")
+	if len(rt) != 46 {
+		t.Fatalf("refresh token %q: want 46 characters", rt)
+	}
+	issued, err := strconv.ParseInt(rt[:14], 16, 64)
+	if err != nil || time.Since(time.UnixMicro(issued)).Abs() > time.Minute || strings.ToLower(rt[:14]) != rt[:14] {
+		t.Fatalf("refresh token %q: its first 14 characters are not its issue time in hex (%v)", rt, err)
+	}
+	// The session's token as an older server issued it.
+	legacy := strings.Repeat("k", 20) + "Q1w2E3r4T5y6"
+	sum := sha256.Sum256([]byte(legacy))
+	e.write("acme", func(tx engine.Querier) error {
+		n, err := tx.Exec(`UPDATE refresh_tokens SET token_hash = ? WHERE session_id = ? AND revoked = 0`, hex.EncodeToString(sum[:]), sessionID(t, s1))
+		if err == nil && n != 1 {
+			err = fmt.Errorf("%d rows", n)
+		}
+		return err
+	})
+	if r := e.refresh(base, rt); r.Status != 400 {
+		t.Fatalf("the replaced token: %d %s", r.Status, r.Raw)
+	}
+	s2 := e.refresh(base, legacy)
+	if s2.Status != 200 || len(s2.str("refresh_token")) != 46 || sessionID(t, s2) != sessionID(t, s1) {
+		t.Fatalf("a token without a prefix: %d %s", s2.Status, s2.Raw)
+	}
+	again := e.refresh(base, legacy)
+	if again.Status != 200 || again.str("refresh_token") != s2.str("refresh_token") {
+		t.Fatalf("the parent without a prefix within grace: %d %s, want the active %q", again.Status, again.Raw, s2.str("refresh_token"))
+	}
+	if s3 := e.refresh(base, s2.str("refresh_token")); s3.Status != 200 || s3.str("refresh_token") == s2.str("refresh_token") {
+		t.Fatalf("the prefixed child: %d %s", s3.Status, s3.Raw)
+	}
+	// A prefix that is not lowercase hex is not a token's.
+	bad := strings.ToUpper(rt[:14]) + rt[14:]
+	if bad == rt {
+		bad = "g" + rt[1:]
+	}
+	if r := e.refresh(base, bad); r.Status != 400 {
+		t.Fatalf("a malformed prefix: %d %s", r.Status, r.Raw)
+	}
 }
 
 func TestAuth_ConcurrentRefresh(t *testing.T) {

@@ -86,7 +86,7 @@ func checkSession(tb testing.TB, r authResp, email string) {
 		want = append(append([]string{}, sessionKeys...), "weak_password")
 	}
 	sameKeys(tb, "session", r.Body, want...)
-	if r.Body["token_type"] != "bearer" || r.Body["expires_in"] != float64(3600) || len(r.str("refresh_token")) != 32 {
+	if r.Body["token_type"] != "bearer" || r.Body["expires_in"] != float64(3600) || len(r.str("refresh_token")) != 46 {
 		tb.Fatalf("session fields: %s", r.Raw)
 	}
 	// A response with tokens must not be cached (RFC 6749 §5.1).

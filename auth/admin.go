@@ -23,7 +23,7 @@ const serviceKeySetting = "service_key_sha256"
 // IssueServiceKey creates a new service key for the tenant, replacing any
 // previous one, and returns it. Only its SHA-256 is stored.
 func (s *Service) IssueServiceKey(ctx context.Context, t Tenant) (string, error) {
-	key := ServiceKeyPrefix + newRefreshToken() + newRefreshToken()[:8]
+	key := ServiceKeyPrefix + randomBase62(40)
 	sum := sha256.Sum256([]byte(key))
 	now := s.now().UTC()
 	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
@@ -254,11 +254,11 @@ func (s *Service) DeleteUser(ctx context.Context, t Tenant, c Client, id string,
 		if soft {
 			ts := now.UnixMicro()
 			if _, err := tx.Exec(`UPDATE users SET email = ?, phone = NULL, encrypted_password = '', raw_app_meta_data = '{}',
-				raw_user_meta_data = '{}', deleted_at = ?, updated_at = ? WHERE id = ?`, newRefreshToken()+newRefreshToken(), ts, ts, id); err != nil {
+				raw_user_meta_data = '{}', deleted_at = ?, updated_at = ? WHERE id = ?`, randomBase62(64), ts, ts, id); err != nil {
 				return err
 			}
 			if _, err := tx.Exec(`UPDATE identities SET provider_id = ?, email = NULL, identity_data = '{}', updated_at = ? WHERE user_id = ?`,
-				newRefreshToken()+newRefreshToken(), ts, id); err != nil {
+				randomBase62(64), ts, id); err != nil {
 				return err
 			}
 			if _, err := tx.Exec(`DELETE FROM oauth_consents WHERE user_id = ?`, id); err != nil {

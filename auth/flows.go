@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -539,7 +540,7 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 	if !validRefreshToken(presented) {
 		return nil, "", time.Time{}, validationf("Refresh token is not valid")
 	}
-	h := hashToken(presented)
+	h := refreshKey(presented)
 	is := &issued{}
 	var now time.Time
 	var userID string
@@ -592,12 +593,12 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 			is.method = *amr
 		}
 		if !revoked {
-			child := s.derive(t.ID, presented)
+			child := refreshPrefix(now) + s.derive(t.ID, presented)
 			if _, err := tx.Exec(`UPDATE refresh_tokens SET revoked = 1, updated_at = ? WHERE id = ?`, ts, id); err != nil {
 				return err
 			}
 			if _, err := tx.Exec(`INSERT INTO refresh_tokens (token_hash, user_id, session_id, parent, revoked, created_at, updated_at)
-				VALUES (?, ?, ?, ?, 0, ?, ?)`, hashToken(child), userID, sessID, h, ts, ts); err != nil {
+				VALUES (?, ?, ?, ?, 0, ?, ?)`, refreshKey(child), userID, sessID, h, ts, ts); err != nil {
 				return err
 			}
 			// refreshed_at says when the session was last used, to the
@@ -669,11 +670,17 @@ func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h s
 	if !isParent && !inGrace {
 		return "", false, nil
 	}
+	// The active token is its prefix (kept in clear in its key) and a
+	// secret derived from the presented token's, a few steps on.
+	prefix := ""
+	if len(activeHash) > sha256.Size*2 {
+		prefix = activeHash[:min(refreshPrefixLen, len(activeHash))]
+	}
 	cur := presented
 	for range maxWalk {
 		cur = s.derive(tenantID, cur)
-		if subtle.ConstantTimeCompare([]byte(hashToken(cur)), []byte(activeHash)) == 1 {
-			return cur, true, nil
+		if subtle.ConstantTimeCompare([]byte(refreshKey(prefix+cur)), []byte(activeHash)) == 1 {
+			return prefix + cur, true, nil
 		}
 	}
 	return "", false, nil

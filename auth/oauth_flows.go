@@ -329,9 +329,9 @@ func (s *Service) IssueOAuthGrant(ctx context.Context, t Tenant, c Client, g Gra
 			return err
 		}
 		if g.Refresh {
-			refresh = newRefreshToken()
+			refresh = newRefreshToken(now)
 			if _, err := tx.Exec(`INSERT INTO refresh_tokens (token_hash, user_id, session_id, parent, revoked, created_at, updated_at)
-				VALUES (?, ?, ?, NULL, 0, ?, ?)`, hashToken(refresh), g.UserID, sessionID, ts, ts); err != nil {
+				VALUES (?, ?, ?, NULL, 0, ?, ?)`, refreshKey(refresh), g.UserID, sessionID, ts, ts); err != nil {
 				return err
 			}
 		}
@@ -357,7 +357,7 @@ func (s *Service) OAuthGrantByRefresh(ctx context.Context, t Tenant, presented s
 	var g *OAuthGrant
 	err := t.Shard.Read(ctx, func(q engine.Querier) error {
 		var sessID string
-		err := q.QueryRow(`SELECT session_id FROM refresh_tokens WHERE token_hash = ?`, hashToken(presented)).Scan(&sessID)
+		err := q.QueryRow(`SELECT session_id FROM refresh_tokens WHERE token_hash = ?`, refreshKey(presented)).Scan(&sessID)
 		if err != nil {
 			return err
 		}

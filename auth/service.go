@@ -129,20 +129,53 @@ type Client struct {
 	ActorRole string
 }
 
-// Refresh tokens are 32 characters of base62 (about 190 bits).
-const refreshTokenLen = 32
+// A refresh token is a time prefix and a secret: 14 lowercase hex digits of
+// its issue time in Unix microseconds, then 32 characters of base62 (about
+// 190 bits). Tokens issued before the prefix existed are the secret alone,
+// and are still accepted.
+//
+// The prefix is for the database, not for the client: a token is stored as
+// refreshKey, the prefix followed by the token's SHA-256, so the unique
+// index of refresh_tokens.token_hash grows at its end, like a time-ordered
+// id, instead of at a random leaf. A refresh wrote one random page of that
+// index into the WAL; with a batch's tokens side by side at the index's end
+// it writes its share of one (measured in docs/benchmarks.md). Hex digits
+// sort the same under every collation of the three backends.
+const (
+	refreshSecretLen = 32
+	refreshPrefixLen = 14
+	refreshTokenLen  = refreshPrefixLen + refreshSecretLen
+)
 
 const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
-func newRefreshToken() string {
-	b := make([]byte, 0, refreshTokenLen)
+// newRefreshToken returns a new refresh token issued at now.
+func newRefreshToken(now time.Time) string {
+	return refreshPrefix(now) + randomBase62(refreshSecretLen)
+}
+
+// refreshPrefix is a token's time prefix: now in Unix microseconds, in
+// refreshPrefixLen lowercase hex digits (until the year 4254).
+func refreshPrefix(now time.Time) string {
+	var b [refreshPrefixLen]byte
+	v := uint64(max(now.UnixMicro(), 0))
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = "0123456789abcdef"[v&15]
+		v >>= 4
+	}
+	return string(b[:])
+}
+
+// randomBase62 returns n random characters of base62, without modulo bias.
+func randomBase62(n int) string {
+	b := make([]byte, 0, n)
 	var buf [64]byte
-	for len(b) < refreshTokenLen {
+	for len(b) < n {
 		if _, err := rand.Read(buf[:]); err != nil {
 			panic(err)
 		}
 		for _, c := range buf {
-			if c < 248 && len(b) < refreshTokenLen { // 248 = 4×62: no modulo bias
+			if c < 248 && len(b) < n { // 248 = 4×62: no modulo bias
 				b = append(b, base62[c%62])
 			}
 		}
@@ -150,29 +183,56 @@ func newRefreshToken() string {
 	return string(b)
 }
 
-// derive returns the refresh token that replaces parent on rotation:
-// HMAC(server key, tenant, parent) in base62. Only hashes are stored, yet
-// a client presenting an ancestor of the active token within the grace
+// refreshSecret is the secret part of a refresh token: all of a token
+// issued before the time prefix existed.
+func refreshSecret(t string) string { return t[len(t)-refreshSecretLen:] }
+
+// refreshKey is what refresh_tokens.token_hash holds for a token: its time
+// prefix and its SHA-256 in hex (the SHA-256 alone for a token without a
+// prefix). The hash covers the whole token, prefix included.
+func refreshKey(t string) string {
+	if len(t) == refreshSecretLen {
+		return hashToken(t)
+	}
+	return t[:refreshPrefixLen] + hashToken(t)
+}
+
+// derive returns the secret of the refresh token that replaces parent on
+// rotation: HMAC(server key, tenant, parent's secret) in base62; the child
+// is that secret behind its own time prefix. Only keys are stored, yet a
+// client presenting an ancestor of the active token within the grace
 // interval can be handed the active token itself, recomputed from the
-// ancestor it proved to hold.
+// ancestor it proved to hold and the active token's prefix, which its key
+// keeps in clear. (A token without a prefix is its own secret, so chains
+// begun before the prefix existed go on.)
 func (s *Service) derive(tenantID, parent string) string {
 	m := hmac.New(sha256.New, s.deriveKey)
 	m.Write([]byte(tenantID))
 	m.Write([]byte{0})
-	m.Write([]byte(parent))
+	m.Write([]byte(refreshSecret(parent)))
 	sum := m.Sum(nil) // 32 bytes → 32 characters; the bias of %62 costs < 0.1 bit each
-	out := make([]byte, refreshTokenLen)
+	out := make([]byte, refreshSecretLen)
 	for i := range out {
 		out[i] = base62[sum[i]%62]
 	}
 	return string(out)
 }
 
+// validRefreshToken says whether t has the shape of a refresh token: a
+// time prefix and a secret, or a secret alone (issued before prefixes).
 func validRefreshToken(t string) bool {
-	if len(t) != refreshTokenLen {
+	switch len(t) {
+	case refreshTokenLen:
+		for i := 0; i < refreshPrefixLen; i++ {
+			if !strings.ContainsRune("0123456789abcdef", rune(t[i])) {
+				return false
+			}
+		}
+	case refreshSecretLen:
+	default:
 		return false
 	}
-	for i := 0; i < len(t); i++ {
+	for i := len(t) - refreshSecretLen; i < len(t); i++ {
 		if !strings.ContainsRune(base62, rune(t[i])) {
 			return false
 		}

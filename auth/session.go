@@ -49,9 +49,9 @@ func createSession(tx engine.Querier, userID string, now time.Time, c Client) (i
 		VALUES (?, ?, 'aal1', ?, ?, ?, ?, ?)`, id, userID, c.UserAgent, c.IP, ts, ts, ts); err != nil {
 		return "", "", err
 	}
-	refresh = newRefreshToken()
+	refresh = newRefreshToken(now)
 	if _, err = tx.Exec(`INSERT INTO refresh_tokens (token_hash, user_id, session_id, parent, revoked, created_at, updated_at)
-		VALUES (?, ?, ?, NULL, 0, ?, ?)`, hashToken(refresh), userID, id, ts, ts); err != nil {
+		VALUES (?, ?, ?, NULL, 0, ?, ?)`, refreshKey(refresh), userID, id, ts, ts); err != nil {
 		return "", "", err
 	}
 	return id, refresh, nil

@@ -123,6 +123,15 @@ func TestAuth_TenantAdmin(t *testing.T) {
 			return err
 		})
 		wantAuthError(t, e.refresh(base, again.str("refresh_token")), 400, "user_banned")
+		// … and its token is left as it was: refused before any rotation.
+		e.write("acme", func(tx engine.Querier) error {
+			var n, revoked int
+			err := tx.QueryRow(`SELECT COUNT(*), COALESCE(SUM(revoked), 0) FROM refresh_tokens WHERE session_id = ?`, sessionID(t, again)).Scan(&n, &revoked)
+			if err == nil && (n != 1 || revoked != 0) {
+				t.Errorf("the banned user's refresh rotated its token: %d tokens, %d revoked", n, revoked)
+			}
+			return err
+		})
 		e.write("acme", func(tx engine.Querier) error {
 			_, err := tx.Exec(`UPDATE users SET banned_until = NULL WHERE id = ?`, id)
 			return err

@@ -519,14 +519,9 @@ const maxWalk = 256
 // The check and the rotation run in one write, so concurrent refreshes of
 // one token are ordered by the shard's writer.
 func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented string) (*Session, error) {
-	is, _, now, err := s.rotate(ctx, t, c, presented, "")
+	is, err := s.rotate(ctx, t, c, presented, "")
 	if err != nil {
 		return nil, err
-	}
-	// A ban ends the user's sessions; a session that escaped it (a ban
-	// restored from an export, one racing a login) is refused here.
-	if is.user.Banned(now) {
-		return nil, newError(engine.KindInvalid, CodeUserBanned, "User is banned")
 	}
 	return s.session(ctx, t, is)
 }
@@ -536,18 +531,17 @@ func (s *Service) Refresh(ctx context.Context, t Tenant, c Client, presented str
 // whose grant the token must belong to; "" (GoTrue's refresh) refuses the
 // tokens of OAuth grants, so a client's token never becomes an unscoped
 // session.
-func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, clientID string) (*issued, string, time.Time, error) {
+func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, clientID string) (*issued, error) {
 	if !validRefreshToken(presented) {
-		return nil, "", time.Time{}, validationf("Refresh token is not valid")
+		return nil, validationf("Refresh token is not valid")
 	}
 	h := refreshKey(presented)
 	is := &issued{}
-	var now time.Time
-	var userID string
 	err := t.Shard.Write(ctx, func(tx engine.Querier) error {
-		now = s.now().UTC().Truncate(time.Microsecond)
+		now := s.now().UTC().Truncate(time.Microsecond)
 		ts := now.UnixMicro()
 		*is = issued{}
+		var userID string
 		var id, updated int64
 		var sessID string
 		var revoked bool
@@ -576,6 +570,13 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 			return nil
 		}
 		is.user = u
+		// A ban ends the user's sessions; a session that escaped it (a ban
+		// restored from an export, one racing a login) is refused, and its
+		// token left as it was.
+		if u.Banned(now) {
+			is.failure = newError(engine.KindInvalid, CodeUserBanned, "User is banned")
+			return nil
+		}
 		if (grantClient == nil && clientID != "") || (grantClient != nil && *grantClient != clientID) || sessCreated == nil {
 			is.failure = errRefreshNotFound()
 			return nil
@@ -639,12 +640,12 @@ func (s *Service) rotate(ctx context.Context, t Tenant, c Client, presented, cli
 		return nil
 	})
 	if err != nil {
-		return nil, "", now, writeError(err, engine.KindUnavailable)
+		return nil, writeError(err, engine.KindUnavailable)
 	}
 	if is.failure != nil {
-		return nil, "", now, is.failure
+		return nil, is.failure
 	}
-	return is, userID, now, nil
+	return is, nil
 }
 
 // activeFrom returns the session's active refresh token when the presented

@@ -393,16 +393,16 @@ func grantBySession(q engine.Querier, sessID string, now time.Time) (*OAuthGrant
 // GoTrue's reuse detection: a token presented again outside the grace
 // interval revokes the grant.
 func (s *Service) RotateOAuthRefresh(ctx context.Context, t Tenant, c Client, clientID, presented string) (string, error) {
-	is, _, now, err := s.rotate(ctx, t, c, presented, clientID)
+	is, err := s.rotate(ctx, t, c, presented, clientID)
 	if err != nil {
 		var ae *engine.Error
-		if errors.As(err, &ae) && (ae.Code == CodeRefreshNotFound || ae.Code == CodeRefreshAlreadyUsed || ae.Code == CodeSessionExpired) {
+		switch {
+		case errors.As(err, &ae) && ae.Code == CodeUserBanned:
+			return "", errInvalidGrant("the user can no longer sign in")
+		case errors.As(err, &ae) && (ae.Code == CodeRefreshNotFound || ae.Code == CodeRefreshAlreadyUsed || ae.Code == CodeSessionExpired):
 			return "", errInvalidGrant(ae.Message)
 		}
 		return "", err
-	}
-	if is.user.Banned(now) {
-		return "", errInvalidGrant("the user can no longer sign in")
 	}
 	return is.refresh, nil
 }

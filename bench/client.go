@@ -97,11 +97,21 @@ func (t *Target) timeout() time.Duration {
 func (t *Target) fastClient() *fasthttp.Client {
 	t.fastOnce.Do(func() {
 		t.fast = &fasthttp.Client{
-			Name:                   "keyshard-bench",
-			MaxConnsPerHost:        maxBenchConns,
-			MaxConnWaitTimeout:     t.timeout(),
-			MaxIdleConnDuration:    90 * time.Second,
-			ReadBufferSize:         16 << 10,
+			Name:               "keyshard-bench",
+			MaxConnsPerHost:    maxBenchConns,
+			MaxConnWaitTimeout: t.timeout(),
+			ReadBufferSize:     16 << 10,
+			DialDualStack:      true, // a target on [::1] as well as 127.0.0.1
+			// Every request is sent once and counted as it ends: fasthttp
+			// would otherwise re-send GET and PUT up to 5 times on any
+			// connection error and report the last attempt, hiding errors
+			// and stretching latencies.
+			MaxIdemponentCallAttempts: 1,
+			// Unlike net/http, fasthttp does not re-send a request that
+			// met a keep-alive connection the server (or a proxy: nginx
+			// keeps 75 s) had just closed; idle connections are dropped
+			// well before any such timeout instead.
+			MaxIdleConnDuration:    10 * time.Second,
 			DisablePathNormalizing: true,
 		}
 	})

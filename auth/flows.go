@@ -675,7 +675,7 @@ func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h s
 	// secret derived from the presented token's, a few steps on.
 	prefix := ""
 	if len(activeHash) > sha256.Size*2 {
-		prefix = activeHash[:min(refreshPrefixLen, len(activeHash))]
+		prefix = activeHash[:refreshPrefixLen]
 	}
 	cur := presented
 	for range maxWalk {

@@ -2,7 +2,6 @@ package auth
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -673,10 +672,7 @@ func (s *Service) activeFrom(tx engine.Querier, tenantID, sessID, presented, h s
 	}
 	// The active token is its prefix (kept in clear in its key) and a
 	// secret derived from the presented token's, a few steps on.
-	prefix := ""
-	if len(activeHash) > sha256.Size*2 {
-		prefix = activeHash[:refreshPrefixLen]
-	}
+	prefix := refreshKeyPrefix(activeHash)
 	cur := presented
 	for range maxWalk {
 		cur = s.derive(tenantID, cur)

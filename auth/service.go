@@ -197,6 +197,15 @@ func refreshKey(t string) string {
 	return t[:refreshPrefixLen] + hashToken(t)
 }
 
+// refreshKeyPrefix is the time prefix a refresh key keeps in clear: the
+// prefix of the token it was made of, "" for a token without one.
+func refreshKeyPrefix(key string) string {
+	if len(key) == refreshPrefixLen+sha256.Size*2 {
+		return key[:refreshPrefixLen]
+	}
+	return ""
+}
+
 // derive returns the secret of the refresh token that replaces parent on
 // rotation: HMAC(server key, tenant, parent's secret) in base62; the child
 // is that secret behind its own time prefix. Only keys are stored, yet a

@@ -50,7 +50,7 @@ func NewHTTPClient(conns int, timeout time.Duration) *http.Client {
 // the server's answer. fasthttp sends and reads on the caller's goroutine
 // and reuses its request and response objects. Setup and OAuth flows keep
 // net/http (t.HTTP).
-func (t *Target) call(_ context.Context, method, path, bearer string, body []byte, out any) (int, time.Duration, error) {
+func (t *Target) call(method, path, bearer string, body []byte, out any) (int, time.Duration, error) {
 	c := t.fastClient()
 	req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -137,7 +137,7 @@ func (t *Target) mustCall(ctx context.Context, method, path, bearer string, body
 	if b != nil {
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(t.URL, "/")+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, t.base()+path, rd)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -34,7 +33,7 @@ func TestCall_SentOnce(t *testing.T) {
 	tg := &Target{URL: "http://" + ln.Addr().String()}
 	for _, method := range []string{"GET", "PUT", "POST"} {
 		before := conns.Load()
-		status, _, err := tg.call(context.Background(), method, "/t/x/user", "token", []byte(`{}`), nil)
+		status, _, err := tg.call(method, "/t/x/user", "token", []byte(`{}`), nil)
 		if err == nil {
 			t.Fatalf("%s: status %d from a server that answers nothing", method, status)
 		}

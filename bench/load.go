@@ -174,10 +174,11 @@ type credentials struct {
 
 // exec sends c, timing it from due.
 func (e *executor) exec(runCtx context.Context, c call, due time.Time) time.Duration {
-	// Requests do not derive from the run's context: thousands of
-	// requests registering as children of one cancellable context contend
-	// on its lock (seen in the mutex profile). The client's timeout bounds
-	// each request; the run stops sending when runCtx ends.
+	// The OAuth flows' requests (net/http) do not derive from the run's
+	// context: thousands of requests registering as children of one
+	// cancellable context contend on its lock (seen in the mutex profile).
+	// The others (fasthttp) take no context. A timeout bounds each request;
+	// the run stops sending when runCtx ends.
 	ctx := context.WithoutCancel(runCtx)
 	s := e.rec.series(c.op)
 	base := "/t/" + e.f.Slugs[c.tenant]
@@ -187,10 +188,10 @@ func (e *executor) exec(runCtx context.Context, c call, due time.Time) time.Dura
 	switch c.op {
 	case OpSignup:
 		body, _ := json.Marshal(credentials{e.f.newEmail(), e.f.Password})
-		status, retry, err = e.t.call(ctx, "POST", base+"/signup", "", body, nil)
+		status, retry, err = e.t.call("POST", base+"/signup", "", body, nil)
 	case OpLogin:
 		body, _ := json.Marshal(credentials{e.f.email(c.tenant, rand.IntN(e.f.users(c.tenant))), e.f.Password})
-		status, retry, err = e.t.call(ctx, "POST", base+"/token?grant_type=password", "", body, nil)
+		status, retry, err = e.t.call("POST", base+"/token?grant_type=password", "", body, nil)
 	case OpRefresh:
 		ss := e.f.acquire(c.tenant, e.spread)
 		if ss == nil {
@@ -203,18 +204,18 @@ func (e *executor) exec(runCtx context.Context, c call, due time.Time) time.Dura
 		_, rt := ss.tokens()
 		body, _ := json.Marshal(map[string]string{"refresh_token": rt})
 		var sb sessionBody
-		status, retry, err = e.t.call(ctx, "POST", base+"/token?grant_type=refresh_token", "", body, &sb)
+		status, retry, err = e.t.call("POST", base+"/token?grant_type=refresh_token", "", body, &sb)
 		if err == nil && status == http.StatusOK {
 			ss.set(sb)
 		}
 		e.f.release(ss)
 	case OpUser:
 		at, _ := e.f.any(c.tenant).tokens()
-		status, retry, err = e.t.call(ctx, "GET", base+"/user", at, nil, nil)
+		status, retry, err = e.t.call("GET", base+"/user", at, nil, nil)
 	case OpUpdate:
 		at, _ := e.f.any(c.tenant).tokens()
 		body, _ := json.Marshal(map[string]any{"data": map[string]any{"bench_seq": e.updates.Add(1)}})
-		status, retry, err = e.t.call(ctx, "PUT", base+"/user", at, body, nil)
+		status, retry, err = e.t.call("PUT", base+"/user", at, body, nil)
 	case OpClientCredentials, OpAuthorizationCode:
 		var ok bool
 		if status, retry, err, ok = e.execOAuth(ctx, c); !ok {

@@ -18,7 +18,7 @@ type Sample map[string]float64
 
 // Scrape reads the target's /metrics in the Prometheus text format.
 func (t *Target) Scrape(ctx context.Context) (Sample, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(t.URL, "/")+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", t.base()+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}

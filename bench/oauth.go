@@ -96,7 +96,7 @@ func (f *Fixture) setupOAuth(ctx context.Context, t *Target, concurrency int) er
 func (f *Fixture) authorizeURL(t *Target, tenant int, c *oauthClient) string {
 	q := url.Values{"response_type": {"code"}, "client_id": {c.id}, "redirect_uri": {benchRedirect}, "scope": {"openid email"},
 		"state": {"bench"}, "code_challenge": {pkceChallenge()}, "code_challenge_method": {"S256"}}
-	return strings.TrimRight(t.URL, "/") + "/t/" + f.Slugs[tenant] + "/oauth/authorize?" + q.Encode()
+	return t.base() + "/t/" + f.Slugs[tenant] + "/oauth/authorize?" + q.Encode()
 }
 
 var (
@@ -225,7 +225,7 @@ func (c *oauthClient) popCode() string {
 
 // tokenForm posts a form to a tenant's token endpoint with basic auth.
 func (t *Target) tokenForm(ctx context.Context, path, user, pass, form string) (int, time.Duration, error) {
-	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimRight(t.URL, "/")+path, strings.NewReader(form))
+	req, err := http.NewRequestWithContext(ctx, "POST", t.base()+path, strings.NewReader(form))
 	if err != nil {
 		return 0, 0, err
 	}

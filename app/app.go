@@ -33,6 +33,7 @@ type Config struct {
 	DataDir          string        // default ./data
 	Synchronous      string        // FULL (default) or NORMAL
 	InlineSync       bool          // FULL synced inside each commit, not pipelined (sqlite.Options.InlineSync)
+	OwnConnections   bool          // every SQLite writer on a connection of its own (not sqlite.Options.ReuseConnections)
 	BusyTimeout      time.Duration // default 3s
 	CacheCapacity    int           // shards kept open; default DefaultCacheCapacity
 	MaxOpenShards    int           // hard limit incl. pinned; default 1.5×capacity
@@ -128,7 +129,8 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 				cancel()
 			}
 		}}
-	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, InlineSync: cfg.InlineSync, BusyTimeout: cfg.BusyTimeout}, ShardOpts: sopts}
+	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, InlineSync: cfg.InlineSync, BusyTimeout: cfg.BusyTimeout,
+		ReuseConnections: !cfg.OwnConnections}, ShardOpts: sopts}
 	if _, err := sqlite.NewConns("", lite.Options); err != nil {
 		return nil, err // invalid synchronous setting
 	}

@@ -47,7 +47,11 @@ func TestTables_MatchSchema(t *testing.T) {
 	}
 	defer ts.Release()
 	err = ts.Read(context.Background(), func(q engine.Querier) error {
-		rows, err := q.Query(`SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY m.name, p.cid`)
+		// pragma_table_list, not sqlite_master: a read may run on a writer
+		// whose connection has the shard attached (shard/sqlite/hosts.go),
+		// where sqlite_master is its empty main database's.
+		rows, err := q.Query(`SELECT t.name, p.name FROM pragma_table_list t, pragma_table_info(t.name, t.schema) p
+			WHERE t.type = 'table' AND t.schema != 'temp' AND t.name NOT LIKE 'sqlite_%' ORDER BY t.name, p.cid`)
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package sqlite_test
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,6 +127,65 @@ func BenchmarkCache_Acquire(b *testing.B) {
 		}
 		shardtest.ReportPercentiles(b, lat, "acquire")
 	})
+
+	// Cycle is what a miss of the server's tenants workload costs in all:
+	// the shard opened, one read, one write made durable, and the shard
+	// closed again; with and without the writer's connection reused
+	// (Options.ReuseConnections). It reports the process's CPU (user and
+	// system) per cycle, since half of it is system calls and page faults.
+	for _, reuse := range []bool{false, true} {
+		b.Run(fmt.Sprintf("Cycle/reuse=%t", reuse), func(b *testing.B) {
+			open := func(ctx context.Context, p engine.Placement) (*shard.Shard, error) {
+				path, err := sqlite.Path(dir, p.TenantID)
+				if err != nil {
+					return nil, err
+				}
+				return sqlite.Open(ctx, path, sqlite.Options{MustExist: true, ReuseConnections: reuse}, shard.Options{})
+			}
+			c := shard.NewCache(1, 0, open)
+			defer c.Close()
+			cpu0 := processCPU(b)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				id := ids[i%tenants]
+				h, err := c.Acquire(context.Background(), placementOf(id))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := h.Read(context.Background(), func(q engine.Querier) error {
+					var v string
+					return q.QueryRow("SELECT value FROM settings WHERE key = 'k'").Scan(&v)
+				}); err != nil {
+					b.Fatal(err)
+				}
+				if err := h.Write(context.Background(), setSetting("k", fmt.Sprint(i))); err != nil {
+					b.Fatal(err)
+				}
+				h.Release()
+				if err := c.Evict(context.Background(), id); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			user, sys := processCPU(b).since(cpu0)
+			b.ReportMetric(float64(user.Microseconds())/float64(b.N), "user-µs/op")
+			b.ReportMetric(float64(sys.Microseconds())/float64(b.N), "sys-µs/op")
+		})
+	}
+}
+
+type cpuTimes struct{ user, sys time.Duration }
+
+func processCPU(tb testing.TB) cpuTimes {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return cpuTimes{time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())}
+}
+
+func (c cpuTimes) since(c0 cpuTimes) (user, sys time.Duration) {
+	return c.user - c0.user, c.sys - c0.sys
 }
 
 func placementOf(id string) engine.Placement {

@@ -3,3 +3,10 @@ package sqlite
 // SetSyncHook makes every Sync (pipelined durability) call f first, failing
 // with its error; nil removes it. Set it while no shard syncs.
 func SetSyncHook(f func() error) { syncHook = f }
+
+// IdleHosts is the number of writer connections kept for reuse.
+func IdleHosts() int {
+	hosts.mu.Lock()
+	defer hosts.mu.Unlock()
+	return len(hosts.idle)
+}

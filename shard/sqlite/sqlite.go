@@ -45,6 +45,11 @@ type Options struct {
 	// only after a sync that began after its commit returned (shard.Syncer).
 	// Either way an acknowledged write survives power loss.
 	InlineSync bool
+	// ReuseConnections runs a shard's writer on a connection kept from a
+	// shard closed before, with the file attached to it (hosts.go): a cold
+	// tenant's visit then costs about half the CPU. The engine's tenants use
+	// it; scratch files (export, import) and new files do not.
+	ReuseConnections bool
 	// WALLimit bounds a shard's WAL (default DefaultWALLimit; negative:
 	// none). SQLite's automatic checkpoint is PASSIVE: with readers that
 	// never pause it cannot restart the WAL, which then grows with every
@@ -163,6 +168,18 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 	if !c.opts.MustExist {
 		flags |= sqlite3.OPEN_CREATE
 	}
+	if c.opts.ReuseConnections {
+		w, err := c.attachWriter(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if w != nil {
+			if c.pipelined() {
+				return &syncWriteConn{w}, nil
+			}
+			return w, nil
+		}
+	}
 	db, err := sqlite3.OpenFlags(c.path, flags)
 	if err != nil {
 		return nil, translate(err)
@@ -171,7 +188,7 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 		_ = db.Close()
 		return nil, translate(err)
 	}
-	w := &writeConn{querier: newQuerier(db), walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
+	w := &writeConn{querier: newQuerier(db), schema: "main", walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
 	applied, err := migrations.Up(ctx, w, Dialect)
 	if err != nil {
 		_ = w.Close()
@@ -270,6 +287,8 @@ func (r *readConn) Close() error {
 // writeConn is the writer's connection: batch transaction and savepoints.
 type writeConn struct {
 	*querier
+	schema   string // the shard's schema on the connection: main, or shardSchema when pooled
+	pooled   bool   // the connection is kept for another shard at Close (hosts.go)
 	walPath  string
 	walLimit int64
 	busy     time.Duration
@@ -332,7 +351,7 @@ func (w *writeConn) boundWAL() {
 		return
 	}
 	_ = w.db.BusyTimeout(walCheckpointWait)
-	_, _, err = w.db.WALCheckpoint("", sqlite3.CHECKPOINT_TRUNCATE)
+	_, _, err = w.db.WALCheckpoint(w.schema, sqlite3.CHECKPOINT_TRUNCATE)
 	_ = w.db.BusyTimeout(w.busy)
 	walCheckpoints.WithLabelValues(checkpointOutcome(err)).Inc()
 	if err == nil {
@@ -357,11 +376,12 @@ func (w *writeConn) Rollback() error {
 }
 
 // Close checkpoints the WAL into the database file and closes the
-// connection; as the last connection it also removes the -wal and -shm files.
+// connection, or detaches the file from a reused one and keeps that; as the
+// last connection to the file it also removes the -wal and -shm files.
 func (w *writeConn) Close() error {
 	_ = w.Rollback()
 	w.querier.close()
-	_, _, cerr := w.db.WALCheckpoint("", sqlite3.CHECKPOINT_TRUNCATE)
+	_, _, cerr := w.db.WALCheckpoint(w.schema, sqlite3.CHECKPOINT_TRUNCATE)
 	if cerr != nil {
 		// Readers kept the checkpoint from finishing: what the writer
 		// committed without a sync must still be durable at close.
@@ -376,7 +396,11 @@ func (w *writeConn) Close() error {
 	}
 	w.closed = true
 	w.walMu.Unlock()
-	if err := w.db.Close(); err != nil {
+	if w.pooled {
+		if err := w.detach(); err != nil {
+			return err
+		}
+	} else if err := w.db.Close(); err != nil {
 		return translate(err)
 	}
 	if cerr != nil && !errors.Is(cerr, sqlite3.BUSY) {
@@ -388,7 +412,7 @@ func (w *writeConn) Close() error {
 // Version implements migrations.Target with PRAGMA user_version.
 func (w *writeConn) Version(ctx context.Context) (int, error) {
 	var v int
-	err := w.QueryRow("PRAGMA user_version").Scan(&v)
+	err := w.QueryRow("PRAGMA " + w.schema + ".user_version").Scan(&v)
 	return v, err
 }
 

@@ -1,0 +1,175 @@
+package sqlite
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/keyshard/keyshard/migrations"
+)
+
+// A shard's writer can run on a reused connection (Options.ReuseConnections).
+//
+// Opening a SQLite connection costs more than what a cold tenant then does
+// with it: the driver makes a new instance of its module with fresh memory
+// (its first touches are page faults), and SQLite sets up the connection;
+// closing undoes it all. A benchmark of a cold tenant's whole visit (open,
+// one read, one write, close: BenchmarkCache_Acquire/Cycle) spent about
+// 2.8 ms of CPU, half of it in the kernel.
+//
+// So a closed writer's connection is kept, and the next shard's file is
+// attached to it as the schema "shard": unqualified names resolve to it,
+// since the connection's own main database is an empty in-memory one. The
+// shard is detached when it closes: its statements are finalized first, and
+// nothing of it stays reachable through SQL. The schema is still read from
+// the file at each attach, as by a new connection.
+//
+// A read that runs on such a writer (a cold shard's reads do, when the
+// writer is idle) sees the empty main database's sqlite_master, not the
+// shard's: code that lists a shard's tables uses pragma_table_list (every
+// schema's) or names the schema. No code of the server reads sqlite_master
+// through a shard.
+//
+// The main database is capped at one page, so that a statement that would
+// create something there (an unqualified CREATE, which resolves to main)
+// fails instead of silently writing to memory. Migrations never run on a
+// reused connection: a shard whose schema is not current is opened on a
+// connection of its own, as before.
+
+// shardSchema is the name a shard's file is attached as.
+const shardSchema = "shard"
+
+// maxIdleHosts bounds the connections kept for reuse. Each holds its
+// module's memory at its high-water mark (the writer's page cache, a few MB).
+const maxIdleHosts = 8
+
+type hostPool struct {
+	mu   sync.Mutex
+	idle []*sqlite3.Conn
+}
+
+var hosts hostPool
+
+// get returns an idle host connection, or a new one.
+func (p *hostPool) get() (*sqlite3.Conn, error) {
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		db := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		return db, nil
+	}
+	p.mu.Unlock()
+	// OPEN_URI: the shard is attached by a file: URI, whose mode says
+	// whether it may be created. The flags (NOFOLLOW included) carry over
+	// to every attached file.
+	db, err := sqlite3.OpenFlags(":memory:", sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI|sqlite3.OPEN_NOFOLLOW)
+	if err != nil {
+		return nil, translate(err)
+	}
+	if err := db.Exec("PRAGMA main.max_page_count=1; PRAGMA foreign_keys=on;"); err != nil {
+		_ = db.Close()
+		return nil, translate(err)
+	}
+	return db, nil
+}
+
+// put keeps a host whose shard was detached, or closes it.
+func (p *hostPool) put(db *sqlite3.Conn) {
+	p.mu.Lock()
+	if len(p.idle) < maxIdleHosts {
+		p.idle = append(p.idle, db)
+		db = nil
+	}
+	p.mu.Unlock()
+	if db != nil {
+		_ = db.Close()
+	}
+}
+
+// fileURI is path as a file: URI for ATTACH, with the characters a URI
+// gives a meaning to escaped.
+func fileURI(path, mode string) string {
+	var b strings.Builder
+	b.WriteString("file:")
+	for i := 0; i < len(path); i++ {
+		switch ch := path[i]; ch {
+		case '%', '?', '#':
+			fmt.Fprintf(&b, "%%%02X", ch)
+		default:
+			b.WriteByte(ch)
+		}
+	}
+	b.WriteString("?mode=")
+	b.WriteString(mode)
+	return b.String()
+}
+
+// attachWriter opens the shard's writer on a reused connection. It returns
+// nil and no error when the shard's schema is not current (or the file is
+// new): the caller then opens a connection of its own, which migrates.
+func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
+	ms, err := migrations.List(Dialect)
+	if err != nil {
+		return nil, err
+	}
+	db, err := hosts.get()
+	if err != nil {
+		return nil, err
+	}
+	mode := "rwc"
+	if c.opts.MustExist {
+		mode = "rw"
+	}
+	if err := db.BusyTimeout(c.opts.BusyTimeout); err != nil {
+		_ = db.Close()
+		return nil, translate(err)
+	}
+	if err := execBound(db, "ATTACH DATABASE ? AS "+shardSchema, fileURI(c.path, mode)); err != nil {
+		hosts.put(db)
+		return nil, translate(err)
+	}
+	w := &writeConn{querier: newQuerier(db), schema: shardSchema, pooled: true,
+		walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
+	err = db.Exec(fmt.Sprintf("PRAGMA %[1]s.cache_size=-%[2]d; PRAGMA %[1]s.journal_mode=wal; PRAGMA %[1]s.synchronous=%[3]s;",
+		shardSchema, c.opts.WriterCacheKiB, c.commitSync()))
+	if err != nil {
+		_ = w.Close()
+		return nil, translate(err)
+	}
+	v, err := w.Version(ctx)
+	if err != nil || v != len(ms) {
+		cerr := w.Close()
+		if err == nil {
+			err = cerr
+		}
+		return nil, err
+	}
+	return w, nil
+}
+
+// detach ends the shard's use of a reused connection and keeps the
+// connection for the next shard; a connection that cannot detach is closed.
+func (w *writeConn) detach() error {
+	if err := w.db.Exec("DETACH DATABASE " + shardSchema); err != nil {
+		_ = w.db.Close()
+		return translate(err)
+	}
+	hosts.put(w.db)
+	return nil
+}
+
+func execBound(db *sqlite3.Conn, query string, args ...any) error {
+	s, _, err := db.Prepare(query)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := bind(s, args); err != nil {
+		return err
+	}
+	return s.Exec()
+}

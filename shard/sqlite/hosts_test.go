@@ -1,0 +1,162 @@
+package sqlite_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/shard"
+	"github.com/keyshard/keyshard/shard/sqlite"
+)
+
+var reuse = sqlite.Options{ReuseConnections: true, MustExist: true}
+
+// makeShard creates a shard file at the current schema holding setting k=v.
+func makeShard(t *testing.T, path, v string) {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), path, sqlite.Options{}, shard.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), setSetting("k", v)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func setting(t *testing.T, s *shard.Shard, key string) (string, error) {
+	t.Helper()
+	var v string
+	err := s.Read(context.Background(), func(q engine.Querier) error {
+		return q.QueryRow("SELECT value FROM settings WHERE key = ?", key).Scan(&v)
+	})
+	return v, err
+}
+
+// A writer's connection, kept after its shard closed, serves the next
+// shard: that shard sees its own rows only, its writes reach its own file,
+// and the rows of the shard before stay in that one's file.
+func TestReuse_ShardsStayApart(t *testing.T) {
+	// Directory names with the characters a file: URI gives a meaning to.
+	dir := filepath.Join(t.TempDir(), "a?b#c%d")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	pa, pb := filepath.Join(dir, "a.db"), filepath.Join(dir, "b.db")
+	makeShard(t, pa, "a0")
+	makeShard(t, pb, "b0")
+
+	a, err := sqlite.Open(context.Background(), pa, reuse, shard.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Write(context.Background(), setSetting("only-a", "x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Write(context.Background(), setSetting("k", "a1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	idle := sqlite.IdleHosts()
+	if idle == 0 {
+		t.Fatal("no connection kept after the shard closed")
+	}
+
+	b, err := sqlite.Open(context.Background(), pb, reuse, shard.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sqlite.IdleHosts(); got != idle-1 {
+		t.Fatalf("idle connections %d after opening b, want %d: the kept one was not reused", got, idle-1)
+	}
+	if v, err := setting(t, b, "k"); err != nil || v != "b0" {
+		t.Fatalf("b reads k = %q, %v; want b0", v, err)
+	}
+	if _, err := setting(t, b, "only-a"); !errors.Is(err, engine.ErrNoRows) {
+		t.Fatalf("b reads a's row: %v", err)
+	}
+	if err := b.Write(context.Background(), setSetting("k", "b1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Each file, opened on a connection of its own, holds its own writes.
+	for path, want := range map[string]string{pa: "a1", pb: "b1"} {
+		s := openAt(t, path, sqlite.Options{MustExist: true}, shard.Options{})
+		if v, err := setting(t, s, "k"); err != nil || v != want {
+			t.Fatalf("%s: k = %q, %v; want %q", filepath.Base(path), v, err, want)
+		}
+	}
+}
+
+// Something created by an unqualified name on a reused connection would
+// land in its in-memory main database and vanish at close: it fails.
+func TestReuse_CreateInMainFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	makeShard(t, path, "v")
+	s := openAt(t, path, reuse, shard.Options{})
+	err := s.Write(context.Background(), func(q engine.Querier) error {
+		_, err := q.Exec("CREATE TABLE stray (a INTEGER)")
+		return err
+	})
+	if err == nil {
+		t.Fatal("CREATE TABLE on a reused connection succeeded")
+	}
+	// The shard's own tables are still written.
+	if err := s.Write(context.Background(), setSetting("k", "w")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The shard file is attached with the flags of a shard's own connection:
+// a symbolic link is refused, and so is a missing file when it must exist.
+func TestReuse_RefusesLinkAndMissing(t *testing.T) {
+	dir := t.TempDir()
+	real, link := filepath.Join(dir, "real.db"), filepath.Join(dir, "link.db")
+	makeShard(t, real, "v")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := sqlite.Open(context.Background(), link, reuse, shard.Options{}); err == nil {
+		_ = s.Close()
+		t.Fatal("a symbolic link was opened")
+	}
+	missing := filepath.Join(dir, "missing.db")
+	if s, err := sqlite.Open(context.Background(), missing, reuse, shard.Options{}); err == nil {
+		_ = s.Close()
+		t.Fatal("a missing file was opened")
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the missing file was created: %v", err)
+	}
+}
+
+// A new file, or one whose schema is not current, is opened on a
+// connection of its own, which migrates it; the next open reuses.
+func TestReuse_NewFileMigrates(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "new.db")
+	o := sqlite.Options{ReuseConnections: true}
+	s, err := sqlite.Open(context.Background(), path, o, shard.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), setSetting("k", "v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openAt(t, path, reuse, shard.Options{})
+	if v, err := setting(t, s, "k"); err != nil || v != "v" {
+		t.Fatalf("k = %q, %v", v, err)
+	}
+}

@@ -53,28 +53,28 @@ type hostPool struct {
 
 var hosts hostPool
 
-// get returns an idle host connection, or a new one.
-func (p *hostPool) get() (*sqlite3.Conn, error) {
+// get returns an idle host connection, or a new one; reused says which.
+func (p *hostPool) get() (db *sqlite3.Conn, reused bool, err error) {
 	p.mu.Lock()
 	if n := len(p.idle); n > 0 {
 		db := p.idle[n-1]
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
-		return db, nil
+		return db, true, nil
 	}
 	p.mu.Unlock()
 	// OPEN_URI: the shard is attached by a file: URI, whose mode says
 	// whether it may be created. The flags (NOFOLLOW included) carry over
 	// to every attached file.
-	db, err := sqlite3.OpenFlags(":memory:", sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI|sqlite3.OPEN_NOFOLLOW)
+	db, err = sqlite3.OpenFlags(":memory:", sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI|sqlite3.OPEN_NOFOLLOW)
 	if err != nil {
-		return nil, translate(err)
+		return nil, false, translate(err)
 	}
 	if err := db.Exec("PRAGMA main.max_page_count=1; PRAGMA foreign_keys=on;"); err != nil {
 		_ = db.Close()
-		return nil, translate(err)
+		return nil, false, translate(err)
 	}
-	return db, nil
+	return db, false, nil
 }
 
 // put keeps a host whose shard was detached, or closes it.
@@ -116,7 +116,7 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := hosts.get()
+	db, reused, err := hosts.get()
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +148,7 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 		}
 		return nil, err
 	}
+	writerConns.WithLabelValues(map[bool]string{true: "reused", false: "new"}[reused]).Inc()
 	return w, nil
 }
 

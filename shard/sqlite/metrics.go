@@ -53,3 +53,18 @@ var walCheckpoints = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "keyshard_sqlite_wal_bound_checkpoints_total",
 	Help: "TRUNCATE checkpoints run because a shard's WAL passed its limit, by outcome (ok, busy).",
 }, []string{"outcome"})
+
+// writerConns counts the connections shards' writers were opened on, by
+// how: reused (a kept connection, the file attached), new (a kept one was
+// wanted but none was idle: a new one made for reuse), own (a connection of
+// the shard's own: reuse off, or a file that needed migrating).
+var writerConns = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "keyshard_sqlite_writer_connections_total",
+	Help: "Connections SQLite shards' writers were opened on: reused (a kept connection, the shard's file attached to it), new (none was idle), own (a connection of the shard's own).",
+}, []string{"how"})
+
+func init() {
+	for _, how := range []string{"reused", "new", "own"} {
+		writerConns.WithLabelValues(how)
+	}
+}

@@ -184,6 +184,7 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 	if err != nil {
 		return nil, translate(err)
 	}
+	writerConns.WithLabelValues("own").Inc()
 	if err := db.Exec(c.pragmas(c.opts.WriterCacheKiB, true)); err != nil {
 		_ = db.Close()
 		return nil, translate(err)

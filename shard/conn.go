@@ -33,6 +33,13 @@ type WriteConn interface {
 	Close() error
 }
 
+// Discarder is a WriteConn that can be thrown away rather than closed: the
+// writer discards its connection after a panic, and one kept for reuse
+// (SQLite's, shard/sqlite/hosts.go) must then not be kept.
+type Discarder interface {
+	Discard() error
+}
+
 // ReadingWriter is a WriteConn that may also run reads between batches on
 // the writer goroutine (SQLite: a connection of its own, whose open costs
 // as much as the shard's other work on a cold tenant). A server backend's

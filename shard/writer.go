@@ -407,7 +407,11 @@ func (s *Shard) discardConn() {
 	func() {
 		defer func() { _ = recover() }() // the connection may be unusable
 		_ = s.conn.Rollback()
-		_ = s.conn.Close()
+		if d, ok := s.conn.(Discarder); ok {
+			_ = d.Discard()
+		} else {
+			_ = s.conn.Close()
+		}
 	}()
 	s.conn = nil
 }

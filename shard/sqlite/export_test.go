@@ -10,3 +10,14 @@ func IdleHosts() int {
 	defer hosts.mu.Unlock()
 	return len(hosts.idle)
 }
+
+// DrainHosts closes every idle writer connection kept for reuse.
+func DrainHosts() {
+	hosts.mu.Lock()
+	idle := hosts.idle
+	hosts.idle = nil
+	hosts.mu.Unlock()
+	for _, db := range idle {
+		_ = db.Close()
+	}
+}

@@ -24,8 +24,14 @@ import (
 // attached to it as the schema "shard": unqualified names resolve to it,
 // since the connection's own main database is an empty in-memory one. The
 // shard is detached when it closes: its statements are finalized first, and
-// nothing of it stays reachable through SQL. The schema is still read from
-// the file at each attach, as by a new connection.
+// the querier that ran them forgets the connection, so that one kept past
+// Close fails instead of reaching the next shard. A connection is kept only
+// when nothing of the shard can outlive the detach: not after a panic (the
+// shard discards it), not in a transaction, not with temporary objects
+// (those would shadow the next shard's tables). The connection-level
+// settings a shard could change are set again at each attach. The schema is
+// still read from the file at each attach, as by a new connection. A kept
+// connection holds the memory its largest batch needed.
 //
 // A read that runs on such a writer (a cold shard's reads do, when the
 // writer is idle) sees the empty main database's sqlite_master, not the
@@ -35,7 +41,8 @@ import (
 //
 // The main database is capped at one page, so that a statement that would
 // create something there (an unqualified CREATE, which resolves to main)
-// fails instead of silently writing to memory. Migrations never run on a
+// fails instead of silently writing to memory; VACUUM and the pragmas that
+// act on main when they name no schema are refused (pooledGuard). Migrations never run on a
 // reused connection: a shard whose schema is not current is opened on a
 // connection of its own, as before.
 
@@ -76,6 +83,10 @@ func (p *hostPool) get() (db *sqlite3.Conn, reused bool, err error) {
 	}
 	return db, false, nil
 }
+
+// hostBaseline sets again, before each attach, what a shard's statements
+// could have changed on the connection.
+const hostBaseline = "PRAGMA main.max_page_count=1; PRAGMA foreign_keys=on; PRAGMA query_only=0; PRAGMA recursive_triggers=0; PRAGMA wal_autocheckpoint=1000;"
 
 // put keeps a host whose shard was detached, or closes it.
 func (p *hostPool) put(db *sqlite3.Conn) {
@@ -128,11 +139,21 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 		_ = db.Close()
 		return nil, translate(err)
 	}
-	if err := execBound(db, "ATTACH DATABASE ? AS "+shardSchema, fileURI(c.path, mode)); err != nil {
-		hosts.put(db)
+	if err := db.Exec(hostBaseline); err != nil {
+		_ = db.Close()
 		return nil, translate(err)
 	}
-	w := &writeConn{querier: newQuerier(db), schema: shardSchema, pooled: true,
+	if err := execBound(db, "ATTACH DATABASE ? AS "+shardSchema, fileURI(c.path, mode)); err != nil {
+		if db.GetAutocommit() {
+			hosts.put(db)
+		} else {
+			_ = db.Close()
+		}
+		return nil, translate(err)
+	}
+	q := newQuerier(db)
+	q.guard = pooledGuard
+	w := &writeConn{querier: q, schema: shardSchema, pooled: true,
 		walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
 	err = db.Exec(fmt.Sprintf("PRAGMA %[1]s.cache_size=-%[2]d; PRAGMA %[1]s.journal_mode=wal; PRAGMA %[1]s.synchronous=%[3]s;",
 		shardSchema, c.opts.WriterCacheKiB, c.commitSync()))
@@ -153,14 +174,55 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 }
 
 // detach ends the shard's use of a reused connection and keeps the
-// connection for the next shard; a connection that cannot detach is closed.
+// connection for the next shard, or closes it: when it is in a transaction,
+// holds temporary objects, or cannot detach.
 func (w *writeConn) detach() error {
-	if err := w.db.Exec("DETACH DATABASE " + shardSchema); err != nil {
-		_ = w.db.Close()
+	db := w.db
+	w.querier.db = nil
+	var temps int64 = -1
+	if s, _, err := db.Prepare("SELECT count(*) FROM temp.sqlite_schema"); err == nil {
+		if s.Step() {
+			temps = s.ColumnInt64(0)
+		}
+		_ = s.Close()
+	}
+	if temps != 0 || !db.GetAutocommit() {
+		return translate(db.Close())
+	}
+	if err := db.Exec("DETACH DATABASE " + shardSchema); err != nil {
+		_ = db.Close()
 		return translate(err)
 	}
-	hosts.put(w.db)
+	hosts.put(db)
 	return nil
+}
+
+// pooledGuard refuses, on a reused connection, the statements that would act
+// on its empty main database instead of the shard's: VACUUM, and pragmas
+// that name no schema, except those that look in every schema.
+func pooledGuard(query string) error {
+	f := strings.Fields(strings.ToLower(query))
+	if len(f) == 0 {
+		return nil
+	}
+	switch f[0] {
+	case "vacuum":
+	case "pragma":
+		if len(f) < 2 {
+			break
+		}
+		name := strings.TrimRight(strings.SplitN(strings.SplitN(f[1], "=", 2)[0], "(", 2)[0], ";")
+		if strings.HasPrefix(name, shardSchema+".") {
+			return nil
+		}
+		switch name {
+		case "quick_check", "integrity_check", "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list":
+			return nil
+		}
+	default:
+		return nil
+	}
+	return fmt.Errorf("sqlite: %q would act on the connection's empty main database, not the shard attached as %q: name the schema", query, shardSchema)
 }
 
 func execBound(db *sqlite3.Conn, query string, args ...any) error {

@@ -160,3 +160,125 @@ func TestReuse_NewFileMigrates(t *testing.T) {
 		t.Fatalf("k = %q, %v", v, err)
 	}
 }
+
+// twoShards makes two shard files at the current schema (k=a0, k=b0) and
+// empties the pool of kept connections, so that A's is the one B gets.
+func twoShards(t *testing.T) (pa, pb string) {
+	t.Helper()
+	dir := t.TempDir()
+	pa, pb = filepath.Join(dir, "a.db"), filepath.Join(dir, "b.db")
+	makeShard(t, pa, "a0")
+	makeShard(t, pb, "b0")
+	sqlite.DrainHosts()
+	return pa, pb
+}
+
+func openReused(t *testing.T, path string) *shard.Shard {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), path, reuse, shard.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// A temporary table of A's would outlive the detach and shadow B's table
+// of the same name: such a connection is closed, not kept.
+func TestReuse_TempObjectsNotKept(t *testing.T) {
+	pa, pb := twoShards(t)
+	a := openReused(t, pa)
+	if err := a.Write(context.Background(), func(q engine.Querier) error {
+		if _, err := q.Exec("CREATE TEMP TABLE settings (key TEXT PRIMARY KEY, value TEXT)"); err != nil {
+			return err
+		}
+		_, err := q.Exec("INSERT INTO temp.settings SELECT key, value FROM shard.settings")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := sqlite.IdleHosts(); n != 0 {
+		t.Fatalf("a connection holding a temporary table was kept (%d idle)", n)
+	}
+	b := openReused(t, pb)
+	defer b.Close()
+	if v, err := setting(t, b, "k"); err != nil || v != "b0" {
+		t.Fatalf("B reads k = %q, %v; want b0", v, err)
+	}
+}
+
+// The statements that would act on a reused connection's empty main
+// database, or change the connection for the next shard, are refused;
+// pragmas that name the schema, or look in every schema, run.
+func TestReuse_MainActingStatementsRefused(t *testing.T) {
+	pa, _ := twoShards(t)
+	a := openReused(t, pa)
+	defer a.Close()
+	out := filepath.Join(t.TempDir(), "copy.db")
+	for _, q := range []string{"PRAGMA foreign_keys=off", "PRAGMA user_version", "pragma  Max_Page_Count = 100",
+		"PRAGMA recursive_triggers=on", "VACUUM INTO '" + out + "'", "vacuum"} {
+		err := a.Read(context.Background(), func(tx engine.Querier) error {
+			_, err := tx.Exec(q)
+			return err
+		})
+		if err == nil {
+			t.Errorf("%q ran on a reused connection", q)
+		}
+	}
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("VACUUM INTO wrote a file: %v", err)
+	}
+	if err := a.Read(context.Background(), func(q engine.Querier) error {
+		var id, seq int
+		var table, from, to, onUpdate, onDelete, match string
+		return q.QueryRow("PRAGMA foreign_key_list(sessions)").Scan(&id, &seq, &table, &from, &to, &onUpdate, &onDelete, &match)
+	}); err != nil {
+		t.Errorf("a pragma that looks in every schema was refused: %v", err)
+	}
+	if err := a.Write(context.Background(), func(q engine.Querier) error {
+		var v int
+		return q.QueryRow("PRAGMA shard.user_version").Scan(&v)
+	}); err != nil {
+		t.Errorf("a pragma naming the shard's schema was refused: %v", err)
+	}
+}
+
+// After a panic the shard discards its connection: a reused one is closed,
+// not kept for another tenant.
+func TestReuse_PanicDiscards(t *testing.T) {
+	pa, _ := twoShards(t)
+	a := openReused(t, pa)
+	defer a.Close()
+	if err := a.Write(context.Background(), func(q engine.Querier) error { panic("driver out of memory") }); err == nil {
+		t.Fatal("a panicking write succeeded")
+	}
+	if n := sqlite.IdleHosts(); n != 0 {
+		t.Fatalf("the connection discarded after a panic was kept (%d idle)", n)
+	}
+	// The shard goes on, on a new connection.
+	if err := a.Write(context.Background(), setSetting("k", "after")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A Querier kept past its shard's Close fails instead of reaching the shard
+// attached next to the same connection.
+func TestReuse_KeptQuerierFails(t *testing.T) {
+	pa, pb := twoShards(t)
+	a := openReused(t, pa)
+	var kept engine.Querier
+	if err := a.Read(context.Background(), func(q engine.Querier) error { kept = q; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := openReused(t, pb)
+	defer b.Close()
+	var v string
+	if err := kept.QueryRow("SELECT value FROM settings WHERE key = 'k'").Scan(&v); err == nil {
+		t.Fatalf("a querier of closed shard A read %q, B's row", v)
+	}
+}

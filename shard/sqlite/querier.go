@@ -16,8 +16,9 @@ import (
 // of prepared statements: point reads through it were 1.6–1.9× faster than
 // through database/sql (SQLITE-NOTES.md). Not safe for concurrent use.
 type querier struct {
-	db    *sqlite3.Conn
+	db    *sqlite3.Conn // nil once the connection closed (or went to another shard)
 	stmts map[string]*cached
+	guard func(query string) error // when set, checks each statement before it is prepared
 }
 
 type cached struct {
@@ -33,7 +34,15 @@ func newQuerier(db *sqlite3.Conn) *querier {
 // resets it (or finalizes it, for a one-off statement made because the cached
 // one was in use by an open Rows).
 func (q *querier) prepare(query string, args []any) (*sqlite3.Stmt, func(), error) {
+	if q.db == nil {
+		return nil, nil, engine.ErrClosed
+	}
 	c, ok := q.stmts[query]
+	if !ok && q.guard != nil {
+		if err := q.guard(query); err != nil {
+			return nil, nil, err
+		}
+	}
 	var stmt *sqlite3.Stmt
 	var done func()
 	if ok && !c.busy {

@@ -369,7 +369,7 @@ func checkpointOutcome(err error) string {
 	return "busy"
 }
 func (w *writeConn) Rollback() error {
-	if w.db.GetAutocommit() {
+	if w.db == nil || w.db.GetAutocommit() {
 		return nil
 	}
 	_, err := w.Exec("ROLLBACK")
@@ -380,6 +380,9 @@ func (w *writeConn) Rollback() error {
 // connection, or detaches the file from a reused one and keeps that; as the
 // last connection to the file it also removes the -wal and -shm files.
 func (w *writeConn) Close() error {
+	if w.db == nil {
+		return nil // closed before
+	}
 	_ = w.Rollback()
 	w.querier.close()
 	_, _, cerr := w.db.WALCheckpoint(w.schema, sqlite3.CHECKPOINT_TRUNCATE)
@@ -401,13 +404,24 @@ func (w *writeConn) Close() error {
 		if err := w.detach(); err != nil {
 			return err
 		}
-	} else if err := w.db.Close(); err != nil {
-		return translate(err)
+	} else {
+		db := w.db
+		w.querier.db = nil
+		if err := db.Close(); err != nil {
+			return translate(err)
+		}
 	}
 	if cerr != nil && !errors.Is(cerr, sqlite3.BUSY) {
 		return translate(cerr)
 	}
 	return nil
+}
+
+// Discard implements shard.Discarder: after a panic the connection is
+// suspect, so a reused one is closed rather than kept.
+func (w *writeConn) Discard() error {
+	w.pooled = false
+	return w.Close()
 }
 
 // Version implements migrations.Target with PRAGMA user_version.

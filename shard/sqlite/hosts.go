@@ -77,11 +77,7 @@ func (p *hostPool) get() (db *sqlite3.Conn, reused bool, err error) {
 	if err != nil {
 		return nil, false, translate(err)
 	}
-	if err := db.Exec("PRAGMA main.max_page_count=1; PRAGMA foreign_keys=on;"); err != nil {
-		_ = db.Close()
-		return nil, false, translate(err)
-	}
-	return db, false, nil
+	return db, false, nil // attachWriter sets it up (hostBaseline)
 }
 
 // hostBaseline sets again, before each attach, what a shard's statements

@@ -15,9 +15,13 @@ import (
 var reuse = sqlite.Options{ReuseConnections: true, MustExist: true}
 
 // makeShard creates a shard file at the current schema holding setting k=v.
-func makeShard(t *testing.T, path, v string) {
+func makeShard(t *testing.T, path, v string) { makeShardWith(t, path, sqlite.Options{}, v) }
+
+// makeShardWith creates (or opens) the shard file at path with o and sets
+// k=v in it.
+func makeShardWith(t *testing.T, path string, o sqlite.Options, v string) {
 	t.Helper()
-	s, err := sqlite.Open(context.Background(), path, sqlite.Options{}, shard.Options{})
+	s, err := sqlite.Open(context.Background(), path, o, shard.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,18 +148,8 @@ func TestReuse_RefusesLinkAndMissing(t *testing.T) {
 // connection of its own, which migrates it; the next open reuses.
 func TestReuse_NewFileMigrates(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "new.db")
-	o := sqlite.Options{ReuseConnections: true}
-	s, err := sqlite.Open(context.Background(), path, o, shard.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Write(context.Background(), setSetting("k", "v")); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = openAt(t, path, reuse, shard.Options{})
+	makeShardWith(t, path, sqlite.Options{ReuseConnections: true}, "v")
+	s := openAt(t, path, reuse, shard.Options{})
 	if v, err := setting(t, s, "k"); err != nil || v != "v" {
 		t.Fatalf("k = %q, %v", v, err)
 	}

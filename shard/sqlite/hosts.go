@@ -77,11 +77,11 @@ func (p *hostPool) get() (db *sqlite3.Conn, reused bool, err error) {
 	if err != nil {
 		return nil, false, translate(err)
 	}
-	return db, false, nil // attachWriter sets it up (hostBaseline)
+	return db, false, nil // attachWriter sets it up (hostBaseline) at each attach
 }
 
-// hostBaseline sets again, before each attach, what a shard's statements
-// could have changed on the connection.
+// hostBaseline sets again, at each attach, what a shard's statements could
+// have changed on the connection.
 const hostBaseline = "PRAGMA main.max_page_count=1; PRAGMA foreign_keys=on; PRAGMA query_only=0; PRAGMA recursive_triggers=0; PRAGMA wal_autocheckpoint=1000;"
 
 // put keeps a host whose shard was detached, or closes it.
@@ -119,7 +119,7 @@ func fileURI(path, mode string) string {
 // nil and no error when the shard's schema is not current (or the file is
 // new): the caller then opens a connection of its own, which migrates.
 func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
-	ms, err := migrations.List(Dialect)
+	latest, err := migrations.Latest(Dialect)
 	if err != nil {
 		return nil, err
 	}
@@ -135,37 +135,38 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 		_ = db.Close()
 		return nil, translate(err)
 	}
-	if err := db.Exec(hostBaseline); err != nil {
-		_ = db.Close()
-		return nil, translate(err)
-	}
-	if err := execBound(db, "ATTACH DATABASE ? AS "+shardSchema, fileURI(c.path, mode)); err != nil {
+	q := newQuerier(db)
+	q.guard = pooledGuard
+	if _, err := q.Exec("ATTACH DATABASE ? AS "+shardSchema, fileURI(c.path, mode)); err != nil {
+		q.close()
 		if db.GetAutocommit() {
 			hosts.put(db)
 		} else {
 			_ = db.Close()
 		}
-		return nil, translate(err)
+		return nil, err
 	}
-	q := newQuerier(db)
-	q.guard = pooledGuard
 	w := &writeConn{querier: q, schema: shardSchema, pooled: true,
 		walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
-	err = db.Exec(fmt.Sprintf("PRAGMA %[1]s.cache_size=-%[2]d; PRAGMA %[1]s.journal_mode=wal; PRAGMA %[1]s.synchronous=%[3]s;",
+	err = db.Exec(hostBaseline + fmt.Sprintf(" PRAGMA %[1]s.cache_size=-%[2]d; PRAGMA %[1]s.journal_mode=wal; PRAGMA %[1]s.synchronous=%[3]s;",
 		shardSchema, c.opts.WriterCacheKiB, c.commitSync()))
 	if err != nil {
 		_ = w.Close()
 		return nil, translate(err)
 	}
 	v, err := w.Version(ctx)
-	if err != nil || v != len(ms) {
+	if err != nil || v != latest {
 		cerr := w.Close()
 		if err == nil {
 			err = cerr
 		}
 		return nil, err
 	}
-	writerConns.WithLabelValues(map[bool]string{true: "reused", false: "new"}[reused]).Inc()
+	how := "new"
+	if reused {
+		how = "reused"
+	}
+	writerConns.WithLabelValues(how).Inc()
 	return w, nil
 }
 
@@ -195,7 +196,9 @@ func (w *writeConn) detach() error {
 
 // pooledGuard refuses, on a reused connection, the statements that would act
 // on its empty main database instead of the shard's: VACUUM, and pragmas
-// that name no schema, except those that look in every schema.
+// that name no schema, except those that look in every schema. It reads the
+// statement's first words: a guard against mistakes in the server's own SQL
+// (which never starts with a comment), not a parser.
 func pooledGuard(query string) error {
 	f := strings.Fields(strings.ToLower(query))
 	if len(f) == 0 {
@@ -219,16 +222,4 @@ func pooledGuard(query string) error {
 		return nil
 	}
 	return fmt.Errorf("sqlite: %q would act on the connection's empty main database, not the shard attached as %q: name the schema", query, shardSchema)
-}
-
-func execBound(db *sqlite3.Conn, query string, args ...any) error {
-	s, _, err := db.Prepare(query)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	if err := bind(s, args); err != nil {
-		return err
-	}
-	return s.Exec()
 }

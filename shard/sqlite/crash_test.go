@@ -28,11 +28,58 @@ import (
 const (
 	helperEnv    = "KEYSHARD_TEST_HELPER"
 	helperDirEnv = "KEYSHARD_TEST_HELPER_DIR"
-	crashShards  = 3
+	// helperReuseEnv set: the child's shards run on reused connections
+	// (Options.ReuseConnections), the server's default.
+	helperReuseEnv = "KEYSHARD_TEST_HELPER_REUSE"
+	crashShards    = 3
 )
 
 func crashShardPath(dir string, i int) string {
 	return filepath.Join(dir, fmt.Sprintf("shard%d.db", i))
+}
+
+// openChildShard opens the child's shard at path. With helperReuseEnv set
+// it runs on a reused connection: the file is made first on a connection of
+// its own (a new file is never attached), and a scratch shard is opened and
+// closed before, so that a kept connection is there to take.
+func openChildShard(path string) (*shard.Shard, error) {
+	ctx := context.Background()
+	if os.Getenv(helperReuseEnv) == "" {
+		return sqlite.Open(ctx, path, sqlite.Options{}, shard.Options{})
+	}
+	scratch := path + ".scratch"
+	for _, p := range []string{path, scratch} {
+		s, err := sqlite.Open(ctx, p, sqlite.Options{}, shard.Options{})
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Close(); err != nil {
+			return nil, err
+		}
+	}
+	s, err := sqlite.Open(ctx, scratch, reuse, shard.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Close(); err != nil {
+		return nil, err
+	}
+	idle := sqlite.IdleHosts()
+	if idle == 0 {
+		return nil, errors.New("no connection kept for reuse")
+	}
+	s, err = sqlite.Open(ctx, path, reuse, shard.Options{})
+	if err == nil && sqlite.IdleHosts() != idle-1 {
+		err = errors.New("the shard did not take the kept connection")
+	}
+	return s, err
+}
+
+// bothConnections runs f as a subtest with the shards of the child on
+// connections of their own, then on reused ones.
+func bothConnections(t *testing.T, f func(t *testing.T, env ...string)) {
+	t.Run("own", func(t *testing.T) { f(t) })
+	t.Run("reused", func(t *testing.T) { f(t, helperReuseEnv+"=1") })
 }
 
 // TestHelperProcess is not a test: run as a child by TestOpen_AfterSIGKILL,
@@ -52,7 +99,7 @@ func TestHelperProcess(t *testing.T) {
 	deadline := time.Now().Add(maxTime)
 	var wg sync.WaitGroup
 	for i := 0; i < crashShards; i++ {
-		s, err := sqlite.Open(context.Background(), crashShardPath(dir, i), sqlite.Options{}, shard.Options{})
+		s, err := openChildShard(crashShardPath(dir, i))
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "open shard %d: %v\n", i, err)
 			os.Exit(2)
@@ -93,6 +140,11 @@ func TestHelperProcess_SyncStall(t *testing.T) {
 	if os.Getenv(helperEnv) != "sync-stall" {
 		return
 	}
+	s, err := openChildShard(crashShardPath(os.Getenv(helperDirEnv), 0))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "open: %v\n", err)
+		os.Exit(2)
+	}
 	var syncs atomic.Int64
 	sqlite.SetSyncHook(func() error {
 		if syncs.Add(1) == stallAtSync {
@@ -101,11 +153,6 @@ func TestHelperProcess_SyncStall(t *testing.T) {
 		}
 		return nil
 	})
-	s, err := sqlite.Open(context.Background(), crashShardPath(os.Getenv(helperDirEnv), 0), sqlite.Options{}, shard.Options{})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "open: %v\n", err)
-		os.Exit(2)
-	}
 	deadline := time.Now().Add(60 * time.Second)
 	for n := 0; n < 10000 && time.Now().Before(deadline); n++ {
 		key := fmt.Sprintf("k%d", n)
@@ -129,8 +176,12 @@ func TestOpen_KilledBetweenCommitAndSync(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-executes the test binary")
 	}
+	bothConnections(t, killedBetweenCommitAndSync)
+}
+
+func killedBetweenCommitAndSync(t *testing.T, env ...string) {
 	dir := t.TempDir()
-	cmd, stderr, lines := startChild(t, "TestHelperProcess_SyncStall", "sync-stall", dir)
+	cmd, stderr, lines := startChild(t, "TestHelperProcess_SyncStall", "sync-stall", dir, env...)
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	acked := map[string]bool{}
 	var inFlight string
@@ -205,11 +256,11 @@ wait:
 
 // startChild runs the test binary again as helper (a TestHelperProcess*
 // function) with the helper environment set to mode and dir; lines carries
-// its stdout until it dies.
-func startChild(t *testing.T, helper, mode, dir string) (*exec.Cmd, *strings.Builder, chan string) {
+// its stdout until it dies; env is added to its environment.
+func startChild(t *testing.T, helper, mode, dir string, env ...string) (*exec.Cmd, *strings.Builder, chan string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperDirEnv+"="+dir)
+	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode, helperDirEnv+"="+dir), env...)
 	stderr := &strings.Builder{}
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
@@ -234,12 +285,16 @@ func TestOpen_AfterSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-executes the test binary")
 	}
+	bothConnections(t, afterSIGKILL)
+}
+
+func afterSIGKILL(t *testing.T, env ...string) {
 	const (
 		wantAcks = 300
 		maxWait  = 30 * time.Second
 	)
 	dir := t.TempDir()
-	cmd, stderr, lines := startChild(t, "TestHelperProcess", "crash-writer", dir)
+	cmd, stderr, lines := startChild(t, "TestHelperProcess", "crash-writer", dir, env...)
 	killed := false
 	t.Cleanup(func() {
 		if !killed {

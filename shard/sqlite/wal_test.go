@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,8 +22,33 @@ import (
 // (within about two limits when a checkpoint finds them busy).
 func TestWAL_BoundedUnderReaders(t *testing.T) {
 	const limit = 512 << 10
+	o := sqlite.Options{Synchronous: "NORMAL", WALLimit: limit}
+	t.Run("own", func(t *testing.T) {
+		s, path := openShard(t, o, shard.Options{})
+		walBounded(t, s, path, limit)
+	})
+	t.Run("reused", func(t *testing.T) {
+		// The file is made on a connection of its own (a new one is never
+		// attached), then its writer runs on a kept one.
+		path := filepath.Join(t.TempDir(), "shard.db")
+		makeShardWith(t, path, o, "v")
+		makeShardWith(t, path, withReuse(o), "v")
+		idle := sqlite.IdleHosts()
+		s := openAt(t, path, withReuse(o), shard.Options{})
+		if idle == 0 || sqlite.IdleHosts() != idle-1 {
+			t.Fatalf("kept connections %d before the open, %d after: the writer is not on a kept one", idle, sqlite.IdleHosts())
+		}
+		walBounded(t, s, path, limit)
+	})
+}
+
+func withReuse(o sqlite.Options) sqlite.Options {
+	o.ReuseConnections, o.MustExist = true, true
+	return o
+}
+
+func walBounded(t *testing.T, s *shard.Shard, path string, limit int64) {
 	const writes = 1500
-	s, path := openShard(t, sqlite.Options{Synchronous: "NORMAL", WALLimit: limit}, shard.Options{})
 	ctx := context.Background()
 	var stop atomic.Bool
 	var wg sync.WaitGroup

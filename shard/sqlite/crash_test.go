@@ -38,41 +38,13 @@ func crashShardPath(dir string, i int) string {
 	return filepath.Join(dir, fmt.Sprintf("shard%d.db", i))
 }
 
-// openChildShard opens the child's shard at path. With helperReuseEnv set
-// it runs on a reused connection: the file is made first on a connection of
-// its own (a new file is never attached), and a scratch shard is opened and
-// closed before, so that a kept connection is there to take.
+// openChildShard opens the child's shard at path: on a kept connection
+// (openOnKept) with helperReuseEnv set, else on a connection of its own.
 func openChildShard(path string) (*shard.Shard, error) {
-	ctx := context.Background()
-	if os.Getenv(helperReuseEnv) == "" {
-		return sqlite.Open(ctx, path, sqlite.Options{}, shard.Options{})
+	if os.Getenv(helperReuseEnv) != "" {
+		return openOnKept(path, sqlite.Options{})
 	}
-	scratch := path + ".scratch"
-	for _, p := range []string{path, scratch} {
-		s, err := sqlite.Open(ctx, p, sqlite.Options{}, shard.Options{})
-		if err != nil {
-			return nil, err
-		}
-		if err := s.Close(); err != nil {
-			return nil, err
-		}
-	}
-	s, err := sqlite.Open(ctx, scratch, reuse, shard.Options{})
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Close(); err != nil {
-		return nil, err
-	}
-	idle := sqlite.IdleHosts()
-	if idle == 0 {
-		return nil, errors.New("no connection kept for reuse")
-	}
-	s, err = sqlite.Open(ctx, path, reuse, shard.Options{})
-	if err == nil && sqlite.IdleHosts() != idle-1 {
-		err = errors.New("the shard did not take the kept connection")
-	}
-	return s, err
+	return sqlite.Open(context.Background(), path, sqlite.Options{}, shard.Options{})
 }
 
 // bothConnections runs f as a subtest with the shards of the child on

@@ -3,6 +3,7 @@ package sqlite_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -99,4 +100,35 @@ func hasSetting(tb testing.TB, s *shard.Shard, key string) bool {
 		tb.Fatalf("read setting %q: %v", key, err)
 	}
 	return true
+}
+
+// withReuse is o with the writer on a kept connection (the server's default).
+func withReuse(o sqlite.Options) sqlite.Options {
+	o.ReuseConnections, o.MustExist = true, true
+	return o
+}
+
+// openOnKept opens the shard at path with its writer on a kept connection:
+// the file is made (or migrated) on a connection of its own, since a new file
+// is never attached, then opened and closed once with reuse so that a
+// connection is kept, then opened again, and it must take that connection.
+// It takes no testing.TB: the crash tests' children call it too.
+func openOnKept(path string, o sqlite.Options) (*shard.Shard, error) {
+	ctx := context.Background()
+	for _, opts := range []sqlite.Options{o, withReuse(o)} {
+		s, err := sqlite.Open(ctx, path, opts, shard.Options{})
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Close(); err != nil {
+			return nil, err
+		}
+	}
+	idle := sqlite.IdleHosts()
+	s, err := sqlite.Open(ctx, path, withReuse(o), shard.Options{})
+	if err == nil && (idle == 0 || sqlite.IdleHosts() != idle-1) {
+		_ = s.Close()
+		return nil, fmt.Errorf("kept connections %d before the open, %d after: the writer is not on a kept one", idle, sqlite.IdleHosts())
+	}
+	return s, err
 }

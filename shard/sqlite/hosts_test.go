@@ -12,7 +12,7 @@ import (
 	"github.com/keyshard/keyshard/shard/sqlite"
 )
 
-var reuse = sqlite.Options{ReuseConnections: true, MustExist: true}
+var reuse = withReuse(sqlite.Options{})
 
 // makeShard creates a shard file at the current schema holding setting k=v.
 func makeShard(t *testing.T, path, v string) { makeShardWith(t, path, sqlite.Options{}, v) }

@@ -28,23 +28,18 @@ func TestWAL_BoundedUnderReaders(t *testing.T) {
 		walBounded(t, s, path, limit)
 	})
 	t.Run("reused", func(t *testing.T) {
-		// The file is made on a connection of its own (a new one is never
-		// attached), then its writer runs on a kept one.
 		path := filepath.Join(t.TempDir(), "shard.db")
-		makeShardWith(t, path, o, "v")
-		makeShardWith(t, path, withReuse(o), "v")
-		idle := sqlite.IdleHosts()
-		s := openAt(t, path, withReuse(o), shard.Options{})
-		if idle == 0 || sqlite.IdleHosts() != idle-1 {
-			t.Fatalf("kept connections %d before the open, %d after: the writer is not on a kept one", idle, sqlite.IdleHosts())
+		s, err := openOnKept(path, o)
+		if err != nil {
+			t.Fatal(err)
 		}
+		t.Cleanup(func() {
+			if err := s.Close(); err != nil {
+				t.Errorf("close shard: %v", err)
+			}
+		})
 		walBounded(t, s, path, limit)
 	})
-}
-
-func withReuse(o sqlite.Options) sqlite.Options {
-	o.ReuseConnections, o.MustExist = true, true
-	return o
 }
 
 func walBounded(t *testing.T, s *shard.Shard, path string, limit int64) {

@@ -10,7 +10,7 @@ import (
 )
 
 // Syncer is a WriteConn whose Commit leaves the batch in the operating
-// system's cache (SQLite with synchronous=NORMAL): a commit survives a crash
+// system's cache (SQLite: the WAL written, not synced): a commit survives a crash
 // of the process but not yet a power loss. Sync makes every commit returned
 // so far durable. It runs on another goroutine than the writer's, while the
 // writer commits its next batch, so it must not touch the connection's

@@ -139,7 +139,7 @@ func TestHelperProcess_SyncStall(t *testing.T) {
 }
 
 // TestOpen_KilledBetweenCommitAndSync kills the process while a write has
-// committed (synchronous=NORMAL) and its sync has not returned: the write
+// committed (its WAL written, not synced) and its sync has not returned: the write
 // was never acknowledged, every acknowledged one is there after reopening,
 // and the file is intact. The unacknowledged write is there too (a killed
 // process leaves its writes in the operating system's cache; only a power

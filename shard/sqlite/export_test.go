@@ -1,5 +1,7 @@
 package sqlite
 
+import "sync"
+
 // SetSyncHook makes every Sync (pipelined durability) call f first, failing
 // with its error; nil removes it. Set it while no shard syncs.
 func SetSyncHook(f func() error) { syncHook = f }
@@ -19,5 +21,37 @@ func DrainHosts() {
 	hosts.mu.Unlock()
 	for _, db := range idle {
 		_ = db.Close()
+	}
+}
+
+// WALCounts are what reached a WAL file opened through walVFS: writes
+// (system calls) and real syncs.
+type WALCounts struct{ Writes, Syncs int64 }
+
+// WatchWALs records the WAL files walVFS opens from now on, until the test
+// ends; counts returns what reached each so far, by path. Not for parallel
+// tests.
+func WatchWALs(cleanup func(func())) (counts func() map[string]WALCounts) {
+	var mu sync.Mutex
+	files := map[string][]*walFile{}
+	walOpened = func(path string, f *walFile) {
+		mu.Lock()
+		files[path] = append(files[path], f)
+		mu.Unlock()
+	}
+	cleanup(func() { walOpened = nil })
+	return func() map[string]WALCounts {
+		mu.Lock()
+		defer mu.Unlock()
+		m := map[string]WALCounts{}
+		for p, fs := range files {
+			var c WALCounts
+			for _, f := range fs {
+				c.Writes += f.writes.Load()
+				c.Syncs += f.syncs.Load()
+			}
+			m[p] = c
+		}
+		return m
 	}
 }

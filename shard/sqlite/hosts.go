@@ -137,7 +137,7 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 	}
 	q := newQuerier(db)
 	q.guard = pooledGuard
-	if _, err := q.Exec("ATTACH DATABASE ? AS "+shardSchema, fileURI(c.path, mode)); err != nil {
+	if _, err := q.Exec("ATTACH DATABASE ? AS "+shardSchema, c.writerURI(mode)); err != nil {
 		q.close()
 		if db.GetAutocommit() {
 			hosts.put(db)
@@ -148,8 +148,8 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 	}
 	w := &writeConn{querier: q, schema: shardSchema, pooled: true,
 		walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
-	err = db.Exec(hostBaseline + fmt.Sprintf(" PRAGMA %[1]s.cache_size=-%[2]d; PRAGMA %[1]s.journal_mode=wal; PRAGMA %[1]s.synchronous=%[3]s;",
-		shardSchema, c.opts.WriterCacheKiB, c.commitSync()))
+	err = db.Exec(hostBaseline + fmt.Sprintf(" PRAGMA %[1]s.cache_size=-%[2]d; PRAGMA %[1]s.journal_mode=wal; %[3]s",
+		shardSchema, c.opts.WriterCacheKiB, c.syncPragmas(shardSchema)))
 	if err != nil {
 		_ = w.Close()
 		return nil, translate(err)

@@ -40,8 +40,9 @@ type Options struct {
 	MustExist bool
 	// InlineSync makes Synchronous FULL sync inside each commit on the
 	// writer goroutine, as before pipelined durability. By default FULL
-	// commits with synchronous=NORMAL and a separate goroutine fdatasyncs
-	// the WAL while the writer commits the next batch; a batch is answered
+	// commits without a sync of the WAL (through walVFS, walvfs.go) and a
+	// separate goroutine fdatasyncs the WAL while the writer commits the
+	// next batch; a batch is answered
 	// only after a sync that began after its commit returned (shard.Syncer).
 	// Either way an acknowledged write survives power loss.
 	InlineSync bool
@@ -146,7 +147,7 @@ func Remove(path string) error {
 func (c *Conns) pragmas(cacheKiB int, writer bool) string {
 	p := fmt.Sprintf("PRAGMA busy_timeout=%d; PRAGMA cache_size=-%d;", c.opts.BusyTimeout.Milliseconds(), cacheKiB)
 	if writer {
-		p += " PRAGMA journal_mode=wal; PRAGMA synchronous=" + c.commitSync() + "; PRAGMA foreign_keys=on;"
+		p += " PRAGMA journal_mode=wal; " + c.syncPragmas("main") + " PRAGMA foreign_keys=on;"
 	}
 	return p
 }
@@ -154,19 +155,36 @@ func (c *Conns) pragmas(cacheKiB int, writer bool) string {
 // pipelined reports whether the writer syncs outside its commits.
 func (c *Conns) pipelined() bool { return c.opts.Synchronous == "FULL" && !c.opts.InlineSync }
 
-// commitSync is the writer's synchronous pragma: NORMAL when a Syncer makes
-// the commits durable after the fact.
-func (c *Conns) commitSync() string {
+// syncPragmas are the writer's durability settings for the schema. A
+// pipelined writer commits with synchronous=FULL through walVFS, whose
+// commit syncs only write the gathered frames (a Syncer makes them durable
+// after the fact); checkpoint_fullfsync marks the syncs that walVFS must
+// make real (walvfs.go). It is the connection's setting, set again at each
+// attach.
+func (c *Conns) syncPragmas(schema string) string {
 	if c.pipelined() {
-		return "NORMAL"
+		return "PRAGMA " + schema + ".synchronous=FULL; PRAGMA checkpoint_fullfsync=1;"
 	}
-	return c.opts.Synchronous
+	return "PRAGMA " + schema + ".synchronous=" + c.opts.Synchronous + "; PRAGMA checkpoint_fullfsync=0;"
+}
+
+// writerURI is the URI a writer opens (or attaches) the shard by: through
+// walVFS when the writer is pipelined. mode is rw or rwc.
+func (c *Conns) writerURI(mode string) string {
+	u := fileURI(c.path, mode)
+	if c.pipelined() {
+		u += "&vfs=" + walVFSName
+	}
+	return u
 }
 
 // OpenWriter opens the write connection and migrates the schema.
 func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
-	flags := sqlite3.OPEN_READWRITE | sqlite3.OPEN_NOFOLLOW
-	if !c.opts.MustExist {
+	flags := sqlite3.OPEN_READWRITE | sqlite3.OPEN_NOFOLLOW | sqlite3.OPEN_URI
+	mode := "rwc"
+	if c.opts.MustExist {
+		mode = "rw"
+	} else {
 		flags |= sqlite3.OPEN_CREATE
 	}
 	if c.opts.ReuseConnections {
@@ -181,7 +199,7 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 			return w, nil
 		}
 	}
-	db, err := sqlite3.OpenFlags(c.path, flags)
+	db, err := sqlite3.OpenFlags(c.writerURI(mode), flags)
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -210,7 +228,8 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 }
 
 // syncWriteConn is a writer with pipelined durability: it commits with
-// synchronous=NORMAL and implements shard.Syncer.
+// walVFS, whose commit syncs only write the WAL (walvfs.go), and implements
+// shard.Syncer.
 type syncWriteConn struct{ *writeConn }
 
 var _ shard.Syncer = (*syncWriteConn)(nil)

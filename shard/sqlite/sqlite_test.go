@@ -49,10 +49,17 @@ func TestOpen(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		// FULL by default is pipelined: commits with NORMAL (1), the WAL
-		// synced by the flusher before the write is answered.
-		if fk != 1 || sync != 1 {
-			t.Errorf("writer foreign_keys, synchronous = %d, %d; want 1, 1 (NORMAL, synced after the commit)", fk, sync)
+		// FULL by default is pipelined: commits with FULL (2) through
+		// walVFS, which only writes the WAL at a commit's sync; the
+		// flusher syncs it before the write is answered.
+		var ckptFull int64
+		if err := s.Write(context.Background(), func(tx engine.Querier) error {
+			return tx.QueryRow("PRAGMA checkpoint_fullfsync").Scan(&ckptFull)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if fk != 1 || sync != 2 || ckptFull != 1 {
+			t.Errorf("writer foreign_keys, synchronous, checkpoint_fullfsync = %d, %d, %d; want 1, 2, 1 (walvfs.go)", fk, sync, ckptFull)
 		}
 		inline := openAt(t, filepath.Join(t.TempDir(), "inline.db"), sqlite.Options{InlineSync: true}, shard.Options{})
 		if err := inline.Write(context.Background(), func(tx engine.Querier) error {

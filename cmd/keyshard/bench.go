@@ -285,6 +285,7 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 	if f.hashRateDur > 0 && slices.ContainsFunc(workloads, func(w string) bool { return w == "login" || w == "storm" }) {
 		rep.HashRateAfter = bench.HashRate(ctx, params, 0, f.hashRateDur)
 	}
+	rep.SetLoginShares()
 	rep.PrintTable(stdout)
 	if f.jsonPath != "" {
 		if err := rep.WriteJSON(f.jsonPath); err != nil {

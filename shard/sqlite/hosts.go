@@ -135,6 +135,10 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 		_ = db.Close()
 		return nil, translate(err)
 	}
+	if err := db.Exec(c.connSyncPragmas()); err != nil {
+		_ = db.Close()
+		return nil, translate(err)
+	}
 	q := newQuerier(db)
 	q.guard = pooledGuard
 	if _, err := q.Exec("ATTACH DATABASE ? AS "+shardSchema, c.writerURI(mode)); err != nil {

@@ -147,7 +147,9 @@ func Remove(path string) error {
 func (c *Conns) pragmas(cacheKiB int, writer bool) string {
 	p := fmt.Sprintf("PRAGMA busy_timeout=%d; PRAGMA cache_size=-%d;", c.opts.BusyTimeout.Milliseconds(), cacheKiB)
 	if writer {
-		p += " PRAGMA journal_mode=wal; " + c.syncPragmas("main") + " PRAGMA foreign_keys=on;"
+		// The connection's sync settings come before the WAL is opened:
+		// a close after a failed pragma checkpoints.
+		p += " " + c.connSyncPragmas() + " PRAGMA journal_mode=wal; " + c.syncPragmas("main") + " PRAGMA foreign_keys=on;"
 	}
 	return p
 }
@@ -155,17 +157,27 @@ func (c *Conns) pragmas(cacheKiB int, writer bool) string {
 // pipelined reports whether the writer syncs outside its commits.
 func (c *Conns) pipelined() bool { return c.opts.Synchronous == "FULL" && !c.opts.InlineSync }
 
-// syncPragmas are the writer's durability settings for the schema. A
+// syncPragmas are the writer's durability setting for the schema: a
 // pipelined writer commits with synchronous=FULL through walVFS, whose
 // commit syncs only write the gathered frames (a Syncer makes them durable
-// after the fact); checkpoint_fullfsync marks the syncs that walVFS must
-// make real (walvfs.go). It is the connection's setting, set again at each
-// attach.
+// after the fact).
 func (c *Conns) syncPragmas(schema string) string {
 	if c.pipelined() {
-		return "PRAGMA " + schema + ".synchronous=FULL; PRAGMA checkpoint_fullfsync=1;"
+		return "PRAGMA " + schema + ".synchronous=FULL;"
 	}
-	return "PRAGMA " + schema + ".synchronous=" + c.opts.Synchronous + "; PRAGMA checkpoint_fullfsync=0;"
+	return "PRAGMA " + schema + ".synchronous=" + c.opts.Synchronous + ";"
+}
+
+// connSyncPragmas are the connection-wide settings walVFS relies on
+// (walvfs.go), set before a writer's file is opened or attached (ATTACH
+// gives the new file the connection's flags): checkpoint_fullfsync marks
+// the syncs walVFS must make real, and cache_spill=0 keeps a transaction's
+// frames from being written before its commit.
+func (c *Conns) connSyncPragmas() string {
+	if c.pipelined() {
+		return "PRAGMA checkpoint_fullfsync=1; PRAGMA cache_spill=0;"
+	}
+	return "PRAGMA checkpoint_fullfsync=0; PRAGMA cache_spill=1;"
 }
 
 // writerURI is the URI a writer opens (or attaches) the shard by: through

@@ -52,14 +52,17 @@ func TestOpen(t *testing.T) {
 		// FULL by default is pipelined: commits with FULL (2) through
 		// walVFS, which only writes the WAL at a commit's sync; the
 		// flusher syncs it before the write is answered.
-		var ckptFull int64
+		var ckptFull, spill int64
 		if err := s.Write(context.Background(), func(tx engine.Querier) error {
-			return tx.QueryRow("PRAGMA checkpoint_fullfsync").Scan(&ckptFull)
+			if err := tx.QueryRow("PRAGMA checkpoint_fullfsync").Scan(&ckptFull); err != nil {
+				return err
+			}
+			return tx.QueryRow("PRAGMA cache_spill").Scan(&spill)
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if fk != 1 || sync != 2 || ckptFull != 1 {
-			t.Errorf("writer foreign_keys, synchronous, checkpoint_fullfsync = %d, %d, %d; want 1, 2, 1 (walvfs.go)", fk, sync, ckptFull)
+		if fk != 1 || sync != 2 || ckptFull != 1 || spill != 0 {
+			t.Errorf("writer foreign_keys, synchronous, checkpoint_fullfsync, cache_spill = %d, %d, %d, %d; want 1, 2, 1, 0 (walvfs.go)", fk, sync, ckptFull, spill)
 		}
 		inline := openAt(t, filepath.Join(t.TempDir(), "inline.db"), sqlite.Options{InlineSync: true}, shard.Options{})
 		if err := inline.Write(context.Background(), func(tx engine.Querier) error {

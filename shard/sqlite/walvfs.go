@@ -30,7 +30,22 @@ import (
 // the latter SYNC_FULL: those stay real fdatasyncs, as the checkpoint
 // overwrites the database with the WAL's content right after. A writer
 // that opens files through walVFS must therefore set checkpoint_fullfsync
-// (pipelinedPragmas); TestWALVFS_Syncs checks which syncs reach the disk.
+// (Conns.connSyncPragmas); a sync with no frames gathered is real whatever
+// its flags, too. TestWALVFS_Syncs checks which syncs reach the disk.
+//
+// The frames gathered must never outlive the write transaction that wrote
+// them: after a rollback another connection may write its own frames at the
+// same offsets, and a late write of the gathered ones would overwrite them.
+// SQLite writes frames before the commit only when a transaction's pages
+// spill out of the page cache; the writer turns that off (cache_spill=0,
+// Conns.connSyncPragmas), so frames are written only by a commit, whose sync
+// comes before it releases the write lock, and every failure in between
+// fails a write or that sync, which forget the frames. A writer's
+// transactions then hold their pages in memory until they commit: the
+// engine's batches are bounded (--max-batch). walVFS also relies on the
+// database file's powersafe overwrite (the driver's default, which no URI
+// of ours changes): without it SQLite pads a commit and syncs in the middle
+// of a frame.
 //
 // Only the WAL is wrapped; the database file and its shared memory are the
 // driver's own.
@@ -117,11 +132,15 @@ func (f *walFile) flush() error {
 }
 
 func (f *walFile) Sync(flags vfs.SyncFlag) error {
+	// A commit's sync has its frames gathered (at least the commit frame);
+	// a sync with nothing gathered is never a commit's, and stays real
+	// whatever its flags.
+	commit := len(f.buf) > 0 && flags&(vfs.SYNC_NORMAL|vfs.SYNC_FULL) == vfs.SYNC_NORMAL
 	if err := f.flush(); err != nil {
 		return err
 	}
-	if flags&(vfs.SYNC_NORMAL|vfs.SYNC_FULL) == vfs.SYNC_NORMAL {
-		return nil // a commit: the shard's flusher syncs it
+	if commit {
+		return nil // the shard's flusher syncs it
 	}
 	f.syncs.Add(1)
 	return f.File.Sync(flags)

@@ -2,12 +2,15 @@ package sqlite
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 
+	"github.com/ncruces/go-sqlite3"
 	"github.com/ncruces/go-sqlite3/vfs"
 )
 
@@ -69,6 +72,10 @@ func TestWALFile_AsPlainWrites(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	inner, want := &memFile{}, &memFile{}
 	f := &walFile{File: inner}
+	// Nothing gathered: not a commit's sync, whatever its flags.
+	if err := f.Sync(vfs.SYNC_NORMAL); err != nil || inner.syncs != 1 {
+		t.Fatalf("a sync with nothing gathered reached the file %d times (%v), want once", inner.syncs, err)
+	}
 	var end int64 // where the next frame goes
 	for i := range 20000 {
 		var off int64
@@ -143,5 +150,117 @@ func TestWALFile_AsPlainWrites(t *testing.T) {
 	}
 	if int64(inner.syncs) != f.syncs.Load() || inner.syncs == 0 {
 		t.Errorf("%d syncs reached the file, %d counted (SYNC_FULL ones only)", inner.syncs, f.syncs.Load())
+	}
+}
+
+// A writer whose transaction outgrows its page cache and rolls back leaves
+// nothing gathered behind: another connection then commits at the offsets
+// that transaction had used, and the first writer's next read and commit
+// must not write anything over them. (Before cache_spill=0 the spilled
+// frames stayed gathered and were written over the other connection's, and
+// the file read "file is not a database".) On both kinds of writer
+// connection.
+func TestWALVFS_RollbackLeavesNothing(t *testing.T) {
+	for _, reuse := range []bool{false, true} {
+		t.Run(map[bool]string{false: "own", true: "reused"}[reuse], func(t *testing.T) {
+			ctx := context.Background()
+			var files []*walFile
+			walOpened = func(_ string, f *walFile) { files = append(files, f) }
+			defer func() { walOpened = nil }()
+			path := filepath.Join(t.TempDir(), "r.db")
+			c, err := NewConns(path, Options{ReuseConnections: reuse})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w0, err := c.OpenWriter(ctx) // makes the file, at the current schema
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w0.Close(); err != nil {
+				t.Fatal(err)
+			}
+			wc, err := c.OpenWriter(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := wc.(*syncWriteConn).writeConn
+			defer w.Close()
+			if reuse != w.pooled {
+				t.Fatalf("writer on a kept connection: %v, want %v", w.pooled, reuse)
+			}
+			exec := func(q string, args ...any) {
+				t.Helper()
+				if _, err := w.Exec(q, args...); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			// Ten pages of cache: the big transaction below (600 KB, less
+			// than a WAL file gathers) outgrows it.
+			if err := w.db.Exec("PRAGMA " + w.schema + ".cache_size=10"); err != nil {
+				t.Fatal(err)
+			}
+			exec("BEGIN")
+			exec("INSERT INTO settings (key, value) VALUES ('first', 'x')")
+			if err := w.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			exec("BEGIN")
+			exec("INSERT INTO settings (key, value) SELECT 'big' || value, hex(randomblob(1500)) FROM generate_series(1, 200)")
+			if err := w.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			gathered := 0
+			for _, f := range files {
+				gathered += len(f.buf)
+			}
+			if gathered != 0 {
+				t.Errorf("%d bytes gathered after the rollback", gathered)
+			}
+
+			// Another writer (a fence raised through a connection of its
+			// own does this) commits.
+			b, err := sqlite3.OpenFlags(path, sqlite3.OPEN_READWRITE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Exec("PRAGMA busy_timeout=1000; BEGIN IMMEDIATE; INSERT INTO settings (key, value) SELECT 'b' || value, hex(zeroblob(3000)) FROM generate_series(1, 20); COMMIT;"); err != nil {
+				t.Fatal(err)
+			}
+			_ = b.Close()
+
+			// The first writer reads and commits again.
+			var n int64
+			if err := w.QueryRow("SELECT count(*) FROM settings WHERE key LIKE 'b%'").Scan(&n); err != nil || n != 20 {
+				t.Fatalf("the writer sees %d of the other connection's 20 rows (%v)", n, err)
+			}
+			exec("BEGIN")
+			exec("INSERT INTO settings (key, value) VALUES ('after', 'y')")
+			if err := w.Commit(); err != nil {
+				t.Fatal(err)
+			}
+
+			r, err := sqlite3.OpenFlags(path, sqlite3.OPEN_READONLY)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			for q, want := range map[string]string{
+				"PRAGMA integrity_check": "ok",
+				"SELECT count(*) FROM settings WHERE key LIKE 'b%' OR key IN ('first', 'after')": "22",
+				"SELECT count(*) FROM settings WHERE key LIKE 'big%'":                            "0",
+			} {
+				st, _, err := r.Prepare(q)
+				if err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+				got := ""
+				if st.Step() {
+					got = st.ColumnText(0)
+				}
+				if err := st.Close(); err != nil || got != want {
+					t.Errorf("%s = %q (%v), want %q", q, got, err, want)
+				}
+			}
+		})
 	}
 }

@@ -42,9 +42,9 @@ type Options struct {
 	// writer goroutine, as before pipelined durability. By default FULL
 	// commits without a sync of the WAL (through walVFS, walvfs.go) and a
 	// separate goroutine fdatasyncs the WAL while the writer commits the
-	// next batch; a batch is answered
-	// only after a sync that began after its commit returned (shard.Syncer).
-	// Either way an acknowledged write survives power loss.
+	// next batch; a batch is answered only after a sync that began after
+	// its commit returned (shard.Syncer). Either way an acknowledged write
+	// survives power loss.
 	InlineSync bool
 	// ReuseConnections runs a shard's writer on a connection kept from a
 	// shard closed before, with the file attached to it (hosts.go): a cold

@@ -1,6 +1,8 @@
 package sqlite
 
 import (
+	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -44,9 +46,9 @@ import (
 // fails a write or that sync, which forget the frames. A writer's
 // transactions then hold their pages in memory until they commit: the
 // engine's batches are bounded (--max-batch). walVFS also relies on the
-// database file's powersafe overwrite (the driver's default, which no URI
-// of ours changes): without it SQLite pads a commit and syncs in the middle
-// of a frame.
+// database file's powersafe overwrite (the driver's default; walVFS
+// refuses a URI with psow=0): without it SQLite pads a commit and syncs in
+// the middle of a frame.
 //
 // Only the WAL is wrapped; the database file and its shared memory are the
 // driver's own.
@@ -69,6 +71,15 @@ func init() {
 type walVFS struct{ vfs.VFSFilename }
 
 func (v walVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
+	if flags&vfs.OPEN_MAIN_DB != 0 && name != nil {
+		// Without powersafe overwrite SQLite pads a commit and syncs in
+		// the middle of a frame, after which the commit's tail would still
+		// be gathered when SQLite publishes it.
+		switch strings.ToLower(name.URIParameter("psow")) {
+		case "0", "false", "no", "off":
+			return nil, flags, errors.New("keyshard-wal: psow=0 is not supported")
+		}
+	}
 	f, out, err := v.VFSFilename.OpenFilename(name, flags)
 	if err != nil || flags&vfs.OPEN_WAL == 0 {
 		return f, out, err

@@ -264,3 +264,25 @@ func TestWALVFS_RollbackLeavesNothing(t *testing.T) {
 		})
 	}
 }
+
+// walVFS refuses a database without powersafe overwrite, which would
+// publish a commit whose tail is still gathered.
+func TestWALVFS_RefusesPSOWOff(t *testing.T) {
+	c, err := NewConns(filepath.Join(t.TempDir(), "p.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sqlite3.OpenFlags(c.writerURI("rwc")+"&psow=0", sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI)
+	if err == nil {
+		err = db.Exec("CREATE TABLE t (x)") // the driver may open lazily
+		_ = db.Close()
+	}
+	if err == nil {
+		t.Fatal("a database with psow=0 opened through walVFS")
+	}
+	db, err = sqlite3.OpenFlags(c.writerURI("rwc")+"&psow=1", sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI)
+	if err != nil {
+		t.Fatalf("psow=1: %v", err)
+	}
+	_ = db.Close()
+}

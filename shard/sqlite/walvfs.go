@@ -71,14 +71,11 @@ func init() {
 type walVFS struct{ vfs.VFSFilename }
 
 func (v walVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
-	if flags&vfs.OPEN_MAIN_DB != 0 && name != nil {
+	if flags&vfs.OPEN_MAIN_DB != 0 && name != nil && !psowOn(name.URIParameter("psow")) {
 		// Without powersafe overwrite SQLite pads a commit and syncs in
 		// the middle of a frame, after which the commit's tail would still
 		// be gathered when SQLite publishes it.
-		switch strings.ToLower(name.URIParameter("psow")) {
-		case "0", "false", "no", "off":
-			return nil, flags, errors.New("keyshard-wal: psow=0 is not supported")
-		}
+		return nil, flags, errors.New("keyshard-wal: psow must stay on")
 	}
 	f, out, err := v.VFSFilename.OpenFilename(name, flags)
 	if err != nil || flags&vfs.OPEN_WAL == 0 {
@@ -89,6 +86,24 @@ func (v walVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.File, 
 		walOpened(name.String(), w)
 	}
 	return w, out, nil
+}
+
+// psowOn reports whether a psow URI parameter leaves powersafe overwrite
+// on: absent, or a value the driver reads as true (a digit 1–9 first, or
+// true, yes, on). Anything else is refused, whether the driver would read it
+// as false (any value starting with 0, false, no, off) or ignore it.
+func psowOn(v string) bool {
+	if v == "" {
+		return true
+	}
+	if '1' <= v[0] && v[0] <= '9' {
+		return true
+	}
+	switch strings.ToLower(v) {
+	case "true", "yes", "on":
+		return true
+	}
+	return false
 }
 
 // walOpened, when set (tests), is called with every WAL file walVFS opens.

@@ -272,17 +272,22 @@ func TestWALVFS_RefusesPSOWOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := sqlite3.OpenFlags(c.writerURI("rwc")+"&psow=0", sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI)
-	if err == nil {
-		err = db.Exec("CREATE TABLE t (x)") // the driver may open lazily
+	// The driver reads any value starting with 0 as false.
+	for _, v := range []string{"0", "00", "0x", "OFF", "false", "No", "maybe"} {
+		db, err := sqlite3.OpenFlags(c.writerURI("rwc")+"&psow="+v, sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI)
+		if err == nil {
+			err = db.Exec("CREATE TABLE t (x)") // the driver may open lazily
+			_ = db.Close()
+		}
+		if err == nil {
+			t.Errorf("a database with psow=%s opened through walVFS", v)
+		}
+	}
+	for _, v := range []string{"1", "on", "TRUE"} {
+		db, err := sqlite3.OpenFlags(c.writerURI("rwc")+"&psow="+v, sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI)
+		if err != nil {
+			t.Fatalf("psow=%s: %v", v, err)
+		}
 		_ = db.Close()
 	}
-	if err == nil {
-		t.Fatal("a database with psow=0 opened through walVFS")
-	}
-	db, err = sqlite3.OpenFlags(c.writerURI("rwc")+"&psow=1", sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI)
-	if err != nil {
-		t.Fatalf("psow=1: %v", err)
-	}
-	_ = db.Close()
 }

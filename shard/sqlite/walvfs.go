@@ -157,9 +157,7 @@ func (f *walFile) flush() error {
 	_, err := f.File.WriteAt(f.buf, f.off)
 	b := f.buf[:0]
 	f.buf = nil
-	if cap(b) <= 2*walBufferLimit {
-		walBufs.Put(&b)
-	}
+	walBufs.Put(&b) // never longer than walBufferLimit
 	return err
 }
 
@@ -205,12 +203,4 @@ func (f *walFile) Close() error {
 		err = cerr
 	}
 	return err
-}
-
-// SizeHint passes SQLite's preallocation hint on, when the file takes one.
-func (f *walFile) SizeHint(size int64) error {
-	if h, ok := f.File.(vfs.FileSizeHint); ok {
-		return h.SizeHint(size)
-	}
-	return nil
 }

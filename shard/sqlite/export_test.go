@@ -55,3 +55,6 @@ func WatchWALs(cleanup func(func())) (counts func() map[string]WALCounts) {
 		return m
 	}
 }
+
+// KeptWALLimit is the largest WAL a kept connection's writer leaves at close.
+const KeptWALLimit = keptWALLimit

@@ -30,7 +30,9 @@ import (
 // shard discards it), not in a transaction, not with temporary objects
 // (those would shadow the next shard's tables). The connection-level
 // settings a shard could change are set again at each attach. The schema is
-// still read from the file at each attach, as by a new connection. A kept
+// still read from the file at each attach, as by a new connection. A small
+// WAL is left in place at close rather than checkpointed, and the -wal and
+// -shm files are never deleted at close (keepsWAL in sqlite.go). A kept
 // connection holds the memory its largest batch needed.
 //
 // A read that runs on such a writer (a cold shard's reads do, when the
@@ -75,6 +77,12 @@ func (p *hostPool) get() (db *sqlite3.Conn, reused bool, err error) {
 	// to every attached file.
 	db, err = sqlite3.OpenFlags(":memory:", sqlite3.OPEN_READWRITE|sqlite3.OPEN_CREATE|sqlite3.OPEN_URI|sqlite3.OPEN_NOFOLLOW)
 	if err != nil {
+		return nil, false, translate(err)
+	}
+	// A shard's close checkpoints only when it chooses to (keepsWAL), and
+	// never deletes the -wal and -shm files.
+	if _, err := db.Config(sqlite3.DBCONFIG_NO_CKPT_ON_CLOSE, true); err != nil {
+		_ = db.Close()
 		return nil, false, translate(err)
 	}
 	return db, false, nil // attachWriter sets it up (hostBaseline) at each attach

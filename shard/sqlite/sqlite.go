@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -206,6 +207,7 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 		}
 		if w != nil {
 			if c.pipelined() {
+				w.pipelined = true
 				return &syncWriteConn{w}, nil
 			}
 			return w, nil
@@ -234,6 +236,7 @@ func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
 				return nil, err
 			}
 		}
+		w.pipelined = true
 		return &syncWriteConn{w}, nil
 	}
 	return w, nil
@@ -265,6 +268,7 @@ func (w *writeConn) Sync() error {
 		// committed; its WAL may be gone.
 		return nil
 	}
+	upTo := w.committed.Load() // what this sync covers: commits that returned before it began
 	if w.walFile == nil {
 		f, err := os.OpenFile(w.walPath, os.O_RDWR|syscall.O_NOFOLLOW, 0)
 		if err != nil {
@@ -278,7 +282,58 @@ func (w *writeConn) Sync() error {
 		}
 		w.walFile = f
 	}
-	return fdatasync(w.walFile)
+	if err := fdatasync(w.walFile); err != nil {
+		return err
+	}
+	w.synced = upTo
+	return nil
+}
+
+// keptWALLimit is the largest WAL a reused connection's writer leaves in
+// place at close instead of checkpointing it (keepsWAL).
+const keptWALLimit = 256 << 10
+
+// keepsWAL reports whether Close leaves the WAL as it is: on a reused
+// connection (hosts.go), when the WAL is at most keptWALLimit. The
+// connection never checkpoints on its own at close
+// (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE), so the -wal and -shm files stay,
+// emptied or not, for the file's next open.
+//
+// A cold tenant's visit then neither checkpoints (a write of the pages
+// and two fdatasyncs, the database's and the WAL's) nor deletes and
+// creates the two files again. Its next open recovers the WAL index from
+// the frames left, which is cheap for a WAL this small, and its first
+// commit appends to them instead of restarting the WAL, which SQLite
+// follows with a sync of the WAL's header (a real fdatasync inside the
+// commit, walvfs.go). Nothing of durability changes: the frames left were
+// synced (syncCommits), and any connection to the file, in this process
+// or another, replays them as it would after a crash.
+func (w *writeConn) keepsWAL() bool {
+	if !w.pooled {
+		return false
+	}
+	fi, err := os.Stat(w.walPath)
+	if err != nil {
+		return errors.Is(err, os.ErrNotExist) // nothing to checkpoint
+	}
+	return fi.Size() <= keptWALLimit
+}
+
+// syncCommits makes the writer's commits durable when some were not
+// synced yet (a pipelined writer's flusher syncs them before it answers;
+// this is for commits whose batches failed after committing). A writer
+// that syncs inside its commits, or that promises no sync, needs none.
+func (w *writeConn) syncCommits() error {
+	if !w.pipelined {
+		return nil
+	}
+	w.walMu.Lock()
+	pending := w.synced != w.committed.Load()
+	w.walMu.Unlock()
+	if !pending {
+		return nil
+	}
+	return w.Sync()
 }
 
 func syncDir(dir string) error {
@@ -326,9 +381,15 @@ type writeConn struct {
 	walLimit int64
 	busy     time.Duration
 	commits  int
-	walMu    sync.Mutex // guards walFile: Sync runs on the flusher goroutine
-	walFile  *os.File   // the WAL, opened by the first Sync
-	closed   bool       // under walMu: Close ran
+	// pipelined: a Syncer makes the commits durable (syncWriteConn).
+	pipelined bool
+	// committed counts commits; synced, under walMu, is what the last
+	// successful Sync covered.
+	committed atomic.Int64
+	walMu     sync.Mutex // guards walFile: Sync runs on the flusher goroutine
+	walFile   *os.File   // the WAL, opened by the first Sync
+	synced    int64
+	closed    bool // under walMu: Close ran
 	// walRetrySize: after a bounding checkpoint that readers kept busy,
 	// the next is tried once the WAL has grown by another limit: a reader
 	// holding its snapshot for long (an export) must not make every few
@@ -365,6 +426,7 @@ func (w *writeConn) Commit() error {
 	if _, err := w.Exec("COMMIT"); err != nil {
 		return err
 	}
+	w.committed.Add(1)
 	w.boundWAL()
 	return nil
 }
@@ -409,16 +471,20 @@ func (w *writeConn) Rollback() error {
 }
 
 // Close checkpoints the WAL into the database file and closes the
-// connection, or detaches the file from a reused one and keeps that; as the
-// last connection to the file it also removes the -wal and -shm files.
+// connection; as the last connection to the file it also removes the -wal
+// and -shm files. A reused connection's file is detached and the connection
+// kept; its WAL is checkpointed only past keptWALLimit, and the -wal and
+// -shm files stay (keepsWAL).
 func (w *writeConn) Close() error {
 	if w.db == nil {
 		return nil // closed before
 	}
 	_ = w.Rollback()
 	w.querier.close()
-	_, _, cerr := w.db.WALCheckpoint(w.schema, sqlite3.CHECKPOINT_TRUNCATE)
-	if cerr != nil {
+	var cerr error
+	if w.keepsWAL() {
+		cerr = w.syncCommits()
+	} else if _, _, cerr = w.db.WALCheckpoint(w.schema, sqlite3.CHECKPOINT_TRUNCATE); cerr != nil {
 		// Readers kept the checkpoint from finishing: what the writer
 		// committed without a sync must still be durable at close.
 		if err := w.Sync(); err != nil && !errors.Is(err, os.ErrNotExist) {

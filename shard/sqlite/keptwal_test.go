@@ -1,0 +1,142 @@
+package sqlite_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/keyshard/keyshard/shard"
+	"github.com/keyshard/keyshard/shard/sqlite"
+)
+
+// A writer on a kept connection leaves a small WAL in place at close
+// instead of checkpointing it, and never deletes the -wal and -shm files;
+// what it committed is in the WAL, and every later connection reads it:
+// another process's, a kept connection's, a connection of its own. A WAL
+// past the limit is checkpointed at close, as before.
+func TestReuse_SmallWALKeptAtClose(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "k.db")
+	makeShard(t, path, "v0") // on a connection of its own: checkpointed, files gone
+	if _, err := os.Stat(path + "-wal"); !os.IsNotExist(err) {
+		t.Fatalf("an own connection's close left the WAL: %v", err)
+	}
+	dbOnly := func(name string) string { // the database file alone, as a copy that ignores the WAL would see it
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	s := openReused(t, path)
+	if err := s.Write(context.Background(), setSetting("k", "v1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path + "-wal")
+	if err != nil {
+		t.Fatalf("the WAL was deleted at close: %v", err)
+	}
+	if fi.Size() == 0 || fi.Size() > sqlite.KeptWALLimit {
+		t.Fatalf("WAL of %d bytes after a small write, want frames kept (at most %d)", fi.Size(), sqlite.KeptWALLimit)
+	}
+	if _, err := os.Stat(path + "-shm"); err != nil {
+		t.Fatalf("the -shm was deleted at close: %v", err)
+	}
+	if got := readSetting(t, dbOnly("alone1.db"), "k"); got != "v0" {
+		t.Fatalf("the database file alone holds %q: the write was checkpointed, want it left in the WAL", got)
+	}
+	if got := readSetting(t, path, "k"); got != "v1" {
+		t.Fatalf("another connection read %q after the close, want v1", got)
+	}
+	s = openReused(t, path)
+	if got, err := setting(t, s, "k"); err != nil || got != "v1" {
+		t.Fatalf("a kept connection read %q, %v; want v1", got, err)
+	}
+	// A write past the limit: checkpointed at close, the WAL emptied but kept.
+	big := strings.Repeat("x", int(sqlite.KeptWALLimit))
+	if err := s.Write(context.Background(), setSetting("k", big)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := walSize(path); err != nil || n != 0 {
+		t.Fatalf("after a write past the limit the WAL has %d bytes (%v), want it checkpointed and truncated", n, err)
+	}
+	if got := readSetting(t, dbOnly("alone2.db"), "k"); got != big {
+		t.Fatalf("the database file alone holds %.12q after the checkpoint, want the big value", got)
+	}
+	own := openAt(t, path, sqlite.Options{}, shard.Options{})
+	if got, err := setting(t, own, "k"); err != nil || got != big {
+		t.Fatalf("a connection of its own read %.12q, %v", got, err)
+	}
+	if got := queryInt(t, own, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'"); got != 0 {
+		t.Fatalf("integrity_check: %d problems", got)
+	}
+}
+
+// A pipelined writer's close leaves its WAL unsynced never: commits the
+// flusher has not synced are synced at close; when it has synced them all,
+// the close adds no sync.
+func TestReuse_KeptWALSyncedAtClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	makeShard(t, path, "v0")
+	var syncs atomic.Int64
+	sqlite.SetSyncHook(func() error { syncs.Add(1); return nil })
+	t.Cleanup(func() { sqlite.SetSyncHook(nil) })
+	for _, flushed := range []bool{false, true} {
+		conns, err := sqlite.NewConns(path, reuse)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := conns.OpenWriter(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Begin(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Exec("UPDATE settings SET value = 'v' || random() WHERE key = 'k'"); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		syncs.Store(0)
+		want := int64(1)
+		if flushed {
+			if err := w.(shard.Syncer).Sync(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := walSize(path); err != nil || n == 0 {
+			t.Fatalf("flushed=%t: the WAL has %d bytes (%v), want its frames kept", flushed, n, err)
+		}
+		if got := syncs.Load(); got != want {
+			t.Errorf("flushed=%t: %d syncs from the commit to the end of the close, want %d", flushed, got, want)
+		}
+	}
+}
+
+func walSize(path string) (int64, error) {
+	fi, err := os.Stat(path + "-wal")
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}

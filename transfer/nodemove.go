@@ -455,13 +455,19 @@ func (in *Incoming) Commit(ctx context.Context, id string, epoch int64) error {
 			return err
 		}
 	}
+	aside := fmt.Sprintf("%s.replaced-%d", dest, time.Now().Unix())
 	if _, err := os.Stat(dest); err == nil {
-		aside := fmt.Sprintf("%s.replaced-%d", dest, time.Now().Unix())
 		if err := os.Rename(dest, aside); err != nil {
 			return err
 		}
-		for _, ext := range []string{"-wal", "-shm"} {
-			_ = os.Rename(dest+ext, aside+ext)
+	}
+	// The WAL and index go with the file set aside, and so do ones left
+	// without their file (a removal cut short): SQLite does not tie a WAL
+	// to its database, and a closed shard's WAL may hold commits
+	// (shard/sqlite keepsWAL), which the copy's first open would replay.
+	for _, ext := range []string{"-wal", "-shm"} {
+		if err := os.Rename(dest+ext, aside+ext); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 	}
 	if err := os.Rename(x.path, dest); err != nil {
@@ -573,7 +579,9 @@ func (in *Incoming) drop(id string, x *incoming) {
 
 func removeFile(path string) error {
 	var errs []error
-	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+	// The WAL first: one left without its database would be replayed onto
+	// a new file at the path.
+	for _, p := range []string{path + "-wal", path + "-shm", path} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -57,6 +57,9 @@ func (b *Backend) Create(ctx context.Context, p engine.Placement) error {
 		return err
 	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if err := removeOrphans(path); err != nil {
+			return fmt.Errorf("create shard: %w: %w", err, engine.ErrUnavailable)
+		}
 		if tmpl, err := b.template(ctx); err == nil {
 			if err := writeNewFile(path, tmpl); !errors.Is(err, os.ErrExist) {
 				return err

@@ -2,12 +2,15 @@ package sqlite_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/sqlite"
 )
@@ -15,7 +18,8 @@ import (
 // A writer on a kept connection leaves a small WAL in place at close
 // instead of checkpointing it, and never deletes the -wal and -shm files;
 // what it committed is in the WAL, and every later connection reads it:
-// another process's, a kept connection's, a connection of its own. A WAL
+// a raw connection of the driver's, a kept connection, a connection of its
+// own. A WAL
 // past the limit is checkpointed at close, as before.
 func TestReuse_SmallWALKeptAtClose(t *testing.T) {
 	dir := t.TempDir()
@@ -58,7 +62,7 @@ func TestReuse_SmallWALKeptAtClose(t *testing.T) {
 		t.Fatalf("the database file alone holds %q: the write was checkpointed, want it left in the WAL", got)
 	}
 	if got := readSetting(t, path, "k"); got != "v1" {
-		t.Fatalf("another connection read %q after the close, want v1", got)
+		t.Fatalf("a raw connection read %q after the close, want v1", got)
 	}
 	s = openReused(t, path)
 	if got, err := setting(t, s, "k"); err != nil || got != "v1" {
@@ -139,4 +143,90 @@ func walSize(path string) (int64, error) {
 		return 0, err
 	}
 	return fi.Size(), nil
+}
+
+// After a failed sync the close checkpoints, whatever the WAL's size: a
+// later fdatasync of the WAL may succeed without the pages the failed one
+// lost, so the frames are written into the database and that is synced.
+func TestReuse_FailedSyncCheckpointsAtClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f.db")
+	makeShard(t, path, "v0")
+	conns, err := sqlite.NewConns(path, reuse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := conns.OpenWriter(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Begin(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Exec("UPDATE settings SET value = 'v1' WHERE key = 'k'"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	sqlite.SetSyncHook(func() error { return errors.New("injected EIO") })
+	if err := w.(shard.Syncer).Sync(); err == nil {
+		t.Fatal("the injected sync failure did not fail Sync")
+	}
+	sqlite.SetSyncHook(nil)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := walSize(path); err != nil || n != 0 {
+		t.Fatalf("after a failed sync the WAL has %d bytes (%v), want it checkpointed", n, err)
+	}
+	if got := readSetting(t, path, "k"); got != "v1" {
+		t.Fatalf("read %q, want v1", got)
+	}
+}
+
+// A -wal and -shm left without their database (a removal cut short) are
+// not replayed onto a new shard made at the same path: Create deletes
+// them, and Remove deletes the WAL before the database.
+func TestCreate_IgnoresOrphanWAL(t *testing.T) {
+	b := &sqlite.Backend{DataDir: t.TempDir(), Options: withReuse(sqlite.Options{})}
+	p := placementOf(engine.NewTenantID())
+	path, err := b.Path(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Create(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	// Open twice: the second open takes the connection the first kept,
+	// and its close leaves the write in the WAL.
+	for i := range 2 {
+		s, err := b.Open(context.Background(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Write(context.Background(), setSetting("k", fmt.Sprint("old", i))); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := walSize(path); err != nil || n == 0 {
+		t.Fatalf("the WAL has %d bytes (%v), want the write kept in it", n, err)
+	}
+	if err := os.Remove(path); err != nil { // the database alone: a removal cut short
+		t.Fatal(err)
+	}
+	if err := b.Create(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Open(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if hasSetting(t, s, "k") {
+		v, _ := setting(t, s, "k")
+		t.Fatalf("the new shard holds k=%q from the orphan WAL", v)
+	}
 }

@@ -134,10 +134,30 @@ func Open(ctx context.Context, path string, opts Options, sopts shard.Options) (
 	return shard.Open(ctx, c, sopts)
 }
 
-// Remove deletes a closed shard's file and its -wal and -shm companions.
+// Remove deletes a closed shard's file and its -wal and -shm companions,
+// the WAL first: SQLite does not tie a WAL to its database, and one left
+// without its file (a removal cut short) would be replayed onto a new file
+// at the path (see also removeOrphans).
 func Remove(path string) error {
 	var errs []error
-	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+	for _, p := range []string{path + "-wal", path + "-shm", path} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeOrphans deletes a -wal and -shm at path whose database file is
+// missing: left by a removal cut short (before Remove deleted the WAL
+// first), they belong to no file, and the next file made at path would
+// replay them.
+func removeOrphans(path string) error {
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	var errs []error
+	for _, p := range []string{path + "-wal", path + "-shm"} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -260,6 +280,7 @@ func (w *writeConn) Sync() error {
 	defer w.walMu.Unlock()
 	if syncHook != nil {
 		if err := syncHook(); err != nil {
+			w.syncFailed = true // as a failed fdatasync below
 			return err
 		}
 	}
@@ -283,6 +304,10 @@ func (w *writeConn) Sync() error {
 		w.walFile = f
 	}
 	if err := fdatasync(w.walFile); err != nil {
+		// Linux reports a writeback error once: a later fdatasync of the
+		// same file may succeed without the lost pages. Close must not
+		// trust it (keepsWAL).
+		w.syncFailed = true
 		return err
 	}
 	w.synced = upTo
@@ -305,11 +330,23 @@ const keptWALLimit = 256 << 10
 // the frames left, which is cheap for a WAL this small, and its first
 // commit appends to them instead of restarting the WAL, which SQLite
 // follows with a sync of the WAL's header (a real fdatasync inside the
-// commit, walvfs.go). Nothing of durability changes: the frames left were
-// synced (syncCommits), and any connection to the file, in this process
-// or another, replays them as it would after a crash.
+// commit, walvfs.go). With FULL nothing of durability changes: the frames
+// left were synced (syncCommits), and any connection to the file, in this
+// process or another, replays them as it would after a crash. After a
+// failed sync the WAL is checkpointed instead: the checkpoint writes the
+// frames from the WAL into the database and syncs it, where a second
+// fdatasync of the WAL could report success for pages the first lost.
+// With NORMAL a closed shard's last commits are synced by nobody, as that
+// setting promises (a power loss may lose them).
+//
+// A WAL can now outlive its writer's close: code that deletes or replaces
+// a shard file handles its -wal and -shm first (Remove, removeOrphans,
+// transfer's node moves).
 func (w *writeConn) keepsWAL() bool {
-	if !w.pooled {
+	w.walMu.Lock()
+	failed := w.syncFailed
+	w.walMu.Unlock()
+	if !w.pooled || failed {
 		return false
 	}
 	fi, err := os.Stat(w.walPath)
@@ -389,7 +426,9 @@ type writeConn struct {
 	walMu     sync.Mutex // guards walFile: Sync runs on the flusher goroutine
 	walFile   *os.File   // the WAL, opened by the first Sync
 	synced    int64
-	closed    bool // under walMu: Close ran
+	// syncFailed, under walMu: a Sync failed; Close then checkpoints.
+	syncFailed bool
+	closed     bool // under walMu: Close ran
 	// walRetrySize: after a bounding checkpoint that readers kept busy,
 	// the next is tried once the WAL has grown by another limit: a reader
 	// holding its snapshot for long (an export) must not make every few

@@ -188,7 +188,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	a.Engine.Shards = pool{a.Cache}
 	pctx, cancel := context.WithCancel(context.Background())
 	a.stopPoll = cancel
-	a.pollDone = make(chan struct{}, 3)
+	a.pollDone = make(chan struct{}, 4)
 	go func() {
 		defer func() { a.pollDone <- struct{}{} }()
 		cat.Watch(pctx, cfg.CatalogPoll)
@@ -208,6 +208,20 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 			}
 		}
 	}()
+	go func() {
+		// The WALs closed SQLite shards left (shard/sqlite sweep.go).
+		defer func() { a.pollDone <- struct{}{} }()
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+				sqlite.SweepKeptWALs(pctx, sqlite.SweepIdle)
+			}
+		}
+	}()
 	return a, nil
 }
 
@@ -217,7 +231,7 @@ func (a *App) Close() error {
 		return nil
 	}
 	a.stopPoll()
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 4; i++ {
 		<-a.pollDone
 	}
 	a.stopPoll = nil

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/shard"
@@ -228,5 +229,68 @@ func TestCreate_IgnoresOrphanWAL(t *testing.T) {
 	if hasSetting(t, s, "k") {
 		v, _ := setting(t, s, "k")
 		t.Fatalf("the new shard holds k=%q from the orphan WAL", v)
+	}
+}
+
+// A WAL left at close is checkpointed by the sweep once its shard stayed
+// closed long enough, and not before; the -wal stays, emptied. A shard
+// opened again is not swept while open, and is again once closed.
+func TestSweepKeptWALs(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "w.db")
+	makeShard(t, path, "v0")
+	write := func(s *shard.Shard, v string) {
+		t.Helper()
+		if err := s.Write(context.Background(), setSetting("k", v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openReused(t, path)
+	write(s, "v1")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := walSize(path)
+	if err != nil || kept == 0 {
+		t.Fatalf("the WAL has %d bytes (%v), want the write kept in it", kept, err)
+	}
+	sqlite.SweepKeptWALs(context.Background(), time.Hour)
+	if n, err := walSize(path); err != nil || n != kept {
+		t.Fatalf("a sweep for shards closed an hour ago changed the WAL: %d bytes (%v), want %d", n, err, kept)
+	}
+
+	// Open again: not swept while open, even with its WAL in use.
+	s = openReused(t, path)
+	write(s, "v2")
+	before, _ := walSize(path)
+	sqlite.SweepKeptWALs(context.Background(), 0)
+	if n, err := walSize(path); err != nil || n != before || n == 0 {
+		t.Fatalf("the sweep touched an open shard's WAL: %d bytes (%v), had %d", n, err, before)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if n := sqlite.SweepKeptWALs(context.Background(), 0); n < 1 {
+		t.Fatalf("the sweep emptied %d WALs, want this one", n)
+	}
+	if n, err := walSize(path); err != nil || n != 0 {
+		t.Fatalf("after the sweep the WAL has %d bytes (%v), want 0 and the file kept", n, err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone := filepath.Join(dir, "alone.db")
+	if err := os.WriteFile(alone, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := readSetting(t, alone, "k"); got != "v2" {
+		t.Fatalf("the database file alone holds %q after the sweep, want v2", got)
+	}
+	s = openReused(t, path)
+	defer s.Close()
+	if got, err := setting(t, s, "k"); err != nil || got != "v2" {
+		t.Fatalf("read %q, %v after the sweep; want v2", got, err)
 	}
 }

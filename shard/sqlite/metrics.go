@@ -54,6 +54,11 @@ var walCheckpoints = promauto.NewCounterVec(prometheus.CounterOpts{
 	Help: "TRUNCATE checkpoints run because a shard's WAL passed its limit, by outcome (ok, busy).",
 }, []string{"outcome"})
 
+var walSweeps = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "keyshard_sqlite_kept_wal_sweeps_total",
+	Help: "Checkpoints of WALs that closed shards left, run once the shard stayed closed for a while, by outcome (ok, busy: the shard was open again, error).",
+}, []string{"outcome"})
+
 // writerConns counts the connections shards' writers were opened on, by
 // how: reused (a kept connection, the file attached), new (a kept one was
 // wanted but none was idle: a new one made for reuse), own (a connection of

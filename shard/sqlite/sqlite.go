@@ -213,6 +213,7 @@ func (c *Conns) writerURI(mode string) string {
 
 // OpenWriter opens the write connection and migrates the schema.
 func (c *Conns) OpenWriter(ctx context.Context) (shard.WriteConn, error) {
+	forgetKeptWAL(c.path) // open again: its own close decides (sweep.go)
 	flags := sqlite3.OPEN_READWRITE | sqlite3.OPEN_NOFOLLOW | sqlite3.OPEN_URI
 	mode := "rwc"
 	if c.opts.MustExist {
@@ -318,7 +319,7 @@ func (w *writeConn) Sync() error {
 // place at close instead of checkpointing it (keepsWAL).
 const keptWALLimit = 256 << 10
 
-// keepsWAL reports whether Close leaves the WAL as it is: on a reused
+// keepsWAL reports whether Close leaves the WAL as it is, and its size: on a reused
 // connection (hosts.go), when the WAL is at most keptWALLimit. The
 // connection never checkpoints on its own at close
 // (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE), so the -wal and -shm files stay,
@@ -342,18 +343,18 @@ const keptWALLimit = 256 << 10
 // A WAL can now outlive its writer's close: code that deletes or replaces
 // a shard file handles its -wal and -shm first (Remove, removeOrphans,
 // transfer's node moves).
-func (w *writeConn) keepsWAL() bool {
+func (w *writeConn) keepsWAL() (keep bool, size int64) {
 	w.walMu.Lock()
 	failed := w.syncFailed
 	w.walMu.Unlock()
 	if !w.pooled || failed {
-		return false
+		return false, 0
 	}
 	fi, err := os.Stat(w.walPath)
 	if err != nil {
-		return errors.Is(err, os.ErrNotExist) // nothing to checkpoint
+		return errors.Is(err, os.ErrNotExist), 0 // nothing to checkpoint
 	}
-	return fi.Size() <= keptWALLimit
+	return fi.Size() <= keptWALLimit, fi.Size()
 }
 
 // syncCommits makes the writer's commits durable when some were not
@@ -521,8 +522,10 @@ func (w *writeConn) Close() error {
 	_ = w.Rollback()
 	w.querier.close()
 	var cerr error
-	if w.keepsWAL() {
-		cerr = w.syncCommits()
+	if keep, size := w.keepsWAL(); keep {
+		if cerr = w.syncCommits(); cerr == nil && size > 0 {
+			noteKeptWAL(strings.TrimSuffix(w.walPath, "-wal")) // sweep.go
+		}
 	} else if _, _, cerr = w.db.WALCheckpoint(w.schema, sqlite3.CHECKPOINT_TRUNCATE); cerr != nil {
 		// Readers kept the checkpoint from finishing: what the writer
 		// committed without a sync must still be durable at close.

@@ -1,0 +1,112 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+)
+
+// A WAL a writer left at close (keepsWAL) is checkpointed later, once its
+// shard has stayed closed for SweepIdle, so that a tenant that is not
+// coming back does not hold its WAL's disk (up to keptWALLimit) for good.
+// A tenant visited again within that time pays no checkpoint at all; one
+// that is not pays one, off the request path, instead of one at each
+// eviction.
+//
+// The sweep checkpoints through a connection of its own that, like the
+// kept ones, never checkpoints or deletes at close: the -wal is truncated
+// to nothing and stays, with the -shm. (Deleting them by name at close
+// could delete another file's WAL: a node move may have renamed this file
+// aside and put a new one at its path meanwhile.) A shard opened again
+// meanwhile is forgotten at its open; a checkpoint that meets its writer
+// or readers gives up at once (busy) and the shard's next close notes it
+// again.
+
+// SweepIdle is how long a shard stays closed before SweepKeptWALs, as the
+// server runs it every minute, checkpoints the WAL it left.
+const SweepIdle = 5 * time.Minute
+
+var keptWALs = struct {
+	mu sync.Mutex
+	at map[string]time.Time // shard path → when its writer closed leaving a WAL
+}{at: map[string]time.Time{}}
+
+func noteKeptWAL(path string) {
+	keptWALs.mu.Lock()
+	keptWALs.at[path] = time.Now()
+	keptWALs.mu.Unlock()
+}
+
+func forgetKeptWAL(path string) {
+	keptWALs.mu.Lock()
+	delete(keptWALs.at, path)
+	keptWALs.mu.Unlock()
+}
+
+// SweepKeptWALs checkpoints the WALs writers left at close at least idle
+// ago, of shards not opened since, and returns how many it emptied. Safe to
+// run beside the shards' use.
+func SweepKeptWALs(ctx context.Context, idle time.Duration) int {
+	now := time.Now()
+	var due []string
+	keptWALs.mu.Lock()
+	for p, at := range keptWALs.at {
+		if now.Sub(at) >= idle {
+			due = append(due, p)
+			delete(keptWALs.at, p)
+		}
+	}
+	keptWALs.mu.Unlock()
+	n := 0
+	for i, p := range due {
+		if ctx.Err() != nil {
+			keptWALs.mu.Lock()
+			for _, q := range due[i:] {
+				if _, ok := keptWALs.at[q]; !ok {
+					keptWALs.at[q] = now
+				}
+			}
+			keptWALs.mu.Unlock()
+			break
+		}
+		err := checkpointClosed(p)
+		walSweeps.WithLabelValues(sweepOutcome(err)).Inc()
+		if err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func sweepOutcome(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, sqlite3.BUSY) || errors.Is(err, sqlite3.LOCKED):
+		return "busy"
+	}
+	return "error"
+}
+
+// checkpointClosed runs a TRUNCATE checkpoint of the shard file at path on
+// a connection of its own: a missing file (a tenant deleted) fails to open
+// and is left alone.
+func checkpointClosed(path string) error {
+	db, err := sqlite3.OpenFlags(fileURI(path, "rw"), sqlite3.OPEN_READWRITE|sqlite3.OPEN_NOFOLLOW|sqlite3.OPEN_URI)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.Config(sqlite3.DBCONFIG_NO_CKPT_ON_CLOSE, true); err != nil {
+		return err
+	}
+	// A read opens the WAL: a checkpoint before any read has none to copy.
+	if err := db.Exec("PRAGMA main.user_version"); err != nil {
+		return err
+	}
+	_, _, err = db.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
+	return err
+}

@@ -23,7 +23,8 @@ import (
 // aside and put a new one at its path meanwhile.) A shard opened again
 // meanwhile is forgotten at its open; a checkpoint that meets its writer
 // or readers gives up at once (busy) and the shard's next close notes it
-// again.
+// again. The list is the process's: WALs kept before a restart stay until
+// their tenant's next visit ends.
 
 // SweepIdle is how long a shard stays closed before SweepKeptWALs, as the
 // server runs it every minute, checkpoints the WAL it left.
@@ -61,16 +62,9 @@ func SweepKeptWALs(ctx context.Context, idle time.Duration) int {
 	}
 	keptWALs.mu.Unlock()
 	n := 0
-	for i, p := range due {
+	for _, p := range due {
 		if ctx.Err() != nil {
-			keptWALs.mu.Lock()
-			for _, q := range due[i:] {
-				if _, ok := keptWALs.at[q]; !ok {
-					keptWALs.at[q] = now
-				}
-			}
-			keptWALs.mu.Unlock()
-			break
+			break // the server stops: what is left stays kept, as after a restart
 		}
 		err := checkpointClosed(p)
 		walSweeps.WithLabelValues(sweepOutcome(err)).Inc()

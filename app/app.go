@@ -236,6 +236,12 @@ func (a *App) Close() error {
 	}
 	a.stopPoll = nil
 	errs := []error{a.Engine.Close()}
+	// The WALs the shards just closed kept, and those kept in the last
+	// minutes, checkpointed: a stopped server's shard files are whole
+	// (shard/sqlite sweep.go), unless this takes longer than its bound.
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	sqlite.SweepKeptWALs(sctx, 0)
+	scancel()
 	if a.AfterShardsClosed != nil {
 		errs = append(errs, a.AfterShardsClosed())
 	}

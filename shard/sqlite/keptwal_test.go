@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ncruces/go-sqlite3"
+
 	"github.com/keyshard/keyshard/engine"
 	"github.com/keyshard/keyshard/shard"
 	"github.com/keyshard/keyshard/shard/sqlite"
@@ -183,6 +185,28 @@ func TestReuse_FailedSyncCheckpointsAtClose(t *testing.T) {
 	if got := readSetting(t, path, "k"); got != "v1" {
 		t.Fatalf("read %q, want v1", got)
 	}
+
+	// The close's own sync fails: the same.
+	if w, err = conns.OpenWriter(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Begin(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Exec("UPDATE settings SET value = 'v2' WHERE key = 'k'"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	sqlite.SetSyncHook(func() error { return errors.New("injected EIO") })
+	t.Cleanup(func() { sqlite.SetSyncHook(nil) })
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := walSize(path); err != nil || n != 0 {
+		t.Fatalf("after the close's sync failed the WAL has %d bytes (%v), want it checkpointed", n, err)
+	}
 }
 
 // A -wal and -shm left without their database (a removal cut short) are
@@ -271,6 +295,21 @@ func TestSweepKeptWALs(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A reader in a transaction keeps the checkpoint from running: the
+	// sweep gives up and tries again next time.
+	raw, err := sqlite3.OpenFlags(path, sqlite3.OPEN_READONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Exec("BEGIN; SELECT count(*) FROM settings;"); err != nil {
+		t.Fatal(err)
+	}
+	if n := sqlite.SweepKeptWALs(context.Background(), 0); n != 0 {
+		t.Fatalf("the sweep emptied %d WALs beside a reader's transaction", n)
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if n := sqlite.SweepKeptWALs(context.Background(), 0); n < 1 {
 		t.Fatalf("the sweep emptied %d WALs, want this one", n)
 	}

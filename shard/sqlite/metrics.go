@@ -56,7 +56,7 @@ var walCheckpoints = promauto.NewCounterVec(prometheus.CounterOpts{
 
 var walSweeps = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "keyshard_sqlite_kept_wal_sweeps_total",
-	Help: "Checkpoints of WALs that closed shards left, run once the shard stayed closed for a while, by outcome (ok, busy: the shard was open again, error).",
+	Help: "Checkpoints of WALs that closed shards left, run once the shard stayed closed for a while, by outcome (ok; busy: the shard was open again or read, tried again later; gone: the file was removed or replaced; error).",
 }, []string{"outcome"})
 
 // writerConns counts the connections shards' writers were opened on, by

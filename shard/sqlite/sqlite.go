@@ -139,6 +139,7 @@ func Open(ctx context.Context, path string, opts Options, sopts shard.Options) (
 // without its file (a removal cut short) would be replayed onto a new file
 // at the path (see also removeOrphans).
 func Remove(path string) error {
+	forgetKeptWAL(path)
 	var errs []error
 	for _, p := range []string{path + "-wal", path + "-shm", path} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -522,8 +523,12 @@ func (w *writeConn) Close() error {
 	_ = w.Rollback()
 	w.querier.close()
 	var cerr error
-	if keep, size := w.keepsWAL(); keep {
-		if cerr = w.syncCommits(); cerr == nil && size > 0 {
+	keep, size := w.keepsWAL()
+	if keep && w.syncCommits() != nil {
+		keep = false // a failed sync: the checkpoint below writes the frames into the database and syncs it
+	}
+	if keep {
+		if size > 0 {
 			noteKeptWAL(strings.TrimSuffix(w.walPath, "-wal")) // sweep.go
 		}
 	} else if _, _, cerr = w.db.WALCheckpoint(w.schema, sqlite3.CHECKPOINT_TRUNCATE); cerr != nil {

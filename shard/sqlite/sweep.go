@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"errors"
+	"os"
 	"sync"
 	"time"
 
@@ -68,12 +69,28 @@ func SweepKeptWALs(ctx context.Context, idle time.Duration) int {
 		}
 		err := checkpointClosed(p)
 		walSweeps.WithLabelValues(sweepOutcome(err)).Inc()
-		if err == nil {
+		switch {
+		case err == nil:
 			n++
+		case errors.Is(err, errReplaced):
+		default:
+			if _, serr := os.Lstat(p); serr == nil {
+				// Busy (a reader, or the shard open again) or a passing
+				// error: tried again at the next sweep, unless the
+				// shard's own close noted it meanwhile.
+				keptWALs.mu.Lock()
+				if _, ok := keptWALs.at[p]; !ok {
+					keptWALs.at[p] = now.Add(-idle)
+				}
+				keptWALs.mu.Unlock()
+			}
 		}
 	}
 	return n
 }
+
+// errReplaced: the file at the path changed while the sweep opened it.
+var errReplaced = errors.New("sqlite: the shard file was replaced during the sweep")
 
 func sweepOutcome(err error) string {
 	switch {
@@ -81,6 +98,8 @@ func sweepOutcome(err error) string {
 		return "ok"
 	case errors.Is(err, sqlite3.BUSY) || errors.Is(err, sqlite3.LOCKED):
 		return "busy"
+	case errors.Is(err, errReplaced) || errors.Is(err, os.ErrNotExist):
+		return "gone"
 	}
 	return "error"
 }
@@ -88,7 +107,16 @@ func sweepOutcome(err error) string {
 // checkpointClosed runs a TRUNCATE checkpoint of the shard file at path on
 // a connection of its own: a missing file (a tenant deleted) fails to open
 // and is left alone.
+//
+// The database is opened first and its -wal and -shm only at the first
+// read, each by name: a file put at the path in between (a node move
+// replacing it) would have its WAL checkpointed into the other file. So
+// the path must name the same file before the open and after the read.
 func checkpointClosed(path string) error {
+	before, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
 	db, err := sqlite3.OpenFlags(fileURI(path, "rw"), sqlite3.OPEN_READWRITE|sqlite3.OPEN_NOFOLLOW|sqlite3.OPEN_URI)
 	if err != nil {
 		return err
@@ -100,6 +128,9 @@ func checkpointClosed(path string) error {
 	// A read opens the WAL: a checkpoint before any read has none to copy.
 	if err := db.Exec("PRAGMA main.user_version"); err != nil {
 		return err
+	}
+	if after, err := os.Lstat(path); err != nil || !os.SameFile(before, after) {
+		return errReplaced
 	}
 	_, _, err = db.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
 	return err

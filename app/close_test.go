@@ -1,0 +1,88 @@
+package app_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/engine"
+)
+
+// A stopped server's SQLite shards are whole: the WAL a closed shard kept
+// (shard/sqlite keepsWAL) is checkpointed by Close, so the database file
+// alone holds every write.
+func TestClose_CheckpointsKeptWALs(t *testing.T) {
+	ctx := context.Background()
+	a, err := app.Open(ctx, app.Config{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = a.Close()
+		}
+	})
+	if _, err := a.Engine.CreateTenant(ctx, "acme", "Acme", ""); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := a.Engine.ApproveTenant(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := a.SQLite.Path(tn.Placement())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := a.Engine.Tenant(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ts.Write(ctx, func(q engine.Querier) error {
+		_, err := q.Exec("INSERT INTO settings (key, value) VALUES ('close-test', 'written')")
+		return err
+	})
+	ts.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Evicted first: its close keeps the WAL, as for any cold tenant.
+	if err := a.Cache.Evict(ctx, tn.ID); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path + "-wal"); err != nil || fi.Size() == 0 {
+		t.Fatalf("the evicted shard's WAL: %v, %v; want the write kept in it", fi, err)
+	}
+	closed = true
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() != 0 {
+		t.Fatalf("after Close the WAL holds %d bytes, want it checkpointed", fi.Size())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone := filepath.Join(t.TempDir(), "alone.db")
+	if err := os.WriteFile(alone, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sqlite3.OpenFlags(alone, sqlite3.OPEN_READONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st, _, err := db.Prepare("SELECT value FROM settings WHERE key = 'close-test'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if !st.Step() || st.ColumnText(0) != "written" {
+		t.Fatalf("the database file alone lacks the write: %v", st.Err())
+	}
+}

@@ -104,23 +104,7 @@ func TestReuse_KeptWALSyncedAtClose(t *testing.T) {
 	sqlite.SetSyncHook(func() error { syncs.Add(1); return nil })
 	t.Cleanup(func() { sqlite.SetSyncHook(nil) })
 	for _, flushed := range []bool{false, true} {
-		conns, err := sqlite.NewConns(path, reuse)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w, err := conns.OpenWriter(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Begin(); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Exec("UPDATE settings SET value = 'v' || random() WHERE key = 'k'"); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Commit(); err != nil {
-			t.Fatal(err)
-		}
+		w := commitOnKept(t, path, "'v' || random()")
 		syncs.Store(0)
 		want := int64(1)
 		if flushed {
@@ -154,23 +138,7 @@ func walSize(path string) (int64, error) {
 func TestReuse_FailedSyncCheckpointsAtClose(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f.db")
 	makeShard(t, path, "v0")
-	conns, err := sqlite.NewConns(path, reuse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := conns.OpenWriter(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Begin(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Exec("UPDATE settings SET value = 'v1' WHERE key = 'k'"); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	w := commitOnKept(t, path, "'v1'")
 	sqlite.SetSyncHook(func() error { return errors.New("injected EIO") })
 	if err := w.(shard.Syncer).Sync(); err == nil {
 		t.Fatal("the injected sync failure did not fail Sync")
@@ -187,18 +155,7 @@ func TestReuse_FailedSyncCheckpointsAtClose(t *testing.T) {
 	}
 
 	// The close's own sync fails: the same.
-	if w, err = conns.OpenWriter(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Begin(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Exec("UPDATE settings SET value = 'v2' WHERE key = 'k'"); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	w = commitOnKept(t, path, "'v2'")
 	sqlite.SetSyncHook(func() error { return errors.New("injected EIO") })
 	t.Cleanup(func() { sqlite.SetSyncHook(nil) })
 	if err := w.Close(); err != nil {
@@ -332,4 +289,28 @@ func TestSweepKeptWALs(t *testing.T) {
 	if got, err := setting(t, s, "k"); err != nil || got != "v2" {
 		t.Fatalf("read %q, %v after the sweep; want v2", got, err)
 	}
+}
+
+// commitOnKept opens path's writer on a kept connection and commits k =
+// value (an SQL expression) without a sync, leaving the writer open.
+func commitOnKept(t *testing.T, path, value string) shard.WriteConn {
+	t.Helper()
+	conns, err := sqlite.NewConns(path, reuse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := conns.OpenWriter(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Begin(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Exec("UPDATE settings SET value = " + value + " WHERE key = 'k'"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return w
 }

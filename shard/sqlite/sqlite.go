@@ -140,13 +140,7 @@ func Open(ctx context.Context, path string, opts Options, sopts shard.Options) (
 // at the path (see also removeOrphans).
 func Remove(path string) error {
 	forgetKeptWAL(path)
-	var errs []error
-	for _, p := range []string{path + "-wal", path + "-shm", path} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return removeFiles(path+"-wal", path+"-shm", path)
 }
 
 // removeOrphans deletes a -wal and -shm at path whose database file is
@@ -157,8 +151,13 @@ func removeOrphans(path string) error {
 	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	return removeFiles(path+"-wal", path+"-shm")
+}
+
+// removeFiles deletes the files in order; a missing one is no error.
+func removeFiles(paths ...string) error {
 	var errs []error
-	for _, p := range []string{path + "-wal", path + "-shm"} {
+	for _, p := range paths {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -419,11 +418,10 @@ type writeConn struct {
 	walPath  string
 	walLimit int64
 	busy     time.Duration
-	commits  int
 	// pipelined: a Syncer makes the commits durable (syncWriteConn).
 	pipelined bool
-	// committed counts commits; synced, under walMu, is what the last
-	// successful Sync covered.
+	// committed counts commits (boundWAL looks every 8th); synced, under
+	// walMu, is what the last successful Sync covered.
 	committed atomic.Int64
 	walMu     sync.Mutex // guards walFile: Sync runs on the flusher goroutine
 	walFile   *os.File   // the WAL, opened by the first Sync
@@ -478,8 +476,7 @@ func (w *writeConn) Commit() error {
 // again once the WAL has grown by another limit: the commit has already
 // succeeded either way.
 func (w *writeConn) boundWAL() {
-	w.commits++
-	if w.walLimit < 0 || w.commits%8 != 0 {
+	if w.walLimit < 0 || w.committed.Load()%8 != 0 {
 		return
 	}
 	fi, err := os.Stat(w.walPath)

@@ -13,17 +13,6 @@ func IdleHosts() int {
 	return len(hosts.idle)
 }
 
-// DrainHosts closes every idle writer connection kept for reuse.
-func DrainHosts() {
-	hosts.mu.Lock()
-	idle := hosts.idle
-	hosts.idle = nil
-	hosts.mu.Unlock()
-	for _, db := range idle {
-		_ = db.Close()
-	}
-}
-
 // WALCounts are what reached a WAL file opened through walVFS: writes
 // (system calls) and real syncs.
 type WALCounts struct{ Writes, Syncs int64 }

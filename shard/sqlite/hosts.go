@@ -88,6 +88,20 @@ func (p *hostPool) get() (db *sqlite3.Conn, reused bool, err error) {
 	return db, false, nil // attachWriter sets it up (hostBaseline) at each attach
 }
 
+// CloseIdleHosts closes the writer connections kept for reuse that no
+// shard uses now, giving back the memory each holds; a shard opened later
+// makes a new one. The server calls it once its shards are closed. Safe
+// for concurrent use.
+func CloseIdleHosts() {
+	hosts.mu.Lock()
+	idle := hosts.idle
+	hosts.idle = nil
+	hosts.mu.Unlock()
+	for _, db := range idle {
+		_ = db.Close()
+	}
+}
+
 // hostBaseline sets again, at each attach, what a shard's statements could
 // have changed on the connection.
 const hostBaseline = "PRAGMA main.max_page_count=1; PRAGMA foreign_keys=on; PRAGMA query_only=0; PRAGMA recursive_triggers=0; PRAGMA wal_autocheckpoint=1000;"

@@ -163,7 +163,7 @@ func twoShards(t *testing.T) (pa, pb string) {
 	pa, pb = filepath.Join(dir, "a.db"), filepath.Join(dir, "b.db")
 	makeShard(t, pa, "a0")
 	makeShard(t, pb, "b0")
-	sqlite.DrainHosts()
+	sqlite.CloseIdleHosts()
 	return pa, pb
 }
 
@@ -274,5 +274,37 @@ func TestReuse_KeptQuerierFails(t *testing.T) {
 	var v string
 	if err := kept.QueryRow("SELECT value FROM settings WHERE key = 'k'").Scan(&v); err == nil {
 		t.Fatalf("a querier of closed shard A read %q, B's row", v)
+	}
+}
+
+// CloseIdleHosts closes the connections kept for reuse; a shard opened
+// after it makes a new one, which its close keeps again.
+func TestCloseIdleHosts(t *testing.T) {
+	pa, pb := twoShards(t)
+	a, b := openReused(t, pa), openReused(t, pb) // both at once: two connections
+	for _, s := range []*shard.Shard{a, b} {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := sqlite.IdleHosts(); n != 2 {
+		t.Fatalf("%d connections kept after two shards closed, want 2", n)
+	}
+	sqlite.CloseIdleHosts()
+	if n := sqlite.IdleHosts(); n != 0 {
+		t.Fatalf("%d connections kept after CloseIdleHosts, want 0", n)
+	}
+	a = openReused(t, pa)
+	if err := a.Write(context.Background(), setSetting("k", "a1")); err != nil {
+		t.Fatalf("a write on a shard opened after CloseIdleHosts: %v", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := sqlite.IdleHosts(); n != 1 {
+		t.Fatalf("%d connections kept after the next shard closed, want 1", n)
+	}
+	if got := readSetting(t, pa, "k"); got != "a1" {
+		t.Fatalf("k = %q, want a1", got)
 	}
 }

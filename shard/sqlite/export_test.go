@@ -13,6 +13,10 @@ func IdleHosts() int {
 	return len(hosts.idle)
 }
 
+// SetScanListed makes NoteKeptWALsIn call f once it has read the
+// directories, before it notes what it found; nil removes it.
+func SetScanListed(f func()) { scanListed = f }
+
 // WALCounts are what reached a WAL file opened through walVFS: writes
 // (system calls) and real syncs.
 type WALCounts struct{ Writes, Syncs int64 }

@@ -59,6 +59,14 @@ var walSweeps = promauto.NewCounterVec(prometheus.CounterOpts{
 	Help: "Checkpoints of WALs that closed shards left, run once the shard stayed closed for a while, by outcome (ok; busy: the shard was open again or read, tried again later; gone: the file was removed or replaced; error).",
 }, []string{"outcome"})
 
+// keptWALsFound counts the WALs NoteKeptWALsIn found and noted: kept
+// before the server started (a crash, or a stop whose sweep ran out of
+// time), then swept as its own shards' are.
+var keptWALsFound = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "keyshard_sqlite_kept_wals_found_total",
+	Help: "WALs of closed SQLite shards found at the server's start (left by a crash, or by a stop whose sweep ran out of time) and noted for the sweep.",
+})
+
 // writerConns counts the connections shards' writers were opened on, by
 // how: reused (a kept connection, the file attached), new (a kept one was
 // wanted but none was idle: a new one made for reuse), own (a connection of

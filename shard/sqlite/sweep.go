@@ -3,11 +3,16 @@ package sqlite
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
+
+	"github.com/keyshard/keyshard/engine"
 )
 
 // A WAL a writer left at close (keepsWAL) is checkpointed later, once its
@@ -24,16 +29,25 @@ import (
 // aside and put a new one at its path meanwhile.) A shard opened again
 // meanwhile is forgotten at its open; a checkpoint that meets its writer
 // or readers gives up at once (busy) and the shard's next close notes it
-// again. The list is the process's: WALs kept before a restart stay until
-// their tenant's next visit ends.
+// again.
+//
+// The list is the process's: a WAL kept before a restart (a crash, or a
+// shutdown whose sweep ran out of time) is found at the next start by
+// NoteKeptWALsIn, which reads the shard directories and notes every shard
+// file whose WAL holds something as if it had closed then; the sweep
+// checkpoints it SweepIdle later, unless its tenant came back meanwhile.
 
 // SweepIdle is how long a shard stays closed before SweepKeptWALs, as the
 // server runs it every minute, checkpoints the WAL it left.
 const SweepIdle = 5 * time.Minute
 
 var keptWALs = struct {
-	mu sync.Mutex
+	mu sync.Mutex           // guards the fields below
 	at map[string]time.Time // shard path → when its writer closed leaving a WAL
+	// scans counts the NoteKeptWALsIn running; while there are any, opened
+	// holds the shards opened (or removed) since the first began.
+	scans  int
+	opened map[string]struct{}
 }{at: map[string]time.Time{}}
 
 func noteKeptWAL(path string) {
@@ -45,6 +59,9 @@ func noteKeptWAL(path string) {
 func forgetKeptWAL(path string) {
 	keptWALs.mu.Lock()
 	delete(keptWALs.at, path)
+	if keptWALs.opened != nil {
+		keptWALs.opened[path] = struct{}{}
+	}
 	keptWALs.mu.Unlock()
 }
 
@@ -65,7 +82,7 @@ func SweepKeptWALs(ctx context.Context, idle time.Duration) int {
 	n := 0
 	for _, p := range due {
 		if ctx.Err() != nil {
-			break // the server stops: what is left stays kept, as after a restart
+			break // the server stops: what is left stays kept, for the next start to find
 		}
 		err := checkpointClosed(p)
 		walSweeps.WithLabelValues(sweepOutcome(err)).Inc()
@@ -134,4 +151,135 @@ func checkpointClosed(path string) error {
 	}
 	_, _, err = db.WALCheckpoint("main", sqlite3.CHECKPOINT_TRUNCATE)
 	return err
+}
+
+// NoteKeptWALsIn finds the shard files under the data directories dirs (a
+// Backend's DataDir and the Locations its placements name) whose WAL holds
+// something, and notes them as if their shards had closed now, so that
+// SweepKeptWALs checkpoints them once idle: WALs kept before this process
+// started, which no sweep of this process knows of otherwise. A crash
+// leaves the WALs of the shards it found open too; they are found alike.
+// It returns how many it noted, with the errors of the directories it could
+// not read (a missing one is none); it stops early, noting what it found,
+// when ctx ends. Safe to run beside the shards' use: a shard opened (or
+// removed) while it runs is not noted, its own close decides. One opened
+// before it began is (the server runs it at start, before serving): the
+// sweep gives up on it while busy, or checkpoints it as its close would.
+//
+// It reads only the directories of the layout Path makes (shards/xx/yy)
+// and considers only the files Path names for some tenant there: a
+// regular file <tenant-id>.db in the directories of its id's first
+// characters, with a regular, non-empty <tenant-id>.db-wal beside it. A
+// file a node move set aside (<id>.db.replaced-<time>), a new file not yet
+// in place (.new-*), a copy a node move stages (incoming/ beside shards/)
+// and an export's or import's scratch files (in temporary directories,
+// named export.db, staging.db, copy.db) are none of these. The directories
+// dirs and their shards are resolved as the backend's opens resolve them;
+// a symbolic link found below them is never followed. It costs one ReadDir
+// per directory of the layout and one Lstat per WAL found.
+func NoteKeptWALsIn(ctx context.Context, dirs ...string) (int, error) {
+	keptWALs.mu.Lock()
+	if keptWALs.scans++; keptWALs.opened == nil {
+		keptWALs.opened = map[string]struct{}{}
+	}
+	keptWALs.mu.Unlock()
+	defer func() {
+		keptWALs.mu.Lock()
+		if keptWALs.scans--; keptWALs.scans == 0 {
+			keptWALs.opened = nil
+		}
+		keptWALs.mu.Unlock()
+	}()
+	var found []string
+	var errs []error
+	for _, dir := range dirs {
+		paths, err := keptWALsUnder(ctx, dir)
+		found = append(found, paths...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if scanListed != nil {
+		scanListed()
+	}
+	now := time.Now()
+	n := 0
+	keptWALs.mu.Lock()
+	for _, p := range found {
+		_, opened := keptWALs.opened[p]
+		_, noted := keptWALs.at[p]
+		if !opened && !noted {
+			keptWALs.at[p] = now
+			n++
+		}
+	}
+	keptWALs.mu.Unlock()
+	keptWALsFound.Add(float64(n))
+	return n, errors.Join(errs...)
+}
+
+// scanListed, when set (tests), runs in NoteKeptWALsIn once it has read
+// the directories, before it notes what it found.
+var scanListed func()
+
+// keptWALsUnder returns the shard files under the data directory dir whose
+// WAL holds something (NoteKeptWALsIn).
+func keptWALsUnder(ctx context.Context, dir string) ([]string, error) {
+	var errs []error
+	read := func(d string) []os.DirEntry {
+		es, err := os.ReadDir(d)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("find kept WALs: %w", err))
+		}
+		return es // what it read before an error
+	}
+	root := filepath.Join(dir, "shards")
+	var found []string
+	for _, a := range fanOut(read(root)) {
+		for _, b := range fanOut(read(filepath.Join(root, a))) {
+			if err := ctx.Err(); err != nil {
+				return found, errors.Join(append(errs, err)...)
+			}
+			leaf := filepath.Join(root, a, b)
+			found = append(found, shardsWithWAL(leaf, a+b, read(leaf))...)
+		}
+	}
+	return found, errors.Join(errs...)
+}
+
+// fanOut returns the names of the entries that are directories of Path's
+// fan-out (two characters), symbolic links excluded.
+func fanOut(es []os.DirEntry) []string {
+	var names []string
+	for _, e := range es {
+		if e.IsDir() && len(e.Name()) == 2 {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
+// shardsWithWAL returns the shard files among the entries of the
+// directory dir, the fan-out directory of the ids that start with prefix,
+// whose -wal is not empty.
+func shardsWithWAL(dir, prefix string, es []os.DirEntry) []string {
+	regular := make(map[string]bool, len(es))
+	for _, e := range es {
+		regular[e.Name()] = e.Type().IsRegular()
+	}
+	var paths []string
+	for _, e := range es {
+		id, ok := strings.CutSuffix(e.Name(), ".db-wal")
+		if !ok || !regular[e.Name()] || !regular[id+".db"] || !engine.ValidTenantID(id) || id[:len(prefix)] != prefix {
+			continue
+		}
+		if fi, err := e.Info(); err != nil || fi.Size() == 0 {
+			continue // gone meanwhile, or empty: nothing to checkpoint
+		}
+		paths = append(paths, filepath.Join(dir, id+".db"))
+	}
+	return paths
 }

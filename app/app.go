@@ -60,6 +60,13 @@ type Config struct {
 	// Fenced: this process is one of several nodes: every shard's batches
 	// check the tenant's fencing token (shard.Options.Fenced).
 	Fenced bool
+	// ScanKeptWALs: at start, find the WALs closed SQLite shards kept
+	// before this process (a crash, a stop whose sweep ran out of time)
+	// in every directory shards are placed in, and sweep them like this
+	// process's own (sqlite.NoteKeptWALsIn). The server sets it; a
+	// command's engine does not: its Close would checkpoint them all,
+	// those of a server running beside it included.
+	ScanKeptWALs bool
 }
 
 // DefaultCacheCapacity: an idle shard (writer + 2 readers) holds ~1.4 MB
@@ -211,6 +218,11 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 	go func() {
 		// The WALs closed SQLite shards left (shard/sqlite sweep.go).
 		defer func() { a.pollDone <- struct{}{} }()
+		if cfg.ScanKeptWALs {
+			// Off the start's path. A directory it could not read keeps
+			// its WALs until their tenants' next visits, as before.
+			_, _ = sqlite.NoteKeptWALsIn(pctx, a.sqliteDirs(pctx)...)
+		}
 		t := time.NewTicker(time.Minute)
 		defer t.Stop()
 		for {
@@ -242,6 +254,7 @@ func (a *App) Close() error {
 	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
 	sqlite.SweepKeptWALs(sctx, 0)
 	scancel()
+	sqlite.CloseIdleHosts() // the writer connections the shards left for reuse
 	if a.AfterShardsClosed != nil {
 		errs = append(errs, a.AfterShardsClosed())
 	}
@@ -252,6 +265,25 @@ func (a *App) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sqliteDirs returns the directories the SQLite backend places shards in:
+// its data directory, and the locations tenants were moved to. Without the
+// catalog's list, the data directory alone.
+func (a *App) sqliteDirs(ctx context.Context) []string {
+	dirs := []string{a.SQLite.DataDir}
+	ts, err := a.Catalog.List(ctx)
+	if err != nil {
+		return dirs
+	}
+	seen := map[string]bool{a.SQLite.DataDir: true}
+	for _, t := range ts {
+		if t.Backend == engine.BackendSQLite && t.Location != "" && !seen[t.Location] {
+			seen[t.Location] = true
+			dirs = append(dirs, t.Location)
+		}
+	}
+	return dirs
 }
 
 // pool adapts the shard cache to engine.ShardPool.

@@ -1,0 +1,155 @@
+package app_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyshard/keyshard/app"
+	"github.com/keyshard/keyshard/engine"
+	"github.com/keyshard/keyshard/shard/sqlite"
+	"github.com/keyshard/keyshard/transfer"
+)
+
+// The WALs closed shards kept before a start that no sweep checkpointed (a
+// crash, a stop whose sweep ran out of time) are found by the server's
+// start, in its data directory and in the locations tenants were moved
+// to, and checkpointed like its own: here by the stopping server's sweep.
+func TestOpenServer_SweepsWALsKeptBefore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, err := app.Open(ctx, app.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = a.Close()
+		}
+	})
+	moves := &transfer.Service{Engine: a.Engine, Backends: a.Backends}
+	var paths []string
+	for _, slug := range []string{"acme", "bolt"} {
+		if _, err := a.Engine.CreateTenant(ctx, slug, slug, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Engine.ApproveTenant(ctx, slug); err != nil {
+			t.Fatal(err)
+		}
+		if slug == "bolt" {
+			if _, err := moves.Move(ctx, slug, transfer.MoveOptions{Backend: engine.BackendSQLite, Location: t.TempDir()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tn, err := a.Engine.Get(ctx, slug)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path, err := a.SQLite.Path(tn.Placement())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, err := a.Engine.Tenant(ctx, slug)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = ts.Write(ctx, func(q engine.Querier) error {
+			_, err := q.Exec("INSERT INTO settings (key, value) VALUES ('scan-test', 'written')")
+			return err
+		})
+		ts.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Cache.Evict(ctx, tn.ID); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, path)
+	}
+	// A sweep cut short forgets what it had not done: the WALs stay, and
+	// this engine's Close (a command's: it does not scan) leaves them.
+	cut, cancel := context.WithCancel(ctx)
+	cancel()
+	sqlite.SweepKeptWALs(cut, 0)
+	closed = true
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range paths {
+		if fi, err := os.Stat(p + "-wal"); err != nil || fi.Size() == 0 {
+			t.Fatalf("%s: the WAL after the first stop: %v, %v; want the write kept in it", p, fi, err)
+		}
+	}
+
+	before := keptWALsFound(t)
+	s, err := app.OpenServer(ctx, app.ServerConfig{Storage: app.Config{DataDir: dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for keptWALsFound(t) == before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := keptWALsFound(t) - before; got != float64(len(paths)) {
+		_ = s.Close()
+		t.Fatalf("the server's start found %v kept WALs, want %d", got, len(paths))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range paths {
+		if fi, err := os.Stat(p + "-wal"); err == nil && fi.Size() != 0 {
+			t.Fatalf("%s: after the server stopped the WAL holds %d bytes, want it checkpointed", p, fi.Size())
+		}
+		if !holdsWrite(t, p) {
+			t.Fatalf("%s: the database file alone lacks the write", p)
+		}
+	}
+}
+
+// keptWALsFound reads keyshard_sqlite_kept_wals_found_total.
+func keptWALsFound(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "keyshard_sqlite_kept_wals_found_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("keyshard_sqlite_kept_wals_found_total is not registered")
+	return 0
+}
+
+// holdsWrite reports whether a copy of the database file at path, without
+// its WAL, holds the test's setting.
+func holdsWrite(t *testing.T, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone := filepath.Join(t.TempDir(), "alone.db")
+	if err := os.WriteFile(alone, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sqlite3.OpenFlags(alone, sqlite3.OPEN_READONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st, _, err := db.Prepare("SELECT value FROM settings WHERE key = 'scan-test'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	return st.Step() && st.ColumnText(0) == "written"
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ncruces/go-sqlite3"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyshard/keyshard/app"
 	"github.com/keyshard/keyshard/engine"
@@ -85,4 +86,74 @@ func TestClose_CheckpointsKeptWALs(t *testing.T) {
 	if !st.Step() || st.ColumnText(0) != "written" {
 		t.Fatalf("the database file alone lacks the write: %v", st.Err())
 	}
+}
+
+// Close closes the writer connections its shards left for reuse: the next
+// engine's first shard makes a new one instead of taking one kept by the
+// engine before.
+func TestClose_ClosesIdleHosts(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	visit := func(a *app.App) {
+		t.Helper()
+		ts, err := a.Engine.Tenant(ctx, "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = ts.Write(ctx, func(q engine.Querier) error {
+			_, err := q.Exec("INSERT INTO settings (key, value) VALUES ('hosts-test', 'v') ON CONFLICT (key) DO NOTHING")
+			return err
+		})
+		ts.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := app.Open(ctx, app.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Engine.CreateTenant(ctx, "acme", "Acme", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Engine.ApproveTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	visit(a)
+	if err := a.Close(); err != nil { // its writer's connection kept, then closed
+		t.Fatal(err)
+	}
+	a, err = app.Open(ctx, app.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	reused := writerConns(t, "reused")
+	visit(a)
+	if got := writerConns(t, "reused") - reused; got != 0 {
+		t.Fatalf("the next engine's writer took a connection the engine before kept (%v), want a new one", got)
+	}
+}
+
+// writerConns reads keyshard_sqlite_writer_connections_total{how}.
+func writerConns(t *testing.T, how string) float64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "keyshard_sqlite_writer_connections_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "how" && l.GetValue() == how {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("keyshard_sqlite_writer_connections_total{how=%q} is not registered", how)
+	return 0
 }

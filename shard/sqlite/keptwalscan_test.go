@@ -89,8 +89,8 @@ func TestNoteKeptWALsIn(t *testing.T) {
 
 	// Files that are not shards the backend opens are never noted, nor
 	// swept: a shard set aside by a node move, a scratch file named as
-	// export, import and node moves name theirs, a tenant's file in the
-	// wrong directory, a copy staged under incoming/, a WAL without its
+	// export, import and node moves name theirs, a copy beside a shard, a
+	// tenant's file in the wrong directory, a copy staged under incoming/, a WAL without its
 	// database, and anything reached through a symbolic link.
 	t.Run("NotShards", func(t *testing.T) {
 		data, elsewhere := t.TempDir(), t.TempDir()
@@ -111,7 +111,8 @@ func TestNoteKeptWALsIn(t *testing.T) {
 		id := engine.NewTenantID()
 		leaf := filepath.Dir(shardPath(t, data, id))
 		moveTo(keptWALAt(t, shardPath(t, data, id)), shardPath(t, data, id)+".replaced-1700000000")
-		for _, name := range []string{"export.db", "export-clean.db", "staging.db", "copy.db"} {
+		// Scratch names, and a copy of a shard made beside it.
+		for _, name := range []string{"export.db", "export-clean.db", "staging.db", "copy.db", id + "-copy.db"} {
 			moveTo(keptWALAt(t, filepath.Join(elsewhere, name)), filepath.Join(leaf, name))
 		}
 		other := engine.NewTenantID()

@@ -20,6 +20,7 @@ import (
 // crash, a stop whose sweep ran out of time) are found by the server's
 // start, in its data directory and in the locations tenants were moved
 // to, and checkpointed like its own: here by the stopping server's sweep.
+// A command's engine leaves them.
 func TestOpenServer_SweepsWALsKeptBefore(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -87,7 +88,28 @@ func TestOpenServer_SweepsWALsKeptBefore(t *testing.T) {
 		}
 	}
 
+	// A command's engine does not scan: its stop's sweep would checkpoint
+	// the WALs of a server running beside it.
 	before := keptWALsFound(t)
+	cmd, err := app.Open(ctx, app.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50 && keptWALsFound(t) == before; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := cmd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := keptWALsFound(t) - before; got != 0 {
+		t.Fatalf("a command's engine found %v kept WALs, want it not to look", got)
+	}
+	for _, p := range paths {
+		if fi, err := os.Stat(p + "-wal"); err != nil || fi.Size() == 0 {
+			t.Fatalf("%s: the WAL after a command's engine stopped: %v, %v; want it left", p, fi, err)
+		}
+	}
+
 	s, err := app.OpenServer(ctx, app.ServerConfig{Storage: app.Config{DataDir: dir}})
 	if err != nil {
 		t.Fatal(err)

@@ -163,8 +163,9 @@ func checkpointClosed(path string) error {
 // not read (a missing one is none); it stops early, noting what it found,
 // when ctx ends. Safe to run beside the shards' use: a shard opened (or
 // removed) while it runs is not noted, its own close decides. One opened
-// before it began is (the server runs it at start, before serving): the
-// sweep gives up on it while busy, or checkpoints it as its close would.
+// before it began and still open is (the server runs it as it starts, so
+// few can be): the sweep gives up on it while busy, or checkpoints it as
+// a bounding checkpoint would.
 //
 // It reads only the directories of the layout Path makes (shards/xx/yy)
 // and considers only the files Path names for some tenant there: a

@@ -34,6 +34,7 @@ type Config struct {
 	Synchronous      string        // FULL (default) or NORMAL
 	InlineSync       bool          // FULL synced inside each commit, not pipelined (sqlite.Options.InlineSync)
 	OwnConnections   bool          // every SQLite writer on a connection of its own (not sqlite.Options.ReuseConnections)
+	KeptWALKiB       int           // largest WAL a closed SQLite shard keeps (sqlite.Options.KeptWALLimit): 0 default, negative none
 	BusyTimeout      time.Duration // default 3s
 	CacheCapacity    int           // shards kept open; default DefaultCacheCapacity
 	MaxOpenShards    int           // hard limit incl. pinned; default 1.5×capacity
@@ -137,7 +138,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 			}
 		}}
 	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, InlineSync: cfg.InlineSync, BusyTimeout: cfg.BusyTimeout,
-		ReuseConnections: !cfg.OwnConnections}, ShardOpts: sopts}
+		ReuseConnections: !cfg.OwnConnections, KeptWALLimit: int64(cfg.KeptWALKiB) << 10}, ShardOpts: sopts}
 	if _, err := sqlite.NewConns("", lite.Options); err != nil {
 		return nil, err // invalid synchronous setting
 	}

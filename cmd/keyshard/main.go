@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -93,6 +94,17 @@ func (f *storageFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cfg.Synchronous, "synchronous", "FULL", "SQLite durability: FULL (an acknowledged write survives power loss) or NORMAL (survives a crash of the process)")
 	fs.BoolVar(&f.cfg.InlineSync, "sqlite-inline-sync", false, "with --synchronous FULL, sync each commit on the shard's writer (the build before pipelined durability; for comparison): by default a separate goroutine syncs the WAL while the writer commits the next batch, and answers a write once its sync returned")
 	fs.BoolVar(&f.cfg.OwnConnections, "sqlite-own-connections", false, "open every SQLite shard's writer on a connection of its own (the build before connection reuse; for comparison): by default a closed shard's writer connection is kept and the next shard's file is attached to it, which saves about 40 % of the CPU of a cold tenant's visit")
+	fs.Func("sqlite-kept-wal-kib", "largest WAL, in KiB, a closed SQLite shard keeps in place for its next open instead of checkpointing it (default 256; 0: none, every close checkpoints). Disk held: up to this and the -shm's 32 KiB per tenant visited in the last 5 minutes", func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a number of KiB, 0 or more, not %q", v)
+		}
+		if n == 0 {
+			n = -1 // app.Config: none kept
+		}
+		f.cfg.KeptWALKiB = n
+		return nil
+	})
 	fs.DurationVar(&f.cfg.BusyTimeout, "busy-timeout", 3*time.Second, "longest wait for a shard's database lock before answering busy")
 	fs.IntVar(&f.cfg.CacheCapacity, "cache-capacity", app.DefaultCacheCapacity, "shards kept open (see README: sizing the shard cache)")
 	fs.IntVar(&f.cfg.MaxOpenShards, "max-open-shards", 0, "hard limit of open shards, pinned ones included (default 1.5 × cache capacity)")

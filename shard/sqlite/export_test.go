@@ -49,5 +49,6 @@ func WatchWALs(cleanup func(func())) (counts func() map[string]WALCounts) {
 	}
 }
 
-// KeptWALLimit is the largest WAL a kept connection's writer leaves at close.
-const KeptWALLimit = keptWALLimit
+// KeptWALLimit is the largest WAL a kept connection's writer leaves at close
+// by default.
+const KeptWALLimit = DefaultKeptWALLimit

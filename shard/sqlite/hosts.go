@@ -173,7 +173,7 @@ func (c *Conns) attachWriter(ctx context.Context) (*writeConn, error) {
 		return nil, err
 	}
 	w := &writeConn{querier: q, schema: shardSchema, pooled: true,
-		walPath: c.path + "-wal", walLimit: c.opts.WALLimit, busy: c.opts.BusyTimeout}
+		walPath: c.path + "-wal", walLimit: c.opts.WALLimit, keptLimit: c.opts.KeptWALLimit, busy: c.opts.BusyTimeout}
 	err = db.Exec(hostBaseline + fmt.Sprintf(" PRAGMA %[1]s.cache_size=-%[2]d; PRAGMA %[1]s.journal_mode=wal; %[3]s",
 		shardSchema, c.opts.WriterCacheKiB, c.syncPragmas(shardSchema)))
 	if err != nil {

@@ -314,3 +314,41 @@ func commitOnKept(t *testing.T, path, value string) shard.WriteConn {
 	}
 	return w
 }
+
+// Options.KeptWALLimit sets the largest WAL a close leaves: a small write's
+// WAL stays under the default, and is checkpointed at close under a limit
+// smaller than it or with none kept (negative).
+func TestReuse_KeptWALLimitOption(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		limit int64
+		kept  bool
+	}{{"default", 0, true}, {"smaller", 4 << 10, false}, {"none", -1, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "l.db")
+			makeShard(t, path, "v0")
+			o := reuse
+			o.KeptWALLimit = c.limit
+			s, err := openOnKept(path, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Write(context.Background(), setSetting("k", "v1")); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			n, err := walSize(path)
+			if err != nil {
+				t.Fatalf("the WAL is gone after the close: %v", err)
+			}
+			if kept := n > 0; kept != c.kept || n > 4<<10 && !c.kept {
+				t.Fatalf("limit %d: WAL of %d bytes after a small write's close, want kept=%t", c.limit, n, c.kept)
+			}
+			if got := readSetting(t, path, "k"); got != "v1" {
+				t.Fatalf("read %q after the close, want v1", got)
+			}
+		})
+	}
+}

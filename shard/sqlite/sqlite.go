@@ -59,10 +59,22 @@ type Options struct {
 	// write. Past the limit the writer runs a TRUNCATE checkpoint after a
 	// commit, waiting up to walCheckpointWait for the readers.
 	WALLimit int64
+	// KeptWALLimit is the largest WAL a writer on a reused connection
+	// leaves in place at close instead of checkpointing it (default
+	// DefaultKeptWALLimit; negative: none, every close checkpoints). The
+	// disk it costs is bounded by the limit and the -shm's 32 KiB for each
+	// tenant visited since the sweep last ran (keepsWAL, sweep.go).
+	KeptWALLimit int64
 }
 
 // DefaultWALLimit is a shard's WAL bound by default.
 const DefaultWALLimit = 16 << 20
+
+// DefaultKeptWALLimit is the largest WAL a closed shard keeps by default.
+// In the tenants workload 16 KiB gave nothing, 64 KiB about half the gain
+// of 256 KiB, and 1 MiB no more than 256 KiB (docs/benchmarks.md, ninth
+// and tenth parts).
+const DefaultKeptWALLimit = 256 << 10
 
 // walCheckpointWait bounds the writer's wait for readers in a bounding
 // checkpoint; a checkpoint that could not finish is tried again later.
@@ -85,6 +97,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.ReaderCacheKiB <= 0 {
 		o.ReaderCacheKiB = 500
+	}
+	if o.KeptWALLimit == 0 {
+		o.KeptWALLimit = DefaultKeptWALLimit
 	}
 	if o.WALLimit == 0 {
 		o.WALLimit = DefaultWALLimit
@@ -315,12 +330,8 @@ func (w *writeConn) Sync() error {
 	return nil
 }
 
-// keptWALLimit is the largest WAL a reused connection's writer leaves in
-// place at close instead of checkpointing it (keepsWAL).
-const keptWALLimit = 256 << 10
-
 // keepsWAL reports whether Close leaves the WAL as it is, and its size: on a reused
-// connection (hosts.go), when the WAL is at most keptWALLimit. The
+// connection (hosts.go), when the WAL is at most Options.KeptWALLimit. The
 // connection never checkpoints on its own at close
 // (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE), so the -wal and -shm files stay,
 // emptied or not, for the file's next open.
@@ -354,7 +365,7 @@ func (w *writeConn) keepsWAL() (keep bool, size int64) {
 	if err != nil {
 		return errors.Is(err, os.ErrNotExist), 0 // nothing to checkpoint
 	}
-	return fi.Size() <= keptWALLimit, fi.Size()
+	return fi.Size() <= w.keptLimit, fi.Size()
 }
 
 // syncCommits makes the writer's commits durable when some were not
@@ -417,7 +428,9 @@ type writeConn struct {
 	pooled   bool   // the connection is kept for another shard at Close (hosts.go)
 	walPath  string
 	walLimit int64
-	busy     time.Duration
+	// keptLimit: Options.KeptWALLimit (keepsWAL).
+	keptLimit int64
+	busy      time.Duration
 	// pipelined: a Syncer makes the commits durable (syncWriteConn).
 	pipelined bool
 	// committed counts commits (boundWAL looks every 8th); synced, under
@@ -511,7 +524,7 @@ func (w *writeConn) Rollback() error {
 // Close checkpoints the WAL into the database file and closes the
 // connection; as the last connection to the file it also removes the -wal
 // and -shm files. A reused connection's file is detached and the connection
-// kept; its WAL is checkpointed only past keptWALLimit, and the -wal and
+// kept; its WAL is checkpointed only past Options.KeptWALLimit, and the -wal and
 // -shm files stay (keepsWAL).
 func (w *writeConn) Close() error {
 	if w.db == nil {

@@ -17,7 +17,7 @@ import (
 
 // A WAL a writer left at close (keepsWAL) is checkpointed later, once its
 // shard has stayed closed for SweepIdle, so that a tenant that is not
-// coming back does not hold its WAL's disk (up to keptWALLimit) for good.
+// coming back does not hold its WAL's disk (up to Options.KeptWALLimit) for good.
 // A tenant visited again within that time pays no checkpoint at all; one
 // that is not pays one, off the request path, instead of one at each
 // eviction.

@@ -34,7 +34,7 @@ type Config struct {
 	Synchronous      string        // FULL (default) or NORMAL
 	InlineSync       bool          // FULL synced inside each commit, not pipelined (sqlite.Options.InlineSync)
 	OwnConnections   bool          // every SQLite writer on a connection of its own (not sqlite.Options.ReuseConnections)
-	KeptWALKiB       int           // largest WAL a closed SQLite shard keeps (sqlite.Options.KeptWALLimit): 0 default, negative none
+	KeptWALKiB       int           // largest WAL a closed SQLite shard keeps (sqlite.Options.KeptWALLimit): 0 default, negative none, at most MaxKeptWALKiB
 	BusyTimeout      time.Duration // default 3s
 	CacheCapacity    int           // shards kept open; default DefaultCacheCapacity
 	MaxOpenShards    int           // hard limit incl. pinned; default 1.5×capacity
@@ -68,7 +68,15 @@ type Config struct {
 	// command's engine does not: its Close would checkpoint them all,
 	// those of a server running beside it included.
 	ScanKeptWALs bool
+	// Node names this process when several nodes share the catalog
+	// (OpenServer sets it): the scan for kept WALs skips the locations of
+	// tenants another node serves, whose files are that node's to sweep.
+	Node string
 }
+
+// MaxKeptWALKiB bounds Config.KeptWALKiB (1 GiB): a closed shard's WAL is
+// read back whole at its next open.
+const MaxKeptWALKiB = 1 << 20
 
 // DefaultCacheCapacity: an idle shard (writer + 2 readers) holds ~1.4 MB
 // RSS and ~9 file descriptors (README: "Sizing the shard cache"); 1000 open
@@ -137,6 +145,9 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 				cancel()
 			}
 		}}
+	if cfg.KeptWALKiB > MaxKeptWALKiB {
+		return nil, engine.Invalidf("kept WAL limit %d KiB is over %d KiB", cfg.KeptWALKiB, MaxKeptWALKiB)
+	}
 	lite := &sqlite.Backend{DataDir: dir, Options: sqlite.Options{Synchronous: cfg.Synchronous, InlineSync: cfg.InlineSync, BusyTimeout: cfg.BusyTimeout,
 		ReuseConnections: !cfg.OwnConnections, KeptWALLimit: int64(cfg.KeptWALKiB) << 10}, ShardOpts: sopts}
 	if _, err := sqlite.NewConns("", lite.Options); err != nil {
@@ -222,7 +233,7 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 		if cfg.ScanKeptWALs {
 			// Off the start's path. A directory it could not read keeps
 			// its WALs until their tenants' next visits, as before.
-			_, _ = sqlite.NoteKeptWALsIn(pctx, a.sqliteDirs(pctx)...)
+			_, _ = sqlite.ScanKeptWALs(pctx, func(ctx context.Context) []string { return a.sqliteDirs(ctx, cfg.Node) })
 		}
 		t := time.NewTicker(time.Minute)
 		defer t.Stop()
@@ -269,9 +280,10 @@ func (a *App) Close() error {
 }
 
 // sqliteDirs returns the directories the SQLite backend places shards in:
-// its data directory, and the locations tenants were moved to. Without the
-// catalog's list, the data directory alone.
-func (a *App) sqliteDirs(ctx context.Context) []string {
+// its data directory, and the locations tenants were moved to, but not
+// those of tenants a node other than node serves. Without the catalog's
+// list, the data directory alone.
+func (a *App) sqliteDirs(ctx context.Context, node string) []string {
 	dirs := []string{a.SQLite.DataDir}
 	ts, err := a.Catalog.List(ctx)
 	if err != nil {
@@ -279,7 +291,7 @@ func (a *App) sqliteDirs(ctx context.Context) []string {
 	}
 	seen := map[string]bool{a.SQLite.DataDir: true}
 	for _, t := range ts {
-		if t.Backend == engine.BackendSQLite && t.Location != "" && !seen[t.Location] {
+		if t.Backend == engine.BackendSQLite && t.Location != "" && !seen[t.Location] && (t.Node == "" || t.Node == node) {
 			seen[t.Location] = true
 			dirs = append(dirs, t.Location)
 		}

@@ -175,3 +175,64 @@ func holdsWrite(t *testing.T, path string) bool {
 	defer st.Close()
 	return st.Step() && st.ColumnText(0) == "written"
 }
+
+// Config.KeptWALKiB reaches the SQLite shards in KiB: under the default and
+// under 64 KiB a small write's WAL stays at eviction, under 4 KiB (one 4 KiB
+// page's frame is over it) and under none (negative) it is checkpointed. Over
+// MaxKeptWALKiB the engine refuses to open.
+func TestOpen_KeptWALKiB(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		kib  int
+		kept bool
+	}{{0, true}, {64, true}, {4, false}, {-1, false}} {
+		dir := t.TempDir()
+		a, err := app.Open(ctx, app.Config{DataDir: dir, KeptWALKiB: c.kib})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Engine.CreateTenant(ctx, "acme", "acme", ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Engine.ApproveTenant(ctx, "acme"); err != nil {
+			t.Fatal(err)
+		}
+		tn, err := a.Engine.Get(ctx, "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		path, err := a.SQLite.Path(tn.Placement())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Twice: the first open after the approval may be on a connection
+		// of its own; the second is on a kept one.
+		for i := 0; i < 2; i++ {
+			ts, err := a.Engine.Tenant(ctx, "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = ts.Write(ctx, func(q engine.Querier) error {
+				_, err := q.Exec("INSERT OR REPLACE INTO settings (key, value) VALUES ('kib-test', ?)", i)
+				return err
+			})
+			ts.Release()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Cache.Evict(ctx, tn.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fi, err := os.Stat(path + "-wal")
+		kept := err == nil && fi.Size() > 0
+		_ = a.Close()
+		if kept != c.kept {
+			t.Fatalf("KeptWALKiB %d: WAL kept at eviction %t (%v, %v), want %t", c.kib, kept, fi, err, c.kept)
+		}
+	}
+	if a, err := app.Open(ctx, app.Config{DataDir: t.TempDir(), KeptWALKiB: app.MaxKeptWALKiB + 1}); err == nil {
+		_ = a.Close()
+		t.Fatal("an engine opened with a kept WAL limit over MaxKeptWALKiB")
+	}
+}

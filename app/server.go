@@ -182,6 +182,7 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		cfg.Storage.Fenced = true
 	}
 	cfg.Storage.ScanKeptWALs = true
+	cfg.Storage.Node = cfg.Node.Name
 	a, err := Open(ctx, cfg.Storage)
 	if err != nil {
 		return nil, err

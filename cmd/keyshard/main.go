@@ -94,10 +94,10 @@ func (f *storageFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cfg.Synchronous, "synchronous", "FULL", "SQLite durability: FULL (an acknowledged write survives power loss) or NORMAL (survives a crash of the process)")
 	fs.BoolVar(&f.cfg.InlineSync, "sqlite-inline-sync", false, "with --synchronous FULL, sync each commit on the shard's writer (the build before pipelined durability; for comparison): by default a separate goroutine syncs the WAL while the writer commits the next batch, and answers a write once its sync returned")
 	fs.BoolVar(&f.cfg.OwnConnections, "sqlite-own-connections", false, "open every SQLite shard's writer on a connection of its own (the build before connection reuse; for comparison): by default a closed shard's writer connection is kept and the next shard's file is attached to it, which saves about 40 % of the CPU of a cold tenant's visit")
-	fs.Func("sqlite-kept-wal-kib", "largest WAL, in KiB, a closed SQLite shard keeps in place for its next open instead of checkpointing it (default 256; 0: none, every close checkpoints). Disk held: up to this and the -shm's 32 KiB per tenant visited in the last 5 minutes", func(v string) error {
+	fs.Func("sqlite-kept-wal-kib", "largest WAL, in KiB, a closed SQLite shard keeps in place for its next open instead of checkpointing it (default 256; 0: none, every close checkpoints). Disk held: up to this for each tenant closed in the last 5 minutes (a sweep checkpoints older ones); whatever the limit, every tenant once opened keeps a 32 KiB -shm and an emptied -wal", func(v string) error {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return fmt.Errorf("want a number of KiB, 0 or more, not %q", v)
+		if err != nil || n < 0 || n > app.MaxKeptWALKiB {
+			return fmt.Errorf("want a number of KiB from 0 to %d, not %q", app.MaxKeptWALKiB, v)
 		}
 		if n == 0 {
 			n = -1 // app.Config: none kept

@@ -352,3 +352,44 @@ func TestReuse_KeptWALLimitOption(t *testing.T) {
 		})
 	}
 }
+
+// A close whose checkpoint a reader kept busy leaves its WAL, past the
+// limit, for the sweep: once the reader is gone, SweepKeptWALs empties it.
+func TestReuse_BusyCloseCheckpointSwept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	makeShard(t, path, "v0")
+	o := reuse
+	o.KeptWALLimit = -1 // every close checkpoints
+	o.BusyTimeout = 50 * time.Millisecond
+	s, err := openOnKept(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), setSetting("k", "v1")); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := sqlite3.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	if err := reader.Exec("BEGIN; SELECT count(*) FROM settings"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := walSize(path); err != nil || n == 0 {
+		t.Fatalf("WAL of %d bytes (%v) after a close beside a reader, want its frames left", n, err)
+	}
+	if err := reader.Exec("COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	sqlite.SweepKeptWALs(context.Background(), 0)
+	if n, err := walSize(path); err != nil || n != 0 {
+		t.Fatalf("WAL of %d bytes (%v) after the sweep, want the busy close's WAL swept", n, err)
+	}
+	if got := readSetting(t, path, "k"); got != "v1" {
+		t.Fatalf("read %q, want v1", got)
+	}
+}

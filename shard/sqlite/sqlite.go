@@ -62,8 +62,10 @@ type Options struct {
 	// KeptWALLimit is the largest WAL a writer on a reused connection
 	// leaves in place at close instead of checkpointing it (default
 	// DefaultKeptWALLimit; negative: none, every close checkpoints). The
-	// disk it costs is bounded by the limit and the -shm's 32 KiB for each
-	// tenant visited since the sweep last ran (keepsWAL, sweep.go).
+	// disk it costs is up to the limit for each shard closed less than
+	// SweepIdle ago (keepsWAL, sweep.go); whatever the limit, a file once
+	// opened on a reused connection keeps its 32 KiB -shm and a -wal,
+	// emptied, beside it.
 	KeptWALLimit int64
 }
 
@@ -546,6 +548,11 @@ func (w *writeConn) Close() error {
 		// committed without a sync must still be durable at close.
 		if err := w.Sync(); err != nil && !errors.Is(err, os.ErrNotExist) {
 			cerr = err
+		}
+		if w.pooled && errors.Is(cerr, sqlite3.BUSY) {
+			// The WAL stays past the limit: the sweep tries again once
+			// the shard has stayed closed (sweep.go).
+			noteKeptWAL(strings.TrimSuffix(w.walPath, "-wal"))
 		}
 	}
 	w.walMu.Lock()

@@ -179,6 +179,14 @@ func checkpointClosed(path string) error {
 // a symbolic link found below them is never followed. It costs one ReadDir
 // per directory of the layout and one Lstat per WAL found.
 func NoteKeptWALsIn(ctx context.Context, dirs ...string) (int, error) {
+	return ScanKeptWALs(ctx, func(context.Context) []string { return dirs })
+}
+
+// ScanKeptWALs is NoteKeptWALsIn with the directories from dirs, which it
+// calls once it watches the shards' opens: a shard opened while dirs runs
+// (the server lists its tenants' locations from the catalog) is not noted
+// either.
+func ScanKeptWALs(ctx context.Context, dirs func(context.Context) []string) (int, error) {
 	keptWALs.mu.Lock()
 	if keptWALs.scans++; keptWALs.opened == nil {
 		keptWALs.opened = map[string]struct{}{}
@@ -193,7 +201,7 @@ func NoteKeptWALsIn(ctx context.Context, dirs ...string) (int, error) {
 	}()
 	var found []string
 	var errs []error
-	for _, dir := range dirs {
+	for _, dir := range dirs(ctx) {
 		paths, err := keptWALsUnder(ctx, dir)
 		found = append(found, paths...)
 		if err != nil {

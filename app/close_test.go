@@ -3,10 +3,8 @@ package app_test
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"testing"
 
-	"github.com/ncruces/go-sqlite3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyshard/keyshard/app"
@@ -39,22 +37,8 @@ func TestClose_CheckpointsKeptWALs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts, err := a.Engine.Tenant(ctx, "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = ts.Write(ctx, func(q engine.Querier) error {
-		_, err := q.Exec("INSERT INTO settings (key, value) VALUES ('close-test', 'written')")
-		return err
-	})
-	ts.Release()
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Evicted first: its close keeps the WAL, as for any cold tenant.
-	if err := a.Cache.Evict(ctx, tn.ID); err != nil {
-		t.Fatal(err)
-	}
+	writeAndEvict(t, a, "acme", "close-test", "written")
 	if fi, err := os.Stat(path + "-wal"); err != nil || fi.Size() == 0 {
 		t.Fatalf("the evicted shard's WAL: %v, %v; want the write kept in it", fi, err)
 	}
@@ -65,26 +49,8 @@ func TestClose_CheckpointsKeptWALs(t *testing.T) {
 	if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() != 0 {
 		t.Fatalf("after Close the WAL holds %d bytes, want it checkpointed", fi.Size())
 	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	alone := filepath.Join(t.TempDir(), "alone.db")
-	if err := os.WriteFile(alone, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	db, err := sqlite3.OpenFlags(alone, sqlite3.OPEN_READONLY)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	st, _, err := db.Prepare("SELECT value FROM settings WHERE key = 'close-test'")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if !st.Step() || st.ColumnText(0) != "written" {
-		t.Fatalf("the database file alone lacks the write: %v", st.Err())
+	if !holdsWrite(t, path, "close-test") {
+		t.Fatal("the database file alone lacks the write")
 	}
 }
 

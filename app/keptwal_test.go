@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -56,21 +57,7 @@ func TestOpenServer_SweepsWALsKeptBefore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ts, err := a.Engine.Tenant(ctx, slug)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = ts.Write(ctx, func(q engine.Querier) error {
-			_, err := q.Exec("INSERT INTO settings (key, value) VALUES ('scan-test', 'written')")
-			return err
-		})
-		ts.Release()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := a.Cache.Evict(ctx, tn.ID); err != nil {
-			t.Fatal(err)
-		}
+		writeAndEvict(t, a, slug, "scan-test", "written")
 		paths = append(paths, path)
 	}
 	// A sweep cut short forgets what it had not done: the WALs stay, and
@@ -129,7 +116,7 @@ func TestOpenServer_SweepsWALsKeptBefore(t *testing.T) {
 		if fi, err := os.Stat(p + "-wal"); err == nil && fi.Size() != 0 {
 			t.Fatalf("%s: after the server stopped the WAL holds %d bytes, want it checkpointed", p, fi.Size())
 		}
-		if !holdsWrite(t, p) {
+		if !holdsWrite(t, p, "scan-test") {
 			t.Fatalf("%s: the database file alone lacks the write", p)
 		}
 	}
@@ -151,9 +138,31 @@ func keptWALsFound(t *testing.T) float64 {
 	return 0
 }
 
+// writeAndEvict sets the setting key to value in the tenant slug's shard,
+// then evicts the shard: its close keeps the WAL or checkpoints it.
+func writeAndEvict(t *testing.T, a *app.App, slug, key, value string) {
+	t.Helper()
+	ctx := context.Background()
+	ts, err := a.Engine.Tenant(ctx, slug)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ts.Write(ctx, func(q engine.Querier) error {
+		_, err := q.Exec("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", key, value)
+		return err
+	})
+	ts.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Cache.Evict(ctx, ts.Tenant.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // holdsWrite reports whether a copy of the database file at path, without
-// its WAL, holds the test's setting.
-func holdsWrite(t *testing.T, path string) bool {
+// its WAL, holds the setting key with the value "written".
+func holdsWrite(t *testing.T, path, key string) bool {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -168,11 +177,14 @@ func holdsWrite(t *testing.T, path string) bool {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	st, _, err := db.Prepare("SELECT value FROM settings WHERE key = 'scan-test'")
+	st, _, err := db.Prepare("SELECT value FROM settings WHERE key = ?")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	if err := st.BindText(1, key); err != nil {
+		t.Fatal(err)
+	}
 	return st.Step() && st.ColumnText(0) == "written"
 }
 
@@ -208,21 +220,7 @@ func TestOpen_KeptWALKiB(t *testing.T) {
 		// Twice: the first open after the approval may be on a connection
 		// of its own; the second is on a kept one.
 		for i := 0; i < 2; i++ {
-			ts, err := a.Engine.Tenant(ctx, "acme")
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = ts.Write(ctx, func(q engine.Querier) error {
-				_, err := q.Exec("INSERT OR REPLACE INTO settings (key, value) VALUES ('kib-test', ?)", i)
-				return err
-			})
-			ts.Release()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := a.Cache.Evict(ctx, tn.ID); err != nil {
-				t.Fatal(err)
-			}
+			writeAndEvict(t, a, "acme", "kib-test", fmt.Sprint(i))
 		}
 		fi, err := os.Stat(path + "-wal")
 		kept := err == nil && fi.Size() > 0

@@ -26,17 +26,7 @@ func TestClose_CheckpointsKeptWALs(t *testing.T) {
 			_ = a.Close()
 		}
 	})
-	if _, err := a.Engine.CreateTenant(ctx, "acme", "Acme", ""); err != nil {
-		t.Fatal(err)
-	}
-	tn, err := a.Engine.ApproveTenant(ctx, "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path, err := a.SQLite.Path(tn.Placement())
-	if err != nil {
-		t.Fatal(err)
-	}
+	path := approvedShard(t, a, "acme")
 	// Evicted first: its close keeps the WAL, as for any cold tenant.
 	writeAndEvict(t, a, "acme", "close-test", "written")
 	if fi, err := os.Stat(path + "-wal"); err != nil || fi.Size() == 0 {

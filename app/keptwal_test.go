@@ -138,6 +138,25 @@ func keptWALsFound(t *testing.T) float64 {
 	return 0
 }
 
+// approvedShard creates and approves the tenant slug and returns its
+// shard file's path.
+func approvedShard(t *testing.T, a *app.App, slug string) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := a.Engine.CreateTenant(ctx, slug, slug, ""); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := a.Engine.ApproveTenant(ctx, slug)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := a.SQLite.Path(tn.Placement())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // writeAndEvict sets the setting key to value in the tenant slug's shard,
 // then evicts the shard: its close keeps the WAL or checkpoints it.
 func writeAndEvict(t *testing.T, a *app.App, slug, key, value string) {
@@ -203,20 +222,7 @@ func TestOpen_KeptWALKiB(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := a.Engine.CreateTenant(ctx, "acme", "acme", ""); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := a.Engine.ApproveTenant(ctx, "acme"); err != nil {
-			t.Fatal(err)
-		}
-		tn, err := a.Engine.Get(ctx, "acme")
-		if err != nil {
-			t.Fatal(err)
-		}
-		path, err := a.SQLite.Path(tn.Placement())
-		if err != nil {
-			t.Fatal(err)
-		}
+		path := approvedShard(t, a, "acme")
 		// Twice: the first open after the approval may be on a connection
 		// of its own; the second is on a kept one.
 		for i := 0; i < 2; i++ {

@@ -64,7 +64,7 @@ type Config struct {
 	// ScanKeptWALs: at start, find the WALs closed SQLite shards kept
 	// before this process (a crash, a stop whose sweep ran out of time)
 	// in every directory shards are placed in, and sweep them like this
-	// process's own (sqlite.NoteKeptWALsIn). The server sets it; a
+	// process's own (sqlite.ScanKeptWALs). The server sets it; a
 	// command's engine does not: its Close would checkpoint them all,
 	// those of a server running beside it included.
 	ScanKeptWALs bool

@@ -1,6 +1,9 @@
 package sqlite
 
-import "sync"
+import (
+	"context"
+	"sync"
+)
 
 // SetSyncHook makes every Sync (pipelined durability) call f first, failing
 // with its error; nil removes it. Set it while no shard syncs.
@@ -52,3 +55,8 @@ func WatchWALs(cleanup func(func())) (counts func() map[string]WALCounts) {
 // KeptWALLimit is the largest WAL a kept connection's writer leaves at close
 // by default.
 const KeptWALLimit = DefaultKeptWALLimit
+
+// NoteKeptWALsIn is ScanKeptWALs over the directories dirs.
+func NoteKeptWALsIn(ctx context.Context, dirs ...string) (int, error) {
+	return ScanKeptWALs(ctx, func(context.Context) []string { return dirs })
+}

@@ -59,7 +59,7 @@ var walSweeps = promauto.NewCounterVec(prometheus.CounterOpts{
 	Help: "Checkpoints of WALs that closed shards left, run once the shard stayed closed for a while, by outcome (ok; busy: the shard was open again or read, tried again later; gone: the file was removed or replaced; error).",
 }, []string{"outcome"})
 
-// keptWALsFound counts the WALs NoteKeptWALsIn found and noted: kept
+// keptWALsFound counts the WALs ScanKeptWALs found and noted: kept
 // before the server started (a crash, or a stop whose sweep ran out of
 // time), then swept as its own shards' are.
 var keptWALsFound = promauto.NewCounter(prometheus.CounterOpts{

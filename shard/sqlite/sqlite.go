@@ -535,13 +535,14 @@ func (w *writeConn) Close() error {
 	_ = w.Rollback()
 	w.querier.close()
 	var cerr error
+	path := strings.TrimSuffix(w.walPath, "-wal") // the sweep's key (sweep.go)
 	keep, size := w.keepsWAL()
 	if keep && w.syncCommits() != nil {
 		keep = false // a failed sync: the checkpoint below writes the frames into the database and syncs it
 	}
 	if keep {
 		if size > 0 {
-			noteKeptWAL(strings.TrimSuffix(w.walPath, "-wal")) // sweep.go
+			noteKeptWAL(path)
 		}
 	} else if _, _, cerr = w.db.WALCheckpoint(w.schema, sqlite3.CHECKPOINT_TRUNCATE); cerr != nil {
 		// Readers kept the checkpoint from finishing: what the writer
@@ -552,7 +553,7 @@ func (w *writeConn) Close() error {
 		if w.pooled && errors.Is(cerr, sqlite3.BUSY) {
 			// The WAL stays past the limit: the sweep tries again once
 			// the shard has stayed closed (sweep.go).
-			noteKeptWAL(strings.TrimSuffix(w.walPath, "-wal"))
+			noteKeptWAL(path)
 		}
 	}
 	w.walMu.Lock()

@@ -33,7 +33,7 @@ import (
 //
 // The list is the process's: a WAL kept before a restart (a crash, or a
 // shutdown whose sweep ran out of time) is found at the next start by
-// NoteKeptWALsIn, which reads the shard directories and notes every shard
+// ScanKeptWALs, which reads the shard directories and notes every shard
 // file whose WAL holds something as if it had closed then; the sweep
 // checkpoints it SweepIdle later, unless its tenant came back meanwhile.
 
@@ -44,7 +44,7 @@ const SweepIdle = 5 * time.Minute
 var keptWALs = struct {
 	mu sync.Mutex           // guards the fields below
 	at map[string]time.Time // shard path → when its writer closed leaving a WAL
-	// scans counts the NoteKeptWALsIn running; while there are any, opened
+	// scans counts the ScanKeptWALs running; while there are any, opened
 	// holds the shards opened (or removed) since the first began.
 	scans  int
 	opened map[string]struct{}
@@ -153,8 +153,10 @@ func checkpointClosed(path string) error {
 	return err
 }
 
-// NoteKeptWALsIn finds the shard files under the data directories dirs (a
-// Backend's DataDir and the Locations its placements name) whose WAL holds
+// ScanKeptWALs finds the shard files under the data directories that dirs
+// returns (a Backend's DataDir and the Locations its placements name; it
+// calls dirs once it watches the shards' opens, so that a shard opened
+// while dirs runs, the server listing the catalog, is not noted) whose WAL holds
 // something, and notes them as if their shards had closed now, so that
 // SweepKeptWALs checkpoints them once idle: WALs kept before this process
 // started, which no sweep of this process knows of otherwise. A crash
@@ -178,14 +180,6 @@ func checkpointClosed(path string) error {
 // dirs and their shards are resolved as the backend's opens resolve them;
 // a symbolic link found below them is never followed. It costs one ReadDir
 // per directory of the layout and one Lstat per WAL found.
-func NoteKeptWALsIn(ctx context.Context, dirs ...string) (int, error) {
-	return ScanKeptWALs(ctx, func(context.Context) []string { return dirs })
-}
-
-// ScanKeptWALs is NoteKeptWALsIn with the directories from dirs, which it
-// calls once it watches the shards' opens: a shard opened while dirs runs
-// (the server lists its tenants' locations from the catalog) is not noted
-// either.
 func ScanKeptWALs(ctx context.Context, dirs func(context.Context) []string) (int, error) {
 	keptWALs.mu.Lock()
 	if keptWALs.scans++; keptWALs.opened == nil {
@@ -230,12 +224,12 @@ func ScanKeptWALs(ctx context.Context, dirs func(context.Context) []string) (int
 	return n, errors.Join(errs...)
 }
 
-// scanListed, when set (tests), runs in NoteKeptWALsIn once it has read
+// scanListed, when set (tests), runs in ScanKeptWALs once it has read
 // the directories, before it notes what it found.
 var scanListed func()
 
 // keptWALsUnder returns the shard files under the data directory dir whose
-// WAL holds something (NoteKeptWALsIn).
+// WAL holds something (ScanKeptWALs).
 func keptWALsUnder(ctx context.Context, dir string) ([]string, error) {
 	var errs []error
 	read := func(d string) []os.DirEntry {

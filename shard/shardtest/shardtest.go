@@ -302,10 +302,18 @@ func testManyTenants(t *testing.T, f Factory) {
 	shards := make([]*shard.Shard, n)
 	var wg sync.WaitGroup
 	errs := make([]error, n)
-	for i := range shards { // created and opened concurrently too
+	// Created and opened concurrently too, at most creators at once: a
+	// server backend's creation is DDL on its shared pool, and with every
+	// tenant's at once, an open can queue behind more of it than its bound
+	// (a minute) on a loaded machine, which failed this test under load.
+	const creators = 32
+	sem := make(chan struct{}, creators)
+	for i := range shards {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			p := engine.Placement{TenantID: engine.NewTenantID(), Backend: f.Name, Epoch: 1}
 			if errs[i] = b.Create(context.Background(), p); errs[i] != nil {
 				return

@@ -291,6 +291,74 @@ func TestSweepKeptWALs(t *testing.T) {
 	}
 }
 
+// A stopping server's sweep runs several checkpoints at once: each kept
+// WAL is emptied into its own file, one a reader keeps busy is left for a
+// later sweep as one at a time leaves it, and a sweep whose context has
+// ended empties none.
+func TestSweepKeptWALsWith(t *testing.T) {
+	sqlite.SweepKeptWALs(context.Background(), 0) // other tests' leftovers
+	dir := t.TempDir()
+	var paths []string
+	for range 9 {
+		paths = append(paths, keptWALAt(t, shardPath(t, dir, engine.NewTenantID())))
+	}
+	const busy = 4
+	kept, err := walSize(paths[busy])
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sqlite3.OpenFlags(paths[busy], sqlite3.OPEN_READONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if err := raw.Exec("BEGIN; SELECT count(*) FROM settings;"); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if n := sqlite.SweepKeptWALsWith(ctx, 0, 4); n != 0 {
+		t.Fatalf("a sweep whose context had ended emptied %d WALs", n)
+	}
+	for _, p := range paths {
+		if n, err := walSize(p); err != nil || n == 0 {
+			t.Fatalf("%s: the WAL has %d bytes (%v) after a sweep that could not run", p, n, err)
+		}
+	}
+	// That sweep forgot them, as a stop's cut short does; the next
+	// start's scan finds them again.
+	if n, err := sqlite.NoteKeptWALsIn(context.Background(), dir); err != nil || n != len(paths) {
+		t.Fatalf("NoteKeptWALsIn: %d, %v; want %d", n, err, len(paths))
+	}
+
+	if n := sqlite.SweepKeptWALsWith(context.Background(), 0, 4); n != len(paths)-1 {
+		t.Fatalf("the sweep emptied %d WALs, want all %d but the busy one", n, len(paths)-1)
+	}
+	for i, p := range paths {
+		n, err := walSize(p)
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case i == busy && n != kept:
+			t.Fatalf("the WAL a reader kept busy has %d bytes after the sweep, want its %d", n, kept)
+		case i != busy && n != 0:
+			t.Fatalf("%s: the WAL has %d bytes after the sweep, want 0", p, n)
+		case i != busy && readAlone(t, p) != "v1":
+			t.Fatalf("%s: the database file alone does not hold the kept write", p)
+		}
+	}
+	if err := raw.Exec("COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	if n := sqlite.SweepKeptWALsWith(context.Background(), 0, 4); n != 1 {
+		t.Fatalf("the next sweep emptied %d WALs, want the one busy before", n)
+	}
+	if n, err := walSize(paths[busy]); err != nil || n != 0 || readAlone(t, paths[busy]) != "v1" {
+		t.Fatalf("the WAL busy before has %d bytes (%v) after the next sweep, want 0 and its write in the file", n, err)
+	}
+}
+
 // commitOnKept opens path's writer on a kept connection and commits k =
 // value (an SQL expression) without a sync, leaving the writer open.
 func commitOnKept(t *testing.T, path, value string) shard.WriteConn {

@@ -254,8 +254,22 @@ func Open(ctx context.Context, cfg Config) (*App, error) {
 // against 1.91 ms for one at a time; 8 were no faster.
 const stopSweepWorkers = 4
 
-// Close closes every shard, then the catalog. Safe to call twice.
+// StopSweepBound bounds the checkpoint of kept WALs in a Close: what is
+// not checkpointed by then stays, for the next start to find.
+const StopSweepBound = 30 * time.Second
+
+// Close closes every shard, then the catalog, giving the checkpoint of the
+// WALs closed shards kept at most StopSweepBound. Safe to call twice.
 func (a *App) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), StopSweepBound)
+	defer cancel()
+	return a.CloseWithin(ctx)
+}
+
+// CloseWithin is Close whose checkpoint of kept WALs stops when ctx ends,
+// so that a stop fits a deadline: closing the shards (their writers'
+// last batches) and the catalog is never cut short.
+func (a *App) CloseWithin(ctx context.Context) error {
 	if a.stopPoll == nil {
 		return nil
 	}
@@ -267,12 +281,10 @@ func (a *App) Close() error {
 	errs := []error{a.Engine.Close()}
 	// The WALs the shards just closed kept, and those kept in the last
 	// minutes, checkpointed: a stopped server's shard files are whole
-	// (shard/sqlite sweep.go), unless this takes longer than its bound.
-	// Several at once: nothing else runs now, and a checkpoint spends
-	// about half its time waiting for its syncs.
-	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
-	sqlite.SweepKeptWALsWith(sctx, 0, stopSweepWorkers)
-	scancel()
+	// (shard/sqlite sweep.go), unless ctx ends first. Several at once:
+	// nothing else runs now, and a checkpoint spends about half its time
+	// waiting for its syncs.
+	sqlite.SweepKeptWALsWith(ctx, 0, stopSweepWorkers)
 	sqlite.CloseIdleHosts() // the writer connections the shards left for reuse
 	if a.AfterShardsClosed != nil {
 		errs = append(errs, a.AfterShardsClosed())

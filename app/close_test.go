@@ -113,3 +113,53 @@ func writerConns(t *testing.T, how string) float64 {
 	t.Fatalf("keyshard_sqlite_writer_connections_total{how=%q} is not registered", how)
 	return 0
 }
+
+// A Close whose context has ended closes the shards and leaves the WALs
+// they kept to the next start, so that a stop keeps its deadline
+// (--shutdown-timeout): the write is in the WAL, not yet in the database
+// file alone, and the next engine reads it.
+func TestCloseWithin_EndedContextLeavesKeptWALs(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, err := app.Open(ctx, app.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = a.Close()
+		}
+	})
+	path := approvedShard(t, a, "acme")
+	writeAndEvict(t, a, "acme", "within-test", "written")
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	closed = true
+	if err := a.CloseWithin(ended); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path + "-wal"); err != nil || fi.Size() == 0 {
+		t.Fatalf("after a Close past its deadline the WAL: %v, %v; want the write kept in it", fi, err)
+	}
+	if holdsWrite(t, path, "within-test") {
+		t.Fatal("the database file alone holds the write: the sweep ran past its context")
+	}
+
+	b, err := app.Open(ctx, app.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ts, err := b.Engine.Tenant(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ts.Release()
+	var v string
+	if err := ts.Read(ctx, func(q engine.Querier) error {
+		return q.QueryRow("SELECT value FROM settings WHERE key = 'within-test'").Scan(&v)
+	}); err != nil || v != "written" {
+		t.Fatalf("the next engine read %q, %v; want the kept write", v, err)
+	}
+}

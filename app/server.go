@@ -418,6 +418,14 @@ func (s *Server) HTTPServer() *http.Server {
 // storage engine (every shard's writer drains, buffers are flushed). Call
 // it after the HTTP server has stopped. Safe to call twice.
 func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), StopSweepBound)
+	defer cancel()
+	return s.CloseWithin(ctx)
+}
+
+// CloseWithin is Close whose checkpoint of the WALs closed shards kept
+// stops when ctx ends (App.CloseWithin).
+func (s *Server) CloseWithin(ctx context.Context) error {
 	if s.Work != nil {
 		_ = s.Work.Close() // before the shards close: a turn pins one
 		s.Work = nil
@@ -429,7 +437,7 @@ func (s *Server) Close() error {
 
 	var err error
 	if s.App != nil {
-		err = s.App.Close()
+		err = s.App.CloseWithin(ctx)
 	}
 	return err
 }

@@ -228,25 +228,7 @@ func BenchmarkAttach(b *testing.B) {
 	if err := copyFile(schema, withWAL); err != nil {
 		b.Fatal(err)
 	}
-	// 24 commits of one 4 KiB row each: a WAL of about 100 KB, kept.
-	db, err = sqlite3.Open(withWAL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := db.Config(sqlite3.DBCONFIG_NO_CKPT_ON_CLOSE, true); err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < 24; i++ {
-		if err := db.Exec(fmt.Sprintf("INSERT INTO settings (key, value) VALUES ('k%d', hex(randomblob(2000)))", i)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := db.Close(); err != nil {
-		b.Fatal(err)
-	}
-	if fi, err := os.Stat(withWAL + "-wal"); err != nil || fi.Size() < 90_000 {
-		b.Fatalf("the kept WAL: %v, %v", fi, err)
-	}
+	keepWAL(b, withWAL)
 
 	for _, c := range []struct{ name, path string }{{"empty", empty}, {"schema", schema}, {"schema+wal", withWAL}} {
 		b.Run(c.name, func(b *testing.B) {
@@ -280,6 +262,31 @@ func BenchmarkAttach(b *testing.B) {
 	}
 }
 
+// keepWAL commits 24 rows of 4 KiB each to the shard file at path and
+// leaves them in its WAL (about 100 KB, the size of the tenants workload's
+// kept WALs), as a writer on a kept connection leaves a small WAL at close.
+func keepWAL(b *testing.B, path string) {
+	b.Helper()
+	db, err := sqlite3.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := db.Config(sqlite3.DBCONFIG_NO_CKPT_ON_CLOSE, true); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 24; i++ {
+		if err := db.Exec(fmt.Sprintf("INSERT INTO settings (key, value) VALUES ('k%d', hex(randomblob(2000)))", i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if fi, err := os.Stat(path + "-wal"); err != nil || fi.Size() < 90_000 {
+		b.Fatalf("the kept WAL: %v, %v", fi, err)
+	}
+}
+
 func copyFile(from, to string) error {
 	data, err := os.ReadFile(from)
 	if err != nil {
@@ -302,21 +309,7 @@ func BenchmarkSweepKeptWALs(b *testing.B) {
 	if err := s.Close(); err != nil {
 		b.Fatal(err)
 	}
-	db, err := sqlite3.Open(tmpl)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := db.Config(sqlite3.DBCONFIG_NO_CKPT_ON_CLOSE, true); err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < 24; i++ {
-		if err := db.Exec(fmt.Sprintf("INSERT INTO settings (key, value) VALUES ('k%d', hex(randomblob(2000)))", i)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := db.Close(); err != nil {
-		b.Fatal(err)
-	}
+	keepWAL(b, tmpl)
 	for _, workers := range []int{1, 2, 4, 8} {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
 			dir := b.TempDir()

@@ -60,3 +60,6 @@ const KeptWALLimit = DefaultKeptWALLimit
 func NoteKeptWALsIn(ctx context.Context, dirs ...string) (int, error) {
 	return ScanKeptWALs(ctx, func(context.Context) []string { return dirs })
 }
+
+// SetSweepStarting sets a function run as each checkpoint of a sweep starts.
+func SetSweepStarting(f func()) { sweepStarting = f }

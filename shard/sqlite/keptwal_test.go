@@ -359,6 +359,53 @@ func TestSweepKeptWALsWith(t *testing.T) {
 	}
 }
 
+// A sweep whose context ends while a checkpoint runs starts no other: a
+// stop keeps its deadline. One at a time, the one running is the only one;
+// with 4 workers, at most the 4 handed over before the end. (Before the
+// fix, a path the sweep was waiting to hand over when the context ended
+// was still taken by the next free worker.)
+func TestSweepKeptWALsWith_NoneStartsAfterItsContext(t *testing.T) {
+	sqlite.SweepKeptWALs(context.Background(), 0) // other tests' leftovers
+	dir := t.TempDir()
+	const kept = 10
+	for range kept {
+		keptWALAt(t, shardPath(t, dir, engine.NewTenantID()))
+	}
+	t.Cleanup(func() { sqlite.SetSweepStarting(nil) })
+	left := kept
+	for _, workers := range []int{1, 4} {
+		// Forgotten, as by a stop whose sweep ran out of time, and found
+		// again by the next start's scan.
+		ended, end := context.WithCancel(context.Background())
+		end()
+		sqlite.SweepKeptWALs(ended, 0)
+		if n, err := sqlite.NoteKeptWALsIn(context.Background(), dir); err != nil || n != left {
+			t.Fatalf("NoteKeptWALsIn: %d, %v; want %d", n, err, left)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		// The deadline passes during the first checkpoint, once the sweep
+		// has handed the next path over or is waiting to; the other
+		// workers' checkpoints (started before it) wait for it.
+		var started atomic.Int64
+		sqlite.SetSweepStarting(func() {
+			if started.Add(1) == 1 {
+				time.Sleep(20 * time.Millisecond)
+				cancel()
+			}
+			<-ctx.Done()
+		})
+		n := sqlite.SweepKeptWALsWith(ctx, 0, workers)
+		cancel()
+		if got := started.Load(); got < 1 || got > int64(workers) {
+			t.Fatalf("workers=%d: %d checkpoints started, want 1 to %d: none after the context ended", workers, got, workers)
+		}
+		if n < 1 || n > workers {
+			t.Fatalf("workers=%d: the sweep emptied %d WALs, want 1 to %d", workers, n, workers)
+		}
+		left -= n
+	}
+}
+
 // commitOnKept opens path's writer on a kept connection and commits k =
 // value (an SQL expression) without a sync, leaving the writer open.
 func commitOnKept(t *testing.T, path, value string) shard.WriteConn {

@@ -92,6 +92,9 @@ func SweepKeptWALsWith(ctx context.Context, idle time.Duration, workers int) int
 		}
 	}
 	keptWALs.mu.Unlock()
+	if len(due) == 0 {
+		return 0
+	}
 	workers = max(1, min(workers, len(due)))
 	paths := make(chan string)
 	var n atomic.Int64
@@ -101,19 +104,25 @@ func SweepKeptWALsWith(ctx context.Context, idle time.Duration, workers int) int
 		go func() {
 			defer wg.Done()
 			for p := range paths {
-				if sweepOne(p, now, idle) {
+				// A path handed over as ctx ended is left too.
+				if ctx.Err() == nil && sweepOne(p, now, idle) {
 					n.Add(1)
 				}
 			}
 		}()
 	}
+	// Once ctx ends no checkpoint starts (one running then finishes):
+	// what is left stays kept, for the next start to find.
+hand:
 	for _, p := range due {
-		if ctx.Err() != nil {
-			// The server stops: what is left stays kept, for the next
-			// start to find.
+		if ctx.Err() != nil { // first: of two ready cases, select picks either
 			break
 		}
-		paths <- p
+		select {
+		case paths <- p:
+		case <-ctx.Done():
+			break hand
+		}
 	}
 	close(paths)
 	wg.Wait()
@@ -123,6 +132,9 @@ func SweepKeptWALsWith(ctx context.Context, idle time.Duration, workers int) int
 // sweepOne checkpoints the kept WAL of the shard at p (SweepKeptWALsWith)
 // and reports whether it emptied it.
 func sweepOne(p string, now time.Time, idle time.Duration) bool {
+	if sweepStarting != nil {
+		sweepStarting()
+	}
 	err := checkpointClosed(p)
 	walSweeps.WithLabelValues(sweepOutcome(err)).Inc()
 	switch {
@@ -143,6 +155,10 @@ func sweepOne(p string, now time.Time, idle time.Duration) bool {
 	}
 	return false
 }
+
+// sweepStarting, when set (tests), runs as each checkpoint of a sweep
+// starts.
+var sweepStarting func()
 
 // errReplaced: the file at the path changed while the sweep opened it.
 var errReplaced = errors.New("sqlite: the shard file was replaced during the sweep")

@@ -15,12 +15,7 @@ import (
 // (shard/sqlite keepsWAL) is checkpointed by Close, so the database file
 // alone holds every write.
 func TestClose_CheckpointsKeptWALs(t *testing.T) {
-	ctx := context.Background()
-	a, err := app.Open(ctx, app.Config{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() }) // a no-op after the test's own
+	a := openApp(t, t.TempDir())
 	path := approvedShard(t, a, "acme")
 	// Evicted first: its close keeps the WAL, as for any cold tenant.
 	writeAndEvict(t, a, "acme", "close-test", "written")
@@ -115,11 +110,7 @@ func writerConns(t *testing.T, how string) float64 {
 func TestCloseWithin_EndedContextLeavesKeptWALs(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	a, err := app.Open(ctx, app.Config{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() }) // a no-op after the test's own
+	a := openApp(t, dir)
 	path := approvedShard(t, a, "acme")
 	writeAndEvict(t, a, "acme", "within-test", "written")
 	ended, cancel := context.WithCancel(ctx)
@@ -134,12 +125,7 @@ func TestCloseWithin_EndedContextLeavesKeptWALs(t *testing.T) {
 		t.Fatal("the database file alone holds the write: the sweep ran past its context")
 	}
 
-	b, err := app.Open(ctx, app.Config{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	ts, err := b.Engine.Tenant(ctx, "acme")
+	ts, err := openApp(t, dir).Engine.Tenant(ctx, "acme")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,32 +25,16 @@ import (
 func TestOpenServer_SweepsWALsKeptBefore(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	a, err := app.Open(ctx, app.Config{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() }) // a no-op after the test's own
+	a := openApp(t, dir)
 	moves := &transfer.Service{Engine: a.Engine, Backends: a.Backends}
 	var paths []string
 	for _, slug := range []string{"acme", "bolt"} {
-		if _, err := a.Engine.CreateTenant(ctx, slug, slug, ""); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := a.Engine.ApproveTenant(ctx, slug); err != nil {
-			t.Fatal(err)
-		}
+		path := approvedShard(t, a, slug)
 		if slug == "bolt" {
 			if _, err := moves.Move(ctx, slug, transfer.MoveOptions{Backend: engine.BackendSQLite, Location: t.TempDir()}); err != nil {
 				t.Fatal(err)
 			}
-		}
-		tn, err := a.Engine.Get(ctx, slug)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path, err := a.SQLite.Path(tn.Placement())
-		if err != nil {
-			t.Fatal(err)
+			path = shardPathOf(t, a, slug)
 		}
 		writeAndEvict(t, a, slug, "scan-test", "written")
 		paths = append(paths, path)
@@ -140,7 +124,17 @@ func approvedShard(t *testing.T, a *app.App, slug string) string {
 	if _, err := a.Engine.CreateTenant(ctx, slug, slug, ""); err != nil {
 		t.Fatal(err)
 	}
-	tn, err := a.Engine.ApproveTenant(ctx, slug)
+	if _, err := a.Engine.ApproveTenant(ctx, slug); err != nil {
+		t.Fatal(err)
+	}
+	return shardPathOf(t, a, slug)
+}
+
+// shardPathOf returns the path of the tenant slug's shard file where the
+// catalog places it now.
+func shardPathOf(t *testing.T, a *app.App, slug string) string {
+	t.Helper()
+	tn, err := a.Engine.Get(context.Background(), slug)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,6 +143,18 @@ func approvedShard(t *testing.T, a *app.App, slug string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// openApp opens an engine on the data directory dir, closed at the test's
+// end (a no-op after the test's own Close).
+func openApp(t *testing.T, dir string) *app.App {
+	t.Helper()
+	a, err := app.Open(context.Background(), app.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	return a
 }
 
 // writeAndEvict sets the setting key to value in the tenant slug's shard,

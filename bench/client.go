@@ -75,7 +75,13 @@ func (t *Target) call(method, path, bearer string, body []byte, out any) (int, t
 		}
 	}
 	if out != nil && status/100 == 2 {
-		if err := json.Unmarshal(res.Body(), out); err != nil {
+		var err error
+		if sb, ok := out.(*sessionBody); ok {
+			err = decodeSession(res.Body(), sb)
+		} else {
+			err = json.Unmarshal(res.Body(), out)
+		}
+		if err != nil {
 			return status, retry, fmt.Errorf("%s %s: decode: %w", method, path, err)
 		}
 	}

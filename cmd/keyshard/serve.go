@@ -24,7 +24,7 @@ func runServe(args []string) error {
 	var af authFlags
 	af.register(fs)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
-	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "longest a stop on SIGINT/SIGTERM waits for requests in flight and then checkpoints the WALs closed SQLite shards kept (what is left is checkpointed after the next start); closing the shards themselves is not cut short")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "longest a stop (on SIGINT/SIGTERM, or when the listener fails) waits for requests in flight and then checkpoints the WALs closed SQLite shards kept (what is left is checkpointed after the next start); closing the shards themselves is not cut short")
 	var conns api.ConnLimits
 	fs.IntVar(&conns.Total, "max-conns", 8192, "most HTTP connections open at once; past it new ones get 503 and are closed (0: no cap)")
 	fs.IntVar(&conns.PerAddr, "max-conns-per-client", 1024, "most HTTP connections open at once from one client address (0: no cap; behind a reverse proxy every client has its address)")
@@ -105,19 +105,23 @@ func runServe(args []string) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	// The stop's deadline: the drain of requests and then the checkpoint
-	// of the WALs closed shards kept share it.
-	var deadline time.Time
+	// The stop's deadline, set when the signal (or the listener's failure)
+	// comes: the drain of requests and then the checkpoint of the WALs
+	// closed shards kept share it. A failed listener's stop drains too:
+	// the requests it had accepted are still running on the shards about
+	// to be closed.
 	select {
 	case err = <-errc:
-		deadline = time.Now().Add(app.StopSweepBound)
+		log.Error("serving stopped: draining requests", "err", err)
 	case <-ctx.Done():
 		log.Info("shutting down: draining requests")
-		deadline = time.Now().Add(*shutdownTimeout)
-		sctx, cancel := context.WithDeadline(context.Background(), deadline)
-		err = hs.Shutdown(sctx)
-		cancel()
 	}
+	deadline := time.Now().Add(*shutdownTimeout)
+	sctx, cancel := context.WithDeadline(context.Background(), deadline)
+	if serr := hs.Shutdown(sctx); err == nil {
+		err = serr
+	}
+	cancel()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

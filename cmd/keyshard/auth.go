@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -27,6 +28,7 @@ type authFlags struct {
 	throttle                 auth.ThrottleConfig
 	signups                  auth.SignupLimits
 	gcPercent                int
+	procs                    int
 }
 
 func (f *authFlags) register(fs *flag.FlagSet) {
@@ -47,6 +49,7 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.signups.Window, "signup-window", 5*time.Minute, "time in which the signup limits refill")
 	fs.IntVar(&f.throttle.IPFailures, "login-ip-failures", auth.DefaultThrottle.IPFailures, "failed logins from one IP address to one tenant per --login-failure-window before 429 (0: no limit)")
 	fs.DurationVar(&f.throttle.Window, "login-failure-window", auth.DefaultThrottle.Window, "window in which failed logins are counted")
+	fs.IntVar(&f.procs, "gomaxprocs", 0, "Go threads running Go code at once (as GOMAXPROCS, which wins when set); 0: the CPUs Go sees plus one, so that a shard's fdatasync or a long batch on its writer does not leave requests waiting for a thread")
 	fs.IntVar(&f.gcPercent, "gc-percent", defaultGCPercent, "Go GC target (as GOGC, which wins when set): every Argon2id hash allocates its memory anew, and a higher target runs the collector less often under logins, for lower latency of the other requests at the cost of a larger heap")
 }
 
@@ -68,6 +71,32 @@ func (f *authFlags) applyGCPercent() {
 	}
 }
 
+// applyProcs sets GOMAXPROCS from --gomaxprocs unless the GOMAXPROCS
+// variable is set, and returns the value in force.
+//
+// Go's default, one per CPU, left requests waiting for a thread with a CPU
+// idle (the machine was ≈ 20 % idle under refresh with 16 clients). With
+// 2 CPUs, 16 clients, three alternating rounds of `keyshard bench --url`
+// (docs/benchmarks.md, twelfth part), the CPUs plus one against 2: refresh
+// 8,364/9,222/9,136 against 8,102/8,270/8,751 per second, GET /user
+// 53,503/58,177/53,573 against 49,490/51,250/55,563, mixed
+// 13,011/13,437/13,151 against 11,218/11,488/11,233; 4 did less well than 3.
+// The likely cause: a shard's flusher holds its thread through fdatasync
+// (≈ 0.2 ms) until the runtime's monitor hands the thread's slot on, and
+// its writer holds one for a batch's SQL, so requests that became ready
+// meanwhile queued behind them.
+func (f *authFlags) applyProcs() int {
+	if _, set := os.LookupEnv("GOMAXPROCS"); set || f.procs < 0 {
+		return runtime.GOMAXPROCS(0)
+	}
+	n := f.procs
+	if n == 0 {
+		n = runtime.NumCPU() + 1
+	}
+	runtime.GOMAXPROCS(n)
+	return n
+}
+
 // serverConfig returns what `serve` (and bench's in-process server) runs
 // with: the storage configuration and these flags. The master key and the
 // admin token come from KEYSHARD_MASTER_KEY and KEYSHARD_ADMIN_TOKEN when
@@ -77,6 +106,7 @@ func (f *authFlags) serverConfig(storage app.Config, log *slog.Logger) (app.Serv
 		return app.ServerConfig{}, fmt.Errorf("argon2 parameters out of range")
 	}
 	f.applyGCPercent()
+	f.applyProcs()
 	throttle := f.throttle
 	return app.ServerConfig{
 		Storage:        storage,

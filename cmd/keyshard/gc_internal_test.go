@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"runtime"
 	"runtime/debug"
 	"testing"
 )
@@ -27,5 +28,31 @@ func TestApplyGCPercent(t *testing.T) {
 	(&authFlags{gcPercent: 250}).applyGCPercent()
 	if got := debug.SetGCPercent(100); got != 100 {
 		t.Fatalf("GC percent %d with GOGC set, want GOGC's 100 kept", got)
+	}
+}
+
+func TestApplyProcs(t *testing.T) {
+	prev := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	env, had := os.LookupEnv("GOMAXPROCS")
+	t.Cleanup(func() {
+		if had {
+			os.Setenv("GOMAXPROCS", env)
+		} else {
+			os.Unsetenv("GOMAXPROCS")
+		}
+	})
+
+	os.Unsetenv("GOMAXPROCS")
+	if got := (&authFlags{}).applyProcs(); got != runtime.NumCPU()+1 || runtime.GOMAXPROCS(0) != got {
+		t.Fatalf("default: applyProcs %d, GOMAXPROCS %d, want the CPUs plus one (%d)", got, runtime.GOMAXPROCS(0), runtime.NumCPU()+1)
+	}
+	if got := (&authFlags{procs: 5}).applyProcs(); got != 5 || runtime.GOMAXPROCS(0) != 5 {
+		t.Fatalf("--gomaxprocs 5: applyProcs %d, GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))
+	}
+	os.Setenv("GOMAXPROCS", "5")
+	runtime.GOMAXPROCS(7) // stands for what the runtime took from the variable
+	if got := (&authFlags{procs: 3}).applyProcs(); got != 7 || runtime.GOMAXPROCS(0) != 7 {
+		t.Fatalf("with GOMAXPROCS set: applyProcs %d, GOMAXPROCS %d, want 7 kept", got, runtime.GOMAXPROCS(0))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -85,7 +86,7 @@ func runServe(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ln := srv.Limit(raw)
-	log.Info("keyshard serving", "addr", ln.Addr().String(), "data", sf.cfg.DataDir, "synchronous", sf.cfg.Synchronous)
+	log.Info("keyshard serving", "addr", ln.Addr().String(), "data", sf.cfg.DataDir, "synchronous", sf.cfg.Synchronous, "gomaxprocs", runtime.GOMAXPROCS(0))
 
 	if *debugAddr != "" {
 		dl, err := net.Listen("tcp", *debugAddr)

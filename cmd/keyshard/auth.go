@@ -49,7 +49,7 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.signups.Window, "signup-window", 5*time.Minute, "time in which the signup limits refill")
 	fs.IntVar(&f.throttle.IPFailures, "login-ip-failures", auth.DefaultThrottle.IPFailures, "failed logins from one IP address to one tenant per --login-failure-window before 429 (0: no limit)")
 	fs.DurationVar(&f.throttle.Window, "login-failure-window", auth.DefaultThrottle.Window, "window in which failed logins are counted")
-	fs.IntVar(&f.procs, "gomaxprocs", 0, "Go threads running Go code at once (as GOMAXPROCS, which wins when set); 0: the CPUs Go sees plus one, so that a shard's fdatasync or a long batch on its writer does not leave requests waiting for a thread")
+	fs.IntVar(&f.procs, "gomaxprocs", 0, "Go threads running Go code at once (as GOMAXPROCS, which wins when set); 0: Go's default (the CPUs, or the container's CPU limit) plus one; negative: Go's default; the extra thread is so that a shard's fdatasync or a long batch on its writer does not leave requests waiting for a thread")
 	fs.IntVar(&f.gcPercent, "gc-percent", defaultGCPercent, "Go GC target (as GOGC, which wins when set): every Argon2id hash allocates its memory anew, and a higher target runs the collector less often under logins, for lower latency of the other requests at the cost of a larger heap")
 }
 
@@ -71,6 +71,10 @@ func (f *authFlags) applyGCPercent() {
 	}
 }
 
+// startProcs is GOMAXPROCS as the runtime set it at start, before
+// applyProcs (which may run more than once in a process: tests).
+var startProcs = runtime.GOMAXPROCS(0)
+
 // applyProcs sets GOMAXPROCS from --gomaxprocs unless the GOMAXPROCS
 // variable is set, and returns the value in force.
 //
@@ -85,13 +89,17 @@ func (f *authFlags) applyGCPercent() {
 // (≈ 0.2 ms) until the runtime's monitor hands the thread's slot on, and
 // its writer holds one for a batch's SQL, so requests that became ready
 // meanwhile queued behind them.
+//
+// The base is what Go chose at start: the CPUs, or fewer under a
+// container's CPU limit (Go 1.25+), never the host's CPUs. Setting it stops
+// the runtime from following later changes of that limit.
 func (f *authFlags) applyProcs() int {
 	if _, set := os.LookupEnv("GOMAXPROCS"); set || f.procs < 0 {
 		return runtime.GOMAXPROCS(0)
 	}
 	n := f.procs
 	if n == 0 {
-		n = runtime.NumCPU() + 1
+		n = startProcs + 1
 	}
 	runtime.GOMAXPROCS(n)
 	return n

@@ -44,8 +44,13 @@ func TestApplyProcs(t *testing.T) {
 	})
 
 	os.Unsetenv("GOMAXPROCS")
-	if got := (&authFlags{}).applyProcs(); got != runtime.NumCPU()+1 || runtime.GOMAXPROCS(0) != got {
-		t.Fatalf("default: applyProcs %d, GOMAXPROCS %d, want the CPUs plus one (%d)", got, runtime.GOMAXPROCS(0), runtime.NumCPU()+1)
+	if got := (&authFlags{}).applyProcs(); got != startProcs+1 || runtime.GOMAXPROCS(0) != got {
+		t.Fatalf("default: applyProcs %d, GOMAXPROCS %d, want Go's default plus one (%d)", got, runtime.GOMAXPROCS(0), startProcs+1)
+	}
+	// Again (bench's in-process server and serve's flags share it): not
+	// one more each time.
+	if got := (&authFlags{}).applyProcs(); got != startProcs+1 {
+		t.Fatalf("second call: applyProcs %d, want %d", got, startProcs+1)
 	}
 	if got := (&authFlags{procs: 5}).applyProcs(); got != 5 || runtime.GOMAXPROCS(0) != 5 {
 		t.Fatalf("--gomaxprocs 5: applyProcs %d, GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))

@@ -6,43 +6,57 @@ import (
 )
 
 // decodeSession reads the access and refresh tokens of a GoTrue session
-// answer into out.
+// answer into out, setting only the fields whose keys the answer holds (as
+// encoding/json does).
 //
-// A refresh's answer is ≈ 1.5 KB, most of it the user, and the generator
+// A refresh's answer is ≈ 2 KB, most of it the user, and the generator
 // reads two strings from it: encoding/json validated and walked all of it,
 // 36 % of the generator's CPU under the refresh workload (≈ 11 µs per
 // request, on the cores the measured server runs on). This scan walks the
-// top-level object once, skips nested values by depth, and hands anything it
-// does not expect (an escaped string, a malformed body) to encoding/json, so
-// it never answers differently from json.Unmarshal on a valid body.
+// top-level object once and skips nested values by depth. On every body
+// encoding/json decodes, it answers what encoding/json answers: anything it
+// does not expect in the top-level object or a token (an escape, non-ASCII,
+// a key that matches only without case) goes to encoding/json. It does not
+// validate what it skips: an answer malformed inside a skipped value (the
+// user) still yields its tokens, where encoding/json would fail.
 func decodeSession(body []byte, out *sessionBody) error {
-	if access, refresh, ok := scanSession(body); ok {
-		out.AccessToken, out.RefreshToken = access, refresh
+	if access, refresh, seen, ok := scanSession(body); ok {
+		if seen&seenAccess != 0 {
+			out.AccessToken = access
+		}
+		if seen&seenRefresh != 0 {
+			out.RefreshToken = refresh
+		}
 		return nil
 	}
 	return json.Unmarshal(body, out)
 }
 
+const (
+	seenAccess = 1 << iota
+	seenRefresh
+)
+
 // scanSession returns the top-level "access_token" and "refresh_token"
-// string values of body; ok is false when it cannot be sure (the caller
-// then decodes with encoding/json).
-func scanSession(b []byte) (access, refresh string, ok bool) {
+// string values of body and which of them it holds; ok is false when it
+// cannot be sure (the caller then decodes with encoding/json).
+func scanSession(b []byte) (access, refresh string, seen int, ok bool) {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return "", "", false
+		return "", "", 0, false
 	}
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return "", "", skipSpace(b, i+1) == len(b)
+		return "", "", 0, skipSpace(b, i+1) == len(b)
 	}
 	for {
 		key, next, ok := plainString(b, i)
 		if !ok {
-			return "", "", false
+			return "", "", 0, false
 		}
 		i = skipSpace(b, next)
 		if i >= len(b) || b[i] != ':' {
-			return "", "", false
+			return "", "", 0, false
 		}
 		i = skipSpace(b, i+1)
 		var end int
@@ -50,36 +64,36 @@ func scanSession(b []byte) (access, refresh string, ok bool) {
 		case "access_token", "refresh_token":
 			v, e, ok := plainString(b, i)
 			if !ok {
-				return "", "", false
+				return "", "", 0, false
 			}
 			if key == "access_token" {
-				access = v
+				access, seen = v, seen|seenAccess
 			} else {
-				refresh = v
+				refresh, seen = v, seen|seenRefresh
 			}
 			end = e
 		default:
 			// encoding/json matches keys without regard to case.
 			if strings.EqualFold(key, "access_token") || strings.EqualFold(key, "refresh_token") {
-				return "", "", false
+				return "", "", 0, false
 			}
 			e, ok := skipValue(b, i)
 			if !ok {
-				return "", "", false
+				return "", "", 0, false
 			}
 			end = e
 		}
 		i = skipSpace(b, end)
 		if i >= len(b) {
-			return "", "", false
+			return "", "", 0, false
 		}
 		switch b[i] {
 		case ',':
 			i = skipSpace(b, i+1)
 		case '}':
-			return access, refresh, skipSpace(b, i+1) == len(b)
+			return access, refresh, seen, skipSpace(b, i+1) == len(b)
 		default:
-			return "", "", false
+			return "", "", 0, false
 		}
 	}
 }

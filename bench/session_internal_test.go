@@ -34,7 +34,7 @@ func TestDecodeSession_AsEncodingJSON(t *testing.T) {
 		if (err != nil) != (wantErr != nil) || got != want {
 			t.Errorf("%s:\n got %+v, %v\nwant %+v, %v", body, got, err, want, wantErr)
 		}
-		if _, _, ok := scanSession([]byte(body)); ok {
+		if _, _, _, ok := scanSession([]byte(body)); ok {
 			fast++
 		}
 	}
@@ -45,16 +45,25 @@ func TestDecodeSession_AsEncodingJSON(t *testing.T) {
 	}
 }
 
+// TestDecodeSession_KeepsAbsentFields: like encoding/json, a field whose
+// key the answer lacks keeps what out held.
+func TestDecodeSession_KeepsAbsentFields(t *testing.T) {
+	out := sessionBody{AccessToken: "old-a", RefreshToken: "old-r"}
+	if err := decodeSession([]byte(`{"access_token":"a"}`), &out); err != nil || out != (sessionBody{AccessToken: "a", RefreshToken: "old-r"}) {
+		t.Fatalf("got %+v, %v", out, err)
+	}
+}
+
 func FuzzDecodeSession(f *testing.F) {
 	for _, b := range sessionBodies {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
-		var want sessionBody
+		want := sessionBody{AccessToken: "before-a", RefreshToken: "before-r"}
 		if json.Unmarshal([]byte(body), &want) != nil {
 			return // encoding/json refuses it; the scan may give up or not
 		}
-		var got sessionBody
+		got := sessionBody{AccessToken: "before-a", RefreshToken: "before-r"}
 		if err := decodeSession([]byte(body), &got); err != nil || got != want {
 			t.Fatalf("%q: got %+v, %v; want %+v", body, got, err, want)
 		}

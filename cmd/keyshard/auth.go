@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/keyshard/keyshard/app"
@@ -94,7 +95,7 @@ var startProcs = runtime.GOMAXPROCS(0)
 // container's CPU limit (Go 1.25+), never the host's CPUs. Setting it stops
 // the runtime from following later changes of that limit.
 func (f *authFlags) applyProcs() int {
-	if _, set := os.LookupEnv("GOMAXPROCS"); set || f.procs < 0 {
+	if procsFromEnv() || f.procs < 0 {
 		return runtime.GOMAXPROCS(0)
 	}
 	n := f.procs
@@ -103,6 +104,14 @@ func (f *authFlags) applyProcs() int {
 	}
 	runtime.GOMAXPROCS(n)
 	return n
+}
+
+// procsFromEnv reports whether the runtime took GOMAXPROCS from the
+// environment: it does only for a positive whole number, and ignores an
+// empty or malformed value (then the flag applies).
+func procsFromEnv() bool {
+	n, err := strconv.Atoi(os.Getenv("GOMAXPROCS"))
+	return err == nil && n > 0
 }
 
 // serverConfig returns what `serve` (and bench's in-process server) runs

@@ -55,6 +55,14 @@ func TestApplyProcs(t *testing.T) {
 	if got := (&authFlags{procs: 5}).applyProcs(); got != 5 || runtime.GOMAXPROCS(0) != 5 {
 		t.Fatalf("--gomaxprocs 5: applyProcs %d, GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))
 	}
+	// A value the runtime ignores (empty, zero, not a number) leaves the
+	// flag in force.
+	for _, v := range []string{"", "0", "abc"} {
+		os.Setenv("GOMAXPROCS", v)
+		if got := (&authFlags{procs: 4}).applyProcs(); got != 4 || runtime.GOMAXPROCS(0) != 4 {
+			t.Fatalf("GOMAXPROCS=%q, --gomaxprocs 4: applyProcs %d, GOMAXPROCS %d", v, got, runtime.GOMAXPROCS(0))
+		}
+	}
 	os.Setenv("GOMAXPROCS", "5")
 	runtime.GOMAXPROCS(7) // stands for what the runtime took from the variable
 	if got := (&authFlags{procs: 3}).applyProcs(); got != 7 || runtime.GOMAXPROCS(0) != 7 {

@@ -10,15 +10,7 @@ import (
 func TestApplyGCPercent(t *testing.T) {
 	prev := debug.SetGCPercent(100)
 	t.Cleanup(func() { debug.SetGCPercent(prev) })
-	gogc, had := os.LookupEnv("GOGC")
-	t.Cleanup(func() {
-		if had {
-			os.Setenv("GOGC", gogc)
-		} else {
-			os.Unsetenv("GOGC")
-		}
-	})
-
+	t.Setenv("GOGC", "") // restored, or unset again, when the test ends
 	os.Unsetenv("GOGC")
 	(&authFlags{gcPercent: 250}).applyGCPercent()
 	if got := debug.SetGCPercent(100); got != 250 {
@@ -34,15 +26,7 @@ func TestApplyGCPercent(t *testing.T) {
 func TestApplyProcs(t *testing.T) {
 	prev := runtime.GOMAXPROCS(0)
 	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
-	env, had := os.LookupEnv("GOMAXPROCS")
-	t.Cleanup(func() {
-		if had {
-			os.Setenv("GOMAXPROCS", env)
-		} else {
-			os.Unsetenv("GOMAXPROCS")
-		}
-	})
-
+	t.Setenv("GOMAXPROCS", "") // restored, or unset again, when the test ends
 	os.Unsetenv("GOMAXPROCS")
 	if got := (&authFlags{}).applyProcs(); got != startProcs+1 || runtime.GOMAXPROCS(0) != got {
 		t.Fatalf("default: applyProcs %d, GOMAXPROCS %d, want Go's default plus one (%d)", got, runtime.GOMAXPROCS(0), startProcs+1)

@@ -65,11 +65,20 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 // collections that requests cause.
 const defaultGCPercent = 400
 
-// applyGCPercent sets the GC target from --gc-percent unless GOGC is set.
+// applyGCPercent sets the GC target from --gc-percent unless GOGC is set
+// to a value the runtime takes ("off" or a whole number; it ignores any
+// other, and then the flag applies).
 func (f *authFlags) applyGCPercent() {
-	if _, set := os.LookupEnv("GOGC"); !set && f.gcPercent != 0 {
-		debug.SetGCPercent(f.gcPercent)
+	if gogcFromEnv() || f.gcPercent == 0 {
+		return
 	}
+	debug.SetGCPercent(f.gcPercent)
+}
+
+func gogcFromEnv() bool {
+	v := os.Getenv("GOGC")
+	_, err := strconv.Atoi(v)
+	return v == "off" || err == nil
 }
 
 // startProcs is GOMAXPROCS as the runtime set it at start, before

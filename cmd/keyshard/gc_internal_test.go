@@ -21,6 +21,15 @@ func TestApplyGCPercent(t *testing.T) {
 	if got := debug.SetGCPercent(100); got != 100 {
 		t.Fatalf("GC percent %d with GOGC set, want GOGC's 100 kept", got)
 	}
+	// A value the runtime ignores (it then runs at 100) leaves the flag
+	// in force.
+	for _, v := range []string{"", "abc"} {
+		os.Setenv("GOGC", v)
+		(&authFlags{gcPercent: 250}).applyGCPercent()
+		if got := debug.SetGCPercent(100); got != 250 {
+			t.Fatalf("GC percent %d with GOGC=%q, want --gc-percent's 250", got, v)
+		}
+	}
 }
 
 func TestApplyProcs(t *testing.T) {

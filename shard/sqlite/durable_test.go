@@ -118,6 +118,11 @@ func TestReadsOnIdleWriter(t *testing.T) {
 		if err := s.Write(ctx, setSetting("k", string(rune('a'+i)))); err != nil {
 			t.Fatal(err)
 		}
+		// The flusher answers the write once its sync returns, which can
+		// be before the writer goroutine has marked itself idle after the
+		// batch; a read in that moment rightly opens a reader (seen once
+		// under CI's race run). Read once the writer has left the batch.
+		time.Sleep(200 * time.Millisecond)
 		var v string
 		if err := s.Read(ctx, func(q engine.Querier) error {
 			return q.QueryRow(`SELECT value FROM settings WHERE key = 'k'`).Scan(&v)

@@ -102,14 +102,15 @@ func (s *Service) Signup(ctx context.Context, t Tenant, c Client, req SignupRequ
 			return nil, nil, err
 		}
 	}
-	if err := s.admitHash(ctx, c); err != nil {
+	pk := s.pace.key(c.IP, t.ID, email)
+	if err := s.admitHash(ctx, pk); err != nil {
 		return nil, nil, err
 	}
 	pwHash, err := s.hashes.Hash(ctx, req.Password)
 	if err != nil {
-		return nil, nil, s.hashRefusal(c, err)
+		return nil, nil, s.hashRefusal(pk, err)
 	}
-	s.pace.served(c.IP)
+	s.pace.served(pk)
 	now := s.now().UTC().Truncate(time.Microsecond)
 	nu := newUser{email: email, pwHash: pwHash, data: req.Data, confirmed: st.MailerAutoconfirm, signedIn: st.MailerAutoconfirm}
 	is := &issued{sessionAt: now.Unix()}
@@ -360,7 +361,8 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 	}
 	// A saturated pool refuses before the user is read: under a login storm
 	// most requests are refused, and each refusal should cost next to nothing.
-	if err := s.admitHash(ctx, c); err != nil {
+	pk := s.pace.key(c.IP, t.ID, email)
+	if err := s.admitHash(ctx, pk); err != nil {
 		return nil, "", err
 	}
 	var u *User
@@ -377,9 +379,9 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 	}
 	if u == nil || u.EncryptedPassword == "" {
 		if err := s.hashes.VerifyDummy(ctx, req.Password); err != nil {
-			return nil, "", s.hashRefusal(c, err)
+			return nil, "", s.hashRefusal(pk, err)
 		}
-		s.pace.served(c.IP)
+		s.pace.served(pk)
 		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, "", email, "unknown_email"); err != nil {
 			return nil, "", err
@@ -388,9 +390,9 @@ func (s *Service) verifyLogin(ctx context.Context, t Tenant, c Client, req Passw
 	}
 	ok, stale, err := s.hashes.Verify(ctx, u.EncryptedPassword, req.Password)
 	if err != nil {
-		return nil, "", s.hashRefusal(c, err)
+		return nil, "", s.hashRefusal(pk, err)
 	}
-	s.pace.served(c.IP)
+	s.pace.served(pk)
 	if !ok {
 		s.throttle.Fail(t.ID, email, c.IP)
 		if err := s.auditFailedLogin(ctx, t, c, u.ID, email, "wrong_password"); err != nil {

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"hash/maphash"
 	"sync"
 	"time"
 
@@ -21,38 +22,62 @@ import (
 // would take the CPU the hash workers need (the login collapse of issue
 // 18). A client that waits as told is not slowed.
 //
-// Clients are known only by address, and many share one (a NAT, a proxy,
-// a load generator), so the pacer keeps per address the moments at which
-// its refused clients were told to come back, and counts each one as a
-// pass for one request: a request that finds a pass whose time has come
-// takes it and is not held; one that finds only passes still to come is
-// held until the earliest and takes it. A request whose hash ran earns a
-// pass at once (its client's next request), which an admitted request of
-// the address takes, as a refused one would. Well-behaved clients behind
-// one address thus find the passes their refusals left and are answered at
-// once, while clients that retry early find none ready and wait.
+// Clients are known by address and by the account they sign in to or up
+// for (tenant and email): many clients share an address (a NAT, a proxy, a
+// load generator), but a client that retries sends the same account again.
+// So the pacer keeps, per address and account, the moments at which the
+// account's refused requests were told to come back, and counts each one
+// as a pass for one request of that account:
 //
-// Clients that come for the first time have no pass, and a held newcomer
-// would take the pass of a client that waits as told, which would then be
-// held in turn. So an address may also have spare refusals, unheld without
-// a pass: a bucket refilled at freeRate, but only while the address has
-// fewer than freeBurst passes and spares together. Each refusal leaves a
-// pass, so a client that ignores Retry-After turns its spares into passes
-// and, once they are spent, gets no more than freeBurst refusals a second
-// however fast it retries. Passes not taken within passGrace of their time
-// are dropped (the client gave up). In memory, per process; the time is
-// the monotonic clock's.
+//  1. a request that finds a pass of its account whose time has come takes
+//     it and is not held;
+//  2. else one that finds a spare refusal of its address spends it and is
+//     not held (clients that come for the first time have no pass);
+//  3. else one that finds a pass of its account still to come is held
+//     until the earliest and takes it (a client back early);
+//  4. else it is held for maxPace and takes nothing.
+//
+// A request never takes another account's pass, so a client that comes
+// back as told finds its pass whatever the clients of other accounts do.
+// (An earlier pacer kept passes per address only: a held request took
+// the pass another client's refusal left, that client was held in turn,
+// and from about 256 honest clients behind one address the holds chained
+// without end.)
+//
+// Spares: a bucket per address, refilled at freeRate only while the
+// address has fewer than freeBurst passes and spares together, and by one
+// for each of its requests that was hashed (its client's next request,
+// for another account, would otherwise have no pass), up to freeBurst.
+// Each refusal leaves a pass, so a client that ignores Retry-After turns
+// its spares into passes and, once they are spent, gets about one refusal
+// a second per pass however fast it retries; an account holds at most
+// maxAcctPasses passes and an address maxAddrPasses. Passes not taken
+// within passGrace of their time are dropped (the client gave up).
+//
+// In memory, per process; the time is the monotonic clock's. An account is
+// kept as a seeded hash, not as its email. A client rotating emails fills
+// the (address, account) LRU with passes nobody takes and can push out
+// honest clients' passes: those fall back to spares, or a hold of maxPace.
 //
 // Only requests that the hash pool would refuse ask the pacer: a request it
 // admits is never held.
 type pacer struct {
 	now  func() time.Time
 	base time.Time // the clock's zero: times are milliseconds since
+	seed maphash.Seed
 	mu   sync.Mutex
 	// lastRefusal: when the pool last refused a request of any address
-	// (ms); passes of hashed requests are kept only close to one.
+	// (ms); hashed requests earn spares only close to one.
 	lastRefusal int64
-	addrs       *lru.Cache[string, *passes]
+	addrs       *lru.Cache[string, *addrPaces]
+	accts       *lru.Cache[paceKey, *slots]
+}
+
+// paceKey names a client to the pacer: its address and a hash of the
+// account it signs in to or up for.
+type paceKey struct {
+	ip   string
+	acct uint64
 }
 
 const (
@@ -60,31 +85,44 @@ const (
 	maxPace = time.Second
 	// passGrace: a pass not taken this long after its time is dropped.
 	passGrace = 5 * time.Second
-	// passSlot groups the passes of an address by their time, rounded
-	// down to it (a pass ready at most this much early).
+	// passSlot groups passes by their time, rounded down to it (a pass
+	// ready at most this much early).
 	passSlot = 50 * time.Millisecond
-	// maxSlots bounds an address's memory; past it the oldest slot goes.
+	// maxSlots bounds the slots of an address or account; past it the
+	// oldest goes.
 	maxSlots = 256
-	// freeBurst and freeRate: the spare refusals of an address (see pacer).
-	freeBurst = 64
+	// maxAcctPasses and maxAddrPasses bound the passes of an account and
+	// of an address (over its accounts): past them a refusal leaves none.
+	maxAcctPasses = 64
+	maxAddrPasses = 1024
+	// freeBurst and freeRate: the spare refusals of an address (see
+	// pacer): as many newcomers at once as a login storm's first second
+	// brings behind one address (256 clients: bench's login workload).
+	freeBurst = 256
 	freeRate  = 8 // per second
-	// maxPacedAddrs bounds the addresses remembered.
+	// maxPacedAddrs and maxPacedAccts bound the addresses and the
+	// (address, account) pairs remembered.
 	maxPacedAddrs = 16_384
+	maxPacedAccts = 65_536
 )
 
 var paced = promauto.NewCounter(prometheus.CounterOpts{
 	Name: "keyshard_auth_hash_paced_total",
-	Help: "Logins and signups refused for saturated hashing that were held because their address had no pass ready (a client back before its Retry-After).",
+	Help: "Logins and signups refused for saturated hashing that were held because no pass of their account was ready and their address had no spare refusal (a client back before its Retry-After).",
 })
 
-// passes of one address: counts by slot, in ascending slot order.
-type passes struct {
-	slots []passSlotCount
+// addrPaces: the passes of an address over all its accounts, counted by
+// slot, and its spare refusals.
+type addrPaces struct {
+	slots
 	// spare: refusals the address may have unheld without a pass ready;
 	// spareAt: its last refill (ms).
 	spare   float64
 	spareAt int64
 }
+
+// slots counts passes by slot, in ascending slot order.
+type slots []passSlotCount
 
 type passSlotCount struct {
 	at int64 // ms, a multiple of passSlot
@@ -92,8 +130,23 @@ type passSlotCount struct {
 }
 
 func newPacer(now func() time.Time) *pacer {
-	c, _ := lru.New[string, *passes](maxPacedAddrs) // a constant size: no error
-	return &pacer{now: now, base: now(), addrs: c, lastRefusal: -1 << 62}
+	p := &pacer{now: now, base: now(), seed: maphash.MakeSeed(), lastRefusal: -1 << 62}
+	p.addrs, _ = lru.New[string, *addrPaces](maxPacedAddrs) // constant sizes: no error
+	p.accts, _ = lru.New[paceKey, *slots](maxPacedAccts)
+	return p
+}
+
+// key names the client at ip signing in to or up for email in tenant.
+func (p *pacer) key(ip, tenant, email string) paceKey {
+	if p == nil {
+		return paceKey{ip: ip}
+	}
+	var h maphash.Hash
+	h.SetSeed(p.seed)
+	h.WriteString(tenant)
+	h.WriteByte(0)
+	h.WriteString(email)
+	return paceKey{ip: ip, acct: h.Sum64()}
 }
 
 // ms is the pacer's time: milliseconds since its creation, by the
@@ -102,30 +155,23 @@ func newPacer(now func() time.Time) *pacer {
 func (p *pacer) ms() int64 { return p.now().Sub(p.base).Milliseconds() }
 
 // wait is asked by a request that the hash pool refuses. It holds the
-// request when its address has passes still to come, none ready and no
-// spare refusal, until the earliest (at most maxPace), and reports whether
-// it held it: the caller asks the pool again then.
-func (p *pacer) wait(ctx context.Context, ip string) (held bool, err error) {
-	if p == nil || ip == "" {
+// request when no pass of its account is ready and its address has no
+// spare refusal (see pacer), and reports whether it held it: the caller
+// asks the pool again then.
+func (p *pacer) wait(ctx context.Context, k paceKey) (held bool, err error) {
+	if p == nil || k.ip == "" {
 		return false, nil
 	}
 	ms := p.ms()
 	p.mu.Lock()
 	p.lastRefusal = ms
-	ps, ok := p.addrs.Get(ip)
-	var d time.Duration
-	if ok {
-		d = ps.take(ms)
-		if ps.idle(ms) {
-			p.addrs.Remove(ip)
-		}
-	}
+	d := p.take(k, ms)
 	p.mu.Unlock()
 	if d <= 0 {
 		return false, nil
 	}
 	paced.Inc()
-	t := time.NewTimer(min(d, maxPace))
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -135,49 +181,114 @@ func (p *pacer) wait(ctx context.Context, ip string) (held bool, err error) {
 	}
 }
 
-// admitted takes a ready pass of ip, if it has one, for a request the
-// hash pool admitted: the pass its client earned was for this request, and
-// left lying it would let an early retry of another client through.
-func (p *pacer) admitted(ip string) {
-	if p == nil || ip == "" {
+// take applies the rules of pacer to a request of k at ms and returns how
+// long to hold it. With p.mu held.
+func (p *pacer) take(k paceKey, ms int64) time.Duration {
+	a, ok := p.addrs.Get(k.ip)
+	if !ok { // nothing refused lately: all its spares
+		return 0
+	}
+	defer p.forget(k.ip, a, ms)
+	ps, _ := p.accts.Get(k)
+	if ps != nil {
+		if j := ps.ready(ms); j >= 0 {
+			p.use(k, ps, a, j)
+			return 0
+		}
+		if len(*ps) == 0 { // all stale
+			p.accts.Remove(k)
+			ps = nil
+		}
+	}
+	if a.spend(ms) {
+		return 0
+	}
+	if ps == nil {
+		return maxPace
+	}
+	d := time.Duration((*ps)[0].at-ms) * time.Millisecond
+	p.use(k, ps, a, 0)
+	return min(d, maxPace)
+}
+
+// use takes one pass of slot j of k's passes ps, from its address's a too.
+func (p *pacer) use(k paceKey, ps *slots, a *addrPaces, j int) {
+	a.remove((*ps)[j].at)
+	ps.use(j)
+	if len(*ps) == 0 {
+		p.accts.Remove(k)
+	}
+}
+
+// forget drops ip's entry when it has nothing to remember.
+func (p *pacer) forget(ip string, a *addrPaces, ms int64) {
+	if a.idle(ms) {
+		p.addrs.Remove(ip)
+	}
+}
+
+// admitted takes a ready pass of k, if it has one, for a request the hash
+// pool admitted: the pass its client earned was for this request, and
+// left lying it would let an early retry through.
+func (p *pacer) admitted(k paceKey) {
+	if p == nil || k.ip == "" {
 		return
 	}
 	ms := p.ms()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if ps, ok := p.addrs.Peek(ip); ok {
+	a, ok := p.addrs.Peek(k.ip)
+	if !ok {
+		return
+	}
+	if ps, ok := p.accts.Peek(k); ok {
 		if j := ps.ready(ms); j >= 0 {
-			ps.use(j)
-		}
-		if ps.idle(ms) {
-			p.addrs.Remove(ip)
+			p.use(k, ps, a, j)
 		}
 	}
+	p.forget(k.ip, a, ms)
 }
 
-// refused gives a pass at the end of the Retry-After a client was told,
-// when err is a hashing refusal.
-func (p *pacer) refused(ip string, err error) {
+// refused gives k a pass at the end of the Retry-After its client was
+// told, when err is a hashing refusal.
+func (p *pacer) refused(k paceKey, err error) {
 	var oe *hash.OverloadedError
-	if p == nil || ip == "" || !errors.As(err, &oe) {
+	if p == nil || k.ip == "" || !errors.As(err, &oe) {
 		return
 	}
 	ms := p.ms()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.lastRefusal = ms
+	a, ok := p.addrs.Get(k.ip)
+	if !ok {
+		a = &addrPaces{spare: freeBurst, spareAt: ms}
+		p.addrs.Add(k.ip, a)
+	}
+	a.ready(ms) // drops its stale passes before they are counted
+	if a.total() >= maxAddrPasses {
+		return
+	}
+	ps, ok := p.accts.Get(k)
+	if !ok {
+		ps = new(slots)
+		p.accts.Add(k, ps)
+	}
+	if ps.total() >= maxAcctPasses {
+		return
+	}
 	// No later than maxPace: a hold is never longer, and a client that
 	// caps its waits there is not early.
-	p.entry(ip, ms).add(ms + min(oe.RetryAfter, maxPace).Milliseconds())
+	at := ms + min(oe.RetryAfter, maxPace).Milliseconds()
+	ps.add(at)
+	a.add(at)
 }
 
-// served gives a ready pass (its client's next request) to the address of
-// a request that was hashed, while the pool refuses requests (within
-// passGrace of a refusal): also to an address with no pass, as another of
-// its clients may be refused before this one's next request, which must
-// then not wait for that other's pass.
-func (p *pacer) served(ip string) {
-	if p == nil || ip == "" {
+// served gives k's address a spare refusal for a request that was hashed
+// while the pool refuses requests (within passGrace of a refusal): its
+// client's next request, likely for another account, has no pass.
+func (p *pacer) served(k paceKey) {
+	if p == nil || k.ip == "" {
 		return
 	}
 	ms := p.ms()
@@ -186,31 +297,24 @@ func (p *pacer) served(ip string) {
 	if ms-p.lastRefusal > passGrace.Milliseconds() {
 		return
 	}
-	p.entry(ip, ms).add(ms)
-}
-
-// entry returns ip's passes, made when it has none. With p.mu held.
-func (p *pacer) entry(ip string, ms int64) *passes {
-	ps, ok := p.addrs.Get(ip)
-	if !ok {
-		ps = &passes{spare: freeBurst, spareAt: ms}
-		p.addrs.Add(ip, ps)
+	if a, ok := p.addrs.Peek(k.ip); ok {
+		a.refill(ms)
+		a.spare = min(a.spare+1, freeBurst)
 	}
-	return ps
 }
 
 // ready drops the stale passes and returns the index of the latest ready
 // slot (the earlier ones are the likelier to have been given up), or -1.
-func (ps *passes) ready(ms int64) int {
+func (s *slots) ready(ms int64) int {
 	stale := ms - passGrace.Milliseconds()
 	i := 0
-	for i < len(ps.slots) && ps.slots[i].at < stale {
+	for i < len(*s) && (*s)[i].at < stale {
 		i++
 	}
-	ps.slots = ps.slots[i:]
+	*s = (*s)[i:]
 	j := -1
-	for k := range ps.slots {
-		if ps.slots[k].at > ms {
+	for k := range *s {
+		if (*s)[k].at > ms {
 			break
 		}
 		j = k
@@ -219,82 +323,77 @@ func (ps *passes) ready(ms int64) int {
 }
 
 // use takes one pass of slot j.
-func (ps *passes) use(j int) {
-	ps.slots[j].n--
-	if ps.slots[j].n == 0 {
-		ps.slots = append(ps.slots[:j], ps.slots[j+1:]...)
+func (s *slots) use(j int) {
+	(*s)[j].n--
+	if (*s)[j].n == 0 {
+		*s = append((*s)[:j], (*s)[j+1:]...)
 	}
 }
 
-// take drops the stale passes and takes one: a ready one (0), else a spare
-// refusal (0), else the earliest pass still to come (the wait until its
-// time); 0 when none is left.
-func (ps *passes) take(ms int64) time.Duration {
-	if j := ps.ready(ms); j >= 0 {
-		ps.use(j)
-		return 0
+// remove takes one pass of the slot at at, if there is one.
+func (s *slots) remove(at int64) {
+	for j := range *s {
+		if (*s)[j].at == at {
+			s.use(j)
+			return
+		}
 	}
-	if len(ps.slots) == 0 || ps.spend(ms) {
-		return 0
-	}
-	d := time.Duration(ps.slots[0].at-ms) * time.Millisecond
-	ps.use(0)
-	return d
-}
-
-// refill adds the spares due since the last refill, up to what keeps
-// passes and spares together under freeBurst.
-func (ps *passes) refill(ms int64) {
-	if room := float64(freeBurst - ps.total()); ps.spare < room {
-		ps.spare = min(room, ps.spare+float64(ms-ps.spareAt)/1000*freeRate)
-	}
-	ps.spareAt = ms
 }
 
 // total counts the passes.
-func (ps *passes) total() int {
+func (s slots) total() int {
 	n := 0
-	for _, sl := range ps.slots {
+	for _, sl := range s {
 		n += int(sl.n)
 	}
 	return n
 }
 
+// add gives a pass at ms.
+func (s *slots) add(ms int64) {
+	slot := passSlot.Milliseconds()
+	at := ms / slot * slot
+	k := len(*s)
+	for k > 0 && (*s)[k-1].at > at {
+		k--
+	}
+	if k > 0 && (*s)[k-1].at == at {
+		(*s)[k-1].n++
+		return
+	}
+	*s = append(*s, passSlotCount{})
+	copy((*s)[k+1:], (*s)[k:])
+	(*s)[k] = passSlotCount{at: at, n: 1}
+	if len(*s) > maxSlots {
+		*s = (*s)[1:]
+	}
+}
+
+// refill adds the spares due since the last refill, up to what keeps
+// passes and spares together under freeBurst.
+func (a *addrPaces) refill(ms int64) {
+	if room := float64(freeBurst - a.total()); a.spare < room {
+		a.spare = min(room, a.spare+float64(ms-a.spareAt)/1000*freeRate)
+	}
+	a.spareAt = ms
+}
+
 // spend takes one spare refusal if there is one.
-func (ps *passes) spend(ms int64) bool {
-	ps.refill(ms)
-	if ps.spare < 1 {
+func (a *addrPaces) spend(ms int64) bool {
+	a.refill(ms)
+	if a.spare < 1 {
 		return false
 	}
-	ps.spare--
+	a.spare--
 	return true
 }
 
 // idle reports an address with nothing to remember: no pass, all spares.
-func (ps *passes) idle(ms int64) bool {
-	if len(ps.slots) > 0 {
+func (a *addrPaces) idle(ms int64) bool {
+	a.ready(ms)
+	if len(a.slots) > 0 {
 		return false
 	}
-	ps.refill(ms)
-	return ps.spare >= freeBurst
-}
-
-// add gives a pass at ms.
-func (ps *passes) add(ms int64) {
-	slot := passSlot.Milliseconds()
-	at := ms / slot * slot
-	k := len(ps.slots)
-	for k > 0 && ps.slots[k-1].at > at {
-		k--
-	}
-	if k > 0 && ps.slots[k-1].at == at {
-		ps.slots[k-1].n++
-		return
-	}
-	ps.slots = append(ps.slots, passSlotCount{})
-	copy(ps.slots[k+1:], ps.slots[k:])
-	ps.slots[k] = passSlotCount{at: at, n: 1}
-	if len(ps.slots) > maxSlots {
-		ps.slots = ps.slots[1:]
-	}
+	a.refill(ms)
+	return a.spare >= freeBurst
 }

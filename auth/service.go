@@ -289,21 +289,21 @@ func hashError(err error) error {
 	return err
 }
 
-// admitHash asks the hash pool whether a login or signup's hash may
-// start. A refusal goes to the pacer first: a client of an address that was
-// told to come back later and comes back early is held, then asked about
-// again (see pacer).
-func (s *Service) admitHash(ctx context.Context, c Client) error {
+// admitHash asks the hash pool whether the hash of a login or signup of
+// k (an address and account, pacer.key) may start. A refusal goes to the
+// pacer first: a client that was told to come back later and comes back
+// early is held, then asked about again (see pacer).
+func (s *Service) admitHash(ctx context.Context, k paceKey) error {
 	err := s.hashes.Admit()
 	if err == nil {
-		s.pace.admitted(c.IP)
+		s.pace.admitted(k)
 		return nil
 	}
 	var oe *hash.OverloadedError
 	if !errors.As(err, &oe) {
 		return hashError(err)
 	}
-	held, werr := s.pace.wait(ctx, c.IP)
+	held, werr := s.pace.wait(ctx, k)
 	if werr != nil {
 		return werr
 	}
@@ -312,13 +312,13 @@ func (s *Service) admitHash(ctx context.Context, c Client) error {
 			return nil
 		}
 	}
-	return s.hashRefusal(c, err)
+	return s.hashRefusal(k, err)
 }
 
 // hashRefusal maps a hash pool failure of a client's login or signup, and
 // notes a refusal's Retry-After for the pacer.
-func (s *Service) hashRefusal(c Client, err error) error {
-	s.pace.refused(c.IP, err)
+func (s *Service) hashRefusal(k paceKey, err error) error {
+	s.pace.refused(k, err)
 	return hashError(err)
 }
 

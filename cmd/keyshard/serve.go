@@ -115,8 +115,24 @@ func runServe(args []string) error {
 	case err = <-errc:
 		log.Error("serving stopped: draining requests", "err", err)
 	case <-ctx.Done():
-		log.Info("shutting down: draining requests")
+		log.Info("shutting down: draining requests (a second SIGINT or SIGTERM stops at once)")
 	}
+	// A second signal stops the process at once, without the drain and the
+	// checkpoint: an operator's second Ctrl-C is not swallowed. Nothing
+	// acknowledged is lost (every answered write is on disk; the crash
+	// suite kills at any moment).
+	stop()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	go func() {
+		sig := <-again
+		log.Warn("second signal: stopping at once, without drain or checkpoint", "signal", sig.String())
+		if s, ok := sig.(syscall.Signal); ok {
+			os.Exit(128 + int(s))
+		}
+		os.Exit(1)
+	}()
 	deadline := time.Now().Add(*shutdownTimeout)
 	sctx, cancel := context.WithDeadline(context.Background(), deadline)
 	if serr := hs.Shutdown(sctx); err == nil {

@@ -108,7 +108,7 @@ const (
 
 var paced = promauto.NewCounter(prometheus.CounterOpts{
 	Name: "keyshard_auth_hash_paced_total",
-	Help: "Logins and signups refused for saturated hashing that were held because no pass of their account was ready and their address had no spare refusal (a client back before its Retry-After).",
+	Help: "Logins and signups refused for saturated hashing that were held because no pass of their account was ready and their address had no spare refusal: a client back before its Retry-After, or a newcomer once its address's spares are spent.",
 })
 
 // addrPaces: the passes of an address over all its accounts, counted by
@@ -370,8 +370,11 @@ func (s *slots) add(ms int64) {
 }
 
 // refill adds the spares due since the last refill, up to what keeps
-// passes and spares together under freeBurst.
+// passes and spares together under freeBurst. Stale passes are dropped
+// first: counted, they would take the room of the spares due while the
+// address was quiet.
 func (a *addrPaces) refill(ms int64) {
+	a.ready(ms)
 	if room := float64(freeBurst - a.total()); a.spare < room {
 		a.spare = min(room, a.spare+float64(ms-a.spareAt)/1000*freeRate)
 	}

@@ -262,11 +262,12 @@ func earlyRetrier(clients int, account func(client, n int) string, served bool) 
 
 // TestPacer_EarlyRetrierBounded: clients that retry at once get a bounded
 // number of refusals a second, which does not grow with time: one client
-// of one account at most freeBurst (plus one) a second; clients rotating
-// emails about one a second each; a client retrying one account at an
-// address whose other clients are hashed 100 times a second (each earning
-// a spare) at most its account's freeBurst passes plus those spares; and
-// one rotating a few emails there at most maxAddrPasses plus the spares.
+// of one account at most its maxAcctPasses passes and the spares' refill
+// (plus one) a second; clients rotating emails about one a second each; a
+// client retrying one account at an address whose other clients are hashed
+// 100 times a second (each earning a spare) at most its account's passes
+// plus those spares; and one rotating a few emails there at most
+// maxAddrPasses plus the spares.
 func TestPacer_EarlyRetrierBounded(t *testing.T) {
 	one := func(int, int) string { return "a" }
 	rotating := func(c, n int) string { return string(rune(c)) + "/" + string(rune(n)) }
@@ -294,5 +295,24 @@ func TestPacer_EarlyRetrierBounded(t *testing.T) {
 			}
 			t.Logf("refusals in seconds 0, 1, 60, 119: %d %d %d %d", perSecond[0], perSecond[1], perSecond[60], perSecond[119])
 		})
+	}
+}
+
+// TestPacer_SparesBackAfterQuiet: passes that went stale while an address
+// was quiet do not keep its spares from coming back: after a storm whose
+// clients gave up, a newcomer is not held.
+func TestPacer_SparesBackAfterQuiet(t *testing.T) {
+	now := time.Unix(6_000_000, 0)
+	p := newPacer(func() time.Time { return now })
+	const ip = "203.0.113.77"
+	for i := range 300 {
+		p.refused(p.key(ip, "t", "gone-"+string(rune('A'+i))), refusal(time.Second))
+	}
+	spent(p, ip)
+	now = now.Add(time.Minute)
+	for i := range 2 {
+		if held(t, p, p.key(ip, "t", "new-"+string(rune('A'+i)))) {
+			t.Fatalf("newcomer %d held a minute after the storm", i)
+		}
 	}
 }

@@ -83,8 +83,10 @@ func runServe(args []string) error {
 	hs := srv.HTTPServer()
 	// Catch signals before announcing readiness: a SIGTERM sent as soon as
 	// the "serving" line appears must drain, not kill.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// Room for two: a second signal sent right after the first is not lost.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	ln := srv.Limit(raw)
 	log.Info("keyshard serving", "addr", ln.Addr().String(), "data", sf.cfg.DataDir, "synchronous", sf.cfg.Synchronous, "gomaxprocs", runtime.GOMAXPROCS(0))
 
@@ -114,20 +116,18 @@ func runServe(args []string) error {
 	select {
 	case err = <-errc:
 		log.Error("serving stopped: draining requests", "err", err)
-	case <-ctx.Done():
-		log.Info("shutting down: draining requests (a second SIGINT or SIGTERM stops at once)")
+	case sig := <-sigs:
+		log.Info("shutting down: draining requests (a second SIGINT or SIGTERM stops at once)", "signal", sig.String())
 	}
-	// A second signal stops the process at once, without the drain and the
-	// checkpoint: an operator's second Ctrl-C is not swallowed. Nothing
-	// acknowledged is lost (every answered write is on disk; the crash
-	// suite kills at any moment).
-	stop()
-	again := make(chan os.Signal, 1)
-	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(again)
+	// A signal during the stop (a second one, or the first after the
+	// listener failed) ends the process at once, without the drain and the
+	// checkpoint: an operator's second Ctrl-C is not swallowed. Every
+	// acknowledged write is on disk (the crash suite kills at any moment);
+	// what the shards buffer after answering (failed logins' audit events,
+	// last-seen times) is lost, as in a crash.
 	go func() {
-		sig := <-again
-		log.Warn("second signal: stopping at once, without drain or checkpoint", "signal", sig.String())
+		sig := <-sigs
+		log.Warn("signal during the stop: stopping at once, without drain or checkpoint", "signal", sig.String())
 		if s, ok := sig.(syscall.Signal); ok {
 			os.Exit(128 + int(s))
 		}

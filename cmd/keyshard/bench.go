@@ -193,6 +193,10 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 		fmt.Fprintf(stderr, "in-process server at %s (synchronous %s, cache capacity %d)\n", srv.URL, f.synchronous, f.cacheCapacity)
 	} else if f.adminToken == "" {
 		return errors.New("--url needs --admin-token (or KEYSHARD_ADMIN_TOKEN) to create the benchmark's tenants")
+	} else if af.procs != 0 {
+		// It sets the in-process server's threads; accepted and ignored
+		// against --url, it read as if it set the generator's.
+		return errors.New("--gomaxprocs sets the in-process server's threads; with --url it would do nothing (GOMAXPROCS in the environment sets the generator's)")
 	}
 
 	rep := &bench.Report{Started: time.Now().UTC(), Target: where, GoMaxProcs: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU(),

@@ -54,15 +54,22 @@ func TestBench_CLIErrors(t *testing.T) {
 	if keyshardBin == "" {
 		t.Skip("no go tool to build the binary")
 	}
-	for _, args := range [][]string{
-		{"bench", "--workload", "nope"},
-		{"bench", "--mix", "user=1,bogus=2"},
-		{"bench", "--url", "http://127.0.0.1:1", "--hash-rate-duration", "0"},
+	for _, tc := range []struct {
+		args []string
+		want string // in the output
+	}{
+		{[]string{"bench", "--workload", "nope"}, "unknown workload"},
+		{[]string{"bench", "--mix", "user=1,bogus=2"}, "bogus"},
+		{[]string{"bench", "--url", "http://127.0.0.1:1", "--hash-rate-duration", "0"}, "--admin-token"},
+		{[]string{"bench", "--url", "http://127.0.0.1:1", "--admin-token", "x", "--gomaxprocs", "2", "--hash-rate-duration", "0"}, "--gomaxprocs"},
 	} {
-		cmd := exec.Command(keyshardBin, args...)
+		cmd := exec.Command(keyshardBin, tc.args...)
 		cmd.Env = append(os.Environ(), "KEYSHARD_ADMIN_TOKEN=")
-		if b, err := cmd.CombinedOutput(); err == nil {
-			t.Errorf("keyshard %v: want an error, got success:\n%s", args, b)
+		b, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("keyshard %v: want an error, got success:\n%s", tc.args, b)
+		} else if !strings.Contains(string(b), tc.want) {
+			t.Errorf("keyshard %v: the error does not name %q:\n%s", tc.args, tc.want, b)
 		}
 	}
 }

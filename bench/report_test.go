@@ -36,3 +36,26 @@ func TestReport_LoginShares(t *testing.T) {
 		t.Fatalf("login share without an after rate = %+v", s)
 	}
 }
+
+// TestReport_LoginRefusals: the table gives the refused logins' latency
+// apart (the target is theirs), and no such row when none was refused.
+func TestReport_LoginRefusals(t *testing.T) {
+	login := &bench.Result{Workload: "login", Mode: "closed", Concurrency: 256, AchievedRPS: 70, Ops: map[string]bench.OpResult{
+		"login": {All: bench.Latency{Count: 4000, P95Ms: 1015}, Refused: bench.Latency{Count: 2800, P50Ms: 0.5, P95Ms: 4.25, P99Ms: 9.5, MaxMs: 30}},
+	}}
+	refresh := &bench.Result{Workload: "refresh", Mode: "closed", Concurrency: 16, AchievedRPS: 4000, Ops: map[string]bench.OpResult{
+		"refresh": {All: bench.Latency{Count: 60000}},
+	}}
+	var out bytes.Buffer
+	(&bench.Report{Results: []*bench.Result{login, refresh}}).PrintTable(&out)
+	lines := strings.Split(out.String(), "\n")
+	var rows []string
+	for _, l := range lines {
+		if strings.Contains(l, "refused") {
+			rows = append(rows, strings.Join(strings.Fields(l), " "))
+		}
+	}
+	if len(rows) != 1 || rows[0] != "login refused 2800 0.50 4.25 9.50 30.0 429/503" {
+		t.Fatalf("refused rows = %q, want one for login\n%s", rows, out.String())
+	}
+}

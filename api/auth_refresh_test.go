@@ -346,6 +346,7 @@ func TestAuth_PacerHoldsEarlyRetries(t *testing.T) {
 	before := pacedTotal(t, e)
 	var refused, ok atomic.Int64
 	var stop atomic.Bool
+	defer stop.Store(true) // the clients stop even if the watch below fails
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range 8 {

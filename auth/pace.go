@@ -274,6 +274,7 @@ func (p *pacer) refused(k paceKey, err error) {
 		ps = new(slots)
 		p.accts.Add(k, ps)
 	}
+	ps.ready(ms) // the account's stale passes, left when its address was forgotten
 	if ps.total() >= maxAcctPasses {
 		return
 	}

@@ -316,3 +316,25 @@ func TestPacer_SparesBackAfterQuiet(t *testing.T) {
 		}
 	}
 }
+
+// TestPacer_StaleAccountPassesDoNotCount: an account whose 64 passes went
+// stale while its address was forgotten gets a pass for its next refusal,
+// and its client, back on time with the address's spares spent, is not
+// held.
+func TestPacer_StaleAccountPassesDoNotCount(t *testing.T) {
+	now := time.Unix(7_000_000, 0)
+	p := newPacer(func() time.Time { return now })
+	const ip = "203.0.113.78"
+	k := p.key(ip, "t", "returning@example.com")
+	for range maxAcctPasses {
+		p.refused(k, refusal(time.Second))
+	}
+	now = now.Add(time.Minute)
+	p.addrs.Remove(ip) // forgotten (idle, or pushed out of the LRU); the account's entry stays
+	p.refused(k, refusal(time.Second))
+	now = now.Add(time.Second + time.Millisecond)
+	spent(p, ip) // newcomers took them meanwhile
+	if held(t, p, k) {
+		t.Fatal("a client back on time was held: its refusal left no pass, the account's stale ones counted")
+	}
+}

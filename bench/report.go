@@ -210,10 +210,10 @@ func (r *Report) PrintTable(w io.Writer) {
 		}
 		row(x.Workload, x)
 		// Refusals of logins and signups apart: the target is theirs
-		// (answered at once), and the run's percentiles are the queued
-		// successes'.
+		// (answered at once), and the run's percentiles mix them with the
+		// successes queued for a hash. A storm has its own row below.
 		for _, op := range []Op{OpLogin, OpSignup} {
-			if o, ok := x.Ops[string(op)]; ok && o.Refused.Count > 0 {
+			if o, ok := x.Ops[string(op)]; ok && o.Refused.Count > 0 && x.Storm == nil {
 				fmt.Fprintf(tw, "  %s refused\t\t\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t\t429/503\t\n", op, o.Refused.Count,
 					o.Refused.P50Ms, o.Refused.P95Ms, o.Refused.P99Ms, o.Refused.MaxMs)
 			}

@@ -58,4 +58,12 @@ func TestReport_LoginRefusals(t *testing.T) {
 	if len(rows) != 1 || rows[0] != "login refused 2800 0.50 4.25 9.50 30.0 429/503" {
 		t.Fatalf("refused rows = %q, want one for login\n%s", rows, out.String())
 	}
+	// A storm prints its refusals in its own row, once.
+	storm := &bench.Result{Workload: "storm", Mode: "closed", Concurrency: 16, Ops: login.Ops,
+		Storm: &bench.StormResult{LoginRefused: bench.Latency{Count: 2800, P95Ms: 4.25}}}
+	out.Reset()
+	(&bench.Report{Results: []*bench.Result{storm}}).PrintTable(&out)
+	if n := strings.Count(out.String(), "refused"); n != 1 {
+		t.Fatalf("a storm's table has %d refused rows, want 1\n%s", n, out.String())
+	}
 }

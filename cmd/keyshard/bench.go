@@ -196,7 +196,7 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 	} else if af.procs != 0 {
 		// It sets the in-process server's threads; accepted and ignored
 		// against --url, it read as if it set the generator's.
-		return errors.New("--gomaxprocs sets the in-process server's threads; with --url it would do nothing (GOMAXPROCS in the environment sets the generator's)")
+		return errors.New("--gomaxprocs (or KEYSHARD_GOMAXPROCS) sets the in-process server's threads; with --url it would do nothing (GOMAXPROCS in the environment sets the generator's)")
 	}
 
 	rep := &bench.Report{Started: time.Now().UTC(), Target: where, GoMaxProcs: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU(),

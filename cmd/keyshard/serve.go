@@ -115,23 +115,28 @@ func runServe(args []string) error {
 	// to be closed.
 	select {
 	case err = <-errc:
-		log.Error("serving stopped: draining requests", "err", err)
+		log.Error("serving stopped: draining requests (a SIGINT or SIGTERM stops at once)", "err", err)
 	case sig := <-sigs:
 		log.Info("shutting down: draining requests (a second SIGINT or SIGTERM stops at once)", "signal", sig.String())
 	}
 	// A signal during the stop (a second one, or the first after the
 	// listener failed) ends the process at once, without the drain and the
 	// checkpoint: an operator's second Ctrl-C is not swallowed. Every
-	// acknowledged write is on disk (the crash suite kills at any moment);
-	// what the shards buffer after answering (failed logins' audit events,
-	// last-seen times) is lost, as in a crash.
+	// acknowledged write was synced before it was answered, and SQLite
+	// recovers from an exit at any point as from a kill; what the shards
+	// buffer after answering (failed logins' audit events, last-seen times)
+	// is lost, as in a crash.
+	stopped := make(chan struct{}) // closed once the stop is done
 	go func() {
-		sig := <-sigs
-		log.Warn("signal during the stop: stopping at once, without drain or checkpoint", "signal", sig.String())
-		if s, ok := sig.(syscall.Signal); ok {
-			os.Exit(128 + int(s))
+		select {
+		case sig := <-sigs:
+			log.Warn("signal during the stop: stopping at once, without drain or checkpoint", "signal", sig.String())
+			if s, ok := sig.(syscall.Signal); ok {
+				os.Exit(128 + int(s))
+			}
+			os.Exit(1)
+		case <-stopped:
 		}
-		os.Exit(1)
 	}()
 	deadline := time.Now().Add(*shutdownTimeout)
 	sctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -149,6 +154,7 @@ func runServe(args []string) error {
 	if cerr := srv.CloseWithin(cctx); cerr != nil && err == nil {
 		err = cerr
 	}
+	close(stopped)
 	log.Info("keyshard stopped", "err", err)
 	return err
 }

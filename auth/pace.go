@@ -111,6 +111,11 @@ var paced = promauto.NewCounter(prometheus.CounterOpts{
 	Help: "Logins and signups refused for saturated hashing that were held because no pass of their account was ready and their address had no spare refusal: a client back before its Retry-After, or a newcomer once its address's spares are spent.",
 })
 
+var pacedNoPass = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "keyshard_auth_hash_paced_no_pass_total",
+	Help: "Of keyshard_auth_hash_paced_total, the requests held 1 s because their account had no pass at all and their address no spare refusal: newcomers past their address's spares (a storm's first second, or more than about 1,024 clients behind one address), or a client rotating emails.",
+})
+
 // addrPaces: the passes of an address over all its accounts, counted by
 // slot, and its spare refusals.
 type addrPaces struct {
@@ -204,6 +209,7 @@ func (p *pacer) take(k paceKey, ms int64) time.Duration {
 		return 0
 	}
 	if ps == nil {
+		pacedNoPass.Inc()
 		return maxPace
 	}
 	d := time.Duration((*ps)[0].at-ms) * time.Millisecond

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/keyshard/keyshard/auth/hash"
 )
 
@@ -28,6 +31,13 @@ func spent(p *pacer, ip string) {
 	if a, ok := p.addrs.Peek(ip); ok {
 		a.spare, a.spareAt = 0, p.ms()
 	}
+}
+
+// counterValue reads a Prometheus counter.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	_ = c.Write(&m)
+	return m.GetCounter().GetValue()
 }
 
 // refusal is a hashing refusal telling the client to come back after d.
@@ -96,15 +106,22 @@ func TestPacer_ClientsBehindOneAddress(t *testing.T) {
 	spent(p, ip)
 	early := p.key(ip, "t", "early")
 	p.refused(early, refusal(time.Second))
+	noPass := counterValue(pacedNoPass)
 	p.mu.Lock()
 	d := p.take(early, p.ms())
 	p.mu.Unlock()
 	if d <= 0 {
 		t.Fatal("an early retry was not held")
 	}
+	if n := counterValue(pacedNoPass) - noPass; n != 0 {
+		t.Fatalf("an early retry held on its own pass counted as one with no pass (%v)", n)
+	}
 	p.refused(early, refusal(time.Second))
 	if d := func() time.Duration { p.mu.Lock(); defer p.mu.Unlock(); return p.take(p.key(ip, "t", "new"), p.ms()) }(); d != maxPace {
 		t.Fatalf("a request with no pass and no spare held %v, want %v", d, maxPace)
+	}
+	if n := counterValue(pacedNoPass) - noPass; n != 1 {
+		t.Fatalf("keyshard_auth_hash_paced_no_pass_total moved by %v for one request held without a pass, want 1", n)
 	}
 	// A client whose login was hashed earns its address a spare: its next
 	// request, for another account, is not held and takes no one's pass.

@@ -88,9 +88,6 @@ const (
 	// passSlot groups passes by their time, rounded down to it (a pass
 	// ready at most this much early).
 	passSlot = 50 * time.Millisecond
-	// maxSlots bounds the slots of an address or account; past it the
-	// oldest goes.
-	maxSlots = 256
 	// maxAcctPasses and maxAddrPasses bound the passes of an account and
 	// of an address (over its accounts): past them a refusal leaves none.
 	maxAcctPasses = 64
@@ -356,7 +353,10 @@ func (s slots) total() int {
 	return n
 }
 
-// add gives a pass at ms.
+// add gives a pass at ms. The slots stay few without a cap of their own:
+// an account's passes are at most maxAcctPasses, and an address's span at
+// most maxPace plus passGrace (refused drops the stale ones before it
+// adds), about 120 slots.
 func (s *slots) add(ms int64) {
 	slot := passSlot.Milliseconds()
 	at := ms / slot * slot
@@ -371,9 +371,6 @@ func (s *slots) add(ms int64) {
 	*s = append(*s, passSlotCount{})
 	copy((*s)[k+1:], (*s)[k:])
 	(*s)[k] = passSlotCount{at: at, n: 1}
-	if len(*s) > maxSlots {
-		*s = (*s)[1:]
-	}
 }
 
 // refill adds the spares due since the last refill, up to what keeps

@@ -397,10 +397,6 @@ func (a *addrPaces) spend(ms int64) bool {
 
 // idle reports an address with nothing to remember: no pass, all spares.
 func (a *addrPaces) idle(ms int64) bool {
-	a.ready(ms)
-	if len(a.slots) > 0 {
-		return false
-	}
-	a.refill(ms)
-	return a.spare >= freeBurst
+	a.refill(ms) // drops the stale passes first
+	return len(a.slots) == 0 && a.spare >= freeBurst
 }

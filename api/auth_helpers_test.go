@@ -40,6 +40,8 @@ type authEnvOptions struct {
 	cache       int               // app.Config.CacheCapacity (0: the default)
 	mail        app.MailConfig    // app.ServerConfig.Mail
 	listenURL   string            // app.ServerConfig.ListenURL
+
+	clientHeader, trustedProxies string // app.ServerConfig.ClientHeader, TrustedProxies
 }
 
 // authEnv is a real server on a loopback listener with the auth API.
@@ -77,7 +79,7 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 		Hash:      hash.Config{Params: o.params, Workers: o.workers, Budget: o.budget, Background: o.background},
 		MasterKey: bytes.Repeat([]byte{7}, token.MasterKeySize), AdminToken: "admin-secret",
 		AccessTokenTTL: time.Hour, Now: now, BodyTimeout: o.bodyTimeout, Signups: o.signups, Events: o.events,
-		Mail: o.mail, ListenURL: o.listenURL,
+		Mail: o.mail, ListenURL: o.listenURL, ClientHeader: o.clientHeader, TrustedProxies: o.trustedProxies,
 	})
 	e.App, e.Pool, e.Keys, e.Auth, e.Server = srv.App, srv.Pool, srv.Keys, srv.Auth, srv
 	hs := httptest.NewServer(srv.Handler())

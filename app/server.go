@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -83,6 +84,13 @@ type ServerConfig struct {
 	// BodyTimeout bounds the time a request's body may take to arrive
 	// (api.DefaultBodyTimeout when 0).
 	BodyTimeout time.Duration
+
+	// ClientHeader, when set, is the header a reverse proxy in front of
+	// the server writes the client's address in (serve --rate-limit-header,
+	// GoTrue's GOTRUE_RATE_LIMIT_HEADER), believed on connections from
+	// TrustedProxies (comma-separated addresses and ranges; empty:
+	// api.DefaultTrustedProxies). See api.ClientAddr.
+	ClientHeader, TrustedProxies string
 
 	// Node makes this server one of several sharing the catalog; zero:
 	// the only one.
@@ -180,6 +188,16 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 			return nil, engine.Invalidf("a node (--node) shares its catalog with the others: give --catalog postgres://… or mysql://…")
 		}
 		cfg.Storage.Fenced = true
+	}
+	var clientAddr *api.ClientAddr
+	if cfg.ClientHeader != "" {
+		trusted := cfg.TrustedProxies
+		if trusted == "" {
+			trusted = api.DefaultTrustedProxies
+		}
+		if clientAddr, err = api.NewClientAddr(cfg.ClientHeader, trusted); err != nil {
+			return nil, engine.Invalidf("client address header: %v", err)
+		}
 	}
 	cfg.Storage.ScanKeptWALs = true
 	cfg.Storage.Node = cfg.Node.Name
@@ -328,6 +346,11 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	s.handler = s.API.Handler()
 	if fw != nil {
 		s.handler = fw.Wrap(s.handler)
+	}
+	if clientAddr != nil {
+		// Outermost: the forwarder passes on the client it resolved.
+		s.handler = clientAddr.Wrap(s.handler)
+		log.Info("client addresses from a proxy's header", "header", clientAddr.Header(), "trusted_proxies", cmp.Or(cfg.TrustedProxies, api.DefaultTrustedProxies))
 	}
 	return s, nil
 }

@@ -29,6 +29,8 @@ func runServe(args []string) error {
 	var conns api.ConnLimits
 	fs.IntVar(&conns.Total, "max-conns", 8192, "most HTTP connections open at once; past it new ones get 503 and are closed (0: no cap)")
 	fs.IntVar(&conns.PerAddr, "max-conns-per-client", 1024, "most HTTP connections open at once from one client address (0: no cap; behind a reverse proxy every client has its address)")
+	clientHeader := fs.String("rate-limit-header", "", "header a reverse proxy in front of the server writes each client's address in (GoTrue's GOTRUE_RATE_LIMIT_HEADER), e.g. X-Forwarded-For or X-Real-IP; the per-address limits, the login pacer, sessions and audit events then use it instead of the proxy's address. Believed only on connections from --trusted-proxies; in X-Forwarded-For and Forwarded the client is the rightmost address that is not a trusted proxy (empty: the connection's address)")
+	trustedProxies := fs.String("trusted-proxies", api.DefaultTrustedProxies, "addresses and CIDR ranges of the reverse proxies whose --rate-limit-header is believed, comma-separated")
 	bodyTimeout := fs.Duration("body-timeout", api.DefaultBodyTimeout, "longest time a request body may take to arrive (an upload: the longest stall); past it the request gets 408")
 	outboundPrivate := fs.Bool("outbound-allow-private", false, "let webhook endpoints, tenants' own SMTP servers and identity providers be on loopback, private, link-local and metadata addresses (refused by default, checked after DNS resolution)")
 	smtpURL := fs.String("smtp-url", "", "the server's SMTP server for tenants' mails: smtp://user:pass@host:port (STARTTLS when offered; ?tls=required insists, ?auth=login for AUTH LOGIN) or smtps://… (implicit TLS); empty: only tenants with their own smtp_host send mail")
@@ -50,6 +52,7 @@ func runServe(args []string) error {
 		return err
 	}
 	cfg.Conns, cfg.BodyTimeout = conns, *bodyTimeout
+	cfg.ClientHeader, cfg.TrustedProxies = *clientHeader, *trustedProxies
 	if cfg.PublicURL == "" {
 		// Mailed links and upstream callbacks must not follow a request's
 		// Host header (a client would choose where a victim's link goes).

@@ -138,8 +138,12 @@ func newPacer(now func() time.Time) *pacer {
 	return p
 }
 
-// key names the client at ip signing in to or up for email in tenant.
+// key names the client at ip signing in to or up for email in tenant. An
+// IPv6 client is its /64, as in the login and signup limits (addrKey): one
+// host may hold a whole /64, and each address of it must not have spares
+// of its own.
 func (p *pacer) key(ip, tenant, email string) paceKey {
+	ip = addrKey(ip)
 	if p == nil {
 		return paceKey{ip: ip}
 	}

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -28,7 +29,7 @@ func held(t *testing.T, p *pacer, k paceKey) bool {
 // spent empties ip's spare refusals (the clock of these tests stands
 // still between calls, so the bucket stays empty until it is moved).
 func spent(p *pacer, ip string) {
-	if a, ok := p.addrs.Peek(ip); ok {
+	if a, ok := p.addrs.Peek(addrKey(ip)); ok {
 		a.spare, a.spareAt = 0, p.ms()
 	}
 }
@@ -81,6 +82,24 @@ func TestPacer_Keys(t *testing.T) {
 		if o == k {
 			t.Fatalf("%v: the same key as another client's", o)
 		}
+	}
+	// An IPv6 client is its /64: its addresses share the address's spares.
+	v6 := p.key("2001:db8:1:2::1", "t1", "a@example.com")
+	if v6 != p.key("2001:db8:1:2:ffff:ffff:ffff:ffff", "t1", "a@example.com") || v6 == p.key("2001:db8:1:3::1", "t1", "a@example.com") {
+		t.Fatal("IPv6 addresses are not keyed by their /64")
+	}
+	for i := range freeBurst { // newcomers from other addresses of the /64
+		p.refused(p.key(fmt.Sprintf("2001:db8:1:2::%x", i), "t1", fmt.Sprint(i)), refusal(time.Second))
+		if held(t, p, p.key(fmt.Sprintf("2001:db8:1:2::1:%x", i), "t1", fmt.Sprint("n", i))) {
+			t.Fatal("a newcomer was held before the /64's spares were spent")
+		}
+	}
+	p.refused(p.key("2001:db8:1:2::9999", "t1", "last"), refusal(time.Second))
+	if !held(t, p, p.key("2001:db8:1:2::abcd", "t1", "new")) {
+		t.Fatal("a newcomer of a /64 whose spares its other addresses spent was not held")
+	}
+	if held(t, p, p.key("2001:db8:1:3::1", "t1", "new")) {
+		t.Fatal("a newcomer of another /64 was held")
 	}
 }
 

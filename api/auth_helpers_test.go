@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
 	"github.com/keyshard/keyshard/auth"
 	"github.com/keyshard/keyshard/auth/hash"
@@ -70,6 +71,9 @@ func newAuthEnv(tb testing.TB, o authEnvOptions) *authEnv {
 	}
 	if o.sync == "" {
 		o.sync = "NORMAL"
+	}
+	if o.clientHeader != "" && o.trustedProxies == "" {
+		o.trustedProxies = api.DefaultTrustedProxies
 	}
 	dataDir := tb.TempDir()
 	e := &authEnv{tb: tb, dataDir: dataDir}

@@ -10,9 +10,12 @@ import (
 )
 
 // DefaultTrustedProxies are the peers whose client-address header is
-// believed by default: loopback and private networks, where a reverse
-// proxy in front of the server usually is.
-const DefaultTrustedProxies = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+// believed by default: a proxy on the same machine. Not the private
+// ranges: a list header is walked past every trusted address, so a client
+// that reaches the proxy from a trusted address (a load balancer that
+// translates addresses, a container network, the office LAN) could put
+// any address it likes before its own. A proxy elsewhere must be named.
+const DefaultTrustedProxies = "127.0.0.0/8,::1/128"
 
 // ClientAddr takes a request's client address from a header that a reverse
 // proxy sets (GoTrue's GOTRUE_RATE_LIMIT_HEADER), instead of the address of

@@ -1,7 +1,9 @@
 package api_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -9,7 +11,9 @@ import (
 	"time"
 
 	"github.com/keyshard/keyshard/api"
+	"github.com/keyshard/keyshard/app"
 	"github.com/keyshard/keyshard/auth"
+	"github.com/keyshard/keyshard/engine"
 )
 
 // TestClientAddr: the address a proxy's header gives replaces the
@@ -21,11 +25,15 @@ func TestClientAddr(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	realIP, err := api.NewClientAddr("X-Real-IP", api.DefaultTrustedProxies)
+	realIP, err := api.NewClientAddr("X-Real-IP", "127.0.0.1, 172.16.0.0/12")
 	if err != nil {
 		t.Fatal(err)
 	}
 	fwd, err := api.NewClientAddr("Forwarded", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dflt, err := api.NewClientAddr("X-Forwarded-For", api.DefaultTrustedProxies)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,6 +59,15 @@ func TestClientAddr(t *testing.T) {
 		{"another header than the one named", realIP, "127.0.0.1:5000", []string{"X-Forwarded-For", "203.0.113.7"}, "127.0.0.1"},
 		{"Forwarded", fwd, "127.0.0.1:5000", []string{"Forwarded", `for=1.2.3.4, for="[2001:db8::9]:4711"`}, "2001:db8::9"},
 		{"a zone is dropped", xff, "127.0.0.1:5000", []string{"X-Forwarded-For", "fe80::1%eth0"}, "fe80::1"},
+		{"an IPv4-mapped address is IPv4", xff, "127.0.0.1:5000", []string{"X-Forwarded-For", "::ffff:203.0.113.9"}, "203.0.113.9"},
+		{"an invalid entry stops the walk", xff, "127.0.0.1:5000", []string{"X-Forwarded-For", "1.2.3.4, unknown"}, "127.0.0.1"},
+		{"an obfuscated Forwarded entry", fwd, "127.0.0.1:5000", []string{"Forwarded", "for=1.2.3.4, for=_hidden"}, "127.0.0.1"},
+		// The limit README states: a trusted range is skipped wherever it
+		// is in the list, so a client reaching the proxy from one chooses
+		// what stands before it. The default trusts loopback alone.
+		{"a client on a trusted range chooses", xff, "127.0.0.1:5000", []string{"X-Forwarded-For", "198.51.100.77, 10.0.0.5"}, "198.51.100.77"},
+		{"by default only loopback is trusted", dflt, "127.0.0.1:5000", []string{"X-Forwarded-For", "198.51.100.77, 10.0.0.5"}, "10.0.0.5"},
+		{"by default a private peer is not trusted", dflt, "10.0.0.2:5000", []string{"X-Forwarded-For", "198.51.100.77"}, "10.0.0.2"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var got string
@@ -75,6 +92,17 @@ func TestClientAddr(t *testing.T) {
 	} {
 		if _, err := api.NewClientAddr(bad.header, bad.trusted); err == nil {
 			t.Errorf("NewClientAddr(%q, %q): no error", bad.header, bad.trusted)
+		}
+		// The server refuses to start with it, before it opens anything.
+		if bad.header != "" {
+			srv, err := app.OpenServer(context.Background(), app.ServerConfig{Storage: app.Config{DataDir: t.TempDir()},
+				ClientHeader: bad.header, TrustedProxies: bad.trusted})
+			if err == nil {
+				_ = srv.Close()
+				t.Errorf("a server with trusted proxies %q started", bad.trusted)
+			} else if !errors.Is(err, engine.ErrInvalid) {
+				t.Errorf("a server with trusted proxies %q: %v, want an invalid configuration", bad.trusted, err)
+			}
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -88,8 +87,8 @@ type ServerConfig struct {
 	// ClientHeader, when set, is the header a reverse proxy in front of
 	// the server writes the client's address in (serve --rate-limit-header,
 	// GoTrue's GOTRUE_RATE_LIMIT_HEADER), believed on connections from
-	// TrustedProxies (comma-separated addresses and ranges; empty:
-	// api.DefaultTrustedProxies). See api.ClientAddr.
+	// TrustedProxies (comma-separated addresses and ranges, required with
+	// it; serve's default is api.DefaultTrustedProxies). See api.ClientAddr.
 	ClientHeader, TrustedProxies string
 
 	// Node makes this server one of several sharing the catalog; zero:
@@ -191,11 +190,7 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	}
 	var clientAddr *api.ClientAddr
 	if cfg.ClientHeader != "" {
-		trusted := cfg.TrustedProxies
-		if trusted == "" {
-			trusted = api.DefaultTrustedProxies
-		}
-		if clientAddr, err = api.NewClientAddr(cfg.ClientHeader, trusted); err != nil {
+		if clientAddr, err = api.NewClientAddr(cfg.ClientHeader, cfg.TrustedProxies); err != nil {
 			return nil, engine.Invalidf("client address header: %v", err)
 		}
 	}
@@ -350,7 +345,7 @@ func OpenServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	if clientAddr != nil {
 		// Outermost: the forwarder passes on the client it resolved.
 		s.handler = clientAddr.Wrap(s.handler)
-		log.Info("client addresses from a proxy's header", "header", clientAddr.Header(), "trusted_proxies", cmp.Or(cfg.TrustedProxies, api.DefaultTrustedProxies))
+		log.Info("client addresses from a proxy's header", "header", clientAddr.Header(), "trusted_proxies", cfg.TrustedProxies)
 	}
 	return s, nil
 }

@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -167,4 +171,55 @@ func TestAuth_ClientAddrHeader(t *testing.T) {
 		}
 	}
 	wantAuthError(t, signup(u, ubase, "u3@example.com", "192.0.2.99"), 429, "over_request_rate_limit")
+}
+
+// TestAuth_ClientAddrThroughProxy: a real reverse proxy (net/http/httputil,
+// which appends the address it was reached from to X-Forwarded-For, as
+// nginx's $proxy_add_x_forwarded_for does) in front of a server that
+// trusts only the proxy's address. Clients on two addresses reach the
+// proxy: each has its own signup budget, and one that writes an address of
+// its own into the header is still counted as itself.
+func TestAuth_ClientAddrThroughProxy(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{signups: auth.SignupLimits{PerAddress: 2, Window: time.Minute},
+		clientHeader: "X-Forwarded-For", trustedProxies: "127.0.0.1"})
+	e.tenant("acme")
+	target, err := url.Parse(e.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The proxy dials the server from 127.0.0.1, the one trusted address.
+	rp := httputil.NewSingleHostReverseProxy(target)
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.1")}}
+	rp.Transport = &http.Transport{DialContext: d.DialContext}
+	proxy := httptest.NewServer(rp)
+	defer proxy.Close()
+	signup := func(c *http.Client, email, xff string) int {
+		t.Helper()
+		req, _ := http.NewRequest("POST", proxy.URL+"/t/acme/signup", strings.NewReader(`{"email":"`+email+`","password":"password1"}`))
+		req.Header.Set("Content-Type", "application/json")
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	two, three := fromAddress(t, "127.0.0.2"), fromAddress(t, "127.0.0.3")
+	for i := range 2 {
+		if st := signup(two, fmt.Sprintf("two%d@example.com", i), ""); st != 200 {
+			t.Fatalf("signup %d from 127.0.0.2: %d", i, st)
+		}
+	}
+	if st := signup(two, "two2@example.com", ""); st != 429 {
+		t.Fatalf("third signup from 127.0.0.2: %d, want 429", st)
+	}
+	if st := signup(two, "two3@example.com", "203.0.113.50"); st != 429 {
+		t.Fatalf("127.0.0.2 naming another address in the header: %d, want 429", st)
+	}
+	if st := signup(three, "three@example.com", ""); st != 200 {
+		t.Fatalf("signup from 127.0.0.3 behind the same proxy: %d", st)
+	}
 }

@@ -34,6 +34,7 @@ type ClientAddr struct {
 	header  string
 	trusted []net.IPNet
 	strat   realclientip.Strategy
+	single  bool // a single-address header: sent twice, it is ignored
 }
 
 // NewClientAddr returns the ClientAddr of header, believed from the peers
@@ -42,6 +43,9 @@ func NewClientAddr(header, trusted string) (*ClientAddr, error) {
 	header = strings.TrimSpace(header)
 	if header == "" {
 		return nil, fmt.Errorf("the client address header is empty")
+	}
+	if !validHeaderName(header) {
+		return nil, fmt.Errorf("%q is not a header name", header)
 	}
 	var list []string
 	for _, r := range strings.Split(trusted, ",") {
@@ -62,6 +66,7 @@ func NewClientAddr(header, trusted string) (*ClientAddr, error) {
 		c.strat, err = realclientip.NewRightmostTrustedRangeStrategy(c.header, nets)
 	default:
 		c.strat, err = realclientip.NewSingleIPHeaderStrategy(c.header)
+		c.single = true
 	}
 	if err != nil {
 		return nil, err
@@ -96,6 +101,9 @@ func (c *ClientAddr) client(r *http.Request) string {
 	if peer == nil || !contains(c.trusted, peer) {
 		return ""
 	}
+	if c.single && len(r.Header.Values(c.header)) > 1 {
+		return "" // the proxy appended instead of overwriting: which one is its?
+	}
 	ip := c.strat.ClientIP(r.Header, r.RemoteAddr)
 	if ip == "" {
 		return ""
@@ -114,4 +122,19 @@ func contains(nets []net.IPNet, ip net.IP) bool {
 		}
 	}
 	return false
+}
+
+// validHeaderName reports whether name is an HTTP field name (RFC 9110
+// token): a name with a space or a colon would never match a header.
+func validHeaderName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return name != ""
 }

@@ -60,6 +60,7 @@ func TestClientAddr(t *testing.T) {
 		{"a single-address header", realIP, "172.17.0.2:5000", []string{"X-Real-IP", "203.0.113.7"}, "203.0.113.7"},
 		{"a single-address header from a public peer", realIP, "198.51.100.1:5000", []string{"X-Real-IP", "203.0.113.7"}, "198.51.100.1"},
 		{"a single-address header holding a list", realIP, "127.0.0.1:5000", []string{"X-Real-IP", "1.2.3.4, 203.0.113.7"}, "127.0.0.1"},
+		{"a single-address header sent twice", realIP, "127.0.0.1:5000", []string{"X-Real-IP", "1.2.3.4", "X-Real-IP", "203.0.113.7"}, "127.0.0.1"},
 		{"another header than the one named", realIP, "127.0.0.1:5000", []string{"X-Forwarded-For", "203.0.113.7"}, "127.0.0.1"},
 		{"Forwarded", fwd, "127.0.0.1:5000", []string{"Forwarded", `for=1.2.3.4, for="[2001:db8::9]:4711"`}, "2001:db8::9"},
 		{"a zone is dropped", xff, "127.0.0.1:5000", []string{"X-Forwarded-For", "fe80::1%eth0"}, "fe80::1"},
@@ -93,6 +94,8 @@ func TestClientAddr(t *testing.T) {
 		{"X-Forwarded-For", " , "},
 		{"X-Forwarded-For", "10.0.0.0/33"},
 		{"X-Forwarded-For", "proxy.internal"},
+		{"X Real IP", api.DefaultTrustedProxies},
+		{"X-Real-IP:", api.DefaultTrustedProxies},
 	} {
 		if _, err := api.NewClientAddr(bad.header, bad.trusted); err == nil {
 			t.Errorf("NewClientAddr(%q, %q): no error", bad.header, bad.trusted)

@@ -597,3 +597,45 @@ func TestNodes_RestartWhilePaused(t *testing.T) {
 		}
 	}
 }
+
+// TestNodes_ClientAddrHeader: behind a proxy that appends to
+// X-Forwarded-For (every node run with --rate-limit-header), a request
+// another node forwards to the tenant's owner keeps the client's address
+// the proxy gave, not the proxy's nor the forwarding node's: the owner's
+// session row says so. (The forwarding drops X-Forwarded-For: only the
+// address the first node resolved and signed reaches the owner.)
+func TestNodes_ClientAddrHeader(t *testing.T) {
+	ns := newNodeSet(t)
+	ns.env = append(ns.env, "KEYSHARD_RATE_LIMIT_HEADER=X-Forwarded-For", "KEYSHARD_TRUSTED_PROXIES=127.0.0.1")
+	a, b := ns.start("a"), ns.start("b")
+	tok := ns.adminToken
+	id := a.must(http.StatusCreated, "POST", "/admin/tenants", tok, map[string]any{"slug": "acme", "name": "Acme"}).str("id")
+	a.must(http.StatusOK, "POST", "/admin/tenants/acme/approve", tok, nil)
+	for i, s := range []*server{a, b} { // the owner itself, then through b
+		req, _ := http.NewRequest("POST", s.base+"/t/acme/signup",
+			strings.NewReader(fmt.Sprintf(`{"email":"u%d@example.com","password":"correct horse battery"}`, i)))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Forwarded-For", fmt.Sprintf("198.51.100.1, 203.0.113.%d", 10+i))
+		res, err := s.http.Do(req)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("signup through %s: %v %v", s.base, res, err)
+		}
+		res.Body.Close()
+	}
+	rows, err := ns.db.Query(`SELECT u.email, s.ip FROM t_` + id + `.sessions s JOIN t_` + id + `.users u ON u.id = s.user_id ORDER BY u.email`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var email, ip string
+		if err := rows.Scan(&email, &ip); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, email+" "+ip)
+	}
+	if want := []string{"u0@example.com 203.0.113.10", "u1@example.com 203.0.113.11"}; !slices.Equal(got, want) {
+		t.Fatalf("sessions %v, want %v", got, want)
+	}
+}

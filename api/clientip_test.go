@@ -226,3 +226,44 @@ func TestAuth_ClientAddrThroughProxy(t *testing.T) {
 		t.Fatalf("signup from 127.0.0.3 behind the same proxy: %d", st)
 	}
 }
+
+// FuzzClientAddr: whatever the header holds, the client is the peer or a
+// valid address; an untrusted peer is always itself; and for
+// X-Forwarded-For the client is never a trusted proxy's address unless it
+// is the peer's own.
+func FuzzClientAddr(f *testing.F) {
+	for _, s := range []string{"203.0.113.7", "1.2.3.4, 203.0.113.7", "10.0.0.1, 127.0.0.1", "unknown", "", ",,,",
+		"fe80::1%eth0", "[2001:db8::1]:80", "::ffff:1.2.3.4", "for=1.2.3.4", "1.2.3.4,\t5.6.7.8 , 9.9.9.9"} {
+		f.Add(s, true)
+		f.Add(s, false)
+	}
+	xff, err := api.NewClientAddr("X-Forwarded-For", "127.0.0.0/8, 10.0.0.0/8")
+	if err != nil {
+		f.Fatal(err)
+	}
+	trusted := func(ip net.IP) bool { // the ranges above: ::1 is not among them
+		ip4 := ip.To4()
+		return ip4 != nil && (ip4[0] == 127 || ip4[0] == 10)
+	}
+	f.Fuzz(func(t *testing.T, header string, fromProxy bool) {
+		peer := "192.0.2.1"
+		if fromProxy {
+			peer = "127.0.0.1"
+		}
+		var got string
+		h := xff.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got = api.ClientOf(r).IP }))
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = peer + ":5000"
+		r.Header["X-Forwarded-For"] = []string{header}
+		h.ServeHTTP(httptest.NewRecorder(), r)
+		ip := net.ParseIP(got)
+		switch {
+		case ip == nil:
+			t.Fatalf("client %q is not an address (header %q)", got, header)
+		case !fromProxy && got != peer:
+			t.Fatalf("an untrusted peer became %q (header %q)", got, header)
+		case got != peer && trusted(ip):
+			t.Fatalf("a trusted proxy's address %q taken for the client (header %q)", got, header)
+		}
+	})
+}

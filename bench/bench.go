@@ -68,7 +68,7 @@ func (b *Bench) Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	case "mixed":
 		res.Mix = cfg.Mix.String()
 		newPicker = func(rng *rand.Rand) picker {
-			return func() call { return call{cfg.Mix.pick(rng), rng.IntN(nt)} }
+			return func() call { return call{op: cfg.Mix.pick(rng), tenant: rng.IntN(nt)} }
 		}
 	case "tenants":
 		res.Mix = cfg.Mix.String() + fmt.Sprintf(" over %d tenants, zipf s=%g", nt, cfg.ZipfS)
@@ -76,14 +76,14 @@ func (b *Bench) Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	default:
 		op := Op(cfg.Workload)
 		newPicker = func(rng *rand.Rand) picker {
-			return func() call { return call{op, rng.IntN(nt)} }
+			return func() call { return call{op: op, tenant: rng.IntN(nt)} }
 		}
 	}
 	res.Tenants = nt
 	rec := newRecorder()
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	ex := &executor{t: b.Target, f: b.Fixture, rec: rec, spread: nt, stop: stop}
+	ex := &executor{t: b.Target, f: b.Fixture, rec: rec, spread: nt, stop: stop, addrs: l.ClientAddresses}
 	w := startMetricsWatch(ctx, b.Target, cfg.MetricsEvery)
 	rt := startRuntimeWatch()
 	_, elapsed := run(runCtx, l, newPicker, ex.exec, ex.drop)
@@ -140,16 +140,16 @@ func (b *Bench) runStorm(ctx context.Context, cfg RunConfig) (*Result, error) {
 	done := make(chan time.Duration, 1)
 	go func() {
 		_, e := run(ctx, loginLoad, func(rng *rand.Rand) picker {
-			return func() call { return call{OpLogin, rng.IntN(nt)} }
+			return func() call { return call{op: OpLogin, tenant: rng.IntN(nt)} }
 		}, ex.exec, ex.drop)
 		done <- e
 	}()
 	_, elapsed = run(ctx, otherLoad, func(rng *rand.Rand) picker {
 		return func() call {
 			if rng.IntN(2) == 0 {
-				return call{OpRefresh, rng.IntN(nt)}
+				return call{op: OpRefresh, tenant: rng.IntN(nt)}
 			}
-			return call{OpUser, rng.IntN(nt)}
+			return call{op: OpUser, tenant: rng.IntN(nt)}
 		}
 	}, ex.exec, ex.drop)
 	loginElapsed := <-done
@@ -307,9 +307,9 @@ func (b *Bench) Sweep(ctx context.Context, cfg RunConfig, s SweepConfig) (*Resul
 func zipfPicker(mix Mix, nt int, s float64) newPickerFunc {
 	return func(rng *rand.Rand) picker {
 		if nt == 1 {
-			return func() call { return call{mix.pick(rng), 0} }
+			return func() call { return call{op: mix.pick(rng)} }
 		}
 		z := rand.NewZipf(rng, s, 1, uint64(nt-1))
-		return func() call { return call{mix.pick(rng), int(z.Uint64())} }
+		return func() call { return call{op: mix.pick(rng), tenant: int(z.Uint64())} }
 	}
 }

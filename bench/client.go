@@ -41,7 +41,8 @@ func NewHTTPClient(conns int, timeout time.Duration) *http.Client {
 
 // call sends one JSON request and returns the status and, for a 429 or
 // 503, the Retry-After delay; when out is not nil and the answer is 2xx,
-// the body is decoded into it.
+// the body is decoded into it. from, when not empty, is sent as
+// X-Forwarded-For (Load.ClientAddresses).
 //
 // Measured requests go through fasthttp, not net/http: the generator shares
 // the machine's cores with the server it measures, and net/http's client
@@ -50,7 +51,7 @@ func NewHTTPClient(conns int, timeout time.Duration) *http.Client {
 // the server's answer. fasthttp sends and reads on the caller's goroutine
 // and reuses its request and response objects. Setup and OAuth flows keep
 // net/http (t.HTTP).
-func (t *Target) call(method, path, bearer string, body []byte, out any) (int, time.Duration, error) {
+func (t *Target) call(method, path, bearer, from string, body []byte, out any) (int, time.Duration, error) {
 	c := t.fastClient()
 	req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -63,6 +64,9 @@ func (t *Target) call(method, path, bearer string, body []byte, out any) (int, t
 	}
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	if from != "" {
+		req.Header.Set("X-Forwarded-For", from)
 	}
 	if err := c.DoTimeout(req, res, t.timeout()); err != nil {
 		return 0, 0, err

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -30,6 +31,21 @@ type Load struct {
 	// next request, as a well-behaved client does; without it the client
 	// sends its next request at once.
 	RetryAfter bool
+	// ClientAddresses > 0 gives each closed-loop client (in an open loop,
+	// each request in turn) one of that many addresses, sent as
+	// X-Forwarded-For (ClientAddr): clients behind a proxy, told apart by a
+	// server run with --rate-limit-header X-Forwarded-For. 0: none.
+	ClientAddresses int
+}
+
+// MaxClientAddresses bounds Load.ClientAddresses: the addresses are those
+// of 198.18.0.0/15, the range set aside for benchmarks (RFC 2544).
+const MaxClientAddresses = 1 << 17
+
+// ClientAddr is the i-th address of Load.ClientAddresses.
+func ClientAddr(i int) string {
+	i %= MaxClientAddresses
+	return fmt.Sprintf("198.%d.%d.%d", 18+i>>16, i>>8&0xff, i&0xff)
 }
 
 // MaxRetryWait caps the wait of Load.RetryAfter.
@@ -52,6 +68,7 @@ func (l Load) withDefaults() Load {
 type call struct {
 	op     Op
 	tenant int
+	client int // the client sending it (Load.ClientAddresses)
 }
 
 // picker draws the next call; each generator goroutine has its own.
@@ -101,6 +118,7 @@ loop:
 			}
 		}
 		c := next()
+		c.client = int(i)
 		select {
 		case slots <- struct{}{}:
 			wg.Go(func() {
@@ -120,14 +138,16 @@ func runClosed(ctx context.Context, l Load, newPicker newPickerFunc, exec execFu
 	deadline := start.Add(l.Duration)
 	var n atomic.Int64
 	var wg sync.WaitGroup
-	for range l.Concurrency {
+	for client := range l.Concurrency {
 		next := newPicker(newRand())
 		wg.Go(func() {
 			for ctx.Err() == nil && time.Now().Before(deadline) {
 				if n.Add(1) > l.Requests && l.Requests > 0 {
 					return
 				}
-				wait := exec(ctx, next(), time.Now())
+				c := next()
+				c.client = client
+				wait := exec(ctx, c, time.Now())
 				if l.RetryAfter && wait > 0 {
 					sleepCtx(ctx, min(wait, MaxRetryWait, time.Until(deadline)))
 				}
@@ -165,6 +185,8 @@ type executor struct {
 	updates atomic.Int64
 	// stop ends the run early (the authorization codes ran out).
 	stop func()
+	// addrs: Load.ClientAddresses.
+	addrs int
 }
 
 type credentials struct {
@@ -185,13 +207,17 @@ func (e *executor) exec(runCtx context.Context, c call, due time.Time) time.Dura
 	var status int
 	var retry time.Duration
 	var err error
+	from := ""
+	if e.addrs > 0 {
+		from = ClientAddr(c.client % e.addrs)
+	}
 	switch c.op {
 	case OpSignup:
 		body, _ := json.Marshal(credentials{e.f.newEmail(), e.f.Password})
-		status, retry, err = e.t.call("POST", base+"/signup", "", body, nil)
+		status, retry, err = e.t.call("POST", base+"/signup", "", from, body, nil)
 	case OpLogin:
 		body, _ := json.Marshal(credentials{e.f.email(c.tenant, rand.IntN(e.f.users(c.tenant))), e.f.Password})
-		status, retry, err = e.t.call("POST", base+"/token?grant_type=password", "", body, nil)
+		status, retry, err = e.t.call("POST", base+"/token?grant_type=password", "", from, body, nil)
 	case OpRefresh:
 		ss := e.f.acquire(c.tenant, e.spread)
 		if ss == nil {
@@ -204,18 +230,18 @@ func (e *executor) exec(runCtx context.Context, c call, due time.Time) time.Dura
 		_, rt := ss.tokens()
 		body, _ := json.Marshal(map[string]string{"refresh_token": rt})
 		var sb sessionBody
-		status, retry, err = e.t.call("POST", base+"/token?grant_type=refresh_token", "", body, &sb)
+		status, retry, err = e.t.call("POST", base+"/token?grant_type=refresh_token", "", from, body, &sb)
 		if err == nil && status == http.StatusOK {
 			ss.set(sb)
 		}
 		e.f.release(ss)
 	case OpUser:
 		at, _ := e.f.any(c.tenant).tokens()
-		status, retry, err = e.t.call("GET", base+"/user", at, nil, nil)
+		status, retry, err = e.t.call("GET", base+"/user", at, from, nil, nil)
 	case OpUpdate:
 		at, _ := e.f.any(c.tenant).tokens()
 		body, _ := json.Marshal(map[string]any{"data": map[string]any{"bench_seq": e.updates.Add(1)}})
-		status, retry, err = e.t.call("PUT", base+"/user", at, body, nil)
+		status, retry, err = e.t.call("PUT", base+"/user", at, from, body, nil)
 	case OpClientCredentials, OpAuthorizationCode:
 		var ok bool
 		if status, retry, err, ok = e.execOAuth(ctx, c); !ok {

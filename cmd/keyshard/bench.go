@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keyshard/keyshard/api"
 	"github.com/keyshard/keyshard/app"
 	"github.com/keyshard/keyshard/bench"
 )
@@ -28,6 +29,7 @@ type benchFlags struct {
 	duration            time.Duration
 	requests            int64
 	retryAfter          bool
+	clientAddrs         int
 	tenants, users      int
 	baseTenants         int
 	tenantUsers         int
@@ -72,6 +74,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.concurrency, "concurrency", 0, "closed loop: clients (default 16); open loop: most requests in flight (default 2048)")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each run (each sweep step)")
 	fs.Int64Var(&f.requests, "requests", 0, "most requests per run (0: bounded by --duration only)")
+	fs.IntVar(&f.clientAddrs, "client-addresses", 0, fmt.Sprintf("give each closed-loop client (open loop: each request in turn) one of this many addresses of 198.18.0.0/15, sent as X-Forwarded-For: clients behind a reverse proxy, told apart by a server run with --rate-limit-header X-Forwarded-For (the in-process server is); at most %d (0: none, every client is the generator's address)", bench.MaxClientAddresses))
 	fs.BoolVar(&f.retryAfter, "retry-after", false, "closed loop: a client answered 429/503 waits its Retry-After (at most 1 s) before its next request, as a well-behaved client does")
 	fs.IntVar(&f.tenants, "tenants", 1, "tenants created by setup (the tenants workload spreads over all of them with a Zipf skew)")
 	fs.IntVar(&f.users, "users", 64, "users signed up in each base tenant; each holds one session that refreshes rotate")
@@ -151,6 +154,9 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 			return err
 		}
 	}
+	if f.clientAddrs < 0 || f.clientAddrs > bench.MaxClientAddresses {
+		return fmt.Errorf("--client-addresses %d: between 0 and %d", f.clientAddrs, bench.MaxClientAddresses)
+	}
 	workloads := strings.Split(f.workloads, ",")
 	for i, w := range workloads {
 		workloads[i] = strings.TrimSpace(w)
@@ -179,6 +185,9 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 			return err
 		}
 		sc.Events.Webhooks.AllowPrivate = f.webhookBlackhole
+		if f.clientAddrs > 0 {
+			sc.ClientHeader, sc.TrustedProxies = "X-Forwarded-For", api.DefaultTrustedProxies
+		}
 		srv, err := bench.StartServer(ctx, bench.ServerConfig{Server: sc, Pprof: f.pprof})
 		if err != nil {
 			return fmt.Errorf("start in-process server: %w", err)
@@ -260,7 +269,7 @@ func benchMain(f benchFlags, af authFlags, stdout, stderr io.Writer) (err error)
 	for _, w := range workloads {
 		cfg := bench.RunConfig{
 			Workload: w, Mix: mix, ZipfS: f.zipfS, StormFactor: f.stormFactor, StormRate: f.stormRate,
-			Load: bench.Load{Rate: f.rate, Concurrency: f.concurrency, Duration: f.duration, Requests: f.requests, RetryAfter: f.retryAfter},
+			Load: bench.Load{Rate: f.rate, Concurrency: f.concurrency, Duration: f.duration, Requests: f.requests, RetryAfter: f.retryAfter, ClientAddresses: f.clientAddrs},
 		}
 		if w == string(bench.OpAuthorizationCode) {
 			n := f.codes

@@ -62,6 +62,8 @@ func TestBench_CLIErrors(t *testing.T) {
 		{[]string{"bench", "--mix", "user=1,bogus=2"}, "bogus"},
 		{[]string{"bench", "--url", "http://127.0.0.1:1", "--hash-rate-duration", "0"}, "--admin-token"},
 		{[]string{"bench", "--url", "http://127.0.0.1:1", "--admin-token", "x", "--gomaxprocs", "2", "--hash-rate-duration", "0"}, "--gomaxprocs"},
+		{[]string{"bench", "--client-addresses", "-1"}, "--client-addresses"},
+		{[]string{"bench", "--client-addresses", "131073"}, "--client-addresses"},
 	} {
 		cmd := exec.Command(keyshardBin, tc.args...)
 		cmd.Env = append(os.Environ(), "KEYSHARD_ADMIN_TOKEN=")

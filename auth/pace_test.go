@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/time/rate"
 
 	"github.com/keyshard/keyshard/auth/hash"
 )
@@ -375,5 +376,63 @@ func TestPacer_StaleAccountPassesDoNotCount(t *testing.T) {
 	spent(p, ip) // newcomers took them meanwhile
 	if held(t, p, k) {
 		t.Fatal("a client back on time was held: its refusal left no pass, the account's stale ones counted")
+	}
+}
+
+// retriersFromManyAddresses is earlyRetrier with every client at an
+// address of its own, each drawing one of 64 accounts for each request as
+// the load generator does; it returns the refusals answered each second.
+// unbounded lifts the bound on refusals answered unheld in all.
+func retriersFromManyAddresses(clients int, unbounded bool) map[int64]int {
+	now := time.Unix(7_000_000, 0)
+	p := newPacer(func() time.Time { return now })
+	if unbounded {
+		p.quick = rate.NewLimiter(rate.Inf, 0)
+	}
+	perSecond := map[int64]int{}
+	start := p.ms()
+	next := make([]int64, clients)
+	sent := make([]int, clients)
+	for {
+		c := 0
+		for i := range next {
+			if next[i] < next[c] {
+				c = i
+			}
+		}
+		if next[c]-start >= 30_000 {
+			return perSecond
+		}
+		now = time.Unix(7_000_000, 0).Add(time.Duration(next[c]-start) * time.Millisecond)
+		k := p.key(fmt.Sprintf("198.18.%d.%d", c/256, c%256), "t", fmt.Sprint((sent[c]*7+c)%64))
+		sent[c]++
+		p.mu.Lock()
+		d := p.take(k, p.ms())
+		p.mu.Unlock()
+		now = now.Add(max(d, time.Millisecond))
+		p.refused(k, refusal(time.Second))
+		perSecond[(p.ms()-start)/1000]++
+		next[c] = p.ms()
+	}
+}
+
+// TestPacer_RetriersFromManyAddresses: clients retrying at once, each from
+// an address of its own, are answered about quickRate refusals a second in
+// all (plus about one a second each for those held the longest), not the
+// thousands a second each that their addresses' own spares and passes
+// would allow.
+func TestPacer_RetriersFromManyAddresses(t *testing.T) {
+	const clients = 256
+	got := retriersFromManyAddresses(clients, false)
+	for sec := int64(3); sec < 30; sec++ {
+		if got[sec] > quickRate+2*clients {
+			t.Fatalf("second %d: %d refusals, want ≤ %d", sec, got[sec], quickRate+2*clients)
+		}
+	}
+	free := retriersFromManyAddresses(clients, true)
+	t.Logf("refusals in seconds 0, 1, 10, 29: %d %d %d %d (unbounded: %d %d %d %d)",
+		got[0], got[1], got[10], got[29], free[0], free[1], free[10], free[29])
+	if free[10] < 4*(quickRate+2*clients) {
+		t.Fatalf("without the bound only %d refusals at 10 s: the test no longer shows what it guards against", free[10])
 	}
 }

@@ -381,17 +381,16 @@ func TestPacer_StaleAccountPassesDoNotCount(t *testing.T) {
 
 // retriersFromManyAddresses is earlyRetrier with every client at an
 // address of its own, each drawing one of 64 accounts for each request as
-// the load generator does; it returns the refusals answered each second.
-// unbounded lifts the bound on refusals answered unheld in all.
-func retriersFromManyAddresses(clients int, unbounded bool) map[int64]int {
-	now := time.Unix(7_000_000, 0)
-	p := newPacer(func() time.Time { return now })
-	if unbounded {
-		p.quick = rate.NewLimiter(rate.Inf, 0)
-	}
+// the load generator does, for the given simulated seconds on p's clock
+// (*now); it returns the refusals answered each second.
+func retriersFromManyAddresses(p *pacer, now *time.Time, clients, seconds int) map[int64]int {
+	t0 := *now
 	perSecond := map[int64]int{}
 	start := p.ms()
 	next := make([]int64, clients)
+	for i := range next {
+		next[i] = start
+	}
 	sent := make([]int, clients)
 	for {
 		c := 0
@@ -400,16 +399,16 @@ func retriersFromManyAddresses(clients int, unbounded bool) map[int64]int {
 				c = i
 			}
 		}
-		if next[c]-start >= 30_000 {
+		if next[c]-start >= int64(seconds)*1000 {
 			return perSecond
 		}
-		now = time.Unix(7_000_000, 0).Add(time.Duration(next[c]-start) * time.Millisecond)
+		*now = t0.Add(time.Duration(next[c]-start) * time.Millisecond)
 		k := p.key(fmt.Sprintf("198.18.%d.%d", c/256, c%256), "t", fmt.Sprint((sent[c]*7+c)%64))
 		sent[c]++
 		p.mu.Lock()
 		d := p.take(k, p.ms())
 		p.mu.Unlock()
-		now = now.Add(max(d, time.Millisecond))
+		*now = now.Add(max(d, time.Millisecond))
 		p.refused(k, refusal(time.Second))
 		perSecond[(p.ms()-start)/1000]++
 		next[c] = p.ms()
@@ -422,17 +421,39 @@ func retriersFromManyAddresses(clients int, unbounded bool) map[int64]int {
 // thousands a second each that their addresses' own spares and passes
 // would allow.
 func TestPacer_RetriersFromManyAddresses(t *testing.T) {
+	run := func(clients, seconds int, unbounded bool) (map[int64]int, *pacer, *time.Time) {
+		now := time.Unix(7_000_000, 0)
+		p := newPacer(func() time.Time { return now })
+		if unbounded {
+			p.quick = rate.NewLimiter(rate.Inf, 0)
+		}
+		return retriersFromManyAddresses(p, &now, clients, seconds), p, &now
+	}
 	const clients = 256
-	got := retriersFromManyAddresses(clients, false)
+	got, _, _ := run(clients, 30, false)
 	for sec := int64(3); sec < 30; sec++ {
 		if got[sec] > quickRate+2*clients {
 			t.Fatalf("second %d: %d refusals, want ≤ %d", sec, got[sec], quickRate+2*clients)
 		}
 	}
-	free := retriersFromManyAddresses(clients, true)
+	free, _, _ := run(clients, 30, true)
 	t.Logf("refusals in seconds 0, 1, 10, 29: %d %d %d %d (unbounded: %d %d %d %d)",
 		got[0], got[1], got[10], got[29], free[0], free[1], free[10], free[29])
 	if free[10] < 4*(quickRate+2*clients) {
 		t.Fatalf("without the bound only %d refusals at 10 s: the test no longer shows what it guards against", free[10])
+	}
+
+	// More clients than the bound a second: a request past maxPace of
+	// debt takes no turn, so the debt stays under a second and a newcomer
+	// soon after the storm is not held.
+	many, p, now := run(2048, 6, false)
+	for sec := int64(3); sec < 6; sec++ {
+		if many[sec] > quickRate+2*2048 {
+			t.Fatalf("2,048 clients, second %d: %d refusals, want ≤ %d", sec, many[sec], quickRate+2*2048)
+		}
+	}
+	*now = now.Add(3 * time.Second)
+	if held(t, p, p.key("203.0.113.200", "t", "newcomer")) {
+		t.Fatal("a newcomer 3 s after a storm from 2,048 addresses was held")
 	}
 }

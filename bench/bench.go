@@ -108,7 +108,7 @@ func (b *Bench) newResult(workload string, l Load) *Result {
 		backend = "default"
 	}
 	return &Result{
-		Workload: workload, Backend: backend, Mode: mode, Concurrency: l.Concurrency,
+		Workload: workload, Backend: backend, Mode: mode, Concurrency: l.Concurrency, ClientAddresses: l.ClientAddresses,
 		Tenants: len(b.Fixture.Slugs), Sessions: b.Fixture.Sessions(), HashRate: b.HashRate,
 	}
 }
@@ -126,14 +126,14 @@ func (b *Bench) runStorm(ctx context.Context, cfg RunConfig) (*Result, error) {
 		cfg.StormRate = 400
 	}
 	l := cfg.Load.withDefaults()
-	loginLoad := Load{Rate: cfg.StormFactor * b.HashRate, Duration: l.Duration, Requests: l.Requests, Concurrency: 4096}
-	otherLoad := Load{Rate: cfg.StormRate, Duration: l.Duration, Requests: l.Requests, Concurrency: 4096}
-	res := b.newResult("storm", Load{Rate: loginLoad.Rate + otherLoad.Rate, Concurrency: 4096})
+	loginLoad := Load{Rate: cfg.StormFactor * b.HashRate, Duration: l.Duration, Requests: l.Requests, Concurrency: 4096, ClientAddresses: l.ClientAddresses}
+	otherLoad := Load{Rate: cfg.StormRate, Duration: l.Duration, Requests: l.Requests, Concurrency: 4096, ClientAddresses: l.ClientAddresses}
+	res := b.newResult("storm", Load{Rate: loginLoad.Rate + otherLoad.Rate, Concurrency: 4096, ClientAddresses: l.ClientAddresses})
 	res.Mix = fmt.Sprintf("login at %.0f/s (%g × hash rate) + refresh=50%%,user=50%% at %.0f/s", loginLoad.Rate, cfg.StormFactor, cfg.StormRate)
 	nt := b.Fixture.BaseTenants()
 	res.Tenants = nt
 	rec := newRecorder()
-	ex := &executor{t: b.Target, f: b.Fixture, rec: rec, spread: nt}
+	ex := &executor{t: b.Target, f: b.Fixture, rec: rec, spread: nt, addrs: l.ClientAddresses}
 	w := startMetricsWatch(ctx, b.Target, cfg.MetricsEvery)
 	rt := startRuntimeWatch()
 	var elapsed time.Duration

@@ -15,30 +15,32 @@ import (
 // Result is the outcome of one workload. Latencies cover every answered
 // request (any status), timed from when it was due in an open loop.
 type Result struct {
-	Workload    string              `json:"workload"`
-	Backend     string              `json:"backend"`
-	Mode        string              `json:"mode"` // open or closed
-	Mix         string              `json:"mix,omitempty"`
-	Tenants     int                 `json:"tenants"`
-	Sessions    int                 `json:"sessions"`
-	Concurrency int                 `json:"concurrency"`
-	DurationS   float64             `json:"duration_s"`
-	OfferedRPS  float64             `json:"offered_rps"`  // open: the arrival rate; closed: requests sent per second
-	AchievedRPS float64             `json:"achieved_rps"` // 2xx answers per second
-	Requests    int64               `json:"requests"`     // requests due, sent or not
-	P50Ms       float64             `json:"p50_ms"`
-	P95Ms       float64             `json:"p95_ms"`
-	P99Ms       float64             `json:"p99_ms"`
-	MaxMs       float64             `json:"max_ms"`
-	StatusCount map[string]int64    `json:"status_counts"` // HTTP code, or error/dropped/no_session
-	ErrorRate   float64             `json:"error_rate"`    // share of requests due without a 2xx answer
-	OpCounts    map[string]int64    `json:"op_counts"`     // requests due per operation
-	Ops         map[string]OpResult `json:"ops"`
-	HashRate    float64             `json:"hash_rate"` // raw Argon2id hashes/s, measured by this run
-	Storm       *StormResult        `json:"storm,omitempty"`
-	LoginShare  *LoginShare         `json:"login_share,omitempty"` // login runs
-	Sweep       *SweepResult        `json:"sweep,omitempty"`
-	Server      ServerMetrics       `json:"server"`
+	Workload    string `json:"workload"`
+	Backend     string `json:"backend"`
+	Mode        string `json:"mode"` // open or closed
+	Mix         string `json:"mix,omitempty"`
+	Tenants     int    `json:"tenants"`
+	Sessions    int    `json:"sessions"`
+	Concurrency int    `json:"concurrency"`
+	// ClientAddresses: Load.ClientAddresses (0: the generator's address).
+	ClientAddresses int                 `json:"client_addresses,omitempty"`
+	DurationS       float64             `json:"duration_s"`
+	OfferedRPS      float64             `json:"offered_rps"`  // open: the arrival rate; closed: requests sent per second
+	AchievedRPS     float64             `json:"achieved_rps"` // 2xx answers per second
+	Requests        int64               `json:"requests"`     // requests due, sent or not
+	P50Ms           float64             `json:"p50_ms"`
+	P95Ms           float64             `json:"p95_ms"`
+	P99Ms           float64             `json:"p99_ms"`
+	MaxMs           float64             `json:"max_ms"`
+	StatusCount     map[string]int64    `json:"status_counts"` // HTTP code, or error/dropped/no_session
+	ErrorRate       float64             `json:"error_rate"`    // share of requests due without a 2xx answer
+	OpCounts        map[string]int64    `json:"op_counts"`     // requests due per operation
+	Ops             map[string]OpResult `json:"ops"`
+	HashRate        float64             `json:"hash_rate"` // raw Argon2id hashes/s, measured by this run
+	Storm           *StormResult        `json:"storm,omitempty"`
+	LoginShare      *LoginShare         `json:"login_share,omitempty"` // login runs
+	Sweep           *SweepResult        `json:"sweep,omitempty"`
+	Server          ServerMetrics       `json:"server"`
 	// Runtime is this process's Go runtime during the run (the load
 	// generator, and the server when in-process).
 	Runtime *RuntimeStats `json:"runtime,omitempty"`

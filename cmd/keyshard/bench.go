@@ -74,7 +74,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.concurrency, "concurrency", 0, "closed loop: clients (default 16); open loop: most requests in flight (default 2048)")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each run (each sweep step)")
 	fs.Int64Var(&f.requests, "requests", 0, "most requests per run (0: bounded by --duration only)")
-	fs.IntVar(&f.clientAddrs, "client-addresses", 0, fmt.Sprintf("give each closed-loop client (open loop: each request in turn) one of this many addresses of 198.18.0.0/15, sent as X-Forwarded-For: clients behind a reverse proxy, told apart by a server run with --rate-limit-header X-Forwarded-For (the in-process server is); at most %d (0: none, every client is the generator's address)", bench.MaxClientAddresses))
+	fs.IntVar(&f.clientAddrs, "client-addresses", 0, fmt.Sprintf("give each closed-loop client (open loop: each request in turn) one of this many addresses of 198.18.0.0/15, sent as X-Forwarded-For: clients behind a reverse proxy, told apart by a server run with --rate-limit-header X-Forwarded-For (the in-process server is; a server elsewhere must list this generator's address in --trusted-proxies); at most %d (0: none, every client is the generator's address)", bench.MaxClientAddresses))
 	fs.BoolVar(&f.retryAfter, "retry-after", false, "closed loop: a client answered 429/503 waits its Retry-After (at most 1 s) before its next request, as a well-behaved client does")
 	fs.IntVar(&f.tenants, "tenants", 1, "tenants created by setup (the tenants workload spreads over all of them with a Zipf skew)")
 	fs.IntVar(&f.users, "users", 64, "users signed up in each base tenant; each holds one session that refreshes rotate")

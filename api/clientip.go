@@ -104,14 +104,8 @@ func (c *ClientAddr) client(r *http.Request) string {
 	if c.single && len(r.Header.Values(c.header)) > 1 {
 		return "" // the proxy appended instead of overwriting: which one is its?
 	}
-	ip := c.strat.ClientIP(r.Header, r.RemoteAddr)
-	if ip == "" {
-		return ""
-	}
-	ip, _ = realclientip.SplitHostZone(ip) // a zone is the proxy's, not the client's
-	if net.ParseIP(ip) == nil {
-		return ""
-	}
+	// The strategy returns a parsed address's String() or "": valid.
+	ip, _ := realclientip.SplitHostZone(c.strat.ClientIP(r.Header, r.RemoteAddr)) // a zone is the proxy's, not the client's
 	return ip
 }
 

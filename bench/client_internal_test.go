@@ -79,9 +79,9 @@ func TestClientAddresses(t *testing.T) {
 	defer srv.Close()
 	tg := &Target{URL: srv.URL}
 	const clients, addrs = 6, 4
+	e := &executor{addrs: addrs}
 	ex := func(_ context.Context, c call, _ time.Time) time.Duration {
-		// What executor.exec does with c.client.
-		_, _, _ = tg.call("GET", fmt.Sprintf("/x?c=%d", c.client), "", ClientAddr(c.client%addrs), nil, nil)
+		_, _, _ = tg.call("GET", fmt.Sprintf("/x?c=%d", c.client), "", e.from(c), nil, nil)
 		return 0
 	}
 	run(context.Background(), Load{Concurrency: clients, Requests: 60, ClientAddresses: addrs},

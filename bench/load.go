@@ -207,10 +207,7 @@ func (e *executor) exec(runCtx context.Context, c call, due time.Time) time.Dura
 	var status int
 	var retry time.Duration
 	var err error
-	from := ""
-	if e.addrs > 0 {
-		from = ClientAddr(c.client % e.addrs)
-	}
+	from := e.from(c)
 	switch c.op {
 	case OpSignup:
 		body, _ := json.Marshal(credentials{e.f.newEmail(), e.f.Password})
@@ -259,6 +256,14 @@ func (e *executor) exec(runCtx context.Context, c call, due time.Time) time.Dura
 	}
 	s.add(status, err, time.Since(due))
 	return retry
+}
+
+// from is the address c's client sends as X-Forwarded-For, or "" (none).
+func (e *executor) from(c call) string {
+	if e.addrs <= 0 {
+		return ""
+	}
+	return ClientAddr(c.client % e.addrs)
 }
 
 // drop records a call an open loop could not send.

@@ -313,7 +313,8 @@ func TestAuth_WriterOverload(t *testing.T) {
 	t.Logf("%d refreshes refused with 503", overloaded)
 }
 
-// pacedTotal reads keyshard_auth_hash_paced_total from the server's /metrics.
+// pacedTotal sums keyshard_auth_hash_paced_total over its reasons, from the
+// server's /metrics.
 func pacedTotal(t *testing.T, e *authEnv) float64 {
 	t.Helper()
 	res, err := http.Get(e.URL + "/metrics")
@@ -322,17 +323,24 @@ func pacedTotal(t *testing.T, e *authEnv) float64 {
 	}
 	defer res.Body.Close()
 	body, _ := io.ReadAll(res.Body)
+	sum, reasons := 0.0, 0
 	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "keyshard_auth_hash_paced_total "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
+		rest, ok := strings.CutPrefix(line, `keyshard_auth_hash_paced_total{reason="`)
+		if !ok {
+			continue
 		}
+		_, v, ok := strings.Cut(rest, "} ")
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if !ok || err != nil {
+			t.Fatalf("bad metric line %q", line)
+		}
+		sum += f
+		reasons++
 	}
-	t.Fatal("keyshard_auth_hash_paced_total not in /metrics")
-	return 0
+	if reasons != 3 {
+		t.Fatalf("keyshard_auth_hash_paced_total has %d reasons in /metrics, want early, no_pass and busy", reasons)
+	}
+	return sum
 }
 
 // TestAuth_PacerHoldsEarlyRetries: clients of one address that retry at

@@ -128,20 +128,18 @@ const (
 	maxPacedAccts = 65_536
 )
 
-var paced = promauto.NewCounter(prometheus.CounterOpts{
+// paced counts the requests the pacer held, by why (one counter with a
+// reason label, not per tenant or address: its sum is every hold).
+var paced = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "keyshard_auth_hash_paced_total",
-	Help: "Logins and signups refused for saturated hashing that were held because no pass of their account was ready and their address had no spare refusal: a client back before its Retry-After, or a newcomer once its address's spares are spent.",
-})
+	Help: "Logins and signups refused for saturated hashing that the pacer held, by reason: early (a client back before its Retry-After, held until its account's pass), no_pass (no pass of its account and no spare refusal of its address: newcomers past their address's spares, more than about 1,024 clients behind one address, or a client rotating emails; held 1 s), busy (refusals answered faster than 1,000 a second, all addresses together: clients retrying at once from many addresses; held until its turn, at most 1 s).",
+}, []string{"reason"})
 
-var pacedBusy = promauto.NewCounter(prometheus.CounterOpts{
-	Name: "keyshard_auth_hash_paced_busy_total",
-	Help: "Of keyshard_auth_hash_paced_total, the requests held because refusals were being answered faster than 1,000 a second, all addresses together (clients retrying at once from many addresses).",
-})
-
-var pacedNoPass = promauto.NewCounter(prometheus.CounterOpts{
-	Name: "keyshard_auth_hash_paced_no_pass_total",
-	Help: "Of keyshard_auth_hash_paced_total, the requests held 1 s because their account had no pass at all and their address no spare refusal: newcomers past their address's spares (a storm's first second, or more than about 1,024 clients behind one address), or a client rotating emails.",
-})
+var (
+	pacedEarly  = paced.WithLabelValues("early")
+	pacedNoPass = paced.WithLabelValues("no_pass")
+	pacedBusy   = paced.WithLabelValues("busy")
+)
 
 // addrPaces: the passes of an address over all its accounts, counted by
 // slot, and its spare refusals.
@@ -207,7 +205,6 @@ func (p *pacer) wait(ctx context.Context, k paceKey) (held bool, err error) {
 	if d <= 0 {
 		return false, nil
 	}
-	paced.Inc()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -246,6 +243,7 @@ func (p *pacer) take(k paceKey, ms int64) time.Duration {
 	}
 	d := time.Duration((*ps)[0].at-ms) * time.Millisecond
 	p.use(k, ps, a, 0)
+	pacedEarly.Inc()
 	return min(d, maxPace)
 }
 

@@ -129,7 +129,7 @@ func TestPacer_ClientsBehindOneAddress(t *testing.T) {
 	spent(p, ip)
 	early := p.key(ip, "t", "early")
 	p.refused(early, refusal(time.Second))
-	noPass := counterValue(pacedNoPass)
+	noPass, early0 := counterValue(pacedNoPass), counterValue(pacedEarly)
 	p.mu.Lock()
 	d := p.take(early, p.ms())
 	p.mu.Unlock()
@@ -139,12 +139,15 @@ func TestPacer_ClientsBehindOneAddress(t *testing.T) {
 	if n := counterValue(pacedNoPass) - noPass; n != 0 {
 		t.Fatalf("an early retry held on its own pass counted as one with no pass (%v)", n)
 	}
+	if n := counterValue(pacedEarly) - early0; n != 1 {
+		t.Fatalf(`keyshard_auth_hash_paced_total{reason="early"} moved by %v for one early retry, want 1`, n)
+	}
 	p.refused(early, refusal(time.Second))
 	if d := func() time.Duration { p.mu.Lock(); defer p.mu.Unlock(); return p.take(p.key(ip, "t", "new"), p.ms()) }(); d != maxPace {
 		t.Fatalf("a request with no pass and no spare held %v, want %v", d, maxPace)
 	}
 	if n := counterValue(pacedNoPass) - noPass; n != 1 {
-		t.Fatalf("keyshard_auth_hash_paced_no_pass_total moved by %v for one request held without a pass, want 1", n)
+		t.Fatalf(`keyshard_auth_hash_paced_total{reason="no_pass"} moved by %v for one request held without a pass, want 1`, n)
 	}
 	// A client whose login was hashed earns its address a spare: its next
 	// request, for another account, is not held and takes no one's pass.

@@ -248,8 +248,9 @@ type Stats struct {
 	DeferredWritten int64
 	DeferredDropped int64
 	DeferredPending int
-	Readers         int // read connections open
-	Queued          int // operations waiting for the writer
+	Readers         int  // read connections open
+	Queued          int  // operations waiting for the writer
+	Writing         bool // the writer is running a batch now (a read then opens a reader)
 }
 
 // Stats returns a snapshot of the shard's counters.
@@ -267,6 +268,7 @@ func (s *Shard) Stats() Stats {
 		DeferredPending: s.deferred.pending(),
 		Readers:         s.readers.open(),
 		Queued:          len(s.queue),
+		Writing:         s.busy.Load(),
 	}
 }
 

@@ -122,7 +122,14 @@ func TestReadsOnIdleWriter(t *testing.T) {
 		// be before the writer goroutine has marked itself idle after the
 		// batch; a read in that moment rightly opens a reader (seen once
 		// under CI's race run). Read once the writer has left the batch.
-		time.Sleep(200 * time.Millisecond)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			if st := s.Stats(); !st.Writing && st.Queued == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the writer did not leave its batch within 10 s")
+			}
+		}
 		var v string
 		if err := s.Read(ctx, func(q engine.Querier) error {
 			return q.QueryRow(`SELECT value FROM settings WHERE key = 'k'`).Scan(&v)

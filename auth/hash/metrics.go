@@ -28,6 +28,14 @@ var (
 		Name: "keyshard_hash_worker_starts_total",
 		Help: "Hash worker processes started (one at startup; more mean one died or could not start).",
 	})
+	rescuedTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "keyshard_hash_rescued_total",
+		Help: "Hashes computed in the server process, one at a time, because every thread of the worker process (SCHED_IDLE) had been on its hash for half the budget or more: other work kept every core busy.",
+	})
+	abandonedTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "keyshard_hash_abandoned_total",
+		Help: "Admitted hash requests refused (429) after waiting three budgets without a result.",
+	})
 	refusedTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "keyshard_hash_admissions_refused_total",
 		Help: "Hash requests refused because their expected wait exceeded the budget.",

@@ -28,7 +28,9 @@ type Config struct {
 	// Background computes in a worker process at the lowest CPU priority
 	// (SCHED_IDLE on Linux; see worker.go), so that a login storm takes
 	// only the CPU that other requests leave idle instead of the cores they
-	// need, and its allocations never pause this process.
+	// need, and its allocations never pause this process. When other work
+	// leaves it no CPU at all, queued hashes are computed in this process
+	// instead, one at a time (see Pool.rescue).
 	Background bool
 }
 
@@ -71,6 +73,13 @@ type Pool struct {
 
 	kdf kdfFunc // localKDF, or remoteKDF for a background pool
 
+	// inflight[i]: when worker i started its hash (unix ns), 0 when idle.
+	inflight []atomic.Int64
+	// rescuing: one hash at a time computed in this process for a
+	// background pool whose worker process is starved (Pool.rescue).
+	background bool
+	rescuing   atomic.Bool
+
 	// A background pool's worker process, replaced when it dies.
 	procMu      sync.Mutex
 	proc        *worker
@@ -82,10 +91,20 @@ type Pool struct {
 
 type job struct {
 	ctx      context.Context
-	fn       func()
+	fn       func(kdf kdfFunc)
 	reply    chan struct{}
 	admitted time.Time
+	// state: jobQueued until a worker or a rescue takes it (jobTaken) or
+	// its caller leaves first (jobDropped); whoever moves it from
+	// jobQueued takes it off the queue's count.
+	state atomic.Int32
 }
+
+const (
+	jobQueued int32 = iota
+	jobTaken
+	jobDropped
+)
 
 // ErrClosed wraps engine.ErrClosed for a request made after Close.
 var ErrClosed = fmt.Errorf("hash pool: %w", engine.ErrClosed)
@@ -115,6 +134,7 @@ func NewPool(cfg Config) (*Pool, error) {
 		jobs:     make(chan *job, cfg.MaxQueue),
 		stop:     make(chan struct{}),
 		kdf:      localKDF,
+		inflight: make([]atomic.Int64, cfg.Workers),
 	}
 	if cfg.Background {
 		w, err := startWorker(p.workers, p.params.MemoryKiB)
@@ -122,6 +142,7 @@ func NewPool(cfg Config) (*Pool, error) {
 			return nil, err
 		}
 		p.proc, p.procStarted, p.kdf = w, time.Now(), p.remoteKDF
+		p.background = true
 	}
 	start := time.Now()
 	dummy, err := hashArgon2id(p.kdf, randomPassword(), p.params)
@@ -133,8 +154,8 @@ func NewPool(cfg Config) (*Pool, error) {
 	p.ewma.Store(int64(time.Since(start)))
 	workersGauge.Add(float64(p.workers))
 	p.wg.Add(p.workers)
-	for range p.workers {
-		go p.work()
+	for i := range p.workers {
+		go p.work(i)
 	}
 	return p, nil
 }
@@ -236,15 +257,17 @@ func (p *Pool) liveWorker() (*worker, error) {
 	return w, nil
 }
 
-func (p *Pool) work() {
+func (p *Pool) work(i int) {
 	defer p.wg.Done()
 	for {
 		select {
 		case <-p.stop:
 			return
 		case j := <-p.jobs:
-			p.waiting.Add(-1)
-			queueGauge.Dec()
+			if !j.state.CompareAndSwap(jobQueued, jobTaken) {
+				continue // rescued, or its caller left: already off the count
+			}
+			p.dequeued()
 			if j.ctx.Err() != nil { // the caller left: do not burn a core
 				close(j.reply)
 				continue
@@ -252,15 +275,56 @@ func (p *Pool) work() {
 			p.busy.Add(1)
 			busyGauge.Inc()
 			start := time.Now()
-			j.fn()
+			p.inflight[i].Store(start.UnixNano())
+			j.fn(p.kdf)
 			d := time.Since(start)
+			p.inflight[i].Store(0)
 			busyGauge.Dec()
 			p.busy.Add(-1)
-			p.observe(d)
+			if !p.background || d < p.stallAfter() {
+				// A hash the starved worker process took ages over says
+				// nothing of what the next one costs (the rescue's do).
+				p.observe(d)
+			}
 			close(j.reply)
 		}
 	}
 }
+
+// dequeued takes a job off the queue's count.
+func (p *Pool) dequeued() {
+	p.waiting.Add(-1)
+	queueGauge.Dec()
+}
+
+// stalledFor returns how long every worker has been on its current hash
+// when all of them are hashing (the shortest of their times), else 0: no
+// slot can free sooner. A worker process left no CPU at all (SCHED_IDLE,
+// while normal threads keep every core busy) shows here long before its
+// hashes end and the average time hears of it.
+func (p *Pool) stalledFor(now time.Time) time.Duration {
+	shortest := time.Duration(math.MaxInt64)
+	for i := range p.inflight {
+		at := p.inflight[i].Load()
+		if at == 0 {
+			return 0
+		}
+		shortest = min(shortest, now.Sub(time.Unix(0, at)))
+	}
+	return max(shortest, 0)
+}
+
+// stallAfter: every worker this long on its hash means the worker process
+// is starved, not busy: half the budget, or four average hashes if those
+// are longer (slow parameters).
+func (p *Pool) stallAfter() time.Duration {
+	return max(p.budget/2, 4*time.Duration(p.ewma.Load()))
+}
+
+// maxWait bounds the wait of an admitted request: past it, it is refused
+// (429 with Retry-After) rather than left waiting for a worker that gets
+// no CPU.
+func (p *Pool) maxWait() time.Duration { return 3 * p.budget }
 
 // observe folds one measured hash time into the moving average (α = 1/8).
 func (p *Pool) observe(d time.Duration) {
@@ -293,8 +357,12 @@ func (p *Pool) Stats() Stats {
 // run admits fn and waits for a worker to run it. A request is admitted
 // when a worker is idle, or when the time to drain the jobs ahead of it plus
 // its own hash fits the budget: (ahead/workers + 1) × average hash time.
-// Otherwise it fails at once with *OverloadedError.
-func (p *Pool) run(ctx context.Context, fn func()) error {
+// Otherwise it fails at once with *OverloadedError. fn gets the function
+// that computes: the worker process's, or this process's for a rescue.
+//
+// An admitted request waits at most maxWait; a background pool's queued
+// request whose workers are all stalled is computed here (rescue).
+func (p *Pool) run(ctx context.Context, fn func(kdf kdfFunc)) error {
 	select {
 	case <-p.stop:
 		return ErrClosed
@@ -315,14 +383,87 @@ func (p *Pool) run(ctx context.Context, fn func()) error {
 		refusedTotal.Inc()
 		return &OverloadedError{RetryAfter: time.Second}
 	}
-	select {
-	case <-j.reply:
-		return ctx.Err() // nil unless the job was skipped for a gone caller
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-p.stop:
-		return ErrClosed
+	giveUp := j.admitted.Add(p.maxWait())
+	first := min(p.stallAfter(), p.maxWait())
+	if p.starved(j.admitted) {
+		p.rescue()
 	}
+	check := time.NewTimer(first)
+	defer check.Stop()
+	for {
+		select {
+		case <-j.reply:
+			return ctx.Err() // nil unless the job was skipped for a gone caller
+		case <-ctx.Done():
+			p.drop(j)
+			return ctx.Err()
+		case <-p.stop:
+			return ErrClosed
+		case now := <-check.C:
+			if p.starved(now) {
+				p.rescue()
+			}
+			if !now.Before(giveUp) {
+				p.drop(j)
+				abandonedTotal.Inc()
+				return &OverloadedError{RetryAfter: time.Second}
+			}
+			check.Reset(min(rescueCheck, giveUp.Sub(now)))
+		}
+	}
+}
+
+// rescueCheck: how often a waiting request looks again whether the
+// workers are starved, and the rescue whether they still are.
+const rescueCheck = 50 * time.Millisecond
+
+// drop takes j off the queue if no worker took it yet.
+func (p *Pool) drop(j *job) {
+	if j.state.CompareAndSwap(jobQueued, jobDropped) {
+		p.dequeued()
+	}
+}
+
+// starved reports whether a background pool's worker process gets no CPU:
+// every one of its threads on its hash for stallAfter or more.
+func (p *Pool) starved(now time.Time) bool {
+	return p.background && p.stalledFor(now) >= p.stallAfter()
+}
+
+// rescue starts the rescue unless it runs: while the worker process is
+// starved, it takes the queued jobs and computes them in this process, one
+// at a time, at the server's normal priority. The worker process runs at
+// SCHED_IDLE, which the kernel gives no CPU while normal threads keep every
+// core busy (a refresh storm, another process): without the rescue, logins
+// and signups would wait for as long as that lasts. The rescue gives
+// hashing one thread's fair share then, no more; a login storm on a machine
+// with CPU to spare never starves the workers and is never rescued.
+func (p *Pool) rescue() {
+	if !p.rescuing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer p.rescuing.Store(false)
+		for p.starved(time.Now()) {
+			select {
+			case <-p.stop:
+				return
+			case j := <-p.jobs:
+				if !j.state.CompareAndSwap(jobQueued, jobTaken) {
+					continue
+				}
+				p.dequeued()
+				if j.ctx.Err() == nil {
+					start := time.Now()
+					j.fn(localKDF)
+					p.observe(time.Since(start))
+					rescuedTotal.Inc()
+				}
+				close(j.reply)
+			case <-time.After(rescueCheck):
+			}
+		}
+	}()
 }
 
 // refuse decides admission for a request with ahead requests queued before
@@ -330,16 +471,24 @@ func (p *Pool) run(ctx context.Context, fn func()) error {
 // (counted as a refusal).
 func (p *Pool) refuse(ahead int64) error {
 	idle := ahead == 0 && p.busy.Load() < int64(p.workers)
-	hashTime := float64(p.ewma.Load())
-	expected := time.Duration(hashTime * (float64(ahead)/float64(p.workers) + 1))
+	now := time.Now()
+	hashTime, lanes := float64(p.ewma.Load()), float64(p.workers)
+	if p.starved(now) {
+		lanes = 1 // the rescue computes the queue, one at a time
+	} else {
+		// Workers that have all been on their hashes longer than the
+		// average free no slot sooner.
+		hashTime = max(hashTime, float64(p.stalledFor(now)))
+	}
+	expected := time.Duration(hashTime * (float64(ahead)/lanes + 1))
 	if idle || expected <= p.budget && ahead < int64(p.maxQueue) {
 		return nil
 	}
 	p.refused.Add(1)
 	refusedTotal.Inc()
-	// The queue drains at workers/hashTime per second; half of it must
+	// The queue drains at lanes/hashTime per second; half of it must
 	// drain before a retry is likely to be admitted.
-	ra := time.Duration(math.Max(hashTime*float64(ahead)/float64(2*p.workers), float64(time.Second)))
+	ra := time.Duration(math.Max(hashTime*float64(ahead)/(2*lanes), float64(time.Second)))
 	return &OverloadedError{RetryAfter: ra}
 }
 
@@ -361,7 +510,7 @@ func (p *Pool) Admit() error {
 func (p *Pool) Hash(ctx context.Context, password string) (string, error) {
 	var out string
 	var herr error
-	if err := p.run(ctx, func() { out, herr = hashArgon2id(p.kdf, password, p.params) }); err != nil {
+	if err := p.run(ctx, func(kdf kdfFunc) { out, herr = hashArgon2id(kdf, password, p.params) }); err != nil {
 		return "", err
 	}
 	return out, herr
@@ -377,7 +526,7 @@ func (p *Pool) Verify(ctx context.Context, encoded, password string) (ok, stale 
 	// not write the results being returned.
 	var rOK, rStale bool
 	var verr error
-	if err := p.run(ctx, func() { rOK, rStale, verr = verify(p.kdf, encoded, password, p.params) }); err != nil {
+	if err := p.run(ctx, func(kdf kdfFunc) { rOK, rStale, verr = verify(kdf, encoded, password, p.params) }); err != nil {
 		return false, false, err
 	}
 	return rOK, rStale, verr
@@ -388,7 +537,7 @@ func (p *Pool) Verify(ctx context.Context, encoded, password string) (ok, stale 
 // email exists.
 func (p *Pool) VerifyDummy(ctx context.Context, password string) error {
 	var verr error
-	if err := p.run(ctx, func() { _, _, verr = verify(p.kdf, p.dummy, password, p.params) }); err != nil {
+	if err := p.run(ctx, func(kdf kdfFunc) { _, _, verr = verify(kdf, p.dummy, password, p.params) }); err != nil {
 		return err
 	}
 	return verr

@@ -3,8 +3,14 @@ package hash
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/keyshard/keyshard/engine"
 )
@@ -22,18 +28,18 @@ func TestPool_Admission(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{})
 	done := make(chan error, 2)
-	go func() { done <- p.run(context.Background(), func() { close(started); <-release }) }()
+	go func() { done <- p.run(context.Background(), func(kdfFunc) { close(started); <-release }) }()
 	<-started
 	if err := p.Admit(); err != nil {
 		t.Fatalf("Admit with the worker busy and no queue: %v", err)
 	}
 	// One waiting job: expected (0/1 + 1) × 400 ms fits 1 s.
-	go func() { done <- p.run(context.Background(), func() {}) }()
+	go func() { done <- p.run(context.Background(), func(kdfFunc) {}) }()
 	for p.waiting.Load() != 1 {
 		time.Sleep(time.Millisecond)
 	}
 	// The next one would wait (1/1 + 1) × 400 ms = 800 ms: still admitted…
-	go func() { done <- p.run(context.Background(), func() {}) }()
+	go func() { done <- p.run(context.Background(), func(kdfFunc) {}) }()
 	for p.waiting.Load() != 2 {
 		time.Sleep(time.Millisecond)
 	}
@@ -44,7 +50,7 @@ func TestPool_Admission(t *testing.T) {
 		t.Fatalf("Admit changed the queue: %d waiting", p.waiting.Load())
 	}
 	// …but a third would expect 1.2 s: refused at once.
-	err = p.run(context.Background(), func() { t.Error("refused job ran") })
+	err = p.run(context.Background(), func(kdfFunc) { t.Error("refused job ran") })
 	var oe *OverloadedError
 	if !errors.As(err, &oe) || !errors.Is(err, engine.ErrOverloaded) || oe.RetryAfter < time.Second {
 		t.Fatalf("err %v", err)
@@ -70,11 +76,11 @@ func TestPool_CallerGone(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{})
 	first := make(chan error, 1)
-	go func() { first <- p.run(context.Background(), func() { close(started); <-release }) }()
+	go func() { first <- p.run(context.Background(), func(kdfFunc) { close(started); <-release }) }()
 	<-started
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := p.run(ctx, func() { t.Error("job of a gone caller ran") }); !errors.Is(err, context.Canceled) {
+	if err := p.run(ctx, func(kdfFunc) { t.Error("job of a gone caller ran") }); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v", err)
 	}
 	close(release)
@@ -82,7 +88,147 @@ func TestPool_CallerGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The skipped job is drained before this one runs.
-	if err := p.run(context.Background(), func() {}); err != nil {
+	if err := p.run(context.Background(), func(kdfFunc) {}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestPool_RescueStalledWorkers: a worker process left no CPU (its every
+// thread stuck on a hash) does not leave the queued requests waiting:
+// they, and new ones, are computed in this process, one at a time; the
+// requests stuck in the worker process are refused after three budgets;
+// and no job runs twice.
+func TestPool_RescueStalledWorkers(t *testing.T) {
+	params := Params{MemoryKiB: 64, Time: 1, Threads: 1}
+	p, err := NewPool(Config{Params: params, Workers: 2, Budget: 400 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free() // before Close, which waits for the workers, even on a failure
+	var remote atomic.Int32
+	p.background = true // as with a worker process, whose stand-in starves:
+	p.kdf = func(r kdfRequest) (kdfResult, error) {
+		remote.Add(1)
+		<-release
+		return computeLocal(r), nil
+	}
+	rescued0, abandoned0 := counterValue(t, rescuedTotal), counterValue(t, abandonedTotal)
+
+	stuck := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := p.Hash(context.Background(), "stuck"); stuck <- err }()
+	}
+	for p.busy.Load() != 2 {
+		time.Sleep(time.Millisecond)
+	}
+	type result struct {
+		pw, enc string
+		err     error
+	}
+	queued := make(chan result, 3)
+	for i := range 3 {
+		pw := fmt.Sprintf("queued-%d", i)
+		go func() { enc, err := p.Hash(context.Background(), pw); queued <- result{pw, enc, err} }()
+	}
+	for range 3 {
+		r := <-queued
+		if r.err != nil {
+			t.Fatalf("a queued hash behind stalled workers: %v", r.err)
+		}
+		if ok, _, err := verify(localKDF, r.enc, r.pw, params); !ok || err != nil {
+			t.Fatalf("a rescued hash does not verify: %v %v", ok, err)
+		}
+	}
+	if n := counterValue(t, rescuedTotal) - rescued0; n != 3 {
+		t.Fatalf("%v hashes rescued, want the 3 queued", n)
+	}
+	// Still starved: a new request is admitted on the rescue's pace, and
+	// served by it.
+	if err := p.Admit(); err != nil {
+		t.Fatalf("Admit while the rescue serves: %v", err)
+	}
+	if _, err := p.Hash(context.Background(), "later"); err != nil {
+		t.Fatalf("a new hash while the workers are starved: %v", err)
+	}
+	if n := counterValue(t, rescuedTotal) - rescued0; n != 4 {
+		t.Fatalf("%v hashes rescued, want 4", n)
+	}
+	var oe *OverloadedError
+	// The two stuck requests are refused after three budgets.
+	for range 2 {
+		if err := <-stuck; !errors.As(err, &oe) || oe.RetryAfter <= 0 {
+			t.Fatalf("a request stuck on a stalled worker: %v", err)
+		}
+	}
+	if n := counterValue(t, abandonedTotal) - abandoned0; n != 2 {
+		t.Fatalf("%v requests abandoned, want 2", n)
+	}
+	// The worker process recovers; every job ran once: the 2 stuck ones in
+	// the worker process, the 5 others rescued or (the last, once the
+	// rescue saw the workers free) in the worker process.
+	free()
+	for p.busy.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := p.Hash(context.Background(), "after"); err != nil {
+		t.Fatal(err)
+	}
+	if n := float64(remote.Load()) + counterValue(t, rescuedTotal) - rescued0; n != 7 {
+		t.Fatalf("%v computations for 7 jobs: a job ran twice, or not at all", n)
+	}
+	if w := p.waiting.Load(); w != 0 {
+		t.Fatalf("%d jobs still counted as waiting", w)
+	}
+}
+
+// TestPool_WaitBounded: in a pool that computes in this process no job is
+// rescued, and an admitted request whose worker never frees is refused
+// after three budgets; its job never runs later.
+func TestPool_WaitBounded(t *testing.T) {
+	p, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Budget: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free() // before Close, which waits for the worker, even on a failure
+	started := make(chan struct{})
+	first := make(chan error, 1)
+	go func() { first <- p.run(context.Background(), func(kdfFunc) { close(started); <-release }) }()
+	<-started
+	var ran atomic.Bool
+	err = p.run(context.Background(), func(kdfFunc) { ran.Store(true) })
+	var oe *OverloadedError
+	if !errors.As(err, &oe) {
+		t.Fatalf("a request queued behind a worker that never frees: %v", err)
+	}
+	free()
+	<-first // refused too, after three budgets, while its job ran on
+	for p.busy.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := p.run(context.Background(), func(kdfFunc) {}); err != nil {
+		t.Fatal(err)
+	}
+	if ran.Load() {
+		t.Fatal("the refused request's job ran later")
+	}
+	if w := p.waiting.Load(); w != 0 {
+		t.Fatalf("%d jobs still counted as waiting", w)
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

@@ -79,6 +79,11 @@ type Pool struct {
 	// background pool whose worker process is starved (Pool.rescue).
 	background bool
 	rescuing   atomic.Bool
+	// starving: a worker's hash took stallAfter or more; until a probe
+	// comes back quickly, the workers take no job (it would wait in the
+	// starved process) and the rescue computes them.
+	starving atomic.Bool
+	baseHash time.Duration // the first hash's time, measured at start
 
 	// A background pool's worker process, replaced when it dies.
 	procMu      sync.Mutex
@@ -151,7 +156,8 @@ func NewPool(cfg Config) (*Pool, error) {
 		return nil, err
 	}
 	p.dummy = dummy
-	p.ewma.Store(int64(time.Since(start)))
+	p.baseHash = time.Since(start)
+	p.ewma.Store(int64(p.baseHash))
 	workersGauge.Add(float64(p.workers))
 	p.wg.Add(p.workers)
 	for i := range p.workers {
@@ -260,6 +266,9 @@ func (p *Pool) liveWorker() (*worker, error) {
 func (p *Pool) work(i int) {
 	defer p.wg.Done()
 	for {
+		if p.starving.Load() && !p.probe(i) {
+			continue
+		}
 		select {
 		case <-p.stop:
 			return
@@ -281,14 +290,45 @@ func (p *Pool) work(i int) {
 			p.inflight[i].Store(0)
 			busyGauge.Dec()
 			p.busy.Add(-1)
-			if !p.background || d < p.stallAfter() {
-				// A hash the starved worker process took ages over says
-				// nothing of what the next one costs (the rescue's do).
+			switch {
+			case !p.background || d < p.stallAfter():
 				p.observe(d)
+			default:
+				// The worker process was starved: its time says nothing of
+				// what the next hash costs, and the next job sent there
+				// would wait as long. Probe it first.
+				p.starving.Store(true)
 			}
 			close(j.reply)
 		}
 	}
+}
+
+// probeRequest is a computation of next to no CPU: its round trip through
+// the worker process measures how long that process waits for a CPU.
+var probeRequest = kdfRequest{Password: []byte("probe"), Salt: make([]byte, 16), Time: 1, MemoryKiB: 8, Threads: 1, KeyLen: 16}
+
+// probe sends worker i's probe to a starved worker process, and reports
+// whether the process is starved no more (the probe came back within a
+// quarter of stallAfter), clearing the mark. While it waits, worker i
+// counts as on a hash, so that the rescue goes on.
+func (p *Pool) probe(i int) bool {
+	select {
+	case <-p.stop:
+		return true // the loop sees stop
+	default:
+	}
+	start := time.Now()
+	p.inflight[i].Store(start.UnixNano())
+	_, err := p.kdf(probeRequest)
+	p.inflight[i].Store(0)
+	if err != nil || time.Since(start) < p.stallAfter()/4 {
+		// A failed worker is the call path's to handle (a new process):
+		// not a starved one.
+		p.starving.Store(false)
+		return true
+	}
+	return false
 }
 
 // dequeued takes a job off the queue's count.
@@ -315,16 +355,22 @@ func (p *Pool) stalledFor(now time.Time) time.Duration {
 }
 
 // stallAfter: every worker this long on its hash means the worker process
-// is starved, not busy: half the budget, or four average hashes if those
-// are longer (slow parameters).
+// is starved, not busy: half the budget, or four times the first hash's
+// time if that is longer (slow parameters), at most the budget, and never
+// under minStallAfter (a budget below one hash only sheds load).
 func (p *Pool) stallAfter() time.Duration {
-	return max(p.budget/2, 4*time.Duration(p.ewma.Load()))
+	return max(min(max(p.budget/2, 4*p.baseHash), p.budget), minStallAfter)
 }
 
 // maxWait bounds the wait of an admitted request: past it, it is refused
 // (429 with Retry-After) rather than left waiting for a worker that gets
-// no CPU.
-func (p *Pool) maxWait() time.Duration { return 3 * p.budget }
+// no CPU. Three budgets, and at least a second.
+func (p *Pool) maxWait() time.Duration { return max(3*p.budget, minMaxWait) }
+
+const (
+	minStallAfter = 100 * time.Millisecond
+	minMaxWait    = time.Second
+)
 
 // observe folds one measured hash time into the moving average (α = 1/8).
 func (p *Pool) observe(d time.Duration) {
@@ -375,7 +421,7 @@ func (p *Pool) run(ctx context.Context, fn func(kdf kdfFunc)) error {
 	}
 	j := &job{ctx: ctx, fn: fn, reply: make(chan struct{}), admitted: time.Now()}
 	select {
-	case p.jobs <- j: // never blocks: len(jobs) ≤ waiting < maxQueue
+	case p.jobs <- j: // a full channel (dropped jobs stay in it until taken) refuses
 		queueGauge.Inc()
 	default:
 		p.waiting.Add(-1)
@@ -385,7 +431,9 @@ func (p *Pool) run(ctx context.Context, fn func(kdf kdfFunc)) error {
 	}
 	giveUp := j.admitted.Add(p.maxWait())
 	first := min(p.stallAfter(), p.maxWait())
-	if p.starved(j.admitted) {
+	if !p.background {
+		first = p.maxWait() // no rescue to start: only the bound to keep
+	} else if p.starved(j.admitted) {
 		p.rescue()
 	}
 	check := time.NewTimer(first)
@@ -398,15 +446,27 @@ func (p *Pool) run(ctx context.Context, fn func(kdf kdfFunc)) error {
 			p.drop(j)
 			return ctx.Err()
 		case <-p.stop:
+			p.drop(j)
 			return ErrClosed
 		case now := <-check.C:
 			if p.starved(now) {
 				p.rescue()
 			}
 			if !now.Before(giveUp) {
-				p.drop(j)
-				abandonedTotal.Inc()
-				return &OverloadedError{RetryAfter: time.Second}
+				// A job running in this process finishes: wait for it. One
+				// queued, or in a starved worker process, may never.
+				if p.drop(j) || p.background {
+					abandonedTotal.Inc()
+					return &OverloadedError{RetryAfter: time.Second}
+				}
+				select {
+				case <-j.reply:
+					return ctx.Err()
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-p.stop:
+					return ErrClosed
+				}
 			}
 			check.Reset(min(rescueCheck, giveUp.Sub(now)))
 		}
@@ -417,17 +477,21 @@ func (p *Pool) run(ctx context.Context, fn func(kdf kdfFunc)) error {
 // workers are starved, and the rescue whether they still are.
 const rescueCheck = 50 * time.Millisecond
 
-// drop takes j off the queue if no worker took it yet.
-func (p *Pool) drop(j *job) {
+// drop takes j off the queue if no worker took it yet, and reports
+// whether it did.
+func (p *Pool) drop(j *job) bool {
 	if j.state.CompareAndSwap(jobQueued, jobDropped) {
 		p.dequeued()
+		return true
 	}
+	return false
 }
 
 // starved reports whether a background pool's worker process gets no CPU:
-// every one of its threads on its hash for stallAfter or more.
+// every one of its threads on its hash for stallAfter or more, or a hash
+// of it took that long and no probe has come back quickly since.
 func (p *Pool) starved(now time.Time) bool {
-	return p.background && p.stalledFor(now) >= p.stallAfter()
+	return p.background && (p.starving.Load() || p.stalledFor(now) >= p.stallAfter())
 }
 
 // rescue starts the rescue unless it runs: while the worker process is
@@ -445,6 +509,11 @@ func (p *Pool) rescue() {
 	go func() {
 		defer p.rescuing.Store(false)
 		for p.starved(time.Now()) {
+			select {
+			case <-p.stop: // first: of two ready cases, select picks either
+				return
+			default:
+			}
 			select {
 			case <-p.stop:
 				return

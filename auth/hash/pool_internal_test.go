@@ -112,18 +112,18 @@ func TestPool_RescueStalledWorkers(t *testing.T) {
 	var remote atomic.Int32
 	p.background = true // as with a worker process, whose stand-in starves:
 	p.kdf = func(r kdfRequest) (kdfResult, error) {
-		remote.Add(1)
+		if r.MemoryKiB != probeRequest.MemoryKiB {
+			remote.Add(1)
+		}
 		<-release
 		return computeLocal(r), nil
 	}
 	rescued0, abandoned0 := counterValue(t, rescuedTotal), counterValue(t, abandonedTotal)
 
 	stuck := make(chan error, 2)
-	for range 2 {
+	for i := range 2 {
 		go func() { _, err := p.Hash(context.Background(), "stuck"); stuck <- err }()
-	}
-	for p.busy.Load() != 2 {
-		time.Sleep(time.Millisecond)
+		waitFor(t, func() bool { return p.busy.Load() == int64(i+1) }, "a worker to take the stuck hash")
 	}
 	type result struct {
 		pw, enc string
@@ -160,8 +160,13 @@ func TestPool_RescueStalledWorkers(t *testing.T) {
 	var oe *OverloadedError
 	// The two stuck requests are refused after three budgets.
 	for range 2 {
-		if err := <-stuck; !errors.As(err, &oe) || oe.RetryAfter <= 0 {
-			t.Fatalf("a request stuck on a stalled worker: %v", err)
+		select {
+		case err := <-stuck:
+			if !errors.As(err, &oe) || oe.RetryAfter <= 0 {
+				t.Fatalf("a request stuck on a stalled worker: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a request stuck on a stalled worker was not answered within 10 s (3 budgets: 1.2 s)")
 		}
 	}
 	if n := counterValue(t, abandonedTotal) - abandoned0; n != 2 {
@@ -171,9 +176,7 @@ func TestPool_RescueStalledWorkers(t *testing.T) {
 	// the worker process, the 5 others rescued or (the last, once the
 	// rescue saw the workers free) in the worker process.
 	free()
-	for p.busy.Load() != 0 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, func() bool { return p.busy.Load() == 0 }, "the workers to be free")
 	if _, err := p.Hash(context.Background(), "after"); err != nil {
 		t.Fatal(err)
 	}
@@ -182,6 +185,64 @@ func TestPool_RescueStalledWorkers(t *testing.T) {
 	}
 	if w := p.waiting.Load(); w != 0 {
 		t.Fatalf("%d jobs still counted as waiting", w)
+	}
+}
+
+// TestPool_StarvedStaysRescued: once a hash of the worker process took
+// stallAfter or more, the worker that ran it sends no job there until a
+// probe comes back quickly: the next request is rescued, not fed to the
+// starved process; and a slow average does not put the rescue past the
+// bound on waits.
+func TestPool_StarvedStaysRescued(t *testing.T) {
+	p, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 2, Budget: 400 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	gate, probes := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(gate); close(probes) }) }
+	defer free()
+	var remote atomic.Int32
+	p.background = true
+	p.kdf = func(r kdfRequest) (kdfResult, error) {
+		if r.MemoryKiB == probeRequest.MemoryKiB {
+			<-probes // the process stays starved until the test says
+		} else {
+			remote.Add(1)
+			<-gate
+		}
+		return computeLocal(r), nil
+	}
+	rescued0 := counterValue(t, rescuedTotal)
+	stuck := make(chan error, 2)
+	for i := range 2 {
+		go func() { _, err := p.Hash(context.Background(), "stuck"); stuck <- err }()
+		waitFor(t, func() bool { return p.busy.Load() == int64(i+1) }, "a worker to take the stuck hash")
+	}
+	p.ewma.Store(int64(p.budget * 9 / 10)) // a slow average: stallAfter must not grow past the bound
+	if _, err := p.Hash(context.Background(), "queued"); err != nil {
+		t.Fatalf("a request behind stalled workers with a slow average: %v", err)
+	}
+	// One stalled hash ends, slowly: its worker probes, and the probe does
+	// not come back.
+	gate <- struct{}{}
+	waitFor(t, func() bool { return p.busy.Load() == 1 }, "the slow hash to end")
+	// Long enough for a rescue that no longer saw the stall to have ended
+	// (it looks every rescueCheck): the next request shows which it is.
+	time.Sleep(3 * rescueCheck)
+	if _, err := p.Hash(context.Background(), "next"); err != nil {
+		t.Fatalf("the request after a slow hash: %v", err)
+	}
+	if n := counterValue(t, rescuedTotal) - rescued0; n != 2 {
+		t.Fatalf("%v hashes rescued, want 2 (the queued one, and the one after a slow hash)", n)
+	}
+	if n := remote.Load(); n != 2 {
+		t.Fatalf("%d jobs sent to the starved worker process, want only the 2 stuck ones", n)
+	}
+	free()
+	for range 2 {
+		<-stuck
 	}
 }
 
@@ -210,9 +271,7 @@ func TestPool_WaitBounded(t *testing.T) {
 	}
 	free()
 	<-first // refused too, after three budgets, while its job ran on
-	for p.busy.Load() != 0 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, func() bool { return p.busy.Load() == 0 }, "the workers to be free")
 	if err := p.run(context.Background(), func(kdfFunc) {}); err != nil {
 		t.Fatal(err)
 	}
@@ -231,4 +290,14 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10 s for %s", what)
+		}
+	}
 }

@@ -100,15 +100,7 @@ func TestPool_CallerGone(t *testing.T) {
 // and no job runs twice.
 func TestPool_RescueStalledWorkers(t *testing.T) {
 	params := Params{MemoryKiB: 64, Time: 1, Threads: 1}
-	p, err := NewPool(Config{Params: params, Workers: 2, Budget: 400 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	release := make(chan struct{})
-	var once sync.Once
-	free := func() { once.Do(func() { close(release) }) }
-	defer free() // before Close, which waits for the workers, even on a failure
+	p, release, free := gatedPool(t, Config{Params: params, Workers: 2, Budget: 400 * time.Millisecond})
 	var remote atomic.Int32
 	p.background = true // as with a worker process, whose stand-in starves:
 	p.kdf = func(r kdfRequest) (kdfResult, error) {
@@ -250,21 +242,13 @@ func TestPool_StarvedStaysRescued(t *testing.T) {
 // rescued, and an admitted request whose worker never frees is refused
 // after three budgets; its job never runs later.
 func TestPool_WaitBounded(t *testing.T) {
-	p, err := NewPool(Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Budget: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	release := make(chan struct{})
-	var once sync.Once
-	free := func() { once.Do(func() { close(release) }) }
-	defer free() // before Close, which waits for the worker, even on a failure
+	p, release, free := gatedPool(t, Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Budget: 100 * time.Millisecond})
 	started := make(chan struct{})
 	first := make(chan error, 1)
 	go func() { first <- p.run(context.Background(), func(kdfFunc) { close(started); <-release }) }()
 	<-started
 	var ran atomic.Bool
-	err = p.run(context.Background(), func(kdfFunc) { ran.Store(true) })
+	err := p.run(context.Background(), func(kdfFunc) { ran.Store(true) })
 	var oe *OverloadedError
 	if !errors.As(err, &oe) {
 		t.Fatalf("a request queued behind a worker that never frees: %v", err)
@@ -300,4 +284,21 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("waited 10 s for %s", what)
 		}
 	}
+}
+
+// gatedPool returns a pool and a gate its test's stand-ins wait on. The
+// gate opens (free: safe to call twice) before the pool closes, even when
+// the test fails, since Close waits for the workers.
+func gatedPool(t *testing.T, cfg Config) (p *Pool, gate chan struct{}, free func()) {
+	t.Helper()
+	p, err := NewPool(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	gate = make(chan struct{})
+	var once sync.Once
+	free = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(free) // runs first: cleanups run last added, first called
+	return p, gate, free
 }

@@ -430,7 +430,7 @@ func (p *Pool) run(ctx context.Context, fn func(kdf kdfFunc)) error {
 		return &OverloadedError{RetryAfter: time.Second}
 	}
 	giveUp := j.admitted.Add(p.maxWait())
-	first := min(p.stallAfter(), p.maxWait())
+	first := p.stallAfter() // under maxWait
 	if !p.background {
 		first = p.maxWait() // no rescue to start: only the bound to keep
 	} else if p.starved(j.admitted) {
@@ -452,23 +452,17 @@ func (p *Pool) run(ctx context.Context, fn func(kdf kdfFunc)) error {
 			if p.starved(now) {
 				p.rescue()
 			}
-			if !now.Before(giveUp) {
-				// A job running in this process finishes: wait for it. One
-				// queued, or in a starved worker process, may never.
-				if p.drop(j) || p.background {
-					abandonedTotal.Inc()
-					return &OverloadedError{RetryAfter: time.Second}
-				}
-				select {
-				case <-j.reply:
-					return ctx.Err()
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-p.stop:
-					return ErrClosed
-				}
+			if now.Before(giveUp) {
+				check.Reset(min(rescueCheck, giveUp.Sub(now)))
+				continue
 			}
-			check.Reset(min(rescueCheck, giveUp.Sub(now)))
+			// A job running in this process finishes: wait for it (no
+			// more checks). One queued, or in a starved worker process,
+			// may never.
+			if p.drop(j) || p.background {
+				abandonedTotal.Inc()
+				return &OverloadedError{RetryAfter: time.Second}
+			}
 		}
 	}
 }

@@ -239,8 +239,9 @@ func TestPool_StarvedStaysRescued(t *testing.T) {
 }
 
 // TestPool_WaitBounded: in a pool that computes in this process no job is
-// rescued, and an admitted request whose worker never frees is refused
-// after three budgets; its job never runs later.
+// rescued; an admitted request whose worker never frees is refused after
+// three budgets, and its job never runs later; the request whose hash is
+// running is waited for.
 func TestPool_WaitBounded(t *testing.T) {
 	p, release, free := gatedPool(t, Config{Params: Params{MemoryKiB: 64, Time: 1, Threads: 1}, Workers: 1, Budget: 100 * time.Millisecond})
 	started := make(chan struct{})
@@ -254,7 +255,11 @@ func TestPool_WaitBounded(t *testing.T) {
 		t.Fatalf("a request queued behind a worker that never frees: %v", err)
 	}
 	free()
-	<-first // refused too, after three budgets, while its job ran on
+	// The request whose hash was running waited for it rather than lose
+	// the core's work.
+	if err := <-first; err != nil {
+		t.Fatalf("the request whose hash ran in this process: %v", err)
+	}
 	waitFor(t, func() bool { return p.busy.Load() == 0 }, "the workers to be free")
 	if err := p.run(context.Background(), func(kdfFunc) {}); err != nil {
 		t.Fatal(err)

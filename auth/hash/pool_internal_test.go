@@ -254,9 +254,15 @@ func TestPool_WaitBounded(t *testing.T) {
 	if !errors.As(err, &oe) {
 		t.Fatalf("a request queued behind a worker that never frees: %v", err)
 	}
+	// The request whose hash is running reached its bound too (it was
+	// admitted first): it waits for the hash rather than lose the core's
+	// work, past the bound.
+	select {
+	case err := <-first:
+		t.Fatalf("the request whose hash runs in this process answered before its hash ended: %v", err)
+	case <-time.After(4 * rescueCheck):
+	}
 	free()
-	// The request whose hash was running waited for it rather than lose
-	// the core's work.
 	if err := <-first; err != nil {
 		t.Fatalf("the request whose hash ran in this process: %v", err)
 	}

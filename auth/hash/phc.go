@@ -4,6 +4,7 @@
 package hash
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -197,6 +198,10 @@ type kdfRequest struct {
 	Password, Salt, Hash    []byte
 	Time, MemoryKiB, KeyLen uint32
 	Threads                 uint8
+	// ctx: the caller's, when the pool knows it (not sent): a computation
+	// whose worker process died is sent to a new one only while its caller
+	// waits.
+	ctx context.Context
 }
 
 // kdfResult answers a kdfRequest.
@@ -211,6 +216,14 @@ type kdfResult struct {
 // error means the computation could not be made (the worker died), never a
 // wrong password.
 type kdfFunc func(kdfRequest) (kdfResult, error)
+
+// withContext is kdf for the requests of a caller of ctx.
+func (kdf kdfFunc) withContext(ctx context.Context) kdfFunc {
+	return func(r kdfRequest) (kdfResult, error) {
+		r.ctx = ctx
+		return kdf(r)
+	}
+}
 
 // computeLocal computes r on the calling goroutine.
 func computeLocal(r kdfRequest) kdfResult {

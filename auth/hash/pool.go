@@ -221,8 +221,10 @@ func (p *Pool) WorkerPID() int {
 // last one died. A computation in hand when the worker died is sent once
 // more, to a new worker (it is safe to repeat): a worker killed by the OOM
 // killer or an operator costs its logins time, not an error. The
-// computation whose own timeout killed the worker is not repeated, and
-// neither is a second failure (r may be what kills workers).
+// computation whose own timeout killed the worker is not repeated, nor one
+// whose caller left (r.ctx ended: a starved worker's computations outlive
+// their callers, who are answered 429 after maxWait), nor a second failure
+// (r may be what kills workers).
 func (p *Pool) remoteKDF(r kdfRequest) (kdfResult, error) {
 	w, err := p.liveWorker()
 	if err != nil {
@@ -231,6 +233,9 @@ func (p *Pool) remoteKDF(r kdfRequest) (kdfResult, error) {
 	res, err := w.call(r)
 	if err == nil || errors.Is(err, errOwnTimeout) || !errors.Is(err, ErrWorkerFailed) {
 		return res, err
+	}
+	if r.ctx != nil && r.ctx.Err() != nil {
+		return res, err // its caller left: no new worker's time for it
 	}
 	if w, err = p.liveWorker(); err != nil {
 		return kdfResult{}, err
@@ -285,7 +290,7 @@ func (p *Pool) work(i int) {
 			busyGauge.Inc()
 			start := time.Now()
 			p.inflight[i].Store(start.UnixNano())
-			j.fn(p.kdf)
+			j.fn(p.kdf.withContext(j.ctx))
 			d := time.Since(start)
 			p.inflight[i].Store(0)
 			busyGauge.Dec()

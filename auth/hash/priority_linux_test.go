@@ -199,6 +199,41 @@ func TestPool_BackgroundWorkerDies(t *testing.T) {
 		}
 	})
 
+	t.Run("LeftCallerNotRetried", func(t *testing.T) {
+		workerRespawnDelay = 0
+		p := newBG(t)
+		first := workerPID(t, p)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		gone := make(chan error, 1)
+		go func() { _, err := p.Hash(ctx, "gone"); gone <- err }()
+		waitPending(t, p, 1)
+		stays := make(chan error, 1)
+		go func() { _, err := p.Hash(context.Background(), "stays"); stays <- err }()
+		waitPending(t, p, 2)
+		cancel()
+		if err := <-gone; !errors.Is(err, context.Canceled) {
+			t.Fatalf("a hash whose caller left: %v, want context.Canceled", err)
+		}
+		kill(t, first)
+		if err := <-stays; err != nil {
+			t.Fatalf("hash in flight when the worker died: %v, want it retried", err)
+		}
+		waitFor(t, func() bool { return p.busy.Load() == 0 }, "the workers to be free")
+		p.procMu.Lock()
+		w := p.proc
+		p.procMu.Unlock()
+		if w == nil || w.pid == first {
+			t.Fatal("no new worker")
+		}
+		w.mu.Lock()
+		sent := w.nextID
+		w.mu.Unlock()
+		if sent != 1 {
+			t.Fatalf("the new worker was sent %d computations, want 1: the left caller's was sent again", sent)
+		}
+	})
+
 	t.Run("SecondDeathFails", func(t *testing.T) {
 		workerRespawnDelay = 0
 		p := newBG(t)

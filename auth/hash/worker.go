@@ -83,11 +83,6 @@ func serveWorker(r io.Reader, w io.Writer) int {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(workerGCPercent)
 	}
-	// Lower before the hello: the parent sends nothing until then. It is
-	// done here rather than by starting the process from a lowered thread,
-	// because that thread would hold a P and the fork lock at idle
-	// priority until the new process execs.
-	lowerProcessPriority()
 	dec := gob.NewDecoder(bufio.NewReader(r))
 	enc := gob.NewEncoder(w)
 	var mu sync.Mutex
@@ -99,6 +94,16 @@ func serveWorker(r io.Reader, w io.Writer) int {
 	if err := send(workerHello{Protocol: workerProtocol, PID: os.Getpid()}); err != nil {
 		return 1
 	}
+	// Lowered after the hello and before the first request is read, so
+	// that no computation runs at normal priority, and a worker started
+	// while normal threads keep every core busy still says hello within
+	// workerStartTimeout (lowered first, it waited for a CPU nobody left
+	// it, and its start failed: logins answered 503 until the next try);
+	// its computations then wait, and the pool rescues them. It is done
+	// here rather than by starting the process from a lowered thread,
+	// because that thread would hold a P and the fork lock at idle
+	// priority until the new process execs.
+	lowerProcessPriority()
 	// The parent has at most one request in hand per pool worker.
 	var wg sync.WaitGroup
 	defer wg.Wait()

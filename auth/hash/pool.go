@@ -149,14 +149,19 @@ func NewPool(cfg Config) (*Pool, error) {
 		p.proc, p.procStarted, p.kdf = w, time.Now(), p.remoteKDF
 		p.background = true
 	}
-	start := time.Now()
-	dummy, err := hashArgon2id(p.kdf, randomPassword(), p.params)
+	seedOn := func(kdf kdfFunc) func() (string, error) {
+		return func() (string, error) { return hashArgon2id(kdf, randomPassword(), p.params) }
+	}
+	wait := time.Duration(0) // an in-process hash gets its share of the CPU
+	if p.background {
+		wait = seedWait
+	}
+	dummy, base, _, err := seedWithin(seedOn(p.kdf), seedOn(localKDF), wait)
 	if err != nil {
 		p.closeWorker()
 		return nil, err
 	}
-	p.dummy = dummy
-	p.baseHash = time.Since(start)
+	p.dummy, p.baseHash = dummy, base
 	p.ewma.Store(int64(p.baseHash))
 	workersGauge.Add(float64(p.workers))
 	p.wg.Add(p.workers)
@@ -164,6 +169,48 @@ func NewPool(cfg Config) (*Pool, error) {
 		go p.work(i)
 	}
 	return p, nil
+}
+
+// seedWait bounds the wait for a new pool's first hash in its worker
+// process (a variable for the tests).
+var seedWait = workerStartTimeout
+
+// seedWithin makes a new pool's first hash, which measures one hash (the
+// admission estimate's start) and becomes the dummy hash verified for
+// unknown users: with remote, or, when remote has not answered within
+// wait (0: no bound), with local instead. A worker process started while
+// normal threads keep every core busy says hello (at normal priority) and
+// then may get no CPU for its first hash: a pool seeded with that hash's
+// time would refuse nearly every request until about 50 real ones brought
+// the average down, and the start would wait up to the worker's call
+// timeout. remote is left to finish on its own. It returns the hash, the
+// time of the one used, and whether it was local's.
+func seedWithin(remote, local func() (string, error), wait time.Duration) (string, time.Duration, bool, error) {
+	type result struct {
+		enc string
+		d   time.Duration
+		err error
+	}
+	done := make(chan result, 1) // remote never blocks on it
+	start := time.Now()
+	go func() {
+		enc, err := remote()
+		done <- result{enc, time.Since(start), err}
+	}()
+	var bound <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		bound = t.C
+	}
+	select {
+	case r := <-done:
+		return r.enc, r.d, false, r.err
+	case <-bound:
+		start := time.Now()
+		enc, err := local()
+		return enc, time.Since(start), true, err
+	}
 }
 
 // Params returns the parameters new hashes use.
@@ -290,12 +337,20 @@ func (p *Pool) work(i int) {
 			busyGauge.Inc()
 			start := time.Now()
 			p.inflight[i].Store(start.UnixNano())
-			j.fn(p.kdf.withContext(j.ctx))
+			kdf, failed := p.kdf.withContext(j.ctx), false
+			j.fn(func(r kdfRequest) (kdfResult, error) {
+				res, err := kdf(r)
+				failed = failed || err != nil
+				return res, err
+			})
 			d := time.Since(start)
 			p.inflight[i].Store(0)
 			busyGauge.Dec()
 			p.busy.Add(-1)
 			switch {
+			case failed:
+				// Not a hash's time: a worker process that died, one not
+				// restarted yet, or a closed pool answers at once.
 			case !p.background || d < p.stallAfter():
 				p.observe(d)
 			default:

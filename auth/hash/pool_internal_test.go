@@ -313,3 +313,63 @@ func gatedPool(t *testing.T, cfg Config) (p *Pool, gate chan struct{}, free func
 	t.Cleanup(free) // runs first: cleanups run last added, first called
 	return p, gate, free
 }
+
+// histogramCount reads a Prometheus histogram's sample count.
+func histogramCount(t *testing.T, h prometheus.Histogram) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
+}
+
+// TestSeedWithin: a new pool's first hash is the worker process's when it
+// answers in time, and this process's when it does not (a worker process
+// left no CPU), whose time is then the measure; without a bound it waits.
+func TestSeedWithin(t *testing.T) {
+	t.Run("RemoteInTime", func(t *testing.T) {
+		enc, d, local, err := seedWithin(func() (string, error) { return "remote", nil },
+			func() (string, error) { t.Error("local hashed though remote answered"); return "", nil }, time.Minute)
+		if enc != "remote" || local || err != nil || d <= 0 || d > time.Minute {
+			t.Fatalf("seedWithin = %q, %v, %v, %v", enc, d, local, err)
+		}
+	})
+	t.Run("RemoteStarved", func(t *testing.T) {
+		release := make(chan struct{})
+		defer close(release) // remote ends after the test: its answer must not block
+		const wait = 100 * time.Millisecond
+		type out struct {
+			enc   string
+			d     time.Duration
+			local bool
+			err   error
+		}
+		res := make(chan out, 1)
+		go func() {
+			enc, d, local, err := seedWithin(func() (string, error) { <-release; return "remote", nil },
+				func() (string, error) { time.Sleep(5 * time.Millisecond); return "local", nil }, wait)
+			res <- out{enc, d, local, err}
+		}()
+		var o out
+		select {
+		case o = <-res:
+		case <-time.After(10 * time.Second):
+			t.Fatal("seedWithin waited for a remote that does not answer 10 s past its bound")
+		}
+		enc, d, local, err := o.enc, o.d, o.local, o.err
+		if enc != "local" || !local || err != nil {
+			t.Fatalf("seedWithin = %q, %v, %v, want local's hash", enc, local, err)
+		}
+		if d < 5*time.Millisecond || d >= wait {
+			t.Fatalf("measured %v: want local's own time (≥ 5 ms), not counting the %v waited before it", d, wait)
+		}
+	})
+	t.Run("NoBound", func(t *testing.T) {
+		enc, _, local, err := seedWithin(func() (string, error) { time.Sleep(30 * time.Millisecond); return "", errors.New("remote failed") },
+			func() (string, error) { t.Error("local hashed without a bound"); return "", nil }, 0)
+		if enc != "" || local || err == nil || err.Error() != "remote failed" {
+			t.Fatalf("seedWithin = %q, %v, %v, want remote's error", enc, local, err)
+		}
+	})
+}

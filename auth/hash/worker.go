@@ -17,7 +17,7 @@ import (
 
 // A background Pool computes in a worker process: this same executable,
 // started with workerEnv set, which lowers itself to the lowest CPU priority
-// the system grants (SCHED_IDLE on Linux) before it answers. Within one
+// the system grants (SCHED_IDLE on Linux) before it reads a request. Within one
 // process that is not possible:
 // golang.org/x/crypto/argon2 runs every segment of a hash on a goroutine of
 // its own, so the work lands on ordinary threads whatever thread called it,
@@ -98,8 +98,10 @@ func serveWorker(r io.Reader, w io.Writer) int {
 	// that no computation runs at normal priority, and a worker started
 	// while normal threads keep every core busy still says hello within
 	// workerStartTimeout (lowered first, it waited for a CPU nobody left
-	// it, and its start failed: logins answered 503 until the next try);
-	// its computations then wait, and the pool rescues them. It is done
+	// it, and its start failed: logins answered 503 until the next try).
+	// Its computations may then wait: the pool rescues the queued ones,
+	// answers those in hand 429 after its bound on waits, and seeds a new
+	// pool in the server process (seedWithin). It is done
 	// here rather than by starting the process from a lowered thread,
 	// because that thread would hold a P and the fork lock at idle
 	// priority until the new process execs.

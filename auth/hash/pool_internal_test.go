@@ -278,13 +278,19 @@ func TestPool_WaitBounded(t *testing.T) {
 	}
 }
 
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
+// written reads a Prometheus metric's current value.
+func written(t *testing.T, c prometheus.Metric) *dto.Metric {
 	t.Helper()
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {
 		t.Fatal(err)
 	}
-	return m.GetCounter().GetValue()
+	return &m
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	return written(t, c).GetCounter().GetValue()
 }
 
 // waitFor polls cond until it holds, failing the test after 10 s.
@@ -317,11 +323,7 @@ func gatedPool(t *testing.T, cfg Config) (p *Pool, gate chan struct{}, free func
 // histogramCount reads a Prometheus histogram's sample count.
 func histogramCount(t *testing.T, h prometheus.Histogram) uint64 {
 	t.Helper()
-	var m dto.Metric
-	if err := h.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetHistogram().GetSampleCount()
+	return written(t, h).GetHistogram().GetSampleCount()
 }
 
 // TestSeedWithin: a new pool's first hash is the worker process's when it

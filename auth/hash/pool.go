@@ -348,9 +348,10 @@ func (p *Pool) work(i int) {
 			busyGauge.Dec()
 			p.busy.Add(-1)
 			switch {
-			case failed:
+			case failed && d < p.stallAfter():
 				// Not a hash's time: a worker process that died, one not
-				// restarted yet, or a closed pool answers at once.
+				// restarted yet, or a closed pool answers at once. (One
+				// that failed after stallAfter was starved or hung: below.)
 			case !p.background || d < p.stallAfter():
 				p.observe(d)
 			default:

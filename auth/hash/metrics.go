@@ -30,11 +30,11 @@ var (
 	})
 	rescuedTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "keyshard_hash_rescued_total",
-		Help: "Hashes computed in the server process, one at a time, because every thread of the worker process (SCHED_IDLE) had been on its hash for half the budget or more: other work kept every core busy.",
+		Help: "Hashes computed in the server process, one at a time, because the worker process (SCHED_IDLE) got no CPU: every one of its threads had been on its hash for half the budget (or four start-up hash times, at most the budget), or one of its hashes took that long: other work kept every core busy.",
 	})
 	abandonedTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "keyshard_hash_abandoned_total",
-		Help: "Admitted hash requests refused (429) after waiting three budgets without a result.",
+		Help: "Admitted hash requests refused (429) after waiting three budgets (at least 1 s) without a result.",
 	})
 	refusedTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "keyshard_hash_admissions_refused_total",

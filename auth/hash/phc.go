@@ -217,14 +217,6 @@ type kdfResult struct {
 // wrong password.
 type kdfFunc func(kdfRequest) (kdfResult, error)
 
-// withContext is kdf for the requests of a caller of ctx.
-func (kdf kdfFunc) withContext(ctx context.Context) kdfFunc {
-	return func(r kdfRequest) (kdfResult, error) {
-		r.ctx = ctx
-		return kdf(r)
-	}
-}
-
 // computeLocal computes r on the calling goroutine.
 func computeLocal(r kdfRequest) kdfResult {
 	out := kdfResult{ID: r.ID}

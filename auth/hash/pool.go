@@ -325,10 +325,9 @@ func (p *Pool) work(i int) {
 		case <-p.stop:
 			return
 		case j := <-p.jobs:
-			if !j.state.CompareAndSwap(jobQueued, jobTaken) {
+			if !p.claim(j, jobTaken) {
 				continue // rescued, or its caller left: already off the count
 			}
-			p.dequeued()
 			if j.ctx.Err() != nil { // the caller left: do not burn a core
 				close(j.reply)
 				continue
@@ -337,9 +336,10 @@ func (p *Pool) work(i int) {
 			busyGauge.Inc()
 			start := time.Now()
 			p.inflight[i].Store(start.UnixNano())
-			kdf, failed := p.kdf.withContext(j.ctx), false
+			failed := false
 			j.fn(func(r kdfRequest) (kdfResult, error) {
-				res, err := kdf(r)
+				r.ctx = j.ctx
+				res, err := p.kdf(r)
 				failed = failed || err != nil
 				return res, err
 			})
@@ -390,12 +390,6 @@ func (p *Pool) probe(i int) bool {
 		return true
 	}
 	return false
-}
-
-// dequeued takes a job off the queue's count.
-func (p *Pool) dequeued() {
-	p.waiting.Add(-1)
-	queueGauge.Dec()
 }
 
 // stalledFor returns how long every worker has been on its current hash
@@ -534,19 +528,32 @@ const rescueCheck = 50 * time.Millisecond
 
 // drop takes j off the queue if no worker took it yet, and reports
 // whether it did.
-func (p *Pool) drop(j *job) bool {
-	if j.state.CompareAndSwap(jobQueued, jobDropped) {
-		p.dequeued()
-		return true
+func (p *Pool) drop(j *job) bool { return p.claim(j, jobDropped) }
+
+// claim moves j from jobQueued to state as, taking it off the queue's
+// count, and reports whether it did: of a worker, the rescue and the
+// caller leaving, only the first moves it.
+func (p *Pool) claim(j *job, as int32) bool {
+	if !j.state.CompareAndSwap(jobQueued, as) {
+		return false
 	}
-	return false
+	p.waiting.Add(-1)
+	queueGauge.Dec()
+	return true
 }
 
 // starved reports whether a background pool's worker process gets no CPU:
 // every one of its threads on its hash for stallAfter or more, or a hash
 // of it took that long and no probe has come back quickly since.
 func (p *Pool) starved(now time.Time) bool {
-	return p.background && (p.starving.Load() || p.stalledFor(now) >= p.stallAfter())
+	starved, _ := p.stall(now)
+	return starved
+}
+
+// stall returns starved's answer and stalledFor's.
+func (p *Pool) stall(now time.Time) (starved bool, stalled time.Duration) {
+	stalled = p.stalledFor(now)
+	return p.background && (p.starving.Load() || stalled >= p.stallAfter()), stalled
 }
 
 // rescue starts the rescue unless it runs: while the worker process is
@@ -573,10 +580,9 @@ func (p *Pool) rescue() {
 			case <-p.stop:
 				return
 			case j := <-p.jobs:
-				if !j.state.CompareAndSwap(jobQueued, jobTaken) {
+				if !p.claim(j, jobTaken) {
 					continue
 				}
-				p.dequeued()
 				if j.ctx.Err() == nil {
 					start := time.Now()
 					j.fn(localKDF)
@@ -595,14 +601,13 @@ func (p *Pool) rescue() {
 // (counted as a refusal).
 func (p *Pool) refuse(ahead int64) error {
 	idle := ahead == 0 && p.busy.Load() < int64(p.workers)
-	now := time.Now()
 	hashTime, lanes := float64(p.ewma.Load()), float64(p.workers)
-	if p.starved(now) {
+	if starved, stalled := p.stall(time.Now()); starved {
 		lanes = 1 // the rescue computes the queue, one at a time
 	} else {
 		// Workers that have all been on their hashes longer than the
 		// average free no slot sooner.
-		hashTime = max(hashTime, float64(p.stalledFor(now)))
+		hashTime = max(hashTime, float64(stalled))
 	}
 	expected := time.Duration(hashTime * (float64(ahead)/lanes + 1))
 	if idle || expected <= p.budget && ahead < int64(p.maxQueue) {

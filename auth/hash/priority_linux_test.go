@@ -221,9 +221,7 @@ func TestPool_BackgroundWorkerDies(t *testing.T) {
 			t.Fatalf("hash in flight when the worker died: %v, want it retried", err)
 		}
 		waitFor(t, func() bool { return p.busy.Load() == 0 }, "the workers to be free")
-		p.procMu.Lock()
-		w := p.proc
-		p.procMu.Unlock()
+		w := procOf(p)
 		if w == nil || w.pid == first {
 			t.Fatal("no new worker")
 		}
@@ -306,25 +304,22 @@ func testutilStarts() float64 {
 // waitPending waits until p's worker process has n computations in hand.
 func waitPending(t *testing.T, p *Pool, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		p.procMu.Lock()
-		w := p.proc
-		p.procMu.Unlock()
-		got := 0
-		if w != nil {
-			w.mu.Lock()
-			got = len(w.pending)
-			w.mu.Unlock()
+	waitFor(t, func() bool {
+		w := procOf(p)
+		if w == nil {
+			return false
 		}
-		if got >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d computations in the worker, want %d", got, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.pending) >= n
+	}, fmt.Sprintf("%d computations in the worker", n))
+}
+
+// procOf returns p's worker process (nil when it has none).
+func procOf(p *Pool) *worker {
+	p.procMu.Lock()
+	defer p.procMu.Unlock()
+	return p.proc
 }
 
 // A worker that stops answering (here: stopped by SIGSTOP) is killed after
